@@ -1,0 +1,352 @@
+//! The trace buffer: every span of every undecided trace, by trace id, until the trace is
+//! complete.
+//!
+//! A sharded concurrent map (dashmap) holds one [`TraceEntry`] per trace; a [`DeadlineIndex`]
+//! says when each must be looked at. Spans are stored as the `ScopeSpans.spans` fields they
+//! arrived as, appended to one byte vector per resource/scope, so that buffering a span is a
+//! copy and no allocation in the common case, and forwarding it is a copy again.
+
+mod deadline;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+pub use deadline::DeadlineIndex;
+
+use crate::decision::{Decision, DecisionCache, Trigger};
+use crate::offsets::{Holds, OffsetHold};
+use crate::otlp::decode::TraceGroup;
+use crate::otlp::{SpanContext, TraceId};
+
+/// When a trace is complete. The first condition reached decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// Decide this long after the trace's last span arrived.
+    pub decision_wait: Duration,
+    /// Decide this long after the trace's root span arrived.
+    pub root_grace: Duration,
+    /// Decide this long after the trace's first span arrived, however busy it still is.
+    pub max_trace_age: Duration,
+    /// Decide as soon as the trace holds this many spans.
+    pub max_spans_per_trace: u32,
+}
+
+impl Default for Completion {
+    fn default() -> Self {
+        Completion {
+            decision_wait: Duration::from_secs(10),
+            root_grace: Duration::from_secs(2),
+            max_trace_age: Duration::from_secs(60),
+            max_spans_per_trace: 10_000,
+        }
+    }
+}
+
+/// Fixed bytes counted per buffered trace on top of its span data: the entry, its key and its
+/// map slot.
+pub const TRACE_OVERHEAD: usize = std::mem::size_of::<TraceEntry>() + 32;
+
+/// Spans of one trace that arrived under one resource and scope.
+#[derive(Debug)]
+pub struct SpanGroup {
+    pub ctx: Arc<SpanContext>,
+    /// `ScopeSpans.spans` fields (tag, length, span), as they arrived.
+    pub spans: Vec<u8>,
+}
+
+/// One undecided trace.
+#[derive(Debug)]
+pub struct TraceEntry {
+    /// Arrival times, in ms since the buffer's origin.
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub root_seen: Option<u64>,
+    /// Earliest span start and latest span end, in Unix ns.
+    pub start_min: u64,
+    pub end_max: u64,
+    pub span_count: u32,
+    /// Span data and contexts counted against the memory budget.
+    pub bytes: u32,
+    pub has_error: bool,
+    /// Some of its spans came from offsets read before (restart or rebalance replay).
+    pub replayed: bool,
+    pub groups: smallvec::SmallVec<[SpanGroup; 1]>,
+    /// The offsets this trace keeps from being committed.
+    pub holds: Holds,
+    /// The deadline-index bucket that owns this trace.
+    scheduled: u64,
+}
+
+impl TraceEntry {
+    /// The trace's duration from its first span start to its last span end.
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_max.saturating_sub(self.start_min)
+    }
+
+    /// When the trace is complete, and by which trigger (the earliest wins).
+    fn deadline(&self, c: &Completion) -> (u64, Trigger) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut best = (self.last_seen + ms(c.decision_wait), Trigger::Idle);
+        if let Some(root) = self.root_seen {
+            let t = root + ms(c.root_grace);
+            if t < best.0 {
+                best = (t, Trigger::Root);
+            }
+        }
+        let t = self.first_seen + ms(c.max_trace_age);
+        if t < best.0 {
+            best = (t, Trigger::MaxAge);
+        }
+        best
+    }
+
+    fn append(&mut self, group: &TraceGroup<'_>, now: u64) -> usize {
+        let mut added = 0;
+        for span in group.spans() {
+            let slot = match self
+                .groups
+                .iter()
+                .position(|g| Arc::ptr_eq(&g.ctx, span.context) || *g.ctx == **span.context)
+            {
+                Some(i) => i,
+                None => {
+                    added += span.context.size() + std::mem::size_of::<SpanGroup>();
+                    self.groups.push(SpanGroup {
+                        ctx: span.context.clone(),
+                        spans: Vec::new(),
+                    });
+                    self.groups.len() - 1
+                }
+            };
+            let spans = &mut self.groups[slot].spans;
+            // Grow by a quarter at a time: doubling would leave up to half of a big trace's
+            // buffer unused, and that is memory the budget pays for.
+            if spans.capacity() - spans.len() < span.field.len() {
+                spans.reserve_exact(span.field.len().max(spans.len() / 4));
+            }
+            spans.extend_from_slice(span.field);
+            added += span.field.len();
+            let f = span.facts;
+            if self.span_count == 0 || f.start < self.start_min {
+                self.start_min = f.start;
+            }
+            self.end_max = self.end_max.max(f.end);
+            self.has_error |= f.is_error;
+            if f.is_root && self.root_seen.is_none() {
+                self.root_seen = Some(now);
+            }
+            self.span_count += 1;
+        }
+        self.last_seen = now;
+        self.bytes = self.bytes.saturating_add(added as u32);
+        added
+    }
+}
+
+/// What happened to a group of spans offered to the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// Buffered with its trace.
+    Buffered,
+    /// Buffered, and the trace reached the span limit: decide it now.
+    Full,
+    /// The trace was already decided: the spans follow that decision.
+    Late(Decision),
+}
+
+/// The sharded map of undecided traces and their deadlines.
+pub struct Buffer {
+    map: DashMap<TraceId, TraceEntry, foldhash::fast::RandomState>,
+    index: DeadlineIndex,
+    completion: Completion,
+    origin: Instant,
+    bytes: AtomicI64,
+}
+
+impl Buffer {
+    pub fn new(completion: Completion) -> Self {
+        Buffer {
+            map: DashMap::with_hasher_and_shard_amount(
+                foldhash::fast::RandomState::default(),
+                (std::thread::available_parallelism().map_or(4, |n| n.get()) * 16)
+                    .next_power_of_two(),
+            ),
+            index: DeadlineIndex::new(Duration::from_millis(10)),
+            completion,
+            origin: Instant::now(),
+            bytes: AtomicI64::new(0),
+        }
+    }
+
+    pub fn completion(&self) -> &Completion {
+        &self.completion
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    /// Buffers a group of spans of one trace from the message `hold` stands for. A trace
+    /// that is not yet buffered is looked up in `decided` first: late spans follow their trace.
+    pub fn ingest(
+        &self,
+        group: &TraceGroup<'_>,
+        hold: &Arc<OffsetHold>,
+        replayed: bool,
+        now: Instant,
+        decided: &DecisionCache,
+    ) -> Ingested {
+        let now = self.ms(now);
+        // Lock order everywhere: map shard, then decision cache, then deadline index.
+        match self.map.entry(group.trace_id) {
+            Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                let root_before = e.root_seen.is_some();
+                let added = e.append(group, now);
+                self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+                e.replayed |= replayed;
+                if !e.holds.iter().any(|h| h.partition == hold.partition) {
+                    e.holds.push(hold.clone());
+                }
+                if e.span_count >= self.completion.max_spans_per_trace {
+                    return Ingested::Full;
+                }
+                if !root_before && e.root_seen.is_some() {
+                    // The root moved the deadline earlier: schedule the earlier look.
+                    let bucket = self.index.bucket(e.deadline(&self.completion).0);
+                    if bucket < e.scheduled {
+                        e.scheduled = bucket;
+                        self.index.schedule(group.trace_id, bucket);
+                    }
+                }
+                Ingested::Buffered
+            }
+            Entry::Vacant(v) => {
+                if let Some(decision) = decided.get(&group.trace_id) {
+                    return Ingested::Late(decision);
+                }
+                let mut e = TraceEntry {
+                    first_seen: now,
+                    last_seen: now,
+                    root_seen: None,
+                    start_min: 0,
+                    end_max: 0,
+                    span_count: 0,
+                    bytes: TRACE_OVERHEAD as u32,
+                    has_error: false,
+                    replayed,
+                    groups: smallvec::SmallVec::new(),
+                    holds: smallvec::smallvec![hold.clone()],
+                    scheduled: 0,
+                };
+                e.append(group, now);
+                let full = e.span_count >= self.completion.max_spans_per_trace;
+                e.scheduled = self.index.bucket(e.deadline(&self.completion).0);
+                self.index.schedule(group.trace_id, e.scheduled);
+                self.bytes.fetch_add(i64::from(e.bytes), Ordering::Relaxed);
+                v.insert(e);
+                if full {
+                    Ingested::Full
+                } else {
+                    Ingested::Buffered
+                }
+            }
+        }
+    }
+
+    /// Appends to `out` every trace whose completion deadline has passed at `now`, with the
+    /// trigger that completed it. Traces whose deadline moved later are scheduled again.
+    pub fn due(&self, now: Instant, out: &mut Vec<(TraceId, Trigger)>) {
+        let now = self.ms(now);
+        let mut popped = Vec::new();
+        self.index.pop_due(now, &mut popped);
+        for (bucket, id) in popped {
+            let Some(mut e) = self.map.get_mut(&id) else {
+                continue; // decided already (span limit, rebalance)
+            };
+            if e.scheduled != bucket {
+                continue; // a stale entry: a newer one owns this trace
+            }
+            let (deadline, trigger) = e.deadline(&self.completion);
+            if deadline <= now {
+                out.push((id, trigger));
+            } else {
+                e.scheduled = self.index.bucket(deadline);
+                self.index.schedule(id, e.scheduled);
+            }
+        }
+    }
+
+    /// Removes a trace, deciding it with `decide` while it is still in the map, so that a span
+    /// of this trace arriving meanwhile either joins it before or finds the decision after.
+    /// `decide` must record the decision where late spans look (the decision cache).
+    pub fn take(
+        &self,
+        id: &TraceId,
+        decide: impl FnOnce(&TraceId, &TraceEntry) -> Decision,
+    ) -> Option<(TraceEntry, Decision)> {
+        let mut decision = None;
+        let (_, entry) = self.map.remove_if(id, |id, e| {
+            decision = Some(decide(id, e));
+            true
+        })?;
+        self.bytes
+            .fetch_sub(i64::from(entry.bytes), Ordering::Relaxed);
+        decision.map(|d| (entry, d))
+    }
+
+    /// Removes, without deciding them, the traces for which `release` holds; returns how many.
+    pub fn release_where(&self, release: impl Fn(&TraceEntry) -> bool) -> usize {
+        let mut released = 0usize;
+        let mut freed = 0i64;
+        self.map.retain(|_, e| {
+            if release(e) {
+                released += 1;
+                freed += i64::from(e.bytes);
+                false
+            } else {
+                true
+            }
+        });
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        released
+    }
+
+    /// Trace ids for which `pred` holds (a full scan: for rare events such as rebalances).
+    pub fn ids_where(&self, pred: impl Fn(&TraceEntry) -> bool) -> Vec<TraceId> {
+        self.map
+            .iter()
+            .filter(|r| pred(r.value()))
+            .map(|r| *r.key())
+            .collect()
+    }
+
+    /// Buffered traces.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Buffered bytes, as counted against the budget.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// When the next trace may come due, for a decider that sleeps until then.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.index
+            .next_due_ms()
+            .map(|ms| self.origin + Duration::from_millis(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests;

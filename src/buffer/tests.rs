@@ -1,0 +1,187 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{advance, Instant};
+
+use super::*;
+use crate::decision::{Decision, DecisionCache, Trigger};
+use crate::offsets::OffsetHold;
+use crate::otlp::build::*;
+use crate::otlp::decode::Decoder;
+
+const WAIT: Duration = Duration::from_secs(10);
+const GRACE: Duration = Duration::from_secs(2);
+const AGE: Duration = Duration::from_secs(30);
+
+fn buffer(max_spans: u32) -> Buffer {
+    Buffer::new(Completion {
+        decision_wait: WAIT,
+        root_grace: GRACE,
+        max_trace_age: AGE,
+        max_spans_per_trace: max_spans,
+    })
+}
+
+fn hold(offset: i64) -> Arc<OffsetHold> {
+    Arc::new(OffsetHold {
+        partition: 0,
+        offset,
+    })
+}
+
+fn cache() -> DecisionCache {
+    DecisionCache::new(1000, Duration::from_secs(60))
+}
+
+/// Ingests one message, returning what happened to each trace group.
+fn ingest(b: &Buffer, c: &DecisionCache, payload: &[u8]) -> Vec<Ingested> {
+    let mut d = Decoder::new();
+    d.decode(payload).unwrap();
+    let h = hold(1);
+    d.groups(payload)
+        .map(|g| b.ingest(&g, &h, false, Instant::now(), c))
+        .collect()
+}
+
+fn due(b: &Buffer) -> Vec<(crate::otlp::TraceId, Trigger)> {
+    let mut out = Vec::new();
+    b.due(Instant::now(), &mut out);
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_trigger_fires_decision_wait_after_the_last_span() {
+    let (b, c) = (buffer(100), cache());
+    let t = trace_id(1);
+    ingest(
+        &b,
+        &c,
+        &request("a", vec![span(t, 2, Some(1), "child", 1, 2)]),
+    );
+    advance(Duration::from_secs(6)).await;
+    ingest(
+        &b,
+        &c,
+        &request("b", vec![span(t, 3, Some(1), "child", 1, 2)]),
+    );
+    advance(WAIT - Duration::from_millis(100)).await;
+    assert!(due(&b).is_empty(), "the second span moved the deadline");
+    advance(Duration::from_millis(200)).await;
+    assert_eq!(due(&b), vec![(crate::otlp::TraceId(t), Trigger::Idle)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn root_trigger_fires_root_grace_after_the_root_arrived() {
+    let (b, c) = (buffer(100), cache());
+    let t = trace_id(2);
+    ingest(
+        &b,
+        &c,
+        &request("a", vec![span(t, 2, Some(1), "child", 1, 2)]),
+    );
+    advance(Duration::from_secs(1)).await;
+    ingest(&b, &c, &request("gw", vec![span(t, 1, None, "root", 0, 3)]));
+    advance(GRACE - Duration::from_millis(100)).await;
+    assert!(due(&b).is_empty());
+    advance(Duration::from_millis(200)).await;
+    assert_eq!(due(&b), vec![(crate::otlp::TraceId(t), Trigger::Root)]);
+    assert!(due(&b).is_empty(), "the stale idle entry is skipped later");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_age_trigger_fires_for_a_trace_that_never_goes_quiet() {
+    let (b, c) = (buffer(1000), cache());
+    let t = trace_id(3);
+    let mut fired = None;
+    for i in 0..40u64 {
+        ingest(
+            &b,
+            &c,
+            &request("a", vec![span(t, i + 2, Some(1), "busy", 1, 2)]),
+        );
+        advance(Duration::from_secs(1)).await;
+        if let Some(d) = due(&b).pop() {
+            fired = Some((i, d.1));
+            break;
+        }
+    }
+    let (at, trigger) = fired.expect("decided");
+    assert_eq!(trigger, Trigger::MaxAge);
+    assert_eq!(
+        at + 1,
+        AGE.as_secs(),
+        "decided at max_trace_age after the first span"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn span_limit_trigger_fires_at_the_limit() {
+    let (b, c) = (buffer(3), cache());
+    let t = trace_id(4);
+    let two = (2..4).map(|i| span(t, i, Some(1), "s", 1, 2)).collect();
+    assert_eq!(ingest(&b, &c, &request("a", two)), vec![Ingested::Buffered]);
+    let one = vec![span(t, 9, Some(1), "s", 1, 2)];
+    assert_eq!(ingest(&b, &c, &request("a", one)), vec![Ingested::Full]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn taken_traces_free_their_bytes_and_late_spans_find_the_decision() {
+    let (b, c) = (buffer(100), cache());
+    let t = trace_id(5);
+    ingest(&b, &c, &request("a", vec![span(t, 1, None, "root", 1, 2)]));
+    assert!(b.bytes() > TRACE_OVERHEAD as u64);
+    assert_eq!(b.len(), 1);
+    let keep = Decision::Keep {
+        rule: "r".into(),
+        sample_rate: 1,
+    };
+    let (entry, d) = b
+        .take(&crate::otlp::TraceId(t), |id, _| {
+            c.insert(*id, keep.clone());
+            keep.clone()
+        })
+        .unwrap();
+    assert_eq!(d, keep);
+    assert_eq!(entry.span_count, 1);
+    assert_eq!(b.bytes(), 0);
+    assert!(b.is_empty());
+    let late = ingest(
+        &b,
+        &c,
+        &request("a", vec![span(t, 2, Some(1), "late", 1, 2)]),
+    );
+    assert_eq!(late, vec![Ingested::Late(keep)]);
+    assert!(b.is_empty(), "late spans are not buffered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_holds_its_first_offset_until_taken() {
+    let (b, c) = (buffer(100), cache());
+    let t = trace_id(6);
+    let mut d = Decoder::new();
+    let p1 = request("a", vec![span(t, 2, Some(1), "s", 1, 2)]);
+    let p2 = request("a", vec![span(t, 3, Some(1), "s", 1, 2)]);
+    let (h1, h2) = (hold(10), hold(11));
+    d.decode(&p1).unwrap();
+    for g in d.groups(&p1) {
+        b.ingest(&g, &h1, false, Instant::now(), &c);
+    }
+    d.decode(&p2).unwrap();
+    for g in d.groups(&p2) {
+        b.ingest(&g, &h2, false, Instant::now(), &c);
+    }
+    assert_eq!(
+        Arc::strong_count(&h1),
+        2,
+        "the trace holds its first message"
+    );
+    assert_eq!(
+        Arc::strong_count(&h2),
+        1,
+        "the later message is covered by the first"
+    );
+    drop(b.take(&crate::otlp::TraceId(t), |_, _| Decision::Drop {
+        rule: "r".into(),
+    }));
+    assert_eq!(Arc::strong_count(&h1), 1);
+}

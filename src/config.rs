@@ -1,0 +1,521 @@
+//! `tailsift.yaml`: what an operator writes, checked once and turned into [`Settings`].
+//!
+//! Every field's `///` doc is its user documentation (the README's config reference follows
+//! it). Unknown keys are rejected; values are checked here, so that no invalid combination
+//! reaches the pipeline.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::buffer::Completion;
+
+/// Environment variable that overrides `kafka.brokers`.
+pub const BROKERS_ENV: &str = "TAILSIFT_BROKERS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where spans come from and kept traces go.
+    pub kafka: KafkaConfig,
+    /// The sampling rules.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// When a trace counts as complete.
+    #[serde(default)]
+    pub completion: CompletionConfig,
+    /// The trace buffer.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// Decisions remembered for late spans.
+    #[serde(default)]
+    pub decision_cache: DecisionCacheConfig,
+    /// The HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How long a graceful shutdown (SIGTERM/SIGINT) may take before the process exits anyway.
+    /// Default 30s. Kubernetes' terminationGracePeriodSeconds should be longer.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`. The environment variable
+    /// `TAILSIFT_BROKERS` overrides it.
+    pub brokers: String,
+    /// Topics of OTLP `ExportTraceServiceRequest` protobufs, keyed by trace id.
+    pub input_topics: Vec<String>,
+    /// Topic the kept traces are written to.
+    pub output_topic: String,
+    /// Consumer group; every instance of one sampler shares it.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Static membership (`group.instance.id`), e.g. the pod name: a restart within the
+    /// session timeout gets its partitions back without a rebalance.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    /// librdkafka properties for both consumer and producer (security settings go here:
+    /// `security.protocol`, `sasl.mechanism`, `ssl.ca.location`...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    /// How often safe offsets are committed. Default 1s.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Largest output message; a bigger trace is split into several messages (same key).
+    /// Keep it under the topic's `max.message.bytes`. Default 1000000.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Directory of rule files (`*.yaml`), loaded in lexical order. Default `rules`.
+    #[serde(default = "default_rules_dir")]
+    pub dir: PathBuf,
+    /// Salt mixed into the trace id for sample-rate decisions. Leave unset to sample on the
+    /// trace id's own randomness (consistent with OpenTelemetry probability sampling); set it
+    /// to decorrelate from upstream samplers. All instances must share it.
+    #[serde(default)]
+    pub salt: Option<String>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            dir: default_rules_dir(),
+            salt: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionConfig {
+    /// Decide a trace this long after its last span arrived. Default 10s.
+    #[serde(default = "d_decision_wait", with = "humantime_serde")]
+    pub decision_wait: Duration,
+    /// Decide a trace this long after its root span arrived. Default 2s.
+    #[serde(default = "d_root_grace", with = "humantime_serde")]
+    pub root_grace: Duration,
+    /// Decide a trace this long after its first span, however busy. Default 60s.
+    #[serde(default = "d_max_trace_age", with = "humantime_serde")]
+    pub max_trace_age: Duration,
+    /// Decide a trace as soon as it holds this many spans. Default 10000.
+    #[serde(default = "d_max_spans")]
+    pub max_spans_per_trace: u32,
+}
+
+impl Default for CompletionConfig {
+    fn default() -> Self {
+        CompletionConfig {
+            decision_wait: d_decision_wait(),
+            root_grace: d_root_grace(),
+            max_trace_age: d_max_trace_age(),
+            max_spans_per_trace: d_max_spans(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Budget for buffered span data plus per-trace overhead, in bytes (`512MiB`, `2GB` or a
+    /// number). Above it, fetching pauses until the buffer drains below 90%. Default 512MiB.
+    #[serde(default = "d_max_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_bytes: d_max_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionCacheConfig {
+    /// Decisions remembered. Default 1000000.
+    #[serde(default = "d_cache_entries")]
+    pub max_entries: u64,
+    /// How long a decision is remembered. Default 5m.
+    #[serde(default = "d_cache_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for DecisionCacheConfig {
+    fn default() -> Self {
+        DecisionCacheConfig {
+            max_entries: d_cache_entries(),
+            ttl: d_cache_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address. Default `0.0.0.0:8080`.
+    #[serde(default = "d_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: d_listen() }
+    }
+}
+
+/// A size in bytes, written as a number or with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`,
+/// `GB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size such as 512MiB"))?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` (supported: B, KiB, MiB, GiB, KB, MB, GB)"
+                ))
+            }
+        };
+        n.checked_mul(scale)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_group() -> String {
+    "tailsift".into()
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_message_bytes() -> usize {
+    1_000_000
+}
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("rules")
+}
+fn d_decision_wait() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_root_grace() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_max_trace_age() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_max_spans() -> u32 {
+    10_000
+}
+fn d_max_bytes() -> ByteSize {
+    ByteSize(512 << 20)
+}
+fn d_cache_entries() -> u64 {
+    1_000_000
+}
+fn d_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+impl Config {
+    /// Reads, parses and checks a config file; `TAILSIFT_BROKERS` overrides the brokers.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(path, &text)?;
+        if let Ok(brokers) = std::env::var(BROKERS_ENV) {
+            if !brokers.trim().is_empty() {
+                config.kafka.brokers = brokers;
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks config text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.brokers",
+                "must name at least one broker".into(),
+            ));
+        }
+        if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid(
+                "kafka.input_topics",
+                "must list at least one non-empty topic".into(),
+            ));
+        }
+        if k.output_topic.trim().is_empty() {
+            return Err(invalid("kafka.output_topic", "must not be empty".into()));
+        }
+        if k.input_topics.contains(&k.output_topic) {
+            return Err(invalid(
+                "kafka.output_topic",
+                format!(
+                    "`{}` is also an input topic: kept traces would be read again",
+                    k.output_topic
+                ),
+            ));
+        }
+        if k.max_message_bytes < 1024 {
+            return Err(invalid(
+                "kafka.max_message_bytes",
+                format!("{} is too small (at least 1024)", k.max_message_bytes),
+            ));
+        }
+        if k.commit_interval.is_zero() {
+            return Err(invalid("kafka.commit_interval", "must be above 0".into()));
+        }
+        for (key, managed) in [
+            ("group.id", "kafka.group_id"),
+            ("group.instance.id", "kafka.group_instance_id"),
+            ("bootstrap.servers", "kafka.brokers"),
+            (
+                "enable.auto.commit",
+                "tailsift (it commits only safe offsets)",
+            ),
+            (
+                "enable.auto.offset.store",
+                "tailsift (it commits only safe offsets)",
+            ),
+        ] {
+            if k.properties.contains_key(key) || k.consumer_properties.contains_key(key) {
+                return Err(invalid(
+                    "kafka.properties",
+                    format!("`{key}` is set by {managed}, not here"),
+                ));
+            }
+        }
+        let c = &self.completion;
+        if c.decision_wait.is_zero() {
+            return Err(invalid(
+                "completion.decision_wait",
+                "must be above 0".into(),
+            ));
+        }
+        if c.max_trace_age < c.decision_wait.min(c.root_grace) {
+            return Err(invalid(
+                "completion.max_trace_age",
+                "must be at least the smaller of decision_wait and root_grace".into(),
+            ));
+        }
+        if c.max_spans_per_trace == 0 {
+            return Err(invalid(
+                "completion.max_spans_per_trace",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.buffer.max_bytes.0 < (1 << 20) {
+            return Err(invalid(
+                "buffer.max_bytes",
+                format!(
+                    "{} bytes is too small (at least 1MiB)",
+                    self.buffer.max_bytes.0
+                ),
+            ));
+        }
+        if self.decision_cache.max_entries == 0 {
+            return Err(invalid(
+                "decision_cache.max_entries",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The completion settings as the buffer uses them.
+    pub fn completion(&self) -> Completion {
+        let c = &self.completion;
+        Completion {
+            decision_wait: c.decision_wait,
+            root_grace: c.root_grace,
+            max_trace_age: c.max_trace_age,
+            max_spans_per_trace: c.max_spans_per_trace,
+        }
+    }
+
+    /// A configuration for the given brokers and topics with every other setting at its
+    /// default (the demo and the tests start from this).
+    pub fn for_brokers(brokers: &str, input: &str, output: &str, rules_dir: &Path) -> Self {
+        Config {
+            kafka: KafkaConfig {
+                brokers: brokers.into(),
+                input_topics: vec![input.into()],
+                output_topic: output.into(),
+                group_id: default_group(),
+                group_instance_id: None,
+                properties: BTreeMap::new(),
+                consumer_properties: BTreeMap::new(),
+                producer_properties: BTreeMap::new(),
+                commit_interval: default_commit_interval(),
+                max_message_bytes: default_max_message_bytes(),
+            },
+            rules: RulesConfig {
+                dir: rules_dir.to_path_buf(),
+                salt: None,
+            },
+            completion: CompletionConfig::default(),
+            buffer: BufferConfig::default(),
+            decision_cache: DecisionCacheConfig::default(),
+            http: HttpConfig::default(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "kafka:\n  brokers: b:9092\n  input_topics: [in]\n  output_topic: out\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("t.yaml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.completion.decision_wait, Duration::from_secs(10));
+        assert_eq!(c.completion.root_grace, Duration::from_secs(2));
+        assert_eq!(c.completion.max_trace_age, Duration::from_secs(60));
+        assert_eq!(c.completion.max_spans_per_trace, 10_000);
+        assert_eq!(c.buffer.max_bytes, ByteSize(512 << 20));
+        assert_eq!(c.kafka.group_id, "tailsift");
+        assert_eq!(c.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values_naming_the_key() {
+        let cases = [
+            (format!("{MINIMAL}bogus: 1\n"), "unknown field `bogus`"),
+            (
+                format!("{MINIMAL}completion:\n  decison_wait: 5s\n"),
+                "unknown field `decison_wait`",
+            ),
+            (
+                format!("{MINIMAL}completion:\n  decision_wait: soon\n"),
+                "decision_wait",
+            ),
+            (
+                format!("{MINIMAL}buffer:\n  max_bytes: 12XB\n"),
+                "unknown unit `XB`",
+            ),
+            (
+                "kafka:\n  brokers: b\n  input_topics: [t]\n  output_topic: t\n".to_string(),
+                "`kafka.output_topic`",
+            ),
+            (
+                format!("{MINIMAL}  properties:\n    group.id: x\n"),
+                "`group.id` is set by kafka.group_id",
+            ),
+            (
+                "kafka:\n  brokers: b\n  input_topics: []\n  output_topic: o\n".to_string(),
+                "kafka.input_topics",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).expect_err(&text);
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes_accept_units() {
+        assert_eq!("512MiB".parse::<ByteSize>(), Ok(ByteSize(512 << 20)));
+        assert_eq!("2GB".parse::<ByteSize>(), Ok(ByteSize(2_000_000_000)));
+        assert_eq!("1024".parse::<ByteSize>(), Ok(ByteSize(1024)));
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+}

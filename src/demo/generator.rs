@@ -1,0 +1,1322 @@
+//! Synthetic OpenTelemetry traces for the demo and for tests.
+//!
+//! A [`Generator`] simulates a small shop: a checkout request enters the `gateway`, which asks
+//! `auth` to verify the caller and `orders` to place the order; `orders` checks stock with
+//! `inventory` (which queries PostgreSQL), charges the card through `payment`, and publishes the
+//! order to the `orders` Kafka topic, from which `fulfillment` consumes it. Each generated trace
+//! comes back already encoded as the OTLP `ExportTraceServiceRequest` messages the services'
+//! collectors would put on Kafka: one per service, leaf services first and the gateway, which
+//! holds the root span, last.
+//!
+//! The traffic mix is set by [`GeneratorConfig`]: some card-declined errors, some slow calls,
+//! some enterprise customers and some single-span health checks. Output depends only on the
+//! configuration, the seed and the start times passed in.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+/// Knobs for the traffic mix; all rates are probabilities in 0..=1.
+///
+/// The kinds are exclusive: each trace gets exactly one [`TraceKind`], and each rate is the
+/// share of *all* traces of that kind. Rates outside 0..=1 (or NaN) are clamped; if they add up
+/// to more than 1, the later kinds in the order health check, error, slow, enterprise get what
+/// is left.
+#[derive(Debug, Clone)]
+pub struct GeneratorConfig {
+    /// Share of checkouts where payment fails (card declined) and the error propagates up to
+    /// the gateway. Default 0.02.
+    pub error_rate: f64,
+    /// Share of checkouts where payment or inventory takes 2..5 s, so the trace lasts over 2 s.
+    /// Default 0.03.
+    pub slow_rate: f64,
+    /// Share of checkouts by an enterprise customer (`customer.tier = "enterprise"` on the
+    /// gateway root span). Default 0.05.
+    pub enterprise_rate: f64,
+    /// Share of traces that are a single-span `GET /healthz` on the gateway. Default 0.10.
+    pub health_check_rate: f64,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            error_rate: 0.02,
+            slow_rate: 0.03,
+            enterprise_rate: 0.05,
+            health_check_rate: 0.10,
+        }
+    }
+}
+
+/// What a generated trace is, for checking what a sampler kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TraceKind {
+    /// A successful checkout by a free or pro customer, about 20..300 ms.
+    Ordinary,
+    /// A checkout where payment failed with "card declined"; several spans have status ERROR.
+    Error,
+    /// A successful checkout where payment or inventory took 2..5 s.
+    Slow,
+    /// A successful, normally fast checkout by an enterprise customer.
+    Enterprise,
+    /// A single gateway span `GET /healthz`.
+    HealthCheck,
+}
+
+impl TraceKind {
+    /// A short lowercase label, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceKind::Ordinary => "ordinary",
+            TraceKind::Error => "error",
+            TraceKind::Slow => "slow",
+            TraceKind::Enterprise => "enterprise",
+            TraceKind::HealthCheck => "health_check",
+        }
+    }
+}
+
+/// One generated trace, already encoded as the messages its services' collectors would export.
+#[derive(Debug, Clone)]
+pub struct GeneratedTrace {
+    /// The trace id shared by all its spans.
+    pub trace_id: [u8; 16],
+    /// Encoded `ExportTraceServiceRequest` protobufs (prost::Message::encode_to_vec). One per
+    /// service that took part (each holds that service's Resource and one ScopeSpans with that
+    /// service's spans of this trace), in the order they would arrive: leaf services first,
+    /// the gateway (which holds the root span) last.
+    pub messages: Vec<Vec<u8>>,
+    /// What kind of trace this is.
+    pub kind: TraceKind,
+    /// Number of spans over all messages.
+    pub span_count: usize,
+}
+
+/// Lowercase 32-character hex of a trace id (the Kafka message key the OpenTelemetry
+/// Collector's kafka exporter uses with partition_traces_by_id).
+pub fn trace_id_hex(id: &[u8; 16]) -> String {
+    hex::encode(id)
+}
+
+/// The services of the simulated shop; the discriminant indexes [`SERVICES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Gateway = 0,
+    Auth = 1,
+    Orders = 2,
+    Inventory = 3,
+    Payment = 4,
+    Fulfillment = 5,
+}
+
+/// Static description of one service: its identity and the SDK / instrumentation it uses.
+struct ServiceInfo {
+    name: &'static str,
+    version: &'static str,
+    language: &'static str,
+    sdk_version: &'static str,
+    scope_name: &'static str,
+    scope_version: &'static str,
+    /// Replica-set hash used in pod names.
+    pod_hash: &'static str,
+}
+
+const SERVICES: [ServiceInfo; 6] = [
+    ServiceInfo {
+        name: "gateway",
+        version: "2.14.0",
+        language: "java",
+        sdk_version: "1.32.0",
+        scope_name: "io.opentelemetry.netty-4.1",
+        scope_version: "1.32.0",
+        pod_hash: "7c9d5f6b8d",
+    },
+    ServiceInfo {
+        name: "auth",
+        version: "1.8.3",
+        language: "go",
+        sdk_version: "1.21.0",
+        scope_name: "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp",
+        scope_version: "0.46.1",
+        pod_hash: "5b8f7c4d9",
+    },
+    ServiceInfo {
+        name: "orders",
+        version: "3.2.1",
+        language: "java",
+        sdk_version: "1.32.0",
+        scope_name: "io.opentelemetry.spring-webmvc-6.0",
+        scope_version: "1.32.0",
+        pod_hash: "6d4c8b7f5c",
+    },
+    ServiceInfo {
+        name: "inventory",
+        version: "1.5.0",
+        language: "python",
+        sdk_version: "1.21.0",
+        scope_name: "opentelemetry.instrumentation.flask",
+        scope_version: "0.42b0",
+        pod_hash: "84f6d9c7b",
+    },
+    ServiceInfo {
+        name: "payment",
+        version: "4.0.2",
+        language: "nodejs",
+        sdk_version: "1.18.1",
+        scope_name: "@opentelemetry/instrumentation-http",
+        scope_version: "0.45.1",
+        pod_hash: "9f7b6c5d4",
+    },
+    ServiceInfo {
+        name: "fulfillment",
+        version: "1.1.7",
+        language: "go",
+        sdk_version: "1.21.0",
+        scope_name: "go.opentelemetry.io/contrib/instrumentation/github.com/IBM/sarama/otelsarama",
+        scope_version: "0.46.1",
+        pod_hash: "58c9d7f6b",
+    },
+];
+
+/// Replicas per service; each trace picks one per service.
+const REPLICAS: usize = 3;
+/// Partitions of the `orders` topic.
+const ORDER_PARTITIONS: usize = 6;
+const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
+/// W3C trace flags: sampled.
+const FLAG_SAMPLED: u32 = 1;
+const NANOS_PER_MICRO: u64 = 1_000;
+
+const USER_AGENTS: [&str; 6] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+    "ShopApp/4.2.1 (Android 14; Pixel 8) okhttp/4.12.0",
+    "ShopApp/4.2.0 (iOS 17.1; iPhone15,2) CFNetwork/1485",
+];
+
+const CARD_DECLINED_STACK: &str = "CardDeclinedError: card declined\n    at charge (/app/src/charge.js:42:11)\n    at async handlePayment (/app/src/routes/payments.js:27:5)";
+
+/// Generates traces; see the module docs for the simulated system.
+#[derive(Debug)]
+pub struct Generator {
+    config: GeneratorConfig,
+    rng: SmallRng,
+    /// `[service][replica]`: the Resource each replica's SDK reports.
+    resources: Vec<Vec<Resource>>,
+    /// `[service]`: the instrumentation scope of the service's spans.
+    scopes: Vec<InstrumentationScope>,
+    /// Next offset per partition of the `orders` topic.
+    offsets: [i64; ORDER_PARTITIONS],
+}
+
+impl Generator {
+    /// A generator for the given mix; the same config and seed give the same traces.
+    pub fn new(config: GeneratorConfig, seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let resources = SERVICES
+            .iter()
+            .map(|info| {
+                (0..REPLICAS)
+                    .map(|_| service_resource(info, &mut rng))
+                    .collect()
+            })
+            .collect();
+        let scopes = SERVICES
+            .iter()
+            .map(|info| InstrumentationScope {
+                name: info.scope_name.to_string(),
+                version: info.scope_version.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        let mut offsets = [0i64; ORDER_PARTITIONS];
+        for o in &mut offsets {
+            *o = rng.random_range(100_000..2_000_000);
+        }
+        Generator {
+            config,
+            rng,
+            resources,
+            scopes,
+            offsets,
+        }
+    }
+
+    /// The configuration this generator was made with.
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    /// Next trace; `start_unix_nanos` is the root span's start time.
+    pub fn next_trace(&mut self, start_unix_nanos: u64) -> GeneratedTrace {
+        let kind = self.pick_kind();
+        let trace_id = self.trace_id();
+        let spans = match kind {
+            TraceKind::HealthCheck => self.health_check(&trace_id, start_unix_nanos),
+            _ => self.checkout(&trace_id, start_unix_nanos, kind),
+        };
+        let span_count = spans.len();
+        let messages = self.encode(spans);
+        GeneratedTrace {
+            trace_id,
+            messages,
+            kind,
+            span_count,
+        }
+    }
+
+    fn pick_kind(&mut self) -> TraceKind {
+        let c = &self.config;
+        let bands = [
+            (rate(c.health_check_rate), TraceKind::HealthCheck),
+            (rate(c.error_rate), TraceKind::Error),
+            (rate(c.slow_rate), TraceKind::Slow),
+            (rate(c.enterprise_rate), TraceKind::Enterprise),
+        ];
+        let u: f64 = self.rng.random();
+        let mut edge = 0.0;
+        for (r, kind) in bands {
+            edge += r;
+            if u < edge {
+                return kind;
+            }
+        }
+        TraceKind::Ordinary
+    }
+
+    /// A random, non-zero trace id: all 16 bytes random, so the last 7 are uniformly random.
+    fn trace_id(&mut self) -> [u8; 16] {
+        loop {
+            let mut id = [0u8; 16];
+            self.rng.fill_bytes(&mut id);
+            if id != [0u8; 16] {
+                return id;
+            }
+        }
+    }
+
+    /// A random, non-zero span id.
+    fn span_id(&mut self) -> [u8; 8] {
+        loop {
+            let id = self.rng.next_u64();
+            if id != 0 {
+                return id.to_be_bytes();
+            }
+        }
+    }
+
+    /// A random duration of `lo..=hi` microseconds, in nanoseconds.
+    fn us(&mut self, lo: u64, hi: u64) -> u64 {
+        self.rng.random_range(lo..=hi) * NANOS_PER_MICRO
+    }
+
+    /// A random duration of 2..5 s, in nanoseconds.
+    fn slow(&mut self) -> u64 {
+        self.us(2_000_000, 5_000_000)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.rng.random_range(0..items.len())]
+    }
+
+    fn health_check(&mut self, tid: &[u8; 16], start: u64) -> Vec<(Service, Span)> {
+        let id = self.span_id();
+        let end = start + self.us(150, 3_000);
+        let probe_ip = format!(
+            "10.0.{}.{}",
+            self.rng.random_range(0..4u8),
+            self.rng.random_range(2..255u8)
+        );
+        let attrs = vec![
+            kv_str("http.request.method", "GET"),
+            kv_str("http.route", "/healthz"),
+            kv_str("url.path", "/healthz"),
+            kv_str("url.scheme", "http"),
+            kv_str("server.address", "gateway"),
+            kv_int("server.port", 8080),
+            kv_str("network.protocol.version", "1.1"),
+            kv_str("user_agent.original", "kube-probe/1.29"),
+            kv_str("client.address", probe_ip),
+            kv_int("http.response.status_code", 200),
+        ];
+        vec![(
+            Service::Gateway,
+            span(
+                tid,
+                id,
+                None,
+                "GET /healthz",
+                SpanKind::Server,
+                (start, end),
+                attrs,
+            ),
+        )]
+    }
+
+    /// The checkout flow. Times are laid out front to back with a cursor `t`; every child lies
+    /// strictly inside its parent.
+    fn checkout(&mut self, tid: &[u8; 16], start: u64, kind: TraceKind) -> Vec<(Service, Span)> {
+        let failed = kind == TraceKind::Error;
+        let (slow_inventory, slow_payment) = if kind == TraceKind::Slow {
+            let inv = self.rng.random_bool(0.4);
+            (inv, !inv)
+        } else {
+            (false, false)
+        };
+        let tier = if kind == TraceKind::Enterprise {
+            "enterprise"
+        } else if self.rng.random_bool(0.3) {
+            "pro"
+        } else {
+            "free"
+        };
+        let customer_id = if tier == "enterprise" {
+            format!("cust-{}", self.rng.random_range(100_000..100_250u32))
+        } else {
+            format!("cust-{}", self.rng.random_range(100_250..1_000_000u32))
+        };
+        let order_id = format!("ord-{:012x}", self.rng.next_u64() >> 16);
+        let sku = format!("SKU-{:05}", self.rng.random_range(1..40_000u32));
+        let items = self.rng.random_range(1..=6i64);
+        let amount_cents = self.rng.random_range(500..50_000u32);
+        let partition = self.rng.random_range(0..ORDER_PARTITIONS);
+        let user_agent = self.pick(&USER_AGENTS);
+        let client_ip = format!(
+            "{}.{}",
+            self.pick(&["198.51.100", "203.0.113", "192.0.2"]),
+            self.rng.random_range(1..255u8)
+        );
+        let h2 = self.rng.random_bool(0.6);
+
+        let mut out: Vec<(Service, Span)> = Vec::with_capacity(12);
+        let root_id = self.span_id();
+        let mut t = start + self.us(300, 2_000);
+
+        // auth: verify the caller's token.
+        let auth_id = self.span_id();
+        let auth_start = t;
+        let auth_end = auth_start + self.us(3_000, 20_000);
+        out.push((
+            Service::Auth,
+            span(
+                tid,
+                auth_id,
+                Some(root_id),
+                "POST /auth/verify",
+                SpanKind::Server,
+                (auth_start, auth_end),
+                vec![
+                    kv_str("http.request.method", "POST"),
+                    kv_str("http.route", "/auth/verify"),
+                    kv_str("url.path", "/auth/verify"),
+                    kv_str("url.scheme", "http"),
+                    kv_str("server.address", "auth"),
+                    kv_int("server.port", 8080),
+                    kv_str("network.protocol.version", "1.1"),
+                    kv_int("http.response.status_code", 200),
+                    kv_str("auth.method", "jwt"),
+                ],
+            ),
+        ));
+        t = auth_end + self.us(200, 1_000);
+
+        // orders: place the order.
+        let orders_id = self.span_id();
+        let orders_start = t;
+        t += self.us(200, 1_000);
+
+        // orders -> inventory
+        let inv_client_id = self.span_id();
+        let inv_client_start = t;
+        t += self.us(100, 500);
+        let inv_id = self.span_id();
+        let inv_start = t;
+        t += self.us(200, 1_000);
+        let select_id = self.span_id();
+        let select_start = t;
+        let select_end = select_start
+            + if slow_inventory {
+                self.slow()
+            } else {
+                self.us(1_000, 20_000)
+            };
+        out.push((
+            Service::Inventory,
+            db_span(
+                tid,
+                select_id,
+                inv_id,
+                "SELECT",
+                "SELECT sku, available, reserved FROM inventory WHERE sku = $1",
+                (select_start, select_end),
+            ),
+        ));
+        t = select_end + self.us(50, 300);
+        if self.rng.random_bool(0.4) {
+            let update_id = self.span_id();
+            let update_start = t;
+            let update_end = update_start + self.us(1_000, 10_000);
+            out.push((
+                Service::Inventory,
+                db_span(
+                    tid,
+                    update_id,
+                    inv_id,
+                    "UPDATE",
+                    "UPDATE inventory SET reserved = reserved + $1 WHERE sku = $2",
+                    (update_start, update_end),
+                ),
+            ));
+            t = update_end + self.us(50, 300);
+        }
+        let inv_end = t + self.us(100, 1_000);
+        let inv_path = format!("/inventory/{sku}");
+        out.push((
+            Service::Inventory,
+            span(
+                tid,
+                inv_id,
+                Some(inv_client_id),
+                "GET /inventory/{sku}",
+                SpanKind::Server,
+                (inv_start, inv_end),
+                vec![
+                    kv_str("http.request.method", "GET"),
+                    kv_str("http.route", "/inventory/{sku}"),
+                    kv_str("url.path", inv_path.clone()),
+                    kv_str("url.scheme", "http"),
+                    kv_str("server.address", "inventory"),
+                    kv_int("server.port", 8080),
+                    kv_str("network.protocol.version", "1.1"),
+                    kv_int("http.response.status_code", 200),
+                ],
+            ),
+        ));
+        let inv_client_end = inv_end + self.us(100, 500);
+        out.push((
+            Service::Orders,
+            span(
+                tid,
+                inv_client_id,
+                Some(orders_id),
+                "GET /inventory/{sku}",
+                SpanKind::Client,
+                (inv_client_start, inv_client_end),
+                vec![
+                    kv_str("http.request.method", "GET"),
+                    kv_str("url.full", format!("http://inventory:8080{inv_path}")),
+                    kv_str("url.template", "/inventory/{sku}"),
+                    kv_str("server.address", "inventory"),
+                    kv_int("server.port", 8080),
+                    kv_str("network.protocol.version", "1.1"),
+                    kv_int("http.response.status_code", 200),
+                ],
+            ),
+        ));
+        t = inv_client_end + self.us(100, 800);
+
+        // orders -> payment
+        let pay_client_id = self.span_id();
+        let pay_client_start = t;
+        t += self.us(100, 500);
+        let pay_id = self.span_id();
+        let pay_start = t;
+        let pay_end = pay_start
+            + if slow_payment {
+                self.slow()
+            } else if failed {
+                self.us(20_000, 120_000)
+            } else {
+                self.us(15_000, 200_000)
+            };
+        let pay_status = if failed { 402 } else { 200 };
+        let mut pay_attrs = vec![
+            kv_str("http.request.method", "POST"),
+            kv_str("http.route", "/payments"),
+            kv_str("url.path", "/payments"),
+            kv_str("url.scheme", "http"),
+            kv_str("server.address", "payment"),
+            kv_int("server.port", 8080),
+            kv_str("network.protocol.version", "1.1"),
+            kv_int("http.response.status_code", pay_status),
+            kv_str("payment.provider", "stripe"),
+            kv_f64("payment.amount", f64::from(amount_cents) / 100.0),
+            kv_str("payment.currency", "USD"),
+        ];
+        let mut pay_span = if failed {
+            pay_attrs.push(kv_str("error.type", "CardDeclinedError"));
+            let mut s = span(
+                tid,
+                pay_id,
+                Some(pay_client_id),
+                "POST /payments",
+                SpanKind::Server,
+                (pay_start, pay_end),
+                pay_attrs,
+            );
+            s.status = error_status("card declined");
+            s
+        } else {
+            span(
+                tid,
+                pay_id,
+                Some(pay_client_id),
+                "POST /payments",
+                SpanKind::Server,
+                (pay_start, pay_end),
+                pay_attrs,
+            )
+        };
+        if failed {
+            pay_span.events.push(Event {
+                time_unix_nano: pay_end - self.us(100, 1_000),
+                name: "exception".to_string(),
+                attributes: vec![
+                    kv_str("exception.type", "CardDeclinedError"),
+                    kv_str("exception.message", "card declined"),
+                    kv_str("exception.stacktrace", CARD_DECLINED_STACK),
+                ],
+                ..Default::default()
+            });
+        }
+        out.push((Service::Payment, pay_span));
+        let pay_client_end = pay_end + self.us(100, 500);
+        let mut pay_client = span(
+            tid,
+            pay_client_id,
+            Some(orders_id),
+            "POST /payments",
+            SpanKind::Client,
+            (pay_client_start, pay_client_end),
+            vec![
+                kv_str("http.request.method", "POST"),
+                kv_str("url.full", "http://payment:8080/payments"),
+                kv_str("url.template", "/payments"),
+                kv_str("server.address", "payment"),
+                kv_int("server.port", 8080),
+                kv_str("network.protocol.version", "1.1"),
+                kv_int("http.response.status_code", pay_status),
+            ],
+        );
+        if failed {
+            pay_client.attributes.push(kv_str("error.type", "402"));
+            pay_client.status = error_status("");
+        }
+        out.push((Service::Orders, pay_client));
+        t = pay_client_end;
+
+        // orders -> Kafka -> fulfillment, only for placed orders. The producer span covers the
+        // publish until the broker's ack; the consumer picks the record up within it.
+        if !failed {
+            t += self.us(100, 500);
+            let prod_id = self.span_id();
+            let prod_start = t;
+            let cons_id = self.span_id();
+            let cons_start = prod_start + self.us(300, 2_000);
+            let cons_end = cons_start + self.us(1_000, 6_000);
+            let prod_end = cons_end + self.us(100, 1_000);
+            let offset = self.offsets[partition];
+            self.offsets[partition] += 1;
+            out.push((
+                Service::Fulfillment,
+                span(
+                    tid,
+                    cons_id,
+                    Some(prod_id),
+                    "orders process",
+                    SpanKind::Consumer,
+                    (cons_start, cons_end),
+                    vec![
+                        kv_str("messaging.system", "kafka"),
+                        kv_str("messaging.destination.name", "orders"),
+                        kv_str("messaging.operation.type", "process"),
+                        kv_str("messaging.operation.name", "process"),
+                        kv_str("messaging.consumer.group.name", "fulfillment"),
+                        kv_str("messaging.destination.partition.id", partition.to_string()),
+                        kv_int("messaging.kafka.offset", offset),
+                        kv_str("messaging.kafka.message.key", order_id.clone()),
+                    ],
+                ),
+            ));
+            out.push((
+                Service::Orders,
+                span(
+                    tid,
+                    prod_id,
+                    Some(orders_id),
+                    "orders publish",
+                    SpanKind::Producer,
+                    (prod_start, prod_end),
+                    vec![
+                        kv_str("messaging.system", "kafka"),
+                        kv_str("messaging.destination.name", "orders"),
+                        kv_str("messaging.operation.type", "send"),
+                        kv_str("messaging.operation.name", "publish"),
+                        kv_str("messaging.destination.partition.id", partition.to_string()),
+                        kv_str("messaging.kafka.message.key", order_id.clone()),
+                        kv_str("messaging.client.id", "orders-producer-1"),
+                        kv_str("server.address", "kafka"),
+                        kv_int("server.port", 9092),
+                    ],
+                ),
+            ));
+            t = prod_end;
+        }
+
+        let orders_end = t + self.us(200, 1_000);
+        let mut orders_attrs = vec![
+            kv_str("http.request.method", "POST"),
+            kv_str("http.route", "/orders"),
+            kv_str("url.path", "/orders"),
+            kv_str("url.scheme", "http"),
+            kv_str("server.address", "orders"),
+            kv_int("server.port", 8080),
+            kv_str("network.protocol.version", "1.1"),
+            kv_int("http.response.status_code", if failed { 502 } else { 201 }),
+            kv_str("order.id", order_id),
+            kv_int("order.items", items),
+        ];
+        if failed {
+            orders_attrs.push(kv_str("error.type", "502"));
+        }
+        let mut orders = span(
+            tid,
+            orders_id,
+            Some(root_id),
+            "POST /orders",
+            SpanKind::Server,
+            (orders_start, orders_end),
+            orders_attrs,
+        );
+        if failed {
+            orders.status = error_status("payment failed: card declined");
+        }
+        out.push((Service::Orders, orders));
+
+        let root_end = orders_end + self.us(200, 1_000);
+        let mut root_attrs = vec![
+            kv_str("http.request.method", "POST"),
+            kv_str("http.route", "/api/checkout"),
+            kv_str("url.path", "/api/checkout"),
+            kv_str("url.scheme", "https"),
+            kv_str("server.address", "shop.example.com"),
+            kv_int("server.port", 443),
+            kv_str("network.protocol.version", if h2 { "2" } else { "1.1" }),
+            kv_str("client.address", client_ip),
+            kv_str("user_agent.original", user_agent),
+            kv_int("http.response.status_code", if failed { 500 } else { 200 }),
+            kv_str("customer.id", customer_id),
+            kv_str("customer.tier", tier),
+        ];
+        if failed {
+            root_attrs.push(kv_str("error.type", "500"));
+        }
+        let mut root = span(
+            tid,
+            root_id,
+            None,
+            "POST /api/checkout",
+            SpanKind::Server,
+            (start, root_end),
+            root_attrs,
+        );
+        if failed {
+            root.status = error_status("checkout failed: card declined");
+        }
+        out.push((Service::Gateway, root));
+        out
+    }
+
+    /// Groups spans by service into one request each, ordered by when the service's last span
+    /// ended (the gateway, holding the root, last), and encodes them.
+    fn encode(&mut self, spans: Vec<(Service, Span)>) -> Vec<Vec<u8>> {
+        let mut groups: Vec<(Service, u64, Vec<Span>)> = Vec::new();
+        for (svc, s) in spans {
+            match groups.iter_mut().find(|g| g.0 == svc) {
+                Some(g) => {
+                    g.1 = g.1.max(s.end_time_unix_nano);
+                    g.2.push(s);
+                }
+                None => groups.push((svc, s.end_time_unix_nano, vec![s])),
+            }
+        }
+        groups.sort_by_key(|g| (g.0 == Service::Gateway, g.1, g.0 as usize));
+        groups
+            .into_iter()
+            .map(|(svc, _, mut spans)| {
+                spans.sort_by_key(|s| s.start_time_unix_nano);
+                let replica = self.rng.random_range(0..REPLICAS);
+                let request = ExportTraceServiceRequest {
+                    resource_spans: vec![ResourceSpans {
+                        resource: Some(self.resources[svc as usize][replica].clone()),
+                        scope_spans: vec![ScopeSpans {
+                            scope: Some(self.scopes[svc as usize].clone()),
+                            spans,
+                            ..Default::default()
+                        }],
+                        schema_url: SCHEMA_URL.to_string(),
+                    }],
+                };
+                request.encode_to_vec()
+            })
+            .collect()
+    }
+}
+
+/// A rate clamped to 0..=1, NaN as 0.
+fn rate(r: f64) -> f64 {
+    if r.is_nan() {
+        0.0
+    } else {
+        r.clamp(0.0, 1.0)
+    }
+}
+
+/// The Resource one replica of a service reports: pod and node names drawn from `rng`.
+fn service_resource(info: &ServiceInfo, rng: &mut SmallRng) -> Resource {
+    const POD_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = (0..5)
+        .map(|_| char::from(POD_CHARS[rng.random_range(0..POD_CHARS.len())]))
+        .collect();
+    let pod = format!("{}-{}-{}", info.name, info.pod_hash, suffix);
+    let host = format!(
+        "ip-10-0-{}-{}.ec2.internal",
+        rng.random_range(0..64u8),
+        rng.random_range(2..255u8)
+    );
+    Resource {
+        attributes: vec![
+            kv_str("service.name", info.name),
+            kv_str("service.version", info.version),
+            kv_str("service.namespace", "shop"),
+            kv_str("deployment.environment.name", "demo"),
+            kv_str("host.name", host),
+            kv_str("k8s.namespace.name", "shop"),
+            kv_str("k8s.pod.name", pod),
+            kv_str("telemetry.sdk.name", "opentelemetry"),
+            kv_str("telemetry.sdk.language", info.language),
+            kv_str("telemetry.sdk.version", info.sdk_version),
+        ],
+        ..Default::default()
+    }
+}
+
+/// A span with the given identity, timing and attributes; status unset, flags "sampled".
+fn span(
+    tid: &[u8; 16],
+    id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    name: &str,
+    kind: SpanKind,
+    (start, end): (u64, u64),
+    attributes: Vec<KeyValue>,
+) -> Span {
+    Span {
+        trace_id: tid.to_vec(),
+        span_id: id.to_vec(),
+        parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: FLAG_SAMPLED,
+        name: name.to_string(),
+        kind: kind as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// A PostgreSQL CLIENT span of the inventory service on the `inventory` table.
+fn db_span(
+    tid: &[u8; 16],
+    id: [u8; 8],
+    parent: [u8; 8],
+    operation: &str,
+    query: &str,
+    times: (u64, u64),
+) -> Span {
+    span(
+        tid,
+        id,
+        Some(parent),
+        &format!("{operation} inventory"),
+        SpanKind::Client,
+        times,
+        vec![
+            kv_str("db.system.name", "postgresql"),
+            kv_str("db.namespace", "shop"),
+            kv_str("db.collection.name", "inventory"),
+            kv_str("db.operation.name", operation),
+            kv_str("db.query.text", query),
+            kv_str("server.address", "postgres"),
+            kv_int("server.port", 5432),
+        ],
+    )
+}
+
+fn error_status(message: &str) -> Option<Status> {
+    Some(Status {
+        message: message.to_string(),
+        code: StatusCode::Error as i32,
+    })
+}
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, Value::StringValue(value.into()))
+}
+
+fn kv_int(key: &str, value: i64) -> KeyValue {
+    kv(key, Value::IntValue(value))
+}
+
+fn kv_f64(key: &str, value: f64) -> KeyValue {
+    kv(key, Value::DoubleValue(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    /// A decoded message: the service name and its spans.
+    struct Decoded {
+        service: String,
+        spans: Vec<Span>,
+    }
+
+    fn decode(trace: &GeneratedTrace) -> Vec<Decoded> {
+        trace
+            .messages
+            .iter()
+            .map(|m| {
+                let req = ExportTraceServiceRequest::decode(&m[..]).unwrap();
+                assert_eq!(req.resource_spans.len(), 1);
+                let rs = &req.resource_spans[0];
+                let res = rs.resource.as_ref().unwrap();
+                for key in [
+                    "service.name",
+                    "service.version",
+                    "service.namespace",
+                    "deployment.environment.name",
+                    "host.name",
+                    "k8s.pod.name",
+                ] {
+                    assert!(str_attr(&res.attributes, key).is_some(), "missing {key}");
+                }
+                assert_eq!(rs.scope_spans.len(), 1);
+                let ss = &rs.scope_spans[0];
+                let scope = ss.scope.as_ref().unwrap();
+                assert!(!scope.name.is_empty() && !scope.version.is_empty());
+                Decoded {
+                    service: str_attr(&res.attributes, "service.name")
+                        .unwrap()
+                        .to_string(),
+                    spans: ss.spans.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+        match attr(attrs, key) {
+            Some(Value::StringValue(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+        match attr(attrs, key) {
+            Some(Value::IntValue(i)) => Some(*i),
+            _ => None,
+        }
+    }
+
+    fn all_spans(d: &[Decoded]) -> Vec<&Span> {
+        d.iter().flat_map(|m| m.spans.iter()).collect()
+    }
+
+    fn root(d: &[Decoded]) -> &Span {
+        let roots: Vec<&Span> = all_spans(d)
+            .into_iter()
+            .filter(|s| s.parent_span_id.is_empty())
+            .collect();
+        assert_eq!(roots.len(), 1);
+        roots[0]
+    }
+
+    fn duration(s: &Span) -> u64 {
+        s.end_time_unix_nano - s.start_time_unix_nano
+    }
+
+    fn traces(config: GeneratorConfig, seed: u64, n: usize) -> Vec<GeneratedTrace> {
+        let mut g = Generator::new(config, seed);
+        (0..n)
+            .map(|i| g.next_trace(T0 + i as u64 * 1_000_000))
+            .collect()
+    }
+
+    #[test]
+    fn traces_are_well_formed() {
+        for (i, trace) in traces(GeneratorConfig::default(), 1, 3_000)
+            .iter()
+            .enumerate()
+        {
+            assert_ne!(trace.trace_id, [0u8; 16]);
+            let d = decode(trace);
+            let spans = all_spans(&d);
+            assert_eq!(spans.len(), trace.span_count);
+
+            // One trace id, unique non-zero span ids.
+            let mut ids = HashSet::new();
+            for s in &spans {
+                assert_eq!(s.trace_id, trace.trace_id.to_vec());
+                assert_eq!(s.span_id.len(), 8);
+                assert_ne!(s.span_id, vec![0u8; 8]);
+                assert!(ids.insert(s.span_id.clone()), "duplicate span id");
+                assert!(s.start_time_unix_nano < s.end_time_unix_nano);
+            }
+
+            // Exactly one root, in the last message, from the gateway.
+            let r = root(&d);
+            let last = d.last().unwrap();
+            assert!(last.spans.iter().any(|s| s.parent_span_id.is_empty()));
+            assert_eq!(last.service, "gateway");
+            assert_eq!(r.kind, SpanKind::Server as i32);
+            assert_eq!(r.start_time_unix_nano, T0 + i as u64 * 1_000_000);
+
+            // One message per service.
+            let services: HashSet<&str> = d.iter().map(|m| m.service.as_str()).collect();
+            assert_eq!(services.len(), d.len());
+
+            // Parents exist and contain their children.
+            let by_id: HashMap<&[u8], &Span> = spans.iter().map(|s| (&s.span_id[..], *s)).collect();
+            for s in &spans {
+                if s.parent_span_id.is_empty() {
+                    continue;
+                }
+                let p = by_id
+                    .get(&s.parent_span_id[..])
+                    .unwrap_or_else(|| panic!("parent of {} missing", s.name));
+                assert!(
+                    s.start_time_unix_nano > p.start_time_unix_nano,
+                    "{}",
+                    s.name
+                );
+                assert!(s.end_time_unix_nano < p.end_time_unix_nano, "{}", s.name);
+                for e in &s.events {
+                    assert!(e.time_unix_nano >= s.start_time_unix_nano);
+                    assert!(e.time_unix_nano <= s.end_time_unix_nano);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_checkout_shape() {
+        let config = GeneratorConfig {
+            error_rate: 0.0,
+            slow_rate: 0.0,
+            enterprise_rate: 0.0,
+            health_check_rate: 0.0,
+        };
+        for trace in traces(config, 2, 500) {
+            assert_eq!(trace.kind, TraceKind::Ordinary);
+            let d = decode(&trace);
+            let order: Vec<&str> = d.iter().map(|m| m.service.as_str()).collect();
+            assert_eq!(order[0], "auth");
+            assert_eq!(&order[order.len() - 2..], ["orders", "gateway"]);
+            assert_eq!(order.len(), 6);
+            assert!((10..=11).contains(&trace.span_count));
+
+            let r = root(&d);
+            assert_eq!(r.name, "POST /api/checkout");
+            assert_eq!(str_attr(&r.attributes, "http.route"), Some("/api/checkout"));
+            assert_eq!(
+                int_attr(&r.attributes, "http.response.status_code"),
+                Some(200)
+            );
+            assert!(str_attr(&r.attributes, "user_agent.original").is_some());
+            assert!(str_attr(&r.attributes, "customer.id").is_some());
+            let tier = str_attr(&r.attributes, "customer.tier");
+            assert!(tier == Some("free") || tier == Some("pro"));
+            let ms = duration(r) / 1_000_000;
+            assert!((15..=300).contains(&ms), "ordinary took {ms} ms");
+
+            let spans = all_spans(&d);
+            let names: HashSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            for n in [
+                "POST /auth/verify",
+                "POST /orders",
+                "GET /inventory/{sku}",
+                "SELECT inventory",
+                "POST /payments",
+                "orders publish",
+                "orders process",
+            ] {
+                assert!(names.contains(n), "missing {n}");
+            }
+            assert!(spans.iter().all(|s| s.status.is_none()));
+            let db = spans.iter().find(|s| s.name == "SELECT inventory").unwrap();
+            assert_eq!(
+                str_attr(&db.attributes, "db.system.name"),
+                Some("postgresql")
+            );
+            assert!(str_attr(&db.attributes, "db.query.text").is_some());
+            for (name, kind) in [
+                ("orders publish", SpanKind::Producer),
+                ("orders process", SpanKind::Consumer),
+            ] {
+                let s = spans.iter().find(|s| s.name == name).unwrap();
+                assert_eq!(s.kind, kind as i32);
+                assert_eq!(str_attr(&s.attributes, "messaging.system"), Some("kafka"));
+                assert_eq!(
+                    str_attr(&s.attributes, "messaging.destination.name"),
+                    Some("orders")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn error_traces_carry_error_status() {
+        let config = GeneratorConfig {
+            error_rate: 1.0,
+            ..GeneratorConfig::default()
+        };
+        let mut seen = 0;
+        for trace in traces(config, 3, 300) {
+            if trace.kind == TraceKind::HealthCheck {
+                continue;
+            }
+            assert_eq!(trace.kind, TraceKind::Error);
+            seen += 1;
+            let d = decode(&trace);
+            let spans = all_spans(&d);
+            let pay = spans
+                .iter()
+                .find(|s| s.name == "POST /payments" && s.kind == SpanKind::Server as i32)
+                .unwrap();
+            let st = pay.status.as_ref().unwrap();
+            assert_eq!(st.code, StatusCode::Error as i32);
+            assert_eq!(st.message, "card declined");
+            let ev = pay.events.iter().find(|e| e.name == "exception").unwrap();
+            assert!(str_attr(&ev.attributes, "exception.type").is_some());
+            assert!(str_attr(&ev.attributes, "exception.message").is_some());
+
+            let orders = spans.iter().find(|s| s.name == "POST /orders").unwrap();
+            assert_eq!(
+                int_attr(&orders.attributes, "http.response.status_code"),
+                Some(502)
+            );
+            assert_eq!(
+                orders.status.as_ref().map(|s| s.code),
+                Some(StatusCode::Error as i32)
+            );
+            let r = root(&d);
+            assert_eq!(
+                int_attr(&r.attributes, "http.response.status_code"),
+                Some(500)
+            );
+            assert_eq!(
+                r.status.as_ref().map(|s| s.code),
+                Some(StatusCode::Error as i32)
+            );
+        }
+        assert!(seen > 200);
+
+        // No error status anywhere outside error traces.
+        for trace in traces(GeneratorConfig::default(), 4, 2_000) {
+            let has_error = all_spans(&decode(&trace)).iter().any(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.code == StatusCode::Error as i32)
+            });
+            assert_eq!(has_error, trace.kind == TraceKind::Error);
+        }
+    }
+
+    #[test]
+    fn slow_traces_last_over_two_seconds() {
+        let mut slow = 0;
+        for trace in traces(GeneratorConfig::default(), 5, 5_000) {
+            let d = decode(&trace);
+            let dur = duration(root(&d));
+            if trace.kind == TraceKind::Slow {
+                slow += 1;
+                assert!(dur > 2_000_000_000, "slow trace took {dur} ns");
+                assert!(dur < 6_000_000_000);
+            } else {
+                assert!(dur < 300_000_000, "{:?} trace took {dur} ns", trace.kind);
+            }
+        }
+        assert!(slow > 50);
+    }
+
+    #[test]
+    fn health_checks_are_single_spans() {
+        let config = GeneratorConfig {
+            health_check_rate: 1.0,
+            ..GeneratorConfig::default()
+        };
+        for trace in traces(config, 6, 200) {
+            assert_eq!(trace.kind, TraceKind::HealthCheck);
+            assert_eq!(trace.span_count, 1);
+            assert_eq!(trace.messages.len(), 1);
+            let d = decode(&trace);
+            assert_eq!(d[0].service, "gateway");
+            let r = root(&d);
+            assert_eq!(r.name, "GET /healthz");
+            assert_eq!(r.kind, SpanKind::Server as i32);
+            assert_eq!(str_attr(&r.attributes, "http.route"), Some("/healthz"));
+        }
+    }
+
+    #[test]
+    fn enterprise_tier_only_on_enterprise_traces() {
+        for trace in traces(GeneratorConfig::default(), 7, 3_000) {
+            let d = decode(&trace);
+            let tier = str_attr(&root(&d).attributes, "customer.tier").map(str::to_string);
+            let enterprise = tier.as_deref() == Some("enterprise");
+            assert_eq!(enterprise, trace.kind == TraceKind::Enterprise);
+            if trace.kind == TraceKind::HealthCheck {
+                assert_eq!(tier, None);
+            }
+        }
+    }
+
+    #[test]
+    fn mix_matches_config() {
+        let config = GeneratorConfig::default();
+        let n = 20_000usize;
+        let mut counts: HashMap<TraceKind, usize> = HashMap::new();
+        let mut g = Generator::new(config.clone(), 8);
+        for i in 0..n {
+            *counts.entry(g.next_trace(T0 + i as u64).kind).or_default() += 1;
+        }
+        let ordinary = 1.0
+            - config.error_rate
+            - config.slow_rate
+            - config.enterprise_rate
+            - config.health_check_rate;
+        for (kind, p) in [
+            (TraceKind::Error, config.error_rate),
+            (TraceKind::Slow, config.slow_rate),
+            (TraceKind::Enterprise, config.enterprise_rate),
+            (TraceKind::HealthCheck, config.health_check_rate),
+            (TraceKind::Ordinary, ordinary),
+        ] {
+            let got = *counts.get(&kind).unwrap_or(&0) as f64 / n as f64;
+            let tolerance = 4.0 * (p * (1.0 - p) / n as f64).sqrt();
+            assert!(
+                (got - p).abs() < tolerance,
+                "{kind:?}: got {got}, want {p} ± {tolerance}"
+            );
+        }
+    }
+
+    #[test]
+    fn rates_are_clamped() {
+        let config = GeneratorConfig {
+            error_rate: f64::NAN,
+            slow_rate: -1.0,
+            enterprise_rate: 7.0,
+            health_check_rate: 0.0,
+        };
+        for trace in traces(config, 9, 100) {
+            assert_eq!(trace.kind, TraceKind::Enterprise);
+        }
+    }
+
+    #[test]
+    fn span_sizes_are_realistic() {
+        let mut spans = 0usize;
+        let mut span_bytes = 0usize;
+        let mut message_bytes = 0usize;
+        let ts = traces(GeneratorConfig::default(), 10, 5_000);
+        for trace in &ts {
+            for d in decode(trace) {
+                for s in &d.spans {
+                    spans += 1;
+                    span_bytes += s.encoded_len();
+                }
+            }
+            message_bytes += trace.messages.iter().map(Vec::len).sum::<usize>();
+        }
+        let per_span = span_bytes as f64 / spans as f64;
+        let per_trace = spans as f64 / ts.len() as f64;
+        println!(
+            "spans/trace {per_trace:.2}, span bytes {per_span:.1}, message bytes/span {:.1}",
+            message_bytes as f64 / spans as f64
+        );
+        assert!((150.0..=500.0).contains(&per_span), "{per_span} bytes/span");
+        assert!((8.0..=11.0).contains(&per_trace), "{per_trace} spans/trace");
+    }
+
+    #[test]
+    fn same_seed_same_output() {
+        let a = traces(GeneratorConfig::default(), 42, 500);
+        let b = traces(GeneratorConfig::default(), 42, 500);
+        let c = traces(GeneratorConfig::default(), 43, 500);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.trace_id, y.trace_id);
+            assert_eq!(x.messages, y.messages);
+            assert_eq!(x.kind, y.kind);
+            assert_eq!(x.span_count, y.span_count);
+        }
+        assert!(a.iter().zip(&c).any(|(x, z)| x.messages != z.messages));
+    }
+
+    #[test]
+    fn trace_ids_are_random() {
+        let ts = traces(GeneratorConfig::default(), 11, 4_000);
+        let unique: HashSet<[u8; 16]> = ts.iter().map(|t| t.trace_id).collect();
+        assert_eq!(unique.len(), ts.len());
+        // Each of the low 56 bits is set about half the time.
+        for bit in 0..56 {
+            let set = ts
+                .iter()
+                .filter(|t| {
+                    let mut low = [0u8; 8];
+                    low[1..].copy_from_slice(&t.trace_id[9..]);
+                    u64::from_be_bytes(low) >> bit & 1 == 1
+                })
+                .count();
+            assert!((1_800..=2_200).contains(&set), "bit {bit}: {set}");
+        }
+    }
+
+    #[test]
+    fn hex_of_trace_id() {
+        let mut id = [0u8; 16];
+        id[0] = 0xab;
+        id[15] = 0x01;
+        assert_eq!(trace_id_hex(&id), "ab000000000000000000000000000001");
+        assert_eq!(trace_id_hex(&[0xff; 16]).len(), 32);
+    }
+}

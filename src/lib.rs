@@ -1,0 +1,35 @@
+//! tailsift: tail-based sampling of OpenTelemetry traces on Kafka.
+//!
+//! Spans arrive as OTLP protobuf on input topics, are buffered per trace until the trace is
+//! complete, are judged by rules written as files, and the kept traces go out on a backend
+//! topic. Offsets are committed only once everything below them is decided and delivered.
+//!
+//! # Layout
+//! - [`config`]: `tailsift.yaml`, parsed and checked into runtime settings.
+//! - [`otlp`]: the wire format: decode requests into per-trace span groups, read spans for the
+//!   rules, encode kept traces from the spans' original bytes.
+//! - [`buffer`]: the sharded trace map and its deadline index; completion triggers.
+//! - [`rules`]: rule files, compiled conditions, deterministic sampling.
+//! - [`decision`]: decisions, triggers, and the cache that late spans follow.
+//! - [`offsets`]: which offsets are safe to commit (the at-least-once bookkeeping).
+//! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
+//! - [`source`]: the Kafka consumer thread: ingest, commit, rebalance, back-pressure.
+//! - [`sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
+//! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: every metric's name and description.
+//! - [`demo`]: the embedded default: in-process Kafka, trace generator, live summary.
+
+pub mod buffer;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod offsets;
+pub mod otlp;
+pub mod pipeline;
+pub mod rules;
+pub mod sampler;
+pub mod sink;
+pub mod source;

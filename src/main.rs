@@ -1,0 +1,140 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tailsift::config::Config;
+use tailsift::rules::RuleSet;
+
+/// Tail-based sampling for OpenTelemetry traces on Kafka.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TAILSIFT_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sampler against a Kafka cluster.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "tailsift.yaml")]
+        config: PathBuf,
+    },
+    /// Run everything on this machine: in-process Kafka, generated traces, the sampler.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Traces generated per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Rules directory (the embedded example rules if it does not exist).
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Where /metrics, /healthz and /readyz are served.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Work with rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate a rules directory; exits non-zero and lists every error.
+    Check { dir: PathBuf },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => match RuleSet::load(&dir, None) {
+            Ok(rules) => {
+                println!("{}: {} rules OK", dir.display(), rules.rules().len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("{} error(s)", e.0.len());
+                ExitCode::FAILURE
+            }
+        },
+        command => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let running = tailsift::pipeline::start(&config).await?;
+            tailsift::pipeline::signal().await;
+            tracing::info!("signal received: shutting down");
+            running.shutdown().await
+        }
+        Command::Demo {
+            duration,
+            rate,
+            rules,
+            listen,
+        } => tailsift::demo::run(tailsift::demo::DemoOptions {
+            duration: duration.map(Duration::from_secs),
+            rate,
+            rules,
+            listen,
+        })
+        .await
+        .context("demo failed"),
+        Command::Rules { .. } => Ok(()),
+    }
+}

@@ -1,0 +1,163 @@
+//! Every metric tailsift exposes, in one place: name, kind, unit, description.
+//!
+//! Labels come from small fixed sets (topic names from the config, rule names from the rule
+//! files, trigger and outcome names from this crate), never from trace data. Counting happens
+//! in bulk: per message, per decider tick, per produced message; never per span.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const MESSAGES_RECEIVED: &str = "tailsift_messages_received_total";
+pub const SPANS_RECEIVED: &str = "tailsift_spans_received_total";
+pub const BYTES_RECEIVED: &str = "tailsift_bytes_received_total";
+pub const DECODE_FAILURES: &str = "tailsift_decode_failures_total";
+pub const INVALID_SPANS: &str = "tailsift_invalid_spans_total";
+pub const TRACES_BUFFERED: &str = "tailsift_traces_buffered";
+pub const BYTES_BUFFERED: &str = "tailsift_buffered_bytes";
+pub const TRACES_DECIDED: &str = "tailsift_traces_decided_total";
+pub const SPANS_FORWARDED: &str = "tailsift_spans_forwarded_total";
+pub const MESSAGES_PRODUCED: &str = "tailsift_messages_produced_total";
+pub const PRODUCE_ERRORS: &str = "tailsift_produce_errors_total";
+pub const LATE_SPANS: &str = "tailsift_late_spans_total";
+pub const REPLAYED_SPANS_FORWARDED: &str = "tailsift_replayed_spans_forwarded_total";
+pub const DECISION_LATENCY: &str = "tailsift_decision_latency_seconds";
+pub const TRACES_RELEASED: &str = "tailsift_traces_released_total";
+pub const ASSIGNED_PARTITIONS: &str = "tailsift_assigned_partitions";
+pub const REBALANCES: &str = "tailsift_rebalances_total";
+pub const PAUSED: &str = "tailsift_consumption_paused";
+pub const COMMITS: &str = "tailsift_commits_total";
+pub const COMMIT_FAILURES: &str = "tailsift_commit_failures_total";
+pub const OFFSETS_HELD_BACK: &str = "tailsift_offsets_held_back";
+pub const CONSUMER_ERRORS: &str = "tailsift_consumer_errors_total";
+
+/// Registers descriptions and units with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        Unit::Count,
+        "Kafka messages read, by topic."
+    );
+    describe_counter!(SPANS_RECEIVED, Unit::Count, "Spans read, by topic.");
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Message payload bytes read, by topic."
+    );
+    describe_counter!(
+        DECODE_FAILURES,
+        Unit::Count,
+        "Messages skipped because they do not decode, by kind (malformed_protobuf, empty)."
+    );
+    describe_counter!(
+        INVALID_SPANS,
+        Unit::Count,
+        "Spans skipped because their trace id is missing or invalid."
+    );
+    describe_gauge!(
+        TRACES_BUFFERED,
+        Unit::Count,
+        "Undecided traces in the buffer."
+    );
+    describe_gauge!(
+        BYTES_BUFFERED,
+        Unit::Bytes,
+        "Bytes counted against buffer.max_bytes: span data plus per-trace overhead."
+    );
+    describe_counter!(
+        TRACES_DECIDED,
+        Unit::Count,
+        "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, max_age, rebalance)."
+    );
+    describe_counter!(
+        SPANS_FORWARDED,
+        Unit::Count,
+        "Spans written to the output topic (acknowledged)."
+    );
+    describe_counter!(
+        MESSAGES_PRODUCED,
+        Unit::Count,
+        "Messages written to the output topic (acknowledged)."
+    );
+    describe_counter!(
+        PRODUCE_ERRORS,
+        Unit::Count,
+        "Failed deliveries to the output topic; each is retried, its offsets stay uncommitted meanwhile."
+    );
+    describe_counter!(
+        LATE_SPANS,
+        Unit::Count,
+        "Spans that arrived after their trace was decided, by outcome (kept: forwarded at once, dropped)."
+    );
+    describe_counter!(
+        REPLAYED_SPANS_FORWARDED,
+        Unit::Count,
+        "Spans forwarded from offsets this group had read before (after a crash or rebalance): an estimate of duplicates in the output."
+    );
+    describe_histogram!(
+        DECISION_LATENCY,
+        Unit::Seconds,
+        "Time from a trace's completion deadline to the acknowledgement of its output."
+    );
+    describe_counter!(
+        TRACES_RELEASED,
+        Unit::Count,
+        "Undecided traces handed back to Kafka uncommitted (partition revoked): the next owner replays them."
+    );
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        Unit::Count,
+        "Input partitions assigned to this instance."
+    );
+    describe_counter!(
+        REBALANCES,
+        Unit::Count,
+        "Partition assignment changes, by kind (assign, revoke)."
+    );
+    describe_gauge!(
+        PAUSED,
+        Unit::Count,
+        "1 while fetching is paused because the buffer is over buffer.max_bytes, else 0."
+    );
+    describe_counter!(COMMITS, Unit::Count, "Offset commits sent.");
+    describe_counter!(
+        COMMIT_FAILURES,
+        Unit::Count,
+        "Offset commits the broker refused."
+    );
+    describe_gauge!(
+        OFFSETS_HELD_BACK,
+        Unit::Count,
+        "Offsets read but not yet safe to commit (held by undecided traces or produces in flight), summed over partitions."
+    );
+    describe_counter!(
+        CONSUMER_ERRORS,
+        Unit::Count,
+        "Errors reported by the Kafka consumer."
+    );
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(DECISION_LATENCY.to_string()),
+                    &[
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (a test harness); our handle then
+            // renders nothing, which the tests would show.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}

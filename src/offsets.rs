@@ -1,0 +1,125 @@
+//! Which offsets are safe to commit: the at-least-once bookkeeping.
+//!
+//! Every consumed message that something still needs gets an [`OffsetHold`], shared (`Arc`)
+//! by whoever needs it: each undecided trace holds the first message it has spans in (per
+//! partition), each produce in flight holds the messages of the trace it carries. A hold is
+//! released by dropping it, wherever that happens (a decider thread, the producer's delivery
+//! callback). The partition's safe commit offset is the lowest offset still held, or the next
+//! offset to read when nothing is held. No locks on the release path; the ingest thread, which
+//! owns the [`PartitionOffsets`], looks at the counts when it commits.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// One consumed message that is still needed. Held while other clones of the `Arc` live.
+#[derive(Debug)]
+pub struct OffsetHold {
+    /// Index of the partition in the ingest thread's table, so that a trace knows whether it
+    /// already holds this partition.
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// A trace's holds: one per partition it has spans from (almost always exactly one).
+pub type Holds = smallvec::SmallVec<[Arc<OffsetHold>; 1]>;
+
+/// Offsets of one assigned partition.
+#[derive(Debug, Default)]
+pub struct PartitionOffsets {
+    /// Messages that were still held when processed, in offset order.
+    held: VecDeque<Arc<OffsetHold>>,
+    /// The offset after the last processed message; `None` until one was processed.
+    next: Option<i64>,
+    /// Last offset committed (or found committed), to skip commits that would not move.
+    pub committed: Option<i64>,
+    /// Offsets below this were read before, by this group (restart or rebalance): traces kept
+    /// from them may be duplicates in the output.
+    pub replay_until: i64,
+}
+
+impl PartitionOffsets {
+    /// Records a processed message; `hold` is kept if anything still needs it.
+    pub fn processed(&mut self, hold: Arc<OffsetHold>) {
+        self.next = Some(hold.offset + 1);
+        if Arc::strong_count(&hold) > 1 {
+            self.held.push_back(hold);
+        }
+    }
+
+    /// Records a message that nothing needs (undecodable, or all late spans of dropped traces).
+    pub fn skipped(&mut self, offset: i64) {
+        self.next = Some(offset + 1);
+    }
+
+    /// The offset that is safe to commit: every message below it is fully handled.
+    pub fn safe_offset(&mut self) -> Option<i64> {
+        while self.held.front().is_some_and(|h| Arc::strong_count(h) == 1) {
+            self.held.pop_front();
+        }
+        match self.held.front() {
+            Some(h) => Some(h.offset),
+            None => self.next,
+        }
+    }
+
+    /// The offset after the last message read.
+    pub fn next(&self) -> Option<i64> {
+        self.next
+    }
+
+    /// Distance between what was read and what is safe to commit, in offsets.
+    pub fn held_back(&mut self) -> i64 {
+        match (self.safe_offset(), self.next) {
+            (Some(safe), Some(next)) => next - safe,
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(offset: i64) -> Arc<OffsetHold> {
+        Arc::new(OffsetHold {
+            partition: 0,
+            offset,
+        })
+    }
+
+    #[test]
+    fn commits_only_below_the_lowest_held_offset() {
+        let mut p = PartitionOffsets::default();
+        assert_eq!(p.safe_offset(), None, "nothing read, nothing to commit");
+
+        let h10 = hold(10);
+        let trace_a = h10.clone(); // an undecided trace holds message 10
+        p.processed(h10);
+        p.skipped(11);
+        let h12 = hold(12);
+        let trace_b = h12.clone();
+        p.processed(h12);
+        p.processed(hold(13)); // nothing held it
+        assert_eq!(p.safe_offset(), Some(10));
+        assert_eq!(p.held_back(), 4);
+
+        drop(trace_a); // trace A decided and its produce acknowledged
+        assert_eq!(p.safe_offset(), Some(12));
+        drop(trace_b);
+        assert_eq!(p.safe_offset(), Some(14));
+        assert_eq!(p.held_back(), 0);
+    }
+
+    #[test]
+    fn a_later_release_does_not_unblock_an_earlier_hold() {
+        let mut p = PartitionOffsets::default();
+        let (h1, h2) = (hold(1), hold(2));
+        let (a, b) = (h1.clone(), h2.clone());
+        p.processed(h1);
+        p.processed(h2);
+        drop(b);
+        assert_eq!(p.safe_offset(), Some(1));
+        drop(a);
+        assert_eq!(p.safe_offset(), Some(3));
+    }
+}

@@ -1,0 +1,235 @@
+//! Split an OTLP `ExportTraceServiceRequest` into per-trace span groups.
+//!
+//! Spans stay the bytes they arrived in. Each span keeps a reference to its resource and scope
+//! (a [`SpanContext`], shared by all spans of one `ScopeSpans`), and the few facts that
+//! completion needs are read on the way: trace id, root or not, error or not, timestamps.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::wire::{Fields, WireError};
+use super::{SpanContext, TraceId};
+
+/// Why a message could not be decoded. The message is skipped as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("malformed protobuf in {at}: {source}")]
+    Wire {
+        at: &'static str,
+        #[source]
+        source: WireError,
+    },
+    #[error("empty message")]
+    Empty,
+}
+
+impl DecodeError {
+    /// A small fixed label for metrics and rate-limited logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Wire { .. } => "malformed_protobuf",
+            DecodeError::Empty => "empty",
+        }
+    }
+}
+
+/// The facts about one span that completion needs, read while decoding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanFacts {
+    pub start: u64,
+    pub end: u64,
+    pub is_root: bool,
+    pub is_error: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SpanRec {
+    trace_id: TraceId,
+    ctx: u32,
+    /// The `ScopeSpans.spans` field: tag, length and the span.
+    raw: Range<usize>,
+    /// Length of the tag and length prefix within `raw`.
+    header: u8,
+    facts: SpanFacts,
+}
+
+/// Reusable decoder: keeps its scratch space between messages so decoding allocates only the
+/// shared contexts.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    spans: Vec<SpanRec>,
+    contexts: Vec<Arc<SpanContext>>,
+    /// Spans skipped because their trace id is missing or invalid, in the last message.
+    pub invalid_spans: usize,
+}
+
+/// The spans of one trace within one message.
+pub struct TraceGroup<'a> {
+    pub trace_id: TraceId,
+    buf: &'a [u8],
+    spans: &'a [SpanRec],
+    contexts: &'a [Arc<SpanContext>],
+}
+
+/// One span of a [`TraceGroup`].
+pub struct GroupSpan<'a> {
+    /// The span's encoded `Span` message, exactly as it arrived.
+    pub bytes: &'a [u8],
+    /// The same span with its `ScopeSpans.spans` tag and length: ready to append to output.
+    pub field: &'a [u8],
+    pub context: &'a Arc<SpanContext>,
+    pub facts: SpanFacts,
+}
+
+impl<'a> TraceGroup<'a> {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+    pub fn spans(&self) -> impl Iterator<Item = GroupSpan<'a>> + '_ {
+        self.spans.iter().map(|s| GroupSpan {
+            bytes: &self.buf[s.raw.start + usize::from(s.header)..s.raw.end],
+            field: &self.buf[s.raw.clone()],
+            context: &self.contexts[s.ctx as usize],
+            facts: s.facts,
+        })
+    }
+}
+
+fn wire(at: &'static str) -> impl Fn(WireError) -> DecodeError {
+    move |source| DecodeError::Wire { at, source }
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes one message. On success the groups are available through [`Decoder::groups`]
+    /// until the next call.
+    pub fn decode(&mut self, buf: &[u8]) -> Result<usize, DecodeError> {
+        self.spans.clear();
+        self.contexts.clear();
+        self.invalid_spans = 0;
+        if buf.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        let base = buf.as_ptr() as usize;
+        for field in Fields::new(buf) {
+            let field = field.map_err(wire("ExportTraceServiceRequest"))?;
+            if field.number != 1 {
+                continue;
+            }
+            let Some(rs) = field.value.as_bytes() else {
+                continue;
+            };
+            self.resource_spans(rs, base)?;
+        }
+        // Group by trace; the stable sort keeps arrival order within a trace.
+        self.spans.sort_by(|a, b| a.trace_id.cmp(&b.trace_id));
+        Ok(self.spans.len())
+    }
+
+    fn resource_spans(&mut self, rs: &[u8], base: usize) -> Result<(), DecodeError> {
+        // First pass: the resource's own fields (resource, schema_url), kept raw.
+        let mut resource = Vec::new();
+        for f in Fields::new(rs) {
+            let f = f.map_err(wire("ResourceSpans"))?;
+            if f.number == 1 || f.number == 3 {
+                resource.extend_from_slice(f.raw);
+            }
+        }
+        for f in Fields::new(rs) {
+            let f = f.map_err(wire("ResourceSpans"))?;
+            if f.number != 2 {
+                continue;
+            }
+            let Some(ss) = f.value.as_bytes() else {
+                continue;
+            };
+            let mut scope = Vec::new();
+            let mut first_span = None;
+            for g in Fields::new(ss) {
+                let g = g.map_err(wire("ScopeSpans"))?;
+                match g.number {
+                    1 | 3 => scope.extend_from_slice(g.raw),
+                    2 => {
+                        if let Some(span) = g.value.as_bytes() {
+                            let ctx = self.contexts.len() as u32;
+                            first_span.get_or_insert(self.spans.len());
+                            let header = (g.raw.len() - span.len()) as u8;
+                            self.span(g.raw, header, base, ctx)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if first_span.is_some_and(|i| i < self.spans.len()) {
+                self.contexts
+                    .push(Arc::new(SpanContext::new(resource.clone(), scope)));
+            }
+        }
+        Ok(())
+    }
+
+    fn span(&mut self, raw: &[u8], header: u8, base: usize, ctx: u32) -> Result<(), DecodeError> {
+        let span = &raw[usize::from(header)..];
+        let mut trace_id = None;
+        let mut facts = SpanFacts {
+            is_root: true,
+            ..SpanFacts::default()
+        };
+        for f in Fields::new(span) {
+            let f = f.map_err(wire("Span"))?;
+            match (f.number, f.value) {
+                (1, v) => trace_id = v.as_bytes().and_then(|b| TraceId::from_slice(b)),
+                (4, v) => {
+                    facts.is_root = v.as_bytes().is_none_or(|b| b.iter().all(|&x| x == 0));
+                }
+                (7, v) => facts.start = v.as_u64().unwrap_or(0),
+                (8, v) => facts.end = v.as_u64().unwrap_or(0),
+                (15, v) => {
+                    if let Some(status) = v.as_bytes() {
+                        for s in Fields::new(status) {
+                            let s = s.map_err(wire("Status"))?;
+                            if s.number == 3 && s.value.as_u64() == Some(2) {
+                                facts.is_error = true;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        match trace_id {
+            Some(trace_id) => {
+                let start = raw.as_ptr() as usize - base;
+                self.spans.push(SpanRec {
+                    trace_id,
+                    ctx,
+                    raw: start..start + raw.len(),
+                    header,
+                    facts,
+                });
+            }
+            None => self.invalid_spans += 1,
+        }
+        Ok(())
+    }
+
+    /// The per-trace groups of the last decoded message, in trace id order.
+    pub fn groups<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = TraceGroup<'a>> + 'a {
+        self.spans
+            .chunk_by(|a, b| a.trace_id == b.trace_id)
+            .map(move |spans| TraceGroup {
+                trace_id: spans[0].trace_id,
+                buf,
+                spans,
+                contexts: &self.contexts,
+            })
+    }
+}

@@ -1,0 +1,83 @@
+//! OTLP trace data at the wire level: decode requests into per-trace groups, read spans for the
+//! rules, and encode kept traces, all without re-encoding the spans themselves.
+
+pub mod build;
+pub mod decode;
+pub mod encode;
+pub mod view;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+/// A 16-byte W3C trace id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+impl TraceId {
+    /// A trace id from its 16 bytes; `None` for a wrong length or the invalid all-zero id.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        let a: [u8; 16] = b.try_into().ok()?;
+        (a != [0; 16]).then_some(TraceId(a))
+    }
+
+    /// The 32-character lowercase hex form (the Kafka key upstream collectors use).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The 56 random bits W3C trace context level 2 puts in the last 7 bytes.
+    pub fn randomness(&self) -> u64 {
+        let mut a = [0u8; 8];
+        a[1..].copy_from_slice(&self.0[9..]);
+        u64::from_be_bytes(a)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// The resource and scope that a run of spans arrived under, kept as raw protobuf fields:
+/// `ResourceSpans` minus its scope spans, and `ScopeSpans` minus its spans.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    bytes: Box<[u8]>,
+    split: usize,
+}
+
+impl SpanContext {
+    pub fn new(mut resource: Vec<u8>, scope: Vec<u8>) -> Self {
+        let split = resource.len();
+        resource.extend_from_slice(&scope);
+        SpanContext {
+            bytes: resource.into_boxed_slice(),
+            split,
+        }
+    }
+
+    /// Raw `ResourceSpans` fields other than `scope_spans` (resource, schema_url).
+    pub fn resource_fields(&self) -> &[u8] {
+        &self.bytes[..self.split]
+    }
+
+    /// Raw `ScopeSpans` fields other than `spans` (scope, schema_url).
+    pub fn scope_fields(&self) -> &[u8] {
+        &self.bytes[self.split..]
+    }
+
+    /// Bytes this context occupies, for the memory budget.
+    pub fn size(&self) -> usize {
+        self.bytes.len() + std::mem::size_of::<Self>()
+    }
+}

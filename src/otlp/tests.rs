@@ -1,0 +1,226 @@
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::trace::v1::Span;
+use proptest::prelude::*;
+use prost::Message;
+
+use super::build::*;
+use super::decode::{DecodeError, Decoder};
+use super::encode::encode_trace;
+use super::view::{AttrValue, ContextView, SpanView};
+use super::{SpanContext, TraceId};
+use crate::demo::generator::{Generator, GeneratorConfig};
+
+fn group_bytes(d: &Decoder, payload: &[u8]) -> Vec<(TraceId, Vec<Vec<u8>>)> {
+    d.groups(payload)
+        .map(|g| (g.trace_id, g.spans().map(|s| s.bytes.to_vec()).collect()))
+        .collect()
+}
+
+#[test]
+fn decode_splits_a_request_into_traces_keeping_each_span_as_it_arrived() {
+    let (a, b) = (trace_id(1), trace_id(2));
+    let spans = vec![
+        span(a, 1, None, "a-root", 10, 90),
+        span(b, 2, Some(9), "b-child", 20, 30),
+        with_error(span(a, 3, Some(1), "a-child", 20, 80)),
+    ];
+    let payload = request("checkout", spans.clone());
+    let mut d = Decoder::new();
+    assert_eq!(d.decode(&payload), Ok(3));
+    let groups = group_bytes(&d, &payload);
+    assert_eq!(groups.len(), 2);
+    let ga = groups.iter().find(|g| g.0 == TraceId(a)).unwrap();
+    assert_eq!(
+        ga.1,
+        vec![spans[0].encode_to_vec(), spans[2].encode_to_vec()],
+        "spans are the original bytes, in arrival order"
+    );
+    let gb = groups.iter().find(|g| g.0 == TraceId(b)).unwrap();
+    assert_eq!(gb.1, vec![spans[1].encode_to_vec()]);
+
+    let facts: Vec<_> = d
+        .groups(&payload)
+        .find(|g| g.trace_id == TraceId(a))
+        .unwrap()
+        .spans()
+        .map(|s| s.facts)
+        .collect();
+    assert!(facts[0].is_root && !facts[0].is_error);
+    assert!(!facts[1].is_root && facts[1].is_error);
+    assert_eq!((facts[1].start, facts[1].end), (20, 80));
+}
+
+#[test]
+fn spans_without_a_valid_trace_id_are_counted_and_skipped() {
+    let mut no_id = span(trace_id(1), 1, None, "x", 1, 2);
+    no_id.trace_id = vec![];
+    let mut zero = span(trace_id(1), 2, None, "y", 1, 2);
+    zero.trace_id = vec![0; 16];
+    let mut short = span(trace_id(1), 3, None, "z", 1, 2);
+    short.trace_id = vec![1; 8];
+    let good = span(trace_id(2), 4, None, "ok", 1, 2);
+    let payload = request("svc", vec![no_id, zero, short, good]);
+    let mut d = Decoder::new();
+    assert_eq!(d.decode(&payload), Ok(1));
+    assert_eq!(d.invalid_spans, 3);
+}
+
+#[test]
+fn malformed_and_empty_messages_are_errors_not_panics() {
+    let mut d = Decoder::new();
+    assert_eq!(d.decode(&[]), Err(DecodeError::Empty));
+    let payload = request("svc", vec![span(trace_id(1), 1, None, "x", 1, 2)]);
+    for cut in 1..payload.len() {
+        // Every truncation either fails cleanly or decodes a prefix.
+        let _ = d.decode(&payload[..cut]);
+    }
+    assert!(
+        d.decode(b"{\"resourceSpans\": []}").is_err(),
+        "JSON is not protobuf"
+    );
+    assert_eq!(
+        d.decode(&payload[..payload.len() - 1])
+            .map_err(|e| e.kind()),
+        Err("malformed_protobuf")
+    );
+}
+
+fn decoded_chunks(payload: &[u8]) -> Vec<(Arc<SpanContext>, Vec<u8>)> {
+    let mut d = Decoder::new();
+    d.decode(payload).unwrap();
+    let mut chunks: Vec<(Arc<SpanContext>, Vec<u8>)> = Vec::new();
+    for g in d.groups(payload) {
+        for s in g.spans() {
+            match chunks.iter_mut().find(|(c, _)| Arc::ptr_eq(c, s.context)) {
+                Some((_, b)) => b.extend_from_slice(s.field),
+                None => chunks.push((s.context.clone(), s.field.to_vec())),
+            }
+        }
+    }
+    chunks
+}
+
+fn sorted_spans(payloads: &[Vec<u8>]) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<_> = payloads
+        .iter()
+        .flat_map(|p| spans_of(p).unwrap())
+        .map(|(svc, s)| (svc, s.encode_to_vec()))
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn encoded_output_holds_every_span_with_its_resource_and_scope() {
+    let mut gen = Generator::new(GeneratorConfig::default(), 7);
+    let t = gen.next_trace(1_000_000_000);
+    let all_chunks: Vec<_> = t.messages.iter().flat_map(|m| decoded_chunks(m)).collect();
+    let out = encode_trace(
+        all_chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
+        1 << 20,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(sorted_spans(&out), sorted_spans(&t.messages));
+    // Resource attributes beyond service.name survive too.
+    let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+        &out[0][..],
+    )
+    .unwrap();
+    assert!(req
+        .resource_spans
+        .iter()
+        .all(|rs| rs.resource.as_ref().is_some_and(|r| r.attributes.len() > 1)));
+    assert!(req
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .all(|ss| ss.scope.is_some()));
+}
+
+#[test]
+fn large_traces_are_split_into_messages_under_the_limit() {
+    let t = trace_id(5);
+    let spans: Vec<Span> = (1..=200)
+        .map(|i| {
+            with_attrs(
+                span(t, i, Some(1), "work", i, i + 1),
+                vec![attr_str("payload", &"x".repeat(100))],
+            )
+        })
+        .collect();
+    let payload = request("big", spans);
+    let chunks = decoded_chunks(&payload);
+    let limit = 4096;
+    let out = encode_trace(chunks.iter().map(|(c, b)| (&**c, b.as_slice())), limit);
+    assert!(out.len() > 5, "{} messages", out.len());
+    assert!(
+        out.iter().all(|m| m.len() <= limit),
+        "every message within the limit"
+    );
+    assert_eq!(sorted_spans(&out), sorted_spans(&[payload]));
+}
+
+#[test]
+fn span_view_reads_fields_and_attributes() {
+    let s = with_attrs(
+        with_error(span(trace_id(1), 7, Some(3), "GET /x", 100, 350)),
+        vec![
+            attr_str("http.route", "/x"),
+            attr_int("http.response.status_code", 503),
+        ],
+    );
+    let bytes = s.encode_to_vec();
+    let v = SpanView::parse(&bytes).unwrap();
+    assert_eq!(v.name, b"GET /x");
+    assert_eq!(v.duration_nanos(), 250);
+    assert_eq!(v.status_code, 2);
+    assert!(!v.is_root());
+    assert_eq!(v.attr(b"http.route"), Some(AttrValue::Str(b"/x")));
+    assert_eq!(
+        v.attr(b"http.response.status_code"),
+        Some(AttrValue::Int(503))
+    );
+    assert_eq!(v.attr(b"missing"), None);
+
+    let payload = request("orders", vec![s]);
+    let chunks = decoded_chunks(&payload);
+    let ctx = ContextView::new(&chunks[0].0);
+    assert_eq!(ctx.service_name(), Some(&b"orders"[..]));
+    assert_eq!(ctx.scope_name(), Some(&b"orders-instrumentation"[..]));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn decoding_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut d = Decoder::new();
+        if d.decode(&bytes).is_ok() {
+            for g in d.groups(&bytes) {
+                for s in g.spans() {
+                    let _ = SpanView::parse(s.bytes);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn generated_traces_survive_decode_and_encode_byte_for_byte(seed in any::<u64>()) {
+        let mut gen = Generator::new(GeneratorConfig::default(), seed);
+        let t = gen.next_trace(1_000_000_000);
+        let chunks: Vec<_> = t.messages.iter().flat_map(|m| decoded_chunks(m)).collect();
+        let out = encode_trace(chunks.iter().map(|(c, b)| (&**c, b.as_slice())), 1 << 20);
+        prop_assert_eq!(sorted_spans(&out), sorted_spans(&t.messages));
+    }
+
+    #[test]
+    fn corrupting_a_byte_never_panics(seed in any::<u64>(), pos in any::<usize>(), byte in any::<u8>()) {
+        let mut gen = Generator::new(GeneratorConfig::default(), seed);
+        let mut msg = gen.next_trace(1).messages.remove(0);
+        let i = pos % msg.len();
+        msg[i] = byte;
+        let mut d = Decoder::new();
+        let _ = d.decode(&msg);
+    }
+}

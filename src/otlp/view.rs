@@ -1,0 +1,189 @@
+//! Read-only views over encoded spans, resources and scopes, for the rules.
+//!
+//! Strings stay byte slices: matching never needs valid UTF-8, so invalid UTF-8 from a client
+//! can neither panic nor silently turn into something else.
+
+use super::wire::{Fields, Value, WireError};
+use super::SpanContext;
+
+/// An attribute value as found in the bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttrValue<'a> {
+    Str(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+    /// Arrays and key-value lists are kept encoded; rules compare them only for existence.
+    Composite(&'a [u8]),
+}
+
+impl<'a> AttrValue<'a> {
+    fn parse(any_value: &'a [u8]) -> Option<Self> {
+        let mut out = None;
+        for f in Fields::new(any_value) {
+            let f = f.ok()?;
+            out = Some(match (f.number, f.value) {
+                (1, Value::Bytes(b)) => AttrValue::Str(b),
+                (2, Value::Varint(v)) => AttrValue::Bool(v != 0),
+                (3, Value::Varint(v)) => AttrValue::Int(v as i64),
+                (4, Value::Fixed64(v)) => AttrValue::Double(f64::from_bits(v)),
+                (5 | 6, Value::Bytes(b)) => AttrValue::Composite(b),
+                (7, Value::Bytes(b)) => AttrValue::Bytes(b),
+                _ => continue,
+            });
+        }
+        out
+    }
+
+    /// The value as a number, for numeric comparisons (ints and doubles compare together).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            AttrValue::Int(i) => Some(i as f64),
+            AttrValue::Double(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Finds attribute `key` among the repeated `KeyValue` fields numbered `field` of `msg`.
+/// The last occurrence wins, as for any protobuf field appended later.
+pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<'a>> {
+    let mut found = None;
+    for f in Fields::new(msg) {
+        let Ok(f) = f else { break };
+        if f.number != field {
+            continue;
+        }
+        let Some(kv) = f.value.as_bytes() else {
+            continue;
+        };
+        let mut k = None;
+        let mut v = None;
+        for g in Fields::new(kv) {
+            let Ok(g) = g else { break };
+            match (g.number, g.value) {
+                (1, Value::Bytes(b)) => k = Some(b),
+                (2, Value::Bytes(b)) => v = Some(b),
+                _ => {}
+            }
+        }
+        if k == Some(key) {
+            found = v.and_then(AttrValue::parse);
+        }
+    }
+    found
+}
+
+/// The fields of one span that rules look at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanView<'a> {
+    pub bytes: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    pub name: &'a [u8],
+    /// `SpanKind` number: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
+    pub kind: u64,
+    pub start: u64,
+    pub end: u64,
+    /// `StatusCode` number: 0 unset, 1 ok, 2 error.
+    pub status_code: u64,
+}
+
+impl<'a> SpanView<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
+        let mut v = SpanView {
+            bytes,
+            ..SpanView::default()
+        };
+        for f in Fields::new(bytes) {
+            let f = f?;
+            match (f.number, f.value) {
+                (2, Value::Bytes(b)) => v.span_id = b,
+                (4, Value::Bytes(b)) => v.parent_span_id = b,
+                (5, Value::Bytes(b)) => v.name = b,
+                (6, Value::Varint(k)) => v.kind = k,
+                (7, Value::Fixed64(t)) => v.start = t,
+                (8, Value::Fixed64(t)) => v.end = t,
+                (15, Value::Bytes(status)) => {
+                    for s in Fields::new(status) {
+                        if let Ok(s) = s {
+                            if s.number == 3 {
+                                v.status_code = s.value.as_u64().unwrap_or(0);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id.iter().all(|&b| b == 0)
+    }
+
+    pub fn duration_nanos(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    pub fn attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
+        find_attr(self.bytes, 9, key)
+    }
+}
+
+/// The resource and scope of a span.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextView<'a> {
+    resource: &'a [u8],
+    scope: &'a [u8],
+}
+
+impl<'a> ContextView<'a> {
+    pub fn new(ctx: &'a SpanContext) -> Self {
+        let pick = |raw: &'a [u8]| {
+            Fields::new(raw)
+                .filter_map(Result::ok)
+                .filter(|f| f.number == 1)
+                .filter_map(|f| f.value.as_bytes())
+                .last()
+                .unwrap_or_default()
+        };
+        ContextView {
+            resource: pick(ctx.resource_fields()),
+            scope: pick(ctx.scope_fields()),
+        }
+    }
+
+    pub fn resource_attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
+        find_attr(self.resource, 1, key)
+    }
+
+    pub fn service_name(&self) -> Option<&'a [u8]> {
+        match self.resource_attr(b"service.name") {
+            Some(AttrValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn scope_field(&self, n: u32) -> Option<&'a [u8]> {
+        Fields::new(self.scope)
+            .filter_map(Result::ok)
+            .filter(|f| f.number == n)
+            .filter_map(|f| f.value.as_bytes())
+            .last()
+    }
+
+    pub fn scope_name(&self) -> Option<&'a [u8]> {
+        self.scope_field(1)
+    }
+
+    pub fn scope_version(&self) -> Option<&'a [u8]> {
+        self.scope_field(2)
+    }
+
+    pub fn scope_attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
+        find_attr(self.scope, 3, key)
+    }
+}

@@ -1,0 +1,215 @@
+//! Wiring: rules, sink, sampler, ingest thread, deciders and HTTP, started together and shut
+//! down in the order that loses nothing.
+//!
+//! Shutdown: stop fetching; stop the deciders; wait for the produces in flight (up to the
+//! bound); commit what is safe; leave the group. Traces still undecided are not decided early:
+//! their offsets stay uncommitted, and whoever reads the partition next replays them whole.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::decision::DecisionCache;
+use crate::rules::RuleSet;
+use crate::sampler::Sampler;
+use crate::sink::KafkaSink;
+use crate::source::{self, Health, IngestSettings};
+
+/// How often the deciders look for complete traces.
+pub const DECIDE_TICK: Duration = Duration::from_millis(10);
+
+/// librdkafka settings for the consumer.
+pub fn consumer_config(c: &Config) -> ClientConfig {
+    let k = &c.kafka;
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    if let Some(id) = &k.group_instance_id {
+        cc.set("group.instance.id", id);
+    }
+    for (key, v) in k.properties.iter().chain(&k.consumer_properties) {
+        cc.set(key, v);
+    }
+    cc
+}
+
+/// librdkafka settings for the producer.
+pub fn producer_config(c: &Config) -> ClientConfig {
+    let k = &c.kafka;
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &k.brokers)
+        .set("linger.ms", "5")
+        .set("acks", "all")
+        .set(
+            "message.max.bytes",
+            (k.max_message_bytes + 64 * 1024).to_string(),
+        );
+    for (key, v) in k.properties.iter().chain(&k.producer_properties) {
+        pc.set(key, v);
+    }
+    pc
+}
+
+/// A running pipeline.
+pub struct Running {
+    pub sampler: Arc<Sampler>,
+    pub health: Arc<Health>,
+    /// The HTTP server's address, once bound.
+    pub http_addr: SocketAddr,
+    sink: Arc<KafkaSink>,
+    stop_deciders: watch::Sender<bool>,
+    deciders: Vec<tokio::task::JoinHandle<()>>,
+    ingest: std::thread::JoinHandle<()>,
+    http: tokio::task::JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+/// Starts the pipeline described by `config`, with rules loaded from its rules directory.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let rules = RuleSet::load(&config.rules.dir, config.rules.salt.as_deref())
+        .with_context(|| format!("invalid rules in {}", config.rules.dir.display()))?;
+    start_with_rules(config, rules).await
+}
+
+/// Starts the pipeline with the given rules.
+pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result<Running> {
+    let handle = crate::metrics::install();
+    let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)
+        .context("cannot create the Kafka producer")?;
+    let sampler = Arc::new(Sampler::new(
+        config.completion(),
+        rules,
+        DecisionCache::new(config.decision_cache.max_entries, config.decision_cache.ttl),
+        sink.clone(),
+        config.kafka.max_message_bytes,
+    ));
+    let health = Arc::new(Health::default());
+    let (http_addr, server) = crate::http::bind(config.http.listen, handle, health.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let http = tokio::spawn(server);
+
+    let consumer = source::consumer(
+        &consumer_config(config),
+        &config.kafka.input_topics,
+        sampler.clone(),
+        health.clone(),
+    )
+    .context("cannot create the Kafka consumer")?;
+    let settings = IngestSettings {
+        commit_interval: config.kafka.commit_interval,
+        max_bytes: config.buffer.max_bytes.0,
+    };
+    let ingest = std::thread::Builder::new()
+        .name("tailsift-ingest".into())
+        .spawn(move || source::run(consumer, settings))
+        .context("cannot start the ingest thread")?;
+
+    let (stop_deciders, stop_rx) = watch::channel(false);
+    let deciders = vec![tokio::spawn(decider(sampler.clone(), stop_rx))];
+    tracing::info!(
+        input = ?config.kafka.input_topics,
+        output = %config.kafka.output_topic,
+        group = %config.kafka.group_id,
+        http = %http_addr,
+        "tailsift running"
+    );
+    Ok(Running {
+        sampler,
+        health,
+        http_addr,
+        sink,
+        stop_deciders,
+        deciders,
+        ingest,
+        http,
+        shutdown_timeout: config.shutdown_timeout,
+    })
+}
+
+/// Decides complete traces every tick until told to stop.
+pub async fn decider(sampler: Arc<Sampler>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DECIDE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let s = sampler.clone();
+        // Deciding is CPU work and may wait on a full producer queue: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || s.decide_due(Instant::now())).await;
+    }
+}
+
+impl Running {
+    /// Graceful shutdown, bounded by the configured shutdown timeout.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + self.shutdown_timeout;
+        self.health.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop_deciders.send(true);
+        for d in self.deciders {
+            let _ = d.await;
+        }
+        let sink = self.sink.clone();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let flushed = tokio::task::spawn_blocking(move || {
+            let r = sink.flush(left);
+            sink.stop();
+            r
+        })
+        .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!(
+                in_flight = self.sink.in_flight(),
+                "shutdown: not every kept trace was acknowledged in time; their offsets stay uncommitted"
+            );
+        }
+        self.health.stop.store(true, Ordering::Relaxed);
+        let ingest = self.ingest;
+        let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+        self.http.abort();
+        tracing::info!(
+            undecided = self.sampler.buffer.len(),
+            "tailsift stopped; undecided traces will be replayed by the next owner"
+        );
+        Ok(())
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,683 @@
+//! Rule files: YAML in, compiled rules out, every mistake reported with its file, rule and
+//! field, and what would have been accepted.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use regex::bytes::Regex;
+use serde_yaml::{Mapping, Value};
+
+use super::condition::{Cond, Literal, Op, SpanCond, SpanField, TraceField, KINDS, STATUSES};
+use super::{Outcome, Rule, RuleError};
+
+const RULE_KEYS: [&str; 5] = [
+    "name",
+    "description",
+    "conditions",
+    "outcome",
+    "sample_rate",
+];
+const GROUP_KEYS: [&str; 5] = ["all", "any", "not", "span", "root"];
+const OPS: [&str; 15] = [
+    "=",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "starts-with",
+    "ends-with",
+    "contains",
+    "not-contains",
+    "in",
+    "not-in",
+    "exists",
+    "not-exists",
+    "matches",
+];
+const FIELDS: [&str; 14] = [
+    "trace.duration",
+    "trace.span_count",
+    "trace.error",
+    "trace.root",
+    "span.name",
+    "span.kind",
+    "span.status",
+    "span.duration",
+    "span.service",
+    "span.attr.<key>",
+    "resource.attr.<key>",
+    "scope.name",
+    "scope.version",
+    "scope.attr.<key>",
+];
+
+/// Suggests the closest of `options` to `got`, for "did you mean".
+pub(crate) fn did_you_mean<'a>(got: &str, options: &[&'a str]) -> Option<&'a str> {
+    options
+        .iter()
+        .map(|o| (strsim::jaro_winkler(got, o), *o))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, o)| o)
+}
+
+fn unknown(what: &str, got: &str, options: &[&str]) -> String {
+    let hint = did_you_mean(got, options)
+        .map(|o| format!(", did you mean `{o}`?"))
+        .unwrap_or_default();
+    format!(
+        "unknown {what} `{got}`{hint} (supported: {})",
+        options.join(", ")
+    )
+}
+
+/// The type a field's values have, which decides the operators and values it accepts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ty {
+    Duration,
+    Number,
+    Bool,
+    Str,
+    Enum(&'static [&'static str]),
+    /// Attributes: typed by their value at run time, so the literal decides the comparison.
+    Attr,
+}
+
+enum Field {
+    Trace(TraceField),
+    Span(SpanField),
+    Root(SpanField),
+}
+
+fn span_field(rest: &str) -> Option<(SpanField, Ty)> {
+    Some(match rest {
+        "name" => (SpanField::Name, Ty::Str),
+        "kind" => (SpanField::Kind, Ty::Enum(&KINDS)),
+        "status" => (SpanField::Status, Ty::Enum(&STATUSES)),
+        "duration" => (SpanField::Duration, Ty::Duration),
+        "service" => (SpanField::Service, Ty::Str),
+        _ => {
+            let key = rest.strip_prefix("attr.").filter(|k| !k.is_empty())?;
+            (SpanField::Attr(key.as_bytes().to_vec()), Ty::Attr)
+        }
+    })
+}
+
+fn field(name: &str) -> Result<(Field, Ty), String> {
+    let found = match name.split_once('.') {
+        Some(("trace", f)) => match f {
+            "duration" => Some((Field::Trace(TraceField::Duration), Ty::Duration)),
+            "span_count" => Some((Field::Trace(TraceField::SpanCount), Ty::Number)),
+            "error" => Some((Field::Trace(TraceField::Error), Ty::Bool)),
+            "root" => Some((Field::Trace(TraceField::RootPresent), Ty::Bool)),
+            _ => None,
+        },
+        Some(("span", f)) => span_field(f).map(|(f, t)| (Field::Span(f), t)),
+        Some(("root", f)) => span_field(f).map(|(f, t)| (Field::Root(f), t)),
+        Some(("resource", f)) => f.strip_prefix("attr.").filter(|k| !k.is_empty()).map(|k| {
+            (
+                Field::Span(SpanField::ResourceAttr(k.as_bytes().to_vec())),
+                Ty::Attr,
+            )
+        }),
+        Some(("scope", f)) => match f {
+            "name" => Some((Field::Span(SpanField::ScopeName), Ty::Str)),
+            "version" => Some((Field::Span(SpanField::ScopeVersion), Ty::Str)),
+            _ => f.strip_prefix("attr.").filter(|k| !k.is_empty()).map(|k| {
+                (
+                    Field::Span(SpanField::ScopeAttr(k.as_bytes().to_vec())),
+                    Ty::Attr,
+                )
+            }),
+        },
+        _ => None,
+    };
+    found.ok_or_else(|| unknown("field", name, &FIELDS))
+}
+
+/// A value as written after the operator, before it meets its field's type.
+#[derive(Debug, Clone, PartialEq)]
+enum Raw {
+    Str(String),
+    Num(f64, String),
+    Dur(u64),
+    Bool(bool),
+}
+
+fn parse_duration(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let scale = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => return None,
+    };
+    Some((n * scale) as u64)
+}
+
+fn parse_raw(s: &str) -> Raw {
+    let s = s.trim();
+    for q in ['"', '\''] {
+        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+            return Raw::Str(inner.to_string());
+        }
+    }
+    match s {
+        "true" => return Raw::Bool(true),
+        "false" => return Raw::Bool(false),
+        _ => {}
+    }
+    if let Ok(n) = s.parse::<f64>() {
+        return Raw::Num(n, s.to_string());
+    }
+    if let Some(d) = parse_duration(s) {
+        return Raw::Dur(d);
+    }
+    Raw::Str(s.to_string())
+}
+
+fn parse_list(s: &str) -> Result<Vec<Raw>, String> {
+    let inner = s
+        .trim()
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| format!("expected a list like [a, b], got `{s}`"))?;
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    for c in inner.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                cur.push(c);
+            }
+            (None, ',') => items.push(parse_raw(&std::mem::take(&mut cur))),
+            _ => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() {
+        items.push(parse_raw(&cur));
+    }
+    Ok(items)
+}
+
+/// Turns a value into a literal of the field's type, or says why it does not fit.
+fn literal(ty: Ty, raw: Raw) -> Result<Literal, String> {
+    match (ty, raw) {
+        (Ty::Duration, Raw::Dur(d)) => Ok(Literal::Num(d as f64)),
+        (Ty::Duration, Raw::Num(n, _)) if n == 0.0 => Ok(Literal::Num(0.0)),
+        (Ty::Duration, other) => Err(format!(
+            "expected a duration such as 250ms, 2s or 1m, got {other:?}"
+        )),
+        (Ty::Number, Raw::Num(n, _)) => Ok(Literal::Num(n)),
+        (Ty::Number, other) => Err(format!("expected a number, got {other:?}")),
+        (Ty::Bool, Raw::Bool(b)) => Ok(Literal::Bool(b)),
+        (Ty::Bool, other) => Err(format!("expected true or false, got {other:?}")),
+        (Ty::Enum(names), Raw::Str(s)) if names.contains(&s.to_lowercase().as_str()) => {
+            Ok(Literal::Str(s.to_lowercase().into_bytes()))
+        }
+        (Ty::Enum(names), other) => Err(format!(
+            "expected one of {}, got {other:?}",
+            names.join(", ")
+        )),
+        (Ty::Str, Raw::Str(s) | Raw::Num(_, s)) => Ok(Literal::Str(s.into_bytes())),
+        (Ty::Str, other) => Err(format!("expected a string, got {other:?}")),
+        (Ty::Attr, Raw::Str(s)) => Ok(Literal::Str(s.into_bytes())),
+        (Ty::Attr, Raw::Num(n, _)) => Ok(Literal::Num(n)),
+        (Ty::Attr, Raw::Bool(b)) => Ok(Literal::Bool(b)),
+        (Ty::Attr, Raw::Dur(_)) => {
+            Err("attributes compare with numbers, strings or booleans, not durations".to_string())
+        }
+    }
+}
+
+fn text(ty: Ty, raw: Raw, op: &str) -> Result<Vec<u8>, String> {
+    match (ty, raw) {
+        (Ty::Str | Ty::Attr, Raw::Str(s) | Raw::Num(_, s)) => Ok(s.into_bytes()),
+        (Ty::Str | Ty::Attr, other) => Err(format!("`{op}` takes a string, got {other:?}")),
+        (ty, _) => Err(format!("`{op}` works on strings; this field is {ty:?}")),
+    }
+}
+
+fn number(ty: Ty, raw: Raw, op: &str) -> Result<f64, String> {
+    match (ty, raw) {
+        (Ty::Duration, Raw::Dur(d)) => Ok(d as f64),
+        (Ty::Duration, other) => Err(format!(
+            "`{op}` on a duration takes a duration such as 250ms or 2s, got {other:?}"
+        )),
+        (Ty::Number | Ty::Attr, Raw::Num(n, _)) => Ok(n),
+        (Ty::Number | Ty::Attr, other) => Err(format!("`{op}` takes a number, got {other:?}")),
+        (ty, _) => Err(format!(
+            "`{op}` compares numbers or durations; this field is {ty:?}"
+        )),
+    }
+}
+
+fn op(ty: Ty, name: &str, value: Option<&str>) -> Result<Op, String> {
+    let need = || value.ok_or_else(|| format!("`{name}` needs a value"));
+    let one = || need().map(parse_raw);
+    Ok(match name {
+        "=" => Op::Eq(literal(ty, one()?)?),
+        "!=" => Op::Ne(literal(ty, one()?)?),
+        "<" => Op::Lt(number(ty, one()?, name)?),
+        "<=" => Op::Le(number(ty, one()?, name)?),
+        ">" => Op::Gt(number(ty, one()?, name)?),
+        ">=" => Op::Ge(number(ty, one()?, name)?),
+        "starts-with" => Op::StartsWith(text(ty, one()?, name)?),
+        "ends-with" => Op::EndsWith(text(ty, one()?, name)?),
+        "contains" => Op::Contains(text(ty, one()?, name)?),
+        "not-contains" => Op::NotContains(text(ty, one()?, name)?),
+        "matches" => {
+            let pattern = text(ty, one()?, name)?;
+            let pattern = String::from_utf8_lossy(&pattern).into_owned();
+            Op::Matches(Regex::new(&pattern).map_err(|e| format!("invalid regex: {e}"))?)
+        }
+        "in" | "not-in" => {
+            let items = parse_list(need()?)?
+                .into_iter()
+                .map(|r| literal(ty, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            if name == "in" {
+                Op::In(items)
+            } else {
+                Op::NotIn(items)
+            }
+        }
+        "exists" | "not-exists" => {
+            if value.is_some() {
+                return Err(format!("`{name}` takes no value"));
+            }
+            if name == "exists" {
+                Op::Exists
+            } else {
+                Op::NotExists
+            }
+        }
+        other => return Err(unknown("operator", other, &OPS)),
+    })
+}
+
+/// Where a condition sits: at trace level, or inside a `span:`/`root:` group.
+#[derive(Clone, Copy, PartialEq)]
+enum Scope {
+    Trace,
+    Span,
+}
+
+enum Parsed {
+    Trace(Cond),
+    Span(SpanCond),
+}
+
+fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
+    let mut parts = expr.trim().splitn(3, char::is_whitespace);
+    let name = parts.next().unwrap_or_default();
+    let op_name = parts.next().ok_or_else(|| {
+        format!("`{expr}`: expected `FIELD OPERATOR VALUE`, e.g. `span.status = error`")
+    })?;
+    let value = parts.next().map(str::trim).filter(|v| !v.is_empty());
+    let (f, ty) = field(name)?;
+    let op = op(ty, op_name, value).map_err(|e| format!("`{expr}`: {e}"))?;
+    Ok(match (f, scope) {
+        (Field::Trace(t), Scope::Trace) => Parsed::Trace(Cond::Trace(t, op)),
+        (Field::Trace(_), Scope::Span) => return Err(format!(
+            "`{name}` is a trace field and cannot be tested on one span inside a span/root group"
+        )),
+        (Field::Span(f), Scope::Span) => Parsed::Span(SpanCond::Field(f, op)),
+        (Field::Span(f), Scope::Trace) => Parsed::Trace(Cond::AnySpan(SpanCond::Field(f, op))),
+        (Field::Root(f), Scope::Trace) => Parsed::Trace(Cond::Root(SpanCond::Field(f, op))),
+        (Field::Root(_), Scope::Span) => {
+            return Err(format!(
+                "`{name}`: inside a span/root group use `span.` fields"
+            ))
+        }
+    })
+}
+
+fn trace_cond(v: &Value, errs: &mut Vec<String>) -> Option<Cond> {
+    match cond(v, Scope::Trace, errs)? {
+        Parsed::Trace(c) => Some(c),
+        Parsed::Span(_) => None,
+    }
+}
+
+fn span_cond(v: &Value, errs: &mut Vec<String>) -> Option<SpanCond> {
+    match cond(v, Scope::Span, errs)? {
+        Parsed::Span(c) => Some(c),
+        Parsed::Trace(_) => None,
+    }
+}
+
+fn list(v: &Value, scope: Scope, errs: &mut Vec<String>) -> Option<Vec<Parsed>> {
+    match v {
+        Value::Sequence(items) => {
+            let parsed: Vec<_> = items.iter().map(|i| cond(i, scope, errs)).collect();
+            parsed.into_iter().collect()
+        }
+        other => cond(other, scope, errs).map(|c| vec![c]),
+    }
+}
+
+fn combine(items: Vec<Parsed>, scope: Scope, any: bool) -> Parsed {
+    match scope {
+        Scope::Trace => {
+            let cs = items
+                .into_iter()
+                .filter_map(|p| match p {
+                    Parsed::Trace(c) => Some(c),
+                    Parsed::Span(_) => None,
+                })
+                .collect();
+            Parsed::Trace(if any { Cond::Any(cs) } else { Cond::All(cs) })
+        }
+        Scope::Span => {
+            let cs = items
+                .into_iter()
+                .filter_map(|p| match p {
+                    Parsed::Span(c) => Some(c),
+                    Parsed::Trace(_) => None,
+                })
+                .collect();
+            Parsed::Span(if any {
+                SpanCond::Any(cs)
+            } else {
+                SpanCond::All(cs)
+            })
+        }
+    }
+}
+
+/// Parses a condition: a string (one comparison), a list (all of them), or a one-key map
+/// (`all`, `any`, `not`, `span`, `root`). Errors go to `errs`; `None` when any occurred.
+fn cond(v: &Value, scope: Scope, errs: &mut Vec<String>) -> Option<Parsed> {
+    match v {
+        Value::String(s) => match predicate(s, scope) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        },
+        Value::Sequence(_) => list(v, scope, errs).map(|items| combine(items, scope, false)),
+        Value::Mapping(m) if m.len() == 1 => {
+            let (k, inner) = m.iter().next()?;
+            let key = k.as_str().unwrap_or_default();
+            match (key, scope) {
+                ("all", _) => list(inner, scope, errs).map(|i| combine(i, scope, false)),
+                ("any", _) => list(inner, scope, errs).map(|i| combine(i, scope, true)),
+                ("not", Scope::Trace) => {
+                    trace_cond(inner, errs).map(|c| Parsed::Trace(Cond::Not(Box::new(c))))
+                }
+                ("not", Scope::Span) => {
+                    span_cond(inner, errs).map(|c| Parsed::Span(SpanCond::Not(Box::new(c))))
+                }
+                ("span", Scope::Trace) => {
+                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::AnySpan(c)))
+                }
+                ("root", Scope::Trace) => {
+                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::Root(c)))
+                }
+                ("span" | "root", Scope::Span) => {
+                    errs.push(format!(
+                        "`{key}` groups cannot nest inside a span/root group"
+                    ));
+                    None
+                }
+                (other, _) => {
+                    errs.push(unknown("condition group", other, &GROUP_KEYS));
+                    None
+                }
+            }
+        }
+        Value::Mapping(_) => {
+            errs.push(format!(
+                "a condition map has exactly one key, one of: {}",
+                GROUP_KEYS.join(", ")
+            ));
+            None
+        }
+        other => {
+            errs.push(format!(
+                "expected a condition string, list or group, got {}",
+                yaml_kind(other)
+            ));
+            None
+        }
+    }
+}
+
+fn yaml_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a map",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn rule(file: &str, index: usize, v: &Value, errors: &mut Vec<RuleError>) -> Option<Rule> {
+    let label = v
+        .get("name")
+        .and_then(Value::as_str)
+        .map(|n| format!("`{n}`"))
+        .unwrap_or_else(|| format!("#{}", index + 1));
+    let mut err = |field: &str, message: String| {
+        errors.push(RuleError {
+            file: file.to_string(),
+            rule: label.clone(),
+            field: field.to_string(),
+            message,
+        })
+    };
+    let Some(m) = v.as_mapping() else {
+        err("-", format!("a rule is a map, got {}", yaml_kind(v)));
+        return None;
+    };
+    let mut ok = check_keys(m, &RULE_KEYS, |k, msg| err(k, msg));
+    let name = match m.get("name").and_then(Value::as_str) {
+        Some(n) if !n.trim().is_empty() => Some(n.to_string()),
+        _ => {
+            err("name", "every rule needs a non-empty `name`".into());
+            None
+        }
+    };
+    let description = m
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let condition = match m.get("conditions") {
+        None | Some(Value::Null) => None,
+        Some(c) => {
+            let mut errs = Vec::new();
+            let parsed = trace_cond(c, &mut errs);
+            for e in errs {
+                err("conditions", e);
+                ok = false;
+            }
+            parsed
+        }
+    };
+    let sample_rate = match m.get("sample_rate") {
+        None => None,
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if n >= 1 => Some(n),
+            _ => {
+                err(
+                    "sample_rate",
+                    format!("expected a whole number >= 1 (keep 1 in N), got {v:?}"),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    let outcome = match m.get("outcome").and_then(Value::as_str) {
+        Some("keep") => Some(Outcome::Keep {
+            sample_rate: sample_rate.unwrap_or(1),
+        }),
+        Some("drop") => {
+            if sample_rate.is_some() {
+                err(
+                    "sample_rate",
+                    "only `outcome: keep` takes a sample_rate".into(),
+                );
+                ok = false;
+            }
+            Some(Outcome::Drop)
+        }
+        Some(other) => {
+            err("outcome", unknown("outcome", other, &["keep", "drop"]));
+            None
+        }
+        None => {
+            err(
+                "outcome",
+                "every rule needs an `outcome`: keep or drop".into(),
+            );
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some(Rule {
+        name: name?.into(),
+        description,
+        condition,
+        outcome: outcome?,
+        file: file.to_string(),
+    })
+}
+
+fn check_keys(m: &Mapping, allowed: &[&str], mut err: impl FnMut(&str, String)) -> bool {
+    let mut ok = true;
+    for k in m.keys() {
+        let key = k.as_str().unwrap_or("?");
+        if !allowed.contains(&key) {
+            err(key, unknown("key", key, allowed));
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Parses one rule file's text. All of its errors are reported, not just the first.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let top_err = |message: String| RuleError {
+        file: file.to_string(),
+        rule: "-".into(),
+        field: "-".into(),
+        message,
+    };
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| vec![top_err(e.to_string())])?;
+    let Some(m) = doc.as_mapping() else {
+        return Err(vec![top_err(
+            "a rule file is a map with a `rules:` list".into(),
+        )]);
+    };
+    let mut errors = Vec::new();
+    check_keys(m, &["rules"], |k, msg| {
+        errors.push(RuleError {
+            file: file.to_string(),
+            rule: "-".into(),
+            field: k.to_string(),
+            message: msg,
+        })
+    });
+    let Some(items) = m.get("rules").and_then(Value::as_sequence) else {
+        errors.push(top_err("expected a `rules:` list".into()));
+        return Err(errors);
+    };
+    let rules: Vec<_> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| rule(file, i, v, &mut errors))
+        .collect();
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Loads every `*.yaml`/`*.yml` file of `dir`, in lexical order, and checks the whole set.
+pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let io_err = |file: &Path, e: std::io::Error| {
+        vec![RuleError {
+            file: file.display().to_string(),
+            rule: "-".into(),
+            field: "-".into(),
+            message: e.to_string(),
+        }]
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut rules = Vec::new();
+    let mut errors = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        let name = path.display().to_string();
+        match parse_file(&name, &text) {
+            Ok(r) => rules.extend(r),
+            Err(e) => errors.extend(e),
+        }
+    }
+    errors.extend(check_set(&rules, dir));
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks what no single file can: unique names, and a default rule closing the set.
+pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for r in rules {
+        if !seen.insert(&r.name) {
+            errors.push(RuleError {
+                file: r.file.clone(),
+                rule: format!("`{}`", r.name),
+                field: "name".into(),
+                message: "rule names must be unique across all rule files".into(),
+            });
+        }
+    }
+    match rules.last() {
+        None => errors.push(RuleError {
+            file: dir.display().to_string(),
+            rule: "-".into(),
+            field: "-".into(),
+            message: "no rules found: add at least a default rule (one without conditions)".into(),
+        }),
+        Some(last) if last.condition.is_some() => errors.push(RuleError {
+            file: last.file.clone(),
+            rule: format!("`{}`", last.name),
+            field: "conditions".into(),
+            message: "the last rule must be the default: a rule without conditions, so that \
+                      every trace gets a deliberate outcome"
+                .into(),
+        }),
+        Some(_) => {}
+    }
+    errors
+}

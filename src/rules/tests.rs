@@ -1,0 +1,325 @@
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::time::Instant;
+
+use super::*;
+use crate::buffer::{Buffer, Completion};
+use crate::decision::DecisionCache;
+use crate::offsets::OffsetHold;
+use crate::otlp::build::*;
+use crate::otlp::decode::Decoder;
+
+/// Buffers the given (service, spans) messages as one trace and returns its entry's view
+/// evaluated by `f`.
+fn with_trace<R>(messages: Vec<(&str, Vec<Span>)>, f: impl FnOnce(&TraceView<'_>) -> R) -> R {
+    let b = Buffer::new(Completion::default());
+    let c = DecisionCache::new(10, Duration::from_secs(1));
+    let hold = std::sync::Arc::new(OffsetHold {
+        partition: 0,
+        offset: 0,
+    });
+    let mut d = Decoder::new();
+    let mut id = None;
+    for (svc, spans) in messages {
+        let p = request(svc, spans);
+        d.decode(&p).unwrap();
+        for g in d.groups(&p) {
+            id = Some(g.trace_id);
+            b.ingest(&g, &hold, false, Instant::now(), &c);
+        }
+    }
+    let id = id.unwrap();
+    let mut out = None;
+    b.take(&id, |id, e| {
+        out = Some(f(&TraceView::new(*id, e)));
+        crate::decision::Decision::Drop { rule: "-".into() }
+    });
+    out.unwrap()
+}
+
+const MS: u64 = 1_000_000;
+
+/// A checkout: gateway root (route, tier), orders child with an int status, payment child.
+fn checkout(
+    t: [u8; 16],
+    payment_ms: u64,
+    error: bool,
+    tier: &str,
+) -> Vec<(&'static str, Vec<Span>)> {
+    let root = with_attrs(
+        span(t, 1, None, "POST /api/checkout", 0, (payment_ms + 20) * MS),
+        vec![
+            attr_str("http.route", "/api/checkout"),
+            attr_str("customer.tier", tier),
+        ],
+    );
+    let orders = with_attrs(
+        span(
+            t,
+            2,
+            Some(1),
+            "POST /orders",
+            5 * MS,
+            (payment_ms + 15) * MS,
+        ),
+        vec![attr_int(
+            "http.response.status_code",
+            if error { 502 } else { 200 },
+        )],
+    );
+    let mut payment = span(
+        t,
+        3,
+        Some(2),
+        "POST /payments",
+        10 * MS,
+        (payment_ms + 10) * MS,
+    );
+    payment.kind = SpanKind::Client as i32;
+    if error {
+        payment = with_error(payment);
+    }
+    vec![
+        ("payment", vec![payment]),
+        ("orders", vec![orders]),
+        ("gateway", vec![root]),
+    ]
+}
+
+fn cond(expr: &str) -> Cond {
+    let text = format!("rules:\n  - name: r\n    conditions: {expr}\n    outcome: keep\n");
+    let mut rules = parse_file("t.yaml", &text).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
+    rules.remove(0).condition.unwrap()
+}
+
+#[test]
+fn conditions_match_trace_span_root_resource_and_scope_fields() {
+    let t = trace_id(42);
+    let cases: &[(&str, bool)] = &[
+        ("trace.error = true", true),
+        ("trace.error = false", false),
+        ("trace.duration > 2s", true),
+        ("trace.duration > 3s", false),
+        ("trace.span_count = 3", true),
+        ("trace.span_count >= 4", false),
+        ("trace.root = true", true),
+        ("span.status = error", true),
+        ("span.kind = client", true),
+        ("span.kind = producer", false),
+        ("span.duration >= 2500ms", true),
+        ("span.name starts-with 'POST /pay'", true),
+        ("span.name ends-with /orders", true),
+        ("span.name contains checkout", true),
+        ("span.name matches '^POST /(orders|payments)$'", true),
+        ("span.service = payment", true),
+        ("span.service in [auth, inventory]", false),
+        ("span.attr.http.response.status_code >= 500", true),
+        ("span.attr.http.response.status_code = 502", true),
+        ("span.attr.http.response.status_code = 502.0", true),
+        ("span.attr.http.response.status_code = '502'", false),
+        ("span.attr.customer.tier exists", true),
+        ("span.attr.nope exists", false),
+        ("span.attr.nope not-exists", true),
+        ("resource.attr.service.name = gateway", true),
+        ("scope.name = orders-instrumentation", true),
+        ("scope.version != 1.0.0", false),
+        ("root.attr.customer.tier = enterprise", true),
+        ("root.attr.customer.tier in [free, pro]", false),
+        ("root.name not-contains health", true),
+        ("root.kind = server", true),
+    ];
+    with_trace(checkout(t, 2500, true, "enterprise"), |view| {
+        for (expr, want) in cases {
+            assert_eq!(cond(expr).eval(view), *want, "{expr}");
+        }
+    });
+}
+
+#[test]
+fn a_span_group_needs_one_span_to_satisfy_every_condition() {
+    let t = trace_id(7);
+    with_trace(checkout(t, 100, true, "free"), |view| {
+        // Some span is an error and some span is in `orders`, but not the same one.
+        assert!(cond("[span.status = error, span.service = orders]").eval(view));
+        assert!(!cond("{span: [span.status = error, span.service = orders]}").eval(view));
+        assert!(cond("{span: [span.status = error, span.service = payment]}").eval(view));
+        assert!(cond("{any: [trace.duration > 1h, span.service = orders]}").eval(view));
+        assert!(!cond("{not: span.service = orders}").eval(view));
+        assert!(cond("{root: [span.name = 'POST /api/checkout', {not: span.attr.customer.tier = enterprise}]}").eval(view));
+    });
+}
+
+#[test]
+fn root_conditions_are_false_while_the_root_is_missing() {
+    let t = trace_id(8);
+    let mut msgs = checkout(t, 100, false, "enterprise");
+    msgs.pop(); // the gateway's root span never arrives
+    with_trace(msgs, |view| {
+        assert!(!cond("root.attr.customer.tier = enterprise").eval(view));
+        assert!(cond("{not: root.attr.customer.tier = enterprise}").eval(view));
+        assert!(cond("trace.root = false").eval(view));
+    });
+}
+
+#[test]
+fn load_errors_name_file_rule_field_and_what_is_accepted() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "  - name: a\n    outcome: keep\n    sample_rte: 2\n",
+            "unknown key `sample_rte`, did you mean `sample_rate`?",
+        ),
+        (
+            "  - name: a\n    conditions: span.nmae = x\n    outcome: keep\n",
+            "unknown field `span.nmae`, did you mean `span.name`?",
+        ),
+        (
+            "  - name: a\n    conditions: span.name > 5\n    outcome: keep\n",
+            "`>` compares numbers or durations",
+        ),
+        (
+            "  - name: a\n    conditions: trace.duration > 5\n    outcome: keep\n",
+            "takes a duration such as 250ms",
+        ),
+        (
+            "  - name: a\n    conditions: span.kind = sever\n    outcome: keep\n",
+            "expected one of unspecified, internal, server",
+        ),
+        (
+            "  - name: a\n    conditions: span.name matches '(unclosed'\n    outcome: keep\n",
+            "invalid regex",
+        ),
+        (
+            "  - name: a\n    conditions: span.name =~ x\n    outcome: keep\n",
+            "unknown operator `=~`",
+        ),
+        (
+            "  - name: a\n    outcome: maybe\n",
+            "unknown outcome `maybe`",
+        ),
+        (
+            "  - name: a\n    outcome: drop\n    sample_rate: 3\n",
+            "only `outcome: keep` takes a sample_rate",
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    sample_rate: 0\n",
+            "expected a whole number >= 1",
+        ),
+        ("  - outcome: keep\n", "every rule needs a non-empty `name`"),
+        (
+            "  - name: a\n    conditions: {span: [trace.error = true]}\n    outcome: keep\n",
+            "trace field",
+        ),
+    ];
+    for (body, want) in cases {
+        let text = format!("rules:\n{body}");
+        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
+        let msg = RulesError(errs).to_string();
+        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        assert!(msg.starts_with("rules/x.yaml: rule "), "{msg}");
+    }
+}
+
+#[test]
+fn every_error_of_a_file_is_reported() {
+    let text = "rules:\n  - name: a\n    conditions: span.nmae = x\n    outcome: keep\n  - name: b\n    outcome: nope\n";
+    let errs = parse_file("f.yaml", text).unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(errs[0].rule, "`a`");
+    assert_eq!(errs[1].rule, "`b`");
+    assert_eq!(errs[1].field, "outcome");
+}
+
+#[test]
+fn a_rule_set_needs_unique_names_and_a_closing_default() {
+    let r = |name: &str, cond: bool| {
+        let c = if cond {
+            "    conditions: trace.error = true\n"
+        } else {
+            ""
+        };
+        parse_file(
+            "f.yaml",
+            &format!("rules:\n  - name: {name}\n{c}    outcome: keep\n"),
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let err = RuleSet::new(vec![r("a", true)], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the last rule must be the default"), "{err}");
+    let err = RuleSet::new(vec![r("a", false), r("a", false)], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unique"), "{err}");
+    assert!(RuleSet::new(vec![r("a", true), r("b", false)], None).is_ok());
+}
+
+#[test]
+fn the_repository_rules_load_and_decide_the_demo_traffic_as_documented() {
+    let set = RuleSet::load(std::path::Path::new("rules"), None).unwrap();
+    let names: Vec<&str> = set.rules().iter().map(|r| &*r.name).collect();
+    assert_eq!(names.last(), Some(&"baseline"));
+    let decide = |msgs| with_trace(msgs, |v| set.decide(v));
+    let err = decide(checkout(trace_id(1), 100, true, "free"));
+    assert_eq!(
+        err,
+        crate::decision::Decision::Keep {
+            rule: "errors".into(),
+            sample_rate: 1
+        }
+    );
+    let slow = decide(checkout(trace_id(2), 2500, false, "free"));
+    assert_eq!(slow.rule(), "slow-checkout");
+    let ent = decide(checkout(trace_id(3), 100, false, "enterprise"));
+    assert_eq!(ent.rule(), "enterprise-customers");
+    let t = trace_id(4);
+    let health = with_attrs(
+        span(t, 1, None, "GET /healthz", 0, MS),
+        vec![attr_str("http.route", "/healthz")],
+    );
+    assert_eq!(
+        decide(vec![("gateway", vec![health])]),
+        crate::decision::Decision::Drop {
+            rule: "drop-health-checks".into()
+        }
+    );
+    assert_eq!(
+        decide(checkout(trace_id(5), 100, false, "free")).rule(),
+        "baseline"
+    );
+    // The embedded copy the demo uses is the same set.
+    let embedded = crate::demo::embedded_rules().unwrap();
+    let embedded_names: Vec<&str> = embedded.rules().iter().map(|r| &*r.name).collect();
+    assert_eq!(embedded_names, names);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Two instances (two rule sets loaded separately) decide every trace id the same way,
+    /// and 1-in-N lands within tolerance of 1/N.
+    #[test]
+    fn sampling_is_deterministic_across_instances_and_near_its_rate(
+        rate in 2u32..50,
+        salt in proptest::option::of("[a-z]{1,8}"),
+        start in 0u64..1_000_000,
+    ) {
+        let rule = |n: &str| parse_file("f.yaml", &format!("rules:\n  - name: {n}\n    outcome: keep\n    sample_rate: {rate}\n")).unwrap();
+        let a = RuleSet::new(rule("base"), salt.as_deref()).unwrap();
+        let b = RuleSet::new(rule("base"), salt.as_deref()).unwrap();
+        let n = 20_000u64;
+        let mut kept = 0u64;
+        for i in start..start + n {
+            let id = crate::otlp::TraceId(trace_id(i));
+            let ka = a.sampled(&id, rate);
+            proptest::prop_assert_eq!(ka, b.sampled(&id, rate));
+            kept += u64::from(ka);
+        }
+        let expected = n as f64 / f64::from(rate);
+        let tolerance = 5.0 * expected.sqrt() + 1.0; // ~5 sigma
+        proptest::prop_assert!((kept as f64 - expected).abs() < tolerance,
+            "kept {} of {}, expected {:.0} ± {:.0}", kept, n, expected, tolerance);
+    }
+}

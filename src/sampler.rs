@@ -1,0 +1,333 @@
+//! The sampler core, free of Kafka: messages in, decisions made, kept traces out.
+//!
+//! [`Sampler::ingest`] takes one consumed message; [`Sampler::decide_due`] decides the traces
+//! whose time has come; kept traces go to an [`Output`] (the Kafka sink in production, a
+//! collector in tests and benchmarks). It is shared by the ingest thread and the deciders.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
+use crate::decision::{Decision, DecisionCache, Trigger};
+use crate::metrics as m;
+use crate::offsets::{Holds, OffsetHold};
+use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
+use crate::otlp::encode::encode_trace;
+use crate::otlp::{SpanContext, TraceId};
+use crate::rules::{RuleSet, TraceView};
+
+/// What a produced message must release once acknowledged, and what to count then.
+#[derive(Debug)]
+pub struct Ticket {
+    pub holds: Holds,
+    pub spans: u32,
+    /// Spans that were read before by this group (replay after a crash or rebalance).
+    pub replayed_spans: u32,
+    /// When the trace was due, for the decision-latency histogram.
+    pub due: Instant,
+}
+
+/// Where kept traces go.
+pub trait Output: Send + Sync {
+    /// Sends the messages of one kept trace (usually one). Each message carries its ticket;
+    /// the offsets it holds are released when the output drops it after acknowledgement.
+    fn send(&self, trace_id: &TraceId, decision: &Decision, messages: Vec<(Vec<u8>, Ticket)>);
+}
+
+/// Counts kept for the demo's summary and the tests; Prometheus gets the same numbers.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages: AtomicU64,
+    pub spans_in: AtomicU64,
+    pub decode_failures: AtomicU64,
+    pub late_kept: AtomicU64,
+    pub late_dropped: AtomicU64,
+    /// (rule, kept?) -> traces.
+    by_rule: Mutex<HashMap<(Arc<str>, bool), u64>>,
+    by_trigger: Mutex<HashMap<Trigger, u64>>,
+}
+
+impl Stats {
+    /// Traces decided per rule: (rule, kept, dropped), sorted by rule name.
+    pub fn by_rule(&self) -> Vec<(String, u64, u64)> {
+        let map = self.by_rule.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: HashMap<&str, (u64, u64)> = HashMap::new();
+        for ((rule, kept), n) in map.iter() {
+            let e = out.entry(rule).or_default();
+            if *kept {
+                e.0 += n
+            } else {
+                e.1 += n
+            }
+        }
+        let mut v: Vec<_> = out
+            .into_iter()
+            .map(|(r, (k, d))| (r.to_string(), k, d))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn by_trigger(&self, t: Trigger) -> u64 {
+        let map = self.by_trigger.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&t).copied().unwrap_or(0)
+    }
+
+    pub fn kept(&self) -> u64 {
+        self.by_rule().iter().map(|r| r.1).sum()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.by_rule().iter().map(|r| r.2).sum()
+    }
+}
+
+/// What one message brought, for the caller's bulk counting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestSummary {
+    pub spans: usize,
+    pub invalid_spans: usize,
+    pub late_kept: usize,
+    pub late_dropped: usize,
+}
+
+pub struct Sampler {
+    pub buffer: Buffer,
+    pub rules: ArcSwap<RuleSet>,
+    pub decisions: DecisionCache,
+    pub stats: Stats,
+    output: Arc<dyn Output>,
+    max_message_bytes: usize,
+}
+
+impl Sampler {
+    pub fn new(
+        completion: Completion,
+        rules: RuleSet,
+        decisions: DecisionCache,
+        output: Arc<dyn Output>,
+        max_message_bytes: usize,
+    ) -> Self {
+        Sampler {
+            buffer: Buffer::new(completion),
+            rules: ArcSwap::from_pointee(rules),
+            decisions,
+            stats: Stats::default(),
+            output,
+            max_message_bytes,
+        }
+    }
+
+    /// Takes one consumed message. `hold` stands for the message's offset: traces that still
+    /// need it keep a clone. Traces that reach the span limit are decided before returning.
+    pub fn ingest(
+        &self,
+        decoder: &mut Decoder,
+        payload: &[u8],
+        hold: &Arc<OffsetHold>,
+        replayed: bool,
+        now: Instant,
+    ) -> Result<IngestSummary, DecodeError> {
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let spans = match decoder.decode(payload) {
+            Ok(n) => n,
+            Err(e) => {
+                self.stats.decode_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let mut summary = IngestSummary {
+            spans,
+            invalid_spans: decoder.invalid_spans,
+            ..IngestSummary::default()
+        };
+        let mut full = Vec::new();
+        for group in decoder.groups(payload) {
+            match self
+                .buffer
+                .ingest(&group, hold, replayed, now, &self.decisions)
+            {
+                Ingested::Buffered => {}
+                Ingested::Full => full.push(group.trace_id),
+                Ingested::Late(decision) => {
+                    if decision.is_keep() {
+                        summary.late_kept += group.len();
+                        self.forward_late(&group, &decision, hold, replayed, now);
+                    } else {
+                        summary.late_dropped += group.len();
+                    }
+                }
+            }
+        }
+        self.stats
+            .spans_in
+            .fetch_add(spans as u64, Ordering::Relaxed);
+        self.stats
+            .late_kept
+            .fetch_add(summary.late_kept as u64, Ordering::Relaxed);
+        self.stats
+            .late_dropped
+            .fetch_add(summary.late_dropped as u64, Ordering::Relaxed);
+        for id in full {
+            self.decide(&id, Trigger::SpanLimit, now);
+        }
+        Ok(summary)
+    }
+
+    fn forward_late(
+        &self,
+        group: &TraceGroup<'_>,
+        decision: &Decision,
+        hold: &Arc<OffsetHold>,
+        replayed: bool,
+        now: Instant,
+    ) {
+        // Regroup the spans by context, as a trace entry would hold them.
+        let mut chunks: Vec<(Arc<SpanContext>, Vec<u8>)> = Vec::new();
+        for span in group.spans() {
+            match chunks
+                .iter_mut()
+                .find(|(c, _)| Arc::ptr_eq(c, span.context))
+            {
+                Some((_, bytes)) => bytes.extend_from_slice(span.field),
+                None => chunks.push((span.context.clone(), span.field.to_vec())),
+            }
+        }
+        let spans = group.len() as u32;
+        let messages = encode_trace(
+            chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
+            self.max_message_bytes,
+        );
+        let holds: Holds = smallvec::smallvec![hold.clone()];
+        self.send(
+            &group.trace_id,
+            decision,
+            messages,
+            &holds,
+            spans,
+            replayed,
+            now,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        id: &TraceId,
+        decision: &Decision,
+        messages: Vec<Vec<u8>>,
+        holds: &Holds,
+        spans: u32,
+        replayed: bool,
+        due: Instant,
+    ) {
+        let count = messages.len().max(1) as u32;
+        let with_tickets = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, msg)| {
+                // Spans are spread over the messages; counts add up to the trace's.
+                let share = spans / count + u32::from((i as u32) < spans % count);
+                let ticket = Ticket {
+                    holds: holds.clone(),
+                    spans: share,
+                    replayed_spans: if replayed { share } else { 0 },
+                    due,
+                };
+                (msg, ticket)
+            })
+            .collect();
+        self.output.send(id, decision, with_tickets);
+    }
+
+    /// Decides one trace now, if it is still buffered. Returns the decision.
+    pub fn decide(&self, id: &TraceId, trigger: Trigger, due: Instant) -> Option<Decision> {
+        let rules = self.rules.load();
+        let (entry, decision) = self.buffer.take(id, |id, entry| {
+            let view = TraceView::new(*id, entry);
+            let d = rules.decide(&view);
+            self.decisions.insert(*id, d.clone());
+            d
+        })?;
+        self.count_decision(&decision, trigger);
+        if decision.is_keep() {
+            self.forward(id, &decision, entry, due);
+        }
+        // A dropped trace's holds are released here, as `entry` goes out of scope.
+        Some(decision)
+    }
+
+    fn forward(&self, id: &TraceId, decision: &Decision, entry: TraceEntry, due: Instant) {
+        let messages = encode_trace(
+            entry.groups.iter().map(|g| (&*g.ctx, g.spans.as_slice())),
+            self.max_message_bytes,
+        );
+        self.send(
+            id,
+            decision,
+            messages,
+            &entry.holds,
+            entry.span_count,
+            entry.replayed,
+            due,
+        );
+    }
+
+    fn count_decision(&self, decision: &Decision, trigger: Trigger) {
+        let rule: Arc<str> = match decision {
+            Decision::Keep { rule, .. } | Decision::Drop { rule } => rule.clone(),
+        };
+        metrics::counter!(m::TRACES_DECIDED,
+            "rule" => rule.to_string(),
+            "outcome" => decision.outcome(),
+            "trigger" => trigger.as_str())
+        .increment(1);
+        *self
+            .stats
+            .by_rule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((rule, decision.is_keep()))
+            .or_default() += 1;
+        *self
+            .stats
+            .by_trigger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(trigger)
+            .or_default() += 1;
+    }
+
+    /// Decides every trace that is complete at `now`. Returns how many were decided.
+    pub fn decide_due(&self, now: Instant) -> usize {
+        let mut due = Vec::new();
+        self.buffer.due(now, &mut due);
+        let mut n = 0;
+        for (id, trigger) in due {
+            n += usize::from(self.decide(&id, trigger, now).is_some());
+        }
+        n
+    }
+
+    /// Partitions left this instance: traces held only by them are released undecided (the
+    /// new owner replays them from the last safe commit); traces that also hold a partition
+    /// that stays are decided now, so that their other spans are not lost.
+    /// Returns (released, decided).
+    pub fn partitions_revoked(&self, revoked: &[u32], now: Instant) -> (usize, usize) {
+        let touches = |e: &TraceEntry| e.holds.iter().any(|h| revoked.contains(&h.partition));
+        let mixed = self
+            .buffer
+            .ids_where(|e| touches(e) && e.holds.iter().any(|h| !revoked.contains(&h.partition)));
+        let mut decided = 0;
+        for id in &mixed {
+            decided += usize::from(self.decide(id, Trigger::Rebalance, now).is_some());
+        }
+        let released = self.buffer.release_where(touches);
+        metrics::counter!(m::TRACES_RELEASED).increment(released as u64);
+        (released, decided)
+    }
+}

@@ -1,0 +1,178 @@
+//! The Kafka output: one message per kept trace (split when large), key = trace id hex,
+//! headers naming the rule and the sample rate.
+//!
+//! Delivery is confirmed in librdkafka's delivery callback, which drops the message's
+//! [`Ticket`] and so releases the offsets it held. A failed delivery is sent again (after a
+//! pause) rather than given up: until it is acknowledged its offsets stay uncommitted.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::decision::Decision;
+use crate::metrics as m;
+use crate::otlp::TraceId;
+use crate::sampler::{Output, Ticket};
+
+/// Header naming the rule that kept the trace.
+pub const RULE_HEADER: &str = "tailsift.rule";
+/// Header with the sample rate the trace was kept at (it stands for that many traces).
+pub const SAMPLE_RATE_HEADER: &str = "tailsift.sample_rate";
+
+struct Retry {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+    ticket: Box<Ticket>,
+}
+
+pub struct SinkContext {
+    retries: mpsc::Sender<Retry>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        match result {
+            Ok(_) => {
+                metrics::counter!(m::MESSAGES_PRODUCED).increment(1);
+                metrics::counter!(m::SPANS_FORWARDED).increment(u64::from(ticket.spans));
+                if ticket.replayed_spans > 0 {
+                    metrics::counter!(m::REPLAYED_SPANS_FORWARDED)
+                        .increment(u64::from(ticket.replayed_spans));
+                }
+                metrics::histogram!(m::DECISION_LATENCY).record(ticket.due.elapsed().as_secs_f64());
+                // Dropping the ticket releases the offsets it held.
+            }
+            Err((err, msg)) => {
+                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+                tracing::warn!(error = %err, "delivery to the output topic failed; retrying");
+                let mut headers = OwnedHeaders::new();
+                if let Some(h) = msg.headers() {
+                    for hd in h.iter() {
+                        headers = headers.insert(Header {
+                            key: hd.key,
+                            value: hd.value,
+                        });
+                    }
+                }
+                let retry = Retry {
+                    key: msg.key().unwrap_or_default().to_vec(),
+                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    ticket,
+                };
+                // If the retry thread is gone we are shutting down: the offsets stay held
+                // and uncommitted, so the trace is replayed after restart.
+                let _ = self.retries.send(retry);
+            }
+        }
+    }
+}
+
+/// The Kafka producer of kept traces.
+pub struct KafkaSink {
+    producer: ThreadedProducer<SinkContext>,
+    topic: String,
+    stopping: Arc<AtomicBool>,
+}
+
+impl KafkaSink {
+    pub fn new(config: &ClientConfig, topic: &str) -> Result<Arc<Self>, KafkaError> {
+        let (tx, rx) = mpsc::channel::<Retry>();
+        let producer: ThreadedProducer<SinkContext> =
+            config.create_with_context(SinkContext { retries: tx })?;
+        let sink = Arc::new(KafkaSink {
+            producer,
+            topic: topic.to_string(),
+            stopping: Arc::new(AtomicBool::new(false)),
+        });
+        let weak = Arc::downgrade(&sink);
+        std::thread::Builder::new()
+            .name("tailsift-retry".into())
+            .spawn(move || {
+                while let Ok(r) = rx.recv() {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let Some(sink) = weak.upgrade() else { break };
+                    sink.produce(&r.key, &r.payload, r.headers, r.ticket);
+                }
+            })
+            .map_err(|e| {
+                KafkaError::ClientCreation(format!("cannot start the retry thread: {e}"))
+            })?;
+        Ok(sink)
+    }
+
+    fn produce(&self, key: &[u8], payload: &[u8], headers: OwnedHeaders, ticket: Box<Ticket>) {
+        let mut record = BaseRecord::with_opaque_to(&self.topic, ticket)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Back-pressure: librdkafka's queue is full (a slow or absent broker).
+                    // Wait for it to drain; the deciders slow down and the buffer fills.
+                    record = r;
+                    if self.stopping.load(Ordering::Relaxed) {
+                        return; // dropped unsent: its offsets were never committed
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+                    tracing::error!(error = %e, "cannot enqueue a kept trace; it will be replayed after restart");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for every message in flight to be acknowledged, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Stops retrying enqueues (shutdown).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Messages not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+impl Output for KafkaSink {
+    fn send(&self, trace_id: &TraceId, decision: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
+        let Decision::Keep { rule, sample_rate } = decision else {
+            return;
+        };
+        let key = trace_id.to_hex();
+        let rate = sample_rate.to_string();
+        for (payload, ticket) in messages {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: RULE_HEADER,
+                    value: Some(rule.as_bytes()),
+                })
+                .insert(Header {
+                    key: SAMPLE_RATE_HEADER,
+                    value: Some(rate.as_bytes()),
+                });
+            self.produce(key.as_bytes(), &payload, headers, Box::new(ticket));
+        }
+    }
+}

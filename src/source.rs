@@ -1,0 +1,371 @@
+//! The Kafka input: a consumer-group member on its own thread that feeds the sampler, tracks
+//! which offsets are safe, commits them, and hands partitions back cleanly on rebalance.
+//!
+//! The consumer, the offset table and the rebalance callbacks all live on this one thread
+//! (librdkafka runs the callbacks inside `poll`), so the table needs no real locking.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tokio::time::Instant;
+
+use crate::metrics as m;
+use crate::offsets::{OffsetHold, PartitionOffsets};
+use crate::otlp::decode::Decoder;
+use crate::sampler::Sampler;
+
+/// Prefix of the commit metadata that records how far this group had read.
+const READ_MARK: &str = "tailsift:read=";
+
+/// Shared flags between the ingest thread, the HTTP probes and the shutdown sequence.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub assigned: AtomicUsize,
+    /// Stop fetching (shutdown has begun); the thread keeps polling for callbacks.
+    pub draining: AtomicBool,
+    /// Commit what is safe and leave the group.
+    pub stop: AtomicBool,
+    pub paused: AtomicBool,
+}
+
+struct Assigned {
+    topic: String,
+    partition: i32,
+    offsets: PartitionOffsets,
+}
+
+#[derive(Default)]
+struct Partitions {
+    /// Index -> state. An index is never reused, so a hold from an earlier assignment can
+    /// never be mistaken for one of the current assignment.
+    by_index: HashMap<u32, Assigned>,
+    by_name: HashMap<(String, i32), u32>,
+    next_index: u32,
+    recommit: bool,
+}
+
+impl Partitions {
+    fn index(&self, topic: &str, partition: i32) -> Option<u32> {
+        // Topic names are few; the allocation-free path is a scan of the small map.
+        self.by_name
+            .iter()
+            .find(|((t, p), _)| *p == partition && t == topic)
+            .map(|(_, i)| *i)
+    }
+
+    /// Offsets to commit for the partitions chosen by `filter`, with the read mark.
+    fn commit_list(&mut self, filter: impl Fn(u32) -> bool, force: bool) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (idx, a) in self.by_index.iter_mut() {
+            if !filter(*idx) {
+                continue;
+            }
+            let Some(safe) = a.offsets.safe_offset() else {
+                continue;
+            };
+            if !force && a.offsets.committed == Some(safe) {
+                continue;
+            }
+            let read = a.offsets.next().unwrap_or(safe).max(a.offsets.replay_until);
+            let mut e = tpl.add_partition(&a.topic, a.partition);
+            if e.set_offset(Offset::Offset(safe)).is_ok() {
+                e.set_metadata(format!("{READ_MARK}{read}"));
+                a.offsets.committed = Some(safe);
+            }
+        }
+        tpl
+    }
+}
+
+pub struct SourceContext {
+    sampler: Arc<Sampler>,
+    health: Arc<Health>,
+    parts: Mutex<Partitions>,
+}
+
+impl SourceContext {
+    fn parts(&self) -> std::sync::MutexGuard<'_, Partitions> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        metrics::counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+        let mut parts = self.parts();
+        let revoked: Vec<u32> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| parts.index(e.topic(), e.partition()))
+            .collect();
+        // Commit what is safe while the partitions are still ours.
+        let commit = parts.commit_list(|i| revoked.contains(&i), false);
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                metrics::counter!(m::COMMIT_FAILURES).increment(1);
+                tracing::warn!(error = %e, "commit on revoke failed; the next owner replays more");
+            }
+        }
+        for i in &revoked {
+            if let Some(a) = parts.by_index.remove(i) {
+                parts.by_name.remove(&(a.topic, a.partition));
+            }
+        }
+        drop(parts);
+        let (released, decided) = self.sampler.partitions_revoked(&revoked, Instant::now());
+        let assigned = self.health.assigned.load(Ordering::Relaxed);
+        let left = assigned.saturating_sub(revoked.len());
+        self.health.assigned.store(left, Ordering::Relaxed);
+        metrics::gauge!(m::ASSIGNED_PARTITIONS).set(left as f64);
+        tracing::info!(
+            partitions = revoked.len(),
+            released,
+            decided,
+            "partitions revoked; undecided traces released to the next owner"
+        );
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+                // What this group had read before: spans below it may already be in the
+                // output (a crash or rebalance replays them).
+                let committed = consumer
+                    .committed_offsets((*tpl).clone(), Duration::from_secs(10))
+                    .ok();
+                let mut parts = self.parts();
+                for e in tpl.elements() {
+                    let replay_until = committed
+                        .as_ref()
+                        .and_then(|c| c.find_partition(e.topic(), e.partition()))
+                        .and_then(|c| {
+                            c.metadata()
+                                .strip_prefix(READ_MARK)
+                                .and_then(|n| n.parse::<i64>().ok())
+                        })
+                        .unwrap_or(-1);
+                    let idx = parts.next_index;
+                    parts.next_index += 1;
+                    let key = (e.topic().to_string(), e.partition());
+                    if let Some(old) = parts.by_name.insert(key, idx) {
+                        parts.by_index.remove(&old);
+                    }
+                    let mut offsets = PartitionOffsets::default();
+                    offsets.replay_until = replay_until;
+                    parts.by_index.insert(
+                        idx,
+                        Assigned {
+                            topic: e.topic().to_string(),
+                            partition: e.partition(),
+                            offsets,
+                        },
+                    );
+                }
+                let n = parts.by_index.len();
+                drop(parts);
+                self.health.assigned.store(n, Ordering::Relaxed);
+                metrics::gauge!(m::ASSIGNED_PARTITIONS).set(n as f64);
+                tracing::info!(added = tpl.count(), assigned = n, "partitions assigned");
+                if self.health.draining.load(Ordering::Relaxed)
+                    || self.health.paused.load(Ordering::Relaxed)
+                {
+                    let _ = consumer.pause(tpl);
+                }
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            metrics::counter!(m::COMMIT_FAILURES).increment(1);
+            tracing::warn!(error = %e, "offset commit failed; will commit again");
+            self.parts().recommit = true;
+        }
+    }
+}
+
+/// Builds the consumer (manual commits, cooperative-sticky) and subscribes it.
+pub fn consumer(
+    config: &ClientConfig,
+    topics: &[String],
+    sampler: Arc<Sampler>,
+    health: Arc<Health>,
+) -> Result<BaseConsumer<SourceContext>, KafkaError> {
+    let ctx = SourceContext {
+        sampler,
+        health,
+        parts: Mutex::new(Partitions::default()),
+    };
+    let consumer: BaseConsumer<SourceContext> = config.create_with_context(ctx)?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Counts logged per kind of failure, so that a flood logs once and then periodically.
+#[derive(Default)]
+struct LogOnce(HashMap<&'static str, u64>);
+
+impl LogOnce {
+    fn should_log(&mut self, kind: &'static str) -> bool {
+        let n = self.0.entry(kind).or_default();
+        *n += 1;
+        n.is_power_of_two()
+    }
+}
+
+/// Settings of the ingest loop.
+pub struct IngestSettings {
+    pub commit_interval: Duration,
+    pub max_bytes: u64,
+}
+
+/// The ingest thread's body: poll, ingest, commit, until told to stop.
+pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
+    let ctx = consumer.context();
+    let sampler = ctx.sampler.clone();
+    let health = ctx.health.clone();
+    let mut decoder = Decoder::new();
+    let mut log = LogOnce::default();
+    let mut last_commit = std::time::Instant::now();
+    let mut drained = false;
+    let resume_below = settings.max_bytes / 10 * 9;
+    loop {
+        if health.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if health.draining.load(Ordering::Relaxed) && !drained {
+            drained = true;
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.pause(&a);
+            }
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            None => {}
+            Some(Err(e)) => {
+                metrics::counter!(m::CONSUMER_ERRORS).increment(1);
+                if log.should_log("consumer") {
+                    tracing::warn!(error = %e, "consumer error");
+                }
+            }
+            Some(Ok(msg)) if !drained => {
+                let mut parts = ctx.parts();
+                let Some(idx) = parts.index(msg.topic(), msg.partition()) else {
+                    continue; // a partition revoked meanwhile: its next owner reads it
+                };
+                let Some(a) = parts.by_index.get_mut(&idx) else {
+                    continue;
+                };
+                let offset = msg.offset();
+                let payload = msg.payload().unwrap_or_default();
+                let replayed = offset < a.offsets.replay_until;
+                let hold = Arc::new(OffsetHold {
+                    partition: idx,
+                    offset,
+                });
+                let topic = msg.topic().to_string();
+                metrics::counter!(m::MESSAGES_RECEIVED, "topic" => topic.clone()).increment(1);
+                metrics::counter!(m::BYTES_RECEIVED, "topic" => topic.clone())
+                    .increment(payload.len() as u64);
+                match sampler.ingest(&mut decoder, payload, &hold, replayed, Instant::now()) {
+                    Ok(s) => {
+                        metrics::counter!(m::SPANS_RECEIVED, "topic" => topic)
+                            .increment(s.spans as u64);
+                        if s.invalid_spans > 0 {
+                            metrics::counter!(m::INVALID_SPANS).increment(s.invalid_spans as u64);
+                        }
+                        if s.late_kept > 0 {
+                            metrics::counter!(m::LATE_SPANS, "outcome" => "kept")
+                                .increment(s.late_kept as u64);
+                        }
+                        if s.late_dropped > 0 {
+                            metrics::counter!(m::LATE_SPANS, "outcome" => "dropped")
+                                .increment(s.late_dropped as u64);
+                        }
+                    }
+                    Err(e) => {
+                        metrics::counter!(m::DECODE_FAILURES, "kind" => e.kind()).increment(1);
+                        if log.should_log(e.kind()) {
+                            tracing::warn!(
+                                topic = msg.topic(),
+                                partition = msg.partition(),
+                                offset,
+                                error = %e,
+                                "skipping a message that does not decode"
+                            );
+                        }
+                    }
+                }
+                a.offsets.processed(hold);
+            }
+            Some(Ok(_)) => {} // draining: fetched before the pause; replayed after restart
+        }
+        // Back-pressure: the buffer is over budget, let Kafka hold the backlog.
+        let bytes = sampler.buffer.bytes();
+        let paused = health.paused.load(Ordering::Relaxed);
+        if !drained && !paused && bytes > settings.max_bytes {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.pause(&a);
+            }
+            health.paused.store(true, Ordering::Relaxed);
+            metrics::gauge!(m::PAUSED).set(1.0);
+            tracing::warn!(bytes, "buffer over budget: fetching paused");
+        } else if !drained && paused && bytes < resume_below {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.resume(&a);
+            }
+            health.paused.store(false, Ordering::Relaxed);
+            metrics::gauge!(m::PAUSED).set(0.0);
+            tracing::info!(bytes, "buffer below budget: fetching resumed");
+        }
+        if last_commit.elapsed() >= settings.commit_interval {
+            last_commit = std::time::Instant::now();
+            commit(&consumer, CommitMode::Async);
+            metrics::gauge!(m::TRACES_BUFFERED).set(sampler.buffer.len() as f64);
+            metrics::gauge!(m::BYTES_BUFFERED).set(sampler.buffer.bytes() as f64);
+        }
+    }
+    commit(&consumer, CommitMode::Sync);
+    // Dropping the consumer leaves the group (the revoke callback runs once more).
+}
+
+fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
+    let ctx = consumer.context();
+    let mut parts = ctx.parts();
+    let force = std::mem::take(&mut parts.recommit);
+    let tpl = parts.commit_list(|_| true, force);
+    let held_back: i64 = parts
+        .by_index
+        .values_mut()
+        .map(|a| a.offsets.held_back())
+        .sum();
+    drop(parts);
+    metrics::gauge!(m::OFFSETS_HELD_BACK).set(held_back as f64);
+    if tpl.count() == 0 {
+        return;
+    }
+    metrics::counter!(m::COMMITS).increment(1);
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        metrics::counter!(m::COMMIT_FAILURES).increment(1);
+        tracing::warn!(error = %e, "offset commit failed; will commit again");
+        ctx.parts().recommit = true;
+    }
+}

@@ -1,0 +1,257 @@
+//! The pipeline end to end on a real broker: spans in, traces decided, kept traces out.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tailsift::otlp::build::*;
+use tailsift::otlp::TraceId;
+use tailsift::rules::RuleSet;
+
+const MS: u64 = 1_000_000;
+
+/// A checkout trace as three services would export it, in three messages.
+fn checkout(t: [u8; 16], ms: u64, error: bool) -> Vec<(&'static str, Vec<Span>)> {
+    let base = 1_700_000_000_000 * MS;
+    let root = with_attrs(
+        span(t, 1, None, "POST /api/checkout", base, base + ms * MS),
+        vec![
+            attr_str("http.route", "/api/checkout"),
+            attr_str("customer.tier", "free"),
+        ],
+    );
+    let orders = span(
+        t,
+        2,
+        Some(1),
+        "POST /orders",
+        base + MS,
+        base + (ms - 1) * MS,
+    );
+    let mut pay = span(
+        t,
+        3,
+        Some(2),
+        "POST /payments",
+        base + 2 * MS,
+        base + (ms - 2) * MS,
+    );
+    if error {
+        pay = with_error(pay);
+    }
+    vec![
+        ("payment", vec![pay]),
+        ("orders", vec![orders]),
+        ("gateway", vec![root]),
+    ]
+}
+
+fn span_bytes(msgs: &[(&str, Vec<Span>)]) -> BTreeSet<Vec<u8>> {
+    msgs.iter()
+        .flat_map(|(_, s)| s.iter().map(|s| s.encode_to_vec()))
+        .collect()
+}
+
+/// Output spans by trace key.
+fn output_spans(out: &[OutMsg]) -> BTreeMap<String, Vec<Vec<u8>>> {
+    let mut m: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for msg in out {
+        for (_, s) in spans_of(&msg.payload).expect("output decodes as OTLP") {
+            m.entry(msg.key.clone())
+                .or_default()
+                .push(s.encode_to_vec());
+        }
+    }
+    m
+}
+
+fn send_trace(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    t: [u8; 16],
+    msgs: &[(&str, Vec<Span>)],
+) {
+    let key = TraceId(t).to_hex();
+    for (svc, spans) in msgs {
+        send(p, topic, &key, &request(svc, spans.clone()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_errors_whole_slow_traces_and_a_deterministic_baseline() {
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&input, 3).await;
+    create_topic(&output, 1).await;
+    let config = config(&input, &output, Path::new("rules"));
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+
+    let p = producer();
+    // An error trace whose spans come from three services in three messages, sent with
+    // other traffic in between and out of order (root last, the payment span first).
+    let err_id = trace_id(1_000_001);
+    let err = checkout(err_id, 120, true);
+    let slow_id = trace_id(1_000_002);
+    let slow = checkout(slow_id, 3_000, false);
+    let ordinary: Vec<[u8; 16]> = (0..400).map(trace_id).collect();
+    send_trace(&p, &input, err_id, &err[..1]);
+    for (i, t) in ordinary.iter().enumerate() {
+        send_trace(&p, &input, *t, &checkout(*t, 80, false));
+        if i == 100 {
+            send_trace(&p, &input, err_id, &err[1..]);
+            send_trace(&p, &input, slow_id, &slow);
+        }
+    }
+    flush(&p);
+
+    let rules = RuleSet::load(Path::new("rules"), None).expect("rules");
+    let expected_baseline: BTreeSet<String> = ordinary
+        .iter()
+        .map(|t| TraceId(*t))
+        .filter(|id| rules.sampled(id, 10))
+        .map(|id| id.to_hex())
+        .collect();
+    let want_keys = expected_baseline.len() + 2;
+    let mut reader = Reader::new(&output);
+    let done = reader.read_until(Duration::from_secs(30), |m| {
+        m.iter().map(|m| &m.key).collect::<BTreeSet<_>>().len() >= want_keys
+    });
+    // Give stragglers (wrongly kept traces) a moment to show up before judging.
+    reader.read_until(Duration::from_secs(2), |_| false);
+    assert!(
+        done,
+        "only {} of {want_keys} kept traces arrived",
+        reader.messages.len()
+    );
+
+    let by_key = output_spans(&reader.messages);
+    let err_hex = TraceId(err_id).to_hex();
+    let got: BTreeSet<_> = by_key[&err_hex].iter().cloned().collect();
+    assert_eq!(
+        got,
+        span_bytes(&err),
+        "the error trace is kept whole, byte for byte"
+    );
+    assert_eq!(by_key[&err_hex].len(), 3, "each span once");
+    let err_msg = reader.messages.iter().find(|m| m.key == err_hex).unwrap();
+    assert_eq!(err_msg.headers["tailsift.rule"], "errors");
+    assert_eq!(err_msg.headers["tailsift.sample_rate"], "1");
+
+    let slow_hex = TraceId(slow_id).to_hex();
+    let slow_msg = reader
+        .messages
+        .iter()
+        .find(|m| m.key == slow_hex)
+        .expect("slow trace kept");
+    assert_eq!(slow_msg.headers["tailsift.rule"], "slow-checkout");
+
+    let kept_ordinary: BTreeSet<String> = by_key
+        .keys()
+        .filter(|k| **k != err_hex && **k != slow_hex)
+        .cloned()
+        .collect();
+    assert_eq!(
+        kept_ordinary, expected_baseline,
+        "exactly the traces the trace-id sampler picks"
+    );
+    let ratio = kept_ordinary.len() as f64 / ordinary.len() as f64;
+    assert!(
+        (0.05..0.16).contains(&ratio),
+        "baseline kept {ratio:.3}, about 1 in 10 expected"
+    );
+    for k in &kept_ordinary {
+        assert_eq!(by_key[k].len(), 3, "ordinary trace {k} kept whole");
+        let m = reader.messages.iter().find(|m| &m.key == k).unwrap();
+        assert_eq!(m.headers["tailsift.rule"], "baseline");
+        assert_eq!(m.headers["tailsift.sample_rate"], "10");
+    }
+    let stats = &running.sampler.stats;
+    assert_eq!(stats.kept() as usize, want_keys);
+    assert_eq!(
+        (stats.kept() + stats.dropped()) as usize,
+        ordinary.len() + 2
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_spans_follow_their_traces_decision() {
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 1).await;
+    let rules = rules_dir(&[(
+        "rules.yaml",
+        "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
+    )]);
+    let config = config(&input, &output, rules.path());
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let p = producer();
+    let (kept, dropped) = (trace_id(77), trace_id(78));
+    send_trace(&p, &input, kept, &checkout(kept, 50, true));
+    send_trace(&p, &input, dropped, &checkout(dropped, 50, false));
+    flush(&p);
+    let mut reader = Reader::new(&output);
+    let kept_hex = TraceId(kept).to_hex();
+    assert!(reader.read_until(Duration::from_secs(20), |m| m
+        .iter()
+        .any(|m| m.key == kept_hex)));
+    assert!(
+        eventually(Duration::from_secs(10), || running.sampler.stats.dropped()
+            == 1)
+        .await,
+        "the ordinary trace is decided (dropped)"
+    );
+
+    // Late spans of both traces, after their decisions.
+    let late_kept = span(kept, 40, Some(1), "late work", 10, 20);
+    let late_dropped = span(dropped, 41, Some(1), "late work", 10, 20);
+    send(
+        &p,
+        &input,
+        &TraceId(dropped).to_hex(),
+        &request("worker", vec![late_dropped]),
+    );
+    send(
+        &p,
+        &input,
+        &kept_hex,
+        &request("worker", vec![late_kept.clone()]),
+    );
+    flush(&p);
+    let want = late_kept.encode_to_vec();
+    assert!(
+        reader.read_until(Duration::from_secs(20), |m| output_spans(m)
+            .get(&kept_hex)
+            .is_some_and(|s| s.contains(&want))),
+        "the late span of the kept trace is forwarded"
+    );
+    let late_msg = reader.messages.last().unwrap();
+    assert_eq!(
+        late_msg.headers["tailsift.rule"], "errors",
+        "with the trace's rule"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || running
+            .sampler
+            .stats
+            .late_dropped
+            .load(Ordering::Relaxed)
+            == 1)
+        .await,
+        "the late span of the dropped trace is dropped"
+    );
+    reader.read_until(Duration::from_secs(2), |_| false);
+    let by_key = output_spans(&reader.messages);
+    assert!(
+        !by_key.contains_key(&TraceId(dropped).to_hex()),
+        "nothing of the dropped trace is forwarded"
+    );
+    assert_eq!(by_key[&kept_hex].len(), 4);
+    assert_eq!(running.sampler.stats.late_kept.load(Ordering::Relaxed), 1);
+    running.shutdown().await.expect("shutdown");
+}
