@@ -30,8 +30,10 @@ pub struct PartitionOffsets {
     held: VecDeque<Arc<OffsetHold>>,
     /// The offset after the last processed message; `None` until one was processed.
     next: Option<i64>,
-    /// Last offset committed (or found committed), to skip commits that would not move.
+    /// Last offset committed, to skip commits that would not move.
     pub committed: Option<i64>,
+    /// Last read mark committed (see `source::READ_MARK_GROUP_SUFFIX`).
+    pub marked: Option<i64>,
     /// Offsets below this were read before, by this group (restart or rebalance): traces kept
     /// from them may be duplicates in the output.
     pub replay_until: i64,

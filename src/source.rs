@@ -22,8 +22,10 @@ use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::sampler::Sampler;
 
-/// Prefix of the commit metadata that records how far this group had read.
-const READ_MARK: &str = "tailsift:read=";
+/// Suffix of the consumer group under which tailsift records how far it has read (used only
+/// to recognise replayed offsets after a crash or rebalance). Commit metadata would be the
+/// natural place, but not every Kafka-protocol broker keeps it; every broker keeps offsets.
+pub const READ_MARK_GROUP_SUFFIX: &str = ".read-mark";
 
 /// Shared flags between the ingest thread, the HTTP probes and the shutdown sequence.
 #[derive(Debug, Default)]
@@ -61,9 +63,14 @@ impl Partitions {
             .map(|(_, i)| *i)
     }
 
-    /// Offsets to commit for the partitions chosen by `filter`, with the read mark.
-    fn commit_list(&mut self, filter: impl Fn(u32) -> bool, force: bool) -> TopicPartitionList {
+    /// Offsets to commit for the partitions chosen by `filter`, and the read marks.
+    fn commit_list(
+        &mut self,
+        filter: impl Fn(u32) -> bool,
+        force: bool,
+    ) -> (TopicPartitionList, TopicPartitionList) {
         let mut tpl = TopicPartitionList::new();
+        let mut marks = TopicPartitionList::new();
         for (idx, a) in self.by_index.iter_mut() {
             if !filter(*idx) {
                 continue;
@@ -71,21 +78,23 @@ impl Partitions {
             let Some(safe) = a.offsets.safe_offset() else {
                 continue;
             };
-            if !force && a.offsets.committed == Some(safe) {
-                continue;
-            }
-            let read = a.offsets.next().unwrap_or(safe).max(a.offsets.replay_until);
-            let mut e = tpl.add_partition(&a.topic, a.partition);
-            if e.set_offset(Offset::Offset(safe)).is_ok() {
-                e.set_metadata(format!("{READ_MARK}{read}"));
+            if force || a.offsets.committed != Some(safe) {
+                let _ = tpl.add_partition_offset(&a.topic, a.partition, Offset::Offset(safe));
                 a.offsets.committed = Some(safe);
             }
+            let read = a.offsets.next().unwrap_or(safe).max(a.offsets.replay_until);
+            if force || a.offsets.marked != Some(read) {
+                let _ = marks.add_partition_offset(&a.topic, a.partition, Offset::Offset(read));
+                a.offsets.marked = Some(read);
+            }
         }
-        tpl
+        (tpl, marks)
     }
 }
 
 pub struct SourceContext {
+    /// A group-less client that commits read marks under `<group>.read-mark`.
+    marks: BaseConsumer,
     sampler: Arc<Sampler>,
     health: Arc<Health>,
     parts: Mutex<Partitions>,
@@ -112,12 +121,13 @@ impl ConsumerContext for SourceContext {
             .filter_map(|e| parts.index(e.topic(), e.partition()))
             .collect();
         // Commit what is safe while the partitions are still ours.
-        let commit = parts.commit_list(|i| revoked.contains(&i), false);
+        let (commit, marks) = parts.commit_list(|i| revoked.contains(&i), false);
         if commit.count() > 0 {
             if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
                 metrics::counter!(m::COMMIT_FAILURES).increment(1);
                 tracing::warn!(error = %e, "commit on revoke failed; the next owner replays more");
             }
+            let _ = self.marks.commit(&marks, CommitMode::Sync);
         }
         for i in &revoked {
             if let Some(a) = parts.by_index.remove(i) {
@@ -144,18 +154,19 @@ impl ConsumerContext for SourceContext {
                 metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
                 // What this group had read before: spans below it may already be in the
                 // output (a crash or rebalance replays them).
-                let committed = consumer
+                let _ = consumer;
+                let read = self
+                    .marks
                     .committed_offsets((*tpl).clone(), Duration::from_secs(10))
                     .ok();
                 let mut parts = self.parts();
                 for e in tpl.elements() {
-                    let replay_until = committed
+                    let replay_until = read
                         .as_ref()
                         .and_then(|c| c.find_partition(e.topic(), e.partition()))
-                        .and_then(|c| {
-                            c.metadata()
-                                .strip_prefix(READ_MARK)
-                                .and_then(|n| n.parse::<i64>().ok())
+                        .and_then(|c| match c.offset() {
+                            Offset::Offset(n) => Some(n),
+                            _ => None,
                         })
                         .unwrap_or(-1);
                     let idx = parts.next_index;
@@ -209,7 +220,13 @@ pub fn consumer(
     sampler: Arc<Sampler>,
     health: Arc<Health>,
 ) -> Result<BaseConsumer<SourceContext>, KafkaError> {
+    let mut marks_config = config.clone();
+    let group = config.get("group.id").unwrap_or("tailsift").to_string();
+    marks_config
+        .set("group.id", format!("{group}{READ_MARK_GROUP_SUFFIX}"))
+        .remove("group.instance.id");
     let ctx = SourceContext {
+        marks: marks_config.create()?,
         sampler,
         health,
         parts: Mutex::new(Partitions::default()),
@@ -351,7 +368,7 @@ fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
     let ctx = consumer.context();
     let mut parts = ctx.parts();
     let force = std::mem::take(&mut parts.recommit);
-    let tpl = parts.commit_list(|_| true, force);
+    let (tpl, marks) = parts.commit_list(|_| true, force);
     let held_back: i64 = parts
         .by_index
         .values_mut()
@@ -359,13 +376,17 @@ fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
         .sum();
     drop(parts);
     metrics::gauge!(m::OFFSETS_HELD_BACK).set(held_back as f64);
-    if tpl.count() == 0 {
-        return;
+    if tpl.count() > 0 {
+        metrics::counter!(m::COMMITS).increment(1);
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            metrics::counter!(m::COMMIT_FAILURES).increment(1);
+            tracing::warn!(error = %e, "offset commit failed; will commit again");
+            ctx.parts().recommit = true;
+        }
     }
-    metrics::counter!(m::COMMITS).increment(1);
-    if let Err(e) = consumer.commit(&tpl, mode) {
-        metrics::counter!(m::COMMIT_FAILURES).increment(1);
-        tracing::warn!(error = %e, "offset commit failed; will commit again");
-        ctx.parts().recommit = true;
+    if marks.count() > 0 {
+        // Best effort: a lost read mark only makes the replay count an underestimate.
+        let _ = ctx.marks.commit(&marks, mode);
+        let _ = ctx.marks.poll(Duration::ZERO);
     }
 }

@@ -130,7 +130,7 @@ impl Decoder {
             self.resource_spans(rs, base)?;
         }
         // Group by trace; the stable sort keeps arrival order within a trace.
-        self.spans.sort_by(|a, b| a.trace_id.cmp(&b.trace_id));
+        self.spans.sort_by_key(|s| s.trace_id);
         Ok(self.spans.len())
     }
 
@@ -186,7 +186,7 @@ impl Decoder {
         for f in Fields::new(span) {
             let f = f.map_err(wire("Span"))?;
             match (f.number, f.value) {
-                (1, v) => trace_id = v.as_bytes().and_then(|b| TraceId::from_slice(b)),
+                (1, v) => trace_id = v.as_bytes().and_then(TraceId::from_slice),
                 (4, v) => {
                     facts.is_root = v.as_bytes().is_none_or(|b| b.iter().all(|&x| x == 0));
                 }

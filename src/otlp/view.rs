@@ -106,11 +106,9 @@ impl<'a> SpanView<'a> {
                 (7, Value::Fixed64(t)) => v.start = t,
                 (8, Value::Fixed64(t)) => v.end = t,
                 (15, Value::Bytes(status)) => {
-                    for s in Fields::new(status) {
-                        if let Ok(s) = s {
-                            if s.number == 3 {
-                                v.status_code = s.value.as_u64().unwrap_or(0);
-                            }
+                    for s in Fields::new(status).flatten() {
+                        if s.number == 3 {
+                            v.status_code = s.value.as_u64().unwrap_or(0);
                         }
                     }
                 }

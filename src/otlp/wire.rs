@@ -153,7 +153,7 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// Encoded size of a varint.
 pub fn varint_len(v: u64) -> usize {
     // Each byte carries 7 bits; zero still takes one byte.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends the key of a length-delimited field and its length.

@@ -215,7 +215,7 @@ fn parse_list(s: &str) -> Result<Vec<Raw>, String> {
 fn literal(ty: Ty, raw: Raw) -> Result<Literal, String> {
     match (ty, raw) {
         (Ty::Duration, Raw::Dur(d)) => Ok(Literal::Num(d as f64)),
-        (Ty::Duration, Raw::Num(n, _)) if n == 0.0 => Ok(Literal::Num(0.0)),
+        (Ty::Duration, Raw::Num(0.0, _)) => Ok(Literal::Num(0.0)),
         (Ty::Duration, other) => Err(format!(
             "expected a duration such as 250ms, 2s or 1m, got {other:?}"
         )),
@@ -330,9 +330,11 @@ fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
     let op = op(ty, op_name, value).map_err(|e| format!("`{expr}`: {e}"))?;
     Ok(match (f, scope) {
         (Field::Trace(t), Scope::Trace) => Parsed::Trace(Cond::Trace(t, op)),
-        (Field::Trace(_), Scope::Span) => return Err(format!(
+        (Field::Trace(_), Scope::Span) => {
+            return Err(format!(
             "`{name}` is a trace field and cannot be tested on one span inside a span/root group"
-        )),
+        ))
+        }
         (Field::Span(f), Scope::Span) => Parsed::Span(SpanCond::Field(f, op)),
         (Field::Span(f), Scope::Trace) => Parsed::Trace(Cond::AnySpan(SpanCond::Field(f, op))),
         (Field::Root(f), Scope::Trace) => Parsed::Trace(Cond::Root(SpanCond::Field(f, op))),

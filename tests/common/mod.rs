@@ -65,10 +65,12 @@ pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
 
 pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8]) {
     let mut record = BaseRecord::<str, [u8]>::to(topic).key(key).payload(payload);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match p.send(record) {
             Ok(()) => return,
-            Err((_, r)) => {
+            Err((e, r)) => {
+                assert!(Instant::now() < deadline, "cannot produce to {topic}: {e}");
                 record = r;
                 std::thread::sleep(Duration::from_millis(5));
             }

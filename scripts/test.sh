@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a real Kafka broker.
+#
+# The broker is nisshi (a Kafka-protocol broker from crates.io). It is installed once, outside
+# the repository, under $TAILSIFT_TOOLS (default /opt/tailsift-ci, or ~/.cache/tailsift when
+# /opt is not writable), started on a free local port for this run, and stopped afterwards.
+# Set TAILSIFT_TEST_BROKERS=host:port to use a broker of your own instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NISSHI_VERSION=0.7.0
+if [ -z "${TAILSIFT_TOOLS:-}" ]; then
+  if mkdir -p /opt/tailsift-ci 2>/dev/null && [ -w /opt/tailsift-ci ]; then
+    TAILSIFT_TOOLS=/opt/tailsift-ci
+  else
+    TAILSIFT_TOOLS="${XDG_CACHE_HOME:-$HOME/.cache}/tailsift"
+  fi
+fi
+NISSHI="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
+
+if [ -z "${TAILSIFT_TEST_BROKERS:-}" ]; then
+  if ! "$NISSHI" --version >/dev/null 2>&1; then
+    echo "installing nisshi $NISSHI_VERSION (a Kafka broker for the tests; ~10 minutes, once)"
+    mkdir -p "$TAILSIFT_TOOLS"
+    cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+      --no-default-features --features dynostore \
+      --root "$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION" \
+      --target-dir "$TAILSIFT_TOOLS/nisshi-build"
+  fi
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  LOG=$(mktemp -t nisshi.XXXXXX.log)
+  "$NISSHI" broker --listener-url "tcp://127.0.0.1:$PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$PORT" \
+    --storage-engine memory://nisshi/ --group-initial-rebalance-delay 100ms >"$LOG" 2>&1 &
+  BROKER_PID=$!
+  trap 'kill $BROKER_PID 2>/dev/null || true; wait $BROKER_PID 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+      echo "nisshi failed to start:"; cat "$LOG"; exit 1
+    fi
+    sleep 0.1
+  done
+  export TAILSIFT_TEST_BROKERS="127.0.0.1:$PORT"
+  echo "nisshi $NISSHI_VERSION broker on $TAILSIFT_TEST_BROKERS"
+fi
+
+cargo test "$@"
