@@ -45,4 +45,12 @@ if [ -z "${TAILSIFT_TEST_BROKERS:-}" ]; then
   echo "nisshi $NISSHI_VERSION broker on $TAILSIFT_TEST_BROKERS"
 fi
 
-cargo test "$@"
+OUT=$(mktemp -t tailsift-test.XXXXXX.log)
+set +e
+cargo test "$@" 2>&1 | tee "$OUT"
+STATUS=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: cargo prints one per test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$OUT"
+exit "$STATUS"

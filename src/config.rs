@@ -204,6 +204,12 @@ impl Default for HttpConfig {
 
 /// A size in bytes, written as a number or with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`,
 /// `GB`).
+///
+/// ```
+/// use tailsift::config::ByteSize;
+/// assert_eq!("512MiB".parse::<ByteSize>(), Ok(ByteSize(512 << 20)));
+/// assert!("12XB".parse::<ByteSize>().unwrap_err().contains("unknown unit"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -509,6 +515,19 @@ mod tests {
             let err = parse(&text).expect_err(&text);
             assert!(err.contains(want), "{err:?} should mention {want:?}");
         }
+    }
+
+    #[test]
+    fn the_example_config_in_the_repository_is_valid_and_matches_the_defaults() {
+        let path = Path::new("tailsift.example.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let example = Config::parse(path, &text).unwrap();
+        let minimal = parse(MINIMAL).unwrap();
+        assert_eq!(example.completion(), minimal.completion());
+        assert_eq!(example.buffer.max_bytes, minimal.buffer.max_bytes);
+        assert_eq!(example.kafka.commit_interval, minimal.kafka.commit_interval);
+        assert_eq!(example.shutdown_timeout, minimal.shutdown_timeout);
+        assert_eq!(example.http.listen, minimal.http.listen);
     }
 
     #[test]

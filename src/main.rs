@@ -102,7 +102,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(command)) {
+            let result = rt.block_on(run(command));
+            // Do not wait on a blocking task stuck on an unresponsive broker.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -120,7 +123,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let running = tailsift::pipeline::start(&config).await?;
             tailsift::pipeline::signal().await;
             tracing::info!("signal received: shutting down");
-            running.shutdown().await
+            // The shutdown sequence bounds its own waits; this is the backstop for a broker
+            // that does not answer the final commit. Exiting then is safe: nothing held was
+            // committed, so the next owner replays it.
+            let bound = config.shutdown_timeout + Duration::from_secs(5);
+            match tokio::time::timeout(bound, running.shutdown()).await {
+                Ok(r) => r,
+                Err(_) => anyhow::bail!(
+                    "shutdown did not finish within {bound:?}; exiting (uncommitted offsets are replayed)"
+                ),
+            }
         }
         Command::Demo {
             duration,

@@ -98,7 +98,7 @@ pub fn describe() {
     describe_histogram!(
         DECISION_LATENCY,
         Unit::Seconds,
-        "Time from a trace's completion deadline to the acknowledgement of its output."
+        "Time from a trace's completion deadline (or a late span's arrival) to the acknowledgement of its output."
     );
     describe_counter!(
         TRACES_RELEASED,

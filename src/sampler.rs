@@ -307,8 +307,8 @@ impl Sampler {
         let mut due = Vec::new();
         self.buffer.due(now, &mut due);
         let mut n = 0;
-        for (id, trigger) in due {
-            n += usize::from(self.decide(&id, trigger, now).is_some());
+        for (id, trigger, at) in due {
+            n += usize::from(self.decide(&id, trigger, at).is_some());
         }
         n
     }

@@ -249,6 +249,32 @@ impl LogOnce {
     }
 }
 
+/// Per-topic counters, registered once per topic instead of looked up per message.
+#[derive(Default)]
+struct TopicCounters(HashMap<String, Arc<TopicCounter>>);
+
+struct TopicCounter {
+    messages: metrics::Counter,
+    bytes: metrics::Counter,
+    spans: metrics::Counter,
+}
+
+impl TopicCounters {
+    fn get(&mut self, topic: &str) -> Arc<TopicCounter> {
+        if let Some(c) = self.0.get(topic) {
+            return c.clone();
+        }
+        let t = topic.to_string();
+        let c = Arc::new(TopicCounter {
+            messages: metrics::counter!(m::MESSAGES_RECEIVED, "topic" => t.clone()),
+            bytes: metrics::counter!(m::BYTES_RECEIVED, "topic" => t.clone()),
+            spans: metrics::counter!(m::SPANS_RECEIVED, "topic" => t.clone()),
+        });
+        self.0.insert(t, c.clone());
+        c
+    }
+}
+
 /// Settings of the ingest loop.
 pub struct IngestSettings {
     pub commit_interval: Duration,
@@ -262,6 +288,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     let health = ctx.health.clone();
     let mut decoder = Decoder::new();
     let mut log = LogOnce::default();
+    let mut topic_counters = TopicCounters::default();
     let mut last_commit = std::time::Instant::now();
     let mut drained = false;
     let resume_below = settings.max_bytes / 10 * 9;
@@ -298,14 +325,12 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                     partition: idx,
                     offset,
                 });
-                let topic = msg.topic().to_string();
-                metrics::counter!(m::MESSAGES_RECEIVED, "topic" => topic.clone()).increment(1);
-                metrics::counter!(m::BYTES_RECEIVED, "topic" => topic.clone())
-                    .increment(payload.len() as u64);
+                let counters = topic_counters.get(msg.topic());
+                counters.messages.increment(1);
+                counters.bytes.increment(payload.len() as u64);
                 match sampler.ingest(&mut decoder, payload, &hold, replayed, Instant::now()) {
                     Ok(s) => {
-                        metrics::counter!(m::SPANS_RECEIVED, "topic" => topic)
-                            .increment(s.spans as u64);
+                        counters.spans.increment(s.spans as u64);
                         if s.invalid_spans > 0 {
                             metrics::counter!(m::INVALID_SPANS).increment(s.invalid_spans as u64);
                         }

@@ -260,8 +260,9 @@ impl Buffer {
     }
 
     /// Appends to `out` every trace whose completion deadline has passed at `now`, with the
-    /// trigger that completed it. Traces whose deadline moved later are scheduled again.
-    pub fn due(&self, now: Instant, out: &mut Vec<(TraceId, Trigger)>) {
+    /// trigger that completed it and when that was. Traces whose deadline moved later are
+    /// scheduled again.
+    pub fn due(&self, now: Instant, out: &mut Vec<(TraceId, Trigger, Instant)>) {
         let now = self.ms(now);
         let mut popped = Vec::new();
         self.index.pop_due(now, &mut popped);
@@ -274,7 +275,7 @@ impl Buffer {
             }
             let (deadline, trigger) = e.deadline(&self.completion);
             if deadline <= now {
-                out.push((id, trigger));
+                out.push((id, trigger, self.origin + Duration::from_millis(deadline)));
             } else {
                 e.scheduled = self.index.bucket(deadline);
                 self.index.schedule(id, e.scheduled);

@@ -45,8 +45,13 @@ fn ingest(b: &Buffer, c: &DecisionCache, payload: &[u8]) -> Vec<Ingested> {
 
 fn due(b: &Buffer) -> Vec<(crate::otlp::TraceId, Trigger)> {
     let mut out = Vec::new();
-    b.due(Instant::now(), &mut out);
-    out
+    let now = Instant::now();
+    b.due(now, &mut out);
+    assert!(
+        out.iter().all(|(_, _, at)| *at <= now),
+        "deadlines are in the past"
+    );
+    out.into_iter().map(|(id, t, _)| (id, t)).collect()
 }
 
 #[tokio::test(start_paused = true)]

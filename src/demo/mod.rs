@@ -111,10 +111,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let running = crate::pipeline::start_with_rules(&config, rules).await?;
     println!(
         "tailsift demo: in-process Kafka at {brokers}, {} traces/s generated, rules from {source}\n\
-         metrics: http://{}/metrics  (the consumer group's first join takes ~3 s)",
+         metrics: http://{}/metrics  (joining the consumer group takes ~3 s)",
         opts.rate, running.http_addr
     );
 
+    // The mock cluster keeps only the last few MiB per partition: generate once the sampler
+    // has joined the group (its first join waits ~3 s), or the backlog would be evicted.
+    let joined = tokio::time::Instant::now();
+    while running.health.assigned.load(Ordering::Relaxed) == 0
+        && joined.elapsed() < Duration::from_secs(15)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let generated = Arc::new(AtomicU64::new(0));
     let gen = {
