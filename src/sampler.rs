@@ -46,6 +46,8 @@ pub struct Stats {
     pub decode_failures: AtomicU64,
     pub late_kept: AtomicU64,
     pub late_dropped: AtomicU64,
+    /// Undecided traces handed back uncommitted when their partition was revoked.
+    pub released: AtomicU64,
     /// (rule, kept?) -> traces.
     by_rule: Mutex<HashMap<(Arc<str>, bool), u64>>,
     by_trigger: Mutex<HashMap<Trigger, u64>>,
@@ -328,6 +330,9 @@ impl Sampler {
         }
         let released = self.buffer.release_where(touches);
         metrics::counter!(m::TRACES_RELEASED).increment(released as u64);
+        self.stats
+            .released
+            .fetch_add(released as u64, Ordering::Relaxed);
         (released, decided)
     }
 }

@@ -83,6 +83,7 @@ impl ProducerContext for SinkContext {
 /// The Kafka producer of kept traces.
 pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
+    retries: mpsc::Sender<Retry>,
     topic: String,
     stopping: Arc<AtomicBool>,
 }
@@ -90,10 +91,12 @@ pub struct KafkaSink {
 impl KafkaSink {
     pub fn new(config: &ClientConfig, topic: &str) -> Result<Arc<Self>, KafkaError> {
         let (tx, rx) = mpsc::channel::<Retry>();
-        let producer: ThreadedProducer<SinkContext> =
-            config.create_with_context(SinkContext { retries: tx })?;
+        let producer: ThreadedProducer<SinkContext> = config.create_with_context(SinkContext {
+            retries: tx.clone(),
+        })?;
         let sink = Arc::new(KafkaSink {
             producer,
+            retries: tx,
             topic: topic.to_string(),
             stopping: Arc::new(AtomicBool::new(false)),
         });
@@ -130,9 +133,28 @@ impl KafkaSink {
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => {
+                Err((
+                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    _,
+                )) => {
+                    // Only a single span larger than the limit gets here (traces are split):
+                    // no broker would take it, and retrying would stall the partition forever.
                     metrics::counter!(m::PRODUCE_ERRORS).increment(1);
-                    tracing::error!(error = %e, "cannot enqueue a kept trace; it will be replayed after restart");
+                    tracing::error!(error = %e, bytes = payload.len(),
+                        "a span larger than kafka.max_message_bytes cannot be forwarded; dropped");
+                    return;
+                }
+                Err((e, r)) => {
+                    metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+                    tracing::warn!(error = %e, "cannot enqueue a kept trace; retrying");
+                    let retry = Retry {
+                        key: key.to_vec(),
+                        payload: payload.to_vec(),
+                        headers: r.headers.unwrap_or_else(OwnedHeaders::new),
+                        ticket: r.delivery_opaque,
+                    };
+                    // Without the retry thread (shutdown) the offsets simply stay uncommitted.
+                    let _ = self.retries.send(retry);
                     return;
                 }
             }

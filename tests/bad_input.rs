@@ -15,11 +15,25 @@ async fn malformed_messages_are_skipped_and_counted_while_the_pipeline_goes_on()
     let (input, output) = (unique("in"), unique("out"));
     create_topic(&input, 1).await;
     create_topic(&output, 1).await;
-    let config = config(&input, &output, Path::new("rules"));
+    let mut config = config(&input, &output, Path::new("rules"));
+    config.kafka.max_message_bytes = 100_000;
     let running = tailsift::pipeline::start(&config).await.expect("start");
     let p = producer();
     let t = trace_id(9);
     let good = request("svc", vec![with_error(span(t, 1, None, "root", 1, 2))]);
+    // A kept trace with one span larger than any output message may be: it cannot be
+    // forwarded, and must not stall the pipeline either.
+    let huge_id = trace_id(10);
+    let huge = with_attrs(
+        with_error(span(huge_id, 1, None, "huge", 1, 2)),
+        vec![attr_str("blob", &"x".repeat(300_000))],
+    );
+    send(
+        &p,
+        &input,
+        &TraceId(huge_id).to_hex(),
+        &request("svc", vec![huge]),
+    );
     send(&p, &input, "garbage", b"\x0a\xff\xff\xff\x0f not protobuf");
     send(&p, &input, "empty", b"");
     send(&p, &input, "truncated", &good[..good.len() - 3]);
@@ -55,7 +69,16 @@ async fn malformed_messages_are_skipped_and_counted_while_the_pipeline_goes_on()
         metric(&body, "tailsift_decode_failures_total", "kind=\"empty\""),
         Some(1.0)
     );
-    // The bad messages' offsets were passed: the commit reaches past all four messages.
+    assert_eq!(
+        metric(&body, "tailsift_produce_errors_total", ""),
+        Some(1.0),
+        "the oversized span is counted"
+    );
+    assert!(reader
+        .messages
+        .iter()
+        .all(|m| m.key != TraceId(huge_id).to_hex()));
+    // The bad messages' offsets were passed: the commit reaches past all of them.
     assert!(
         eventually(Duration::from_secs(10), || {
             http_get(running.http_addr, "/metrics")

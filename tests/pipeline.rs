@@ -16,8 +16,11 @@ use tailsift::rules::RuleSet;
 
 const MS: u64 = 1_000_000;
 
+/// A trace as the services export it: (service, spans) per message.
+type Messages = Vec<(&'static str, Vec<Span>)>;
+
 /// A checkout trace as three services would export it, in three messages.
-fn checkout(t: [u8; 16], ms: u64, error: bool) -> Vec<(&'static str, Vec<Span>)> {
+fn checkout(t: [u8; 16], ms: u64, error: bool) -> Messages {
     let base = 1_700_000_000_000 * MS;
     let root = with_attrs(
         span(t, 1, None, "POST /api/checkout", base, base + ms * MS),
@@ -254,4 +257,97 @@ async fn late_spans_follow_their_traces_decision() {
     assert_eq!(by_key[&kept_hex].len(), 4);
     assert_eq!(running.sampler.stats.late_kept.load(Ordering::Relaxed), 1);
     running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partitions_undecided_traces_are_released_to_the_new_owner_whole() {
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&input, 6).await;
+    create_topic(&output, 1).await;
+    let rules = rules_dir(&[("rules.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
+    // Traces wait for their root (or 60 s): partial traces stay buffered across the rebalance.
+    let mut config = config(&input, &output, rules.path());
+    config.completion.decision_wait = Duration::from_secs(60);
+    config.completion.max_trace_age = Duration::from_secs(60);
+    let a = tailsift::pipeline::start(&config).await.expect("start A");
+    assert!(
+        eventually(Duration::from_secs(20), || a
+            .health
+            .assigned
+            .load(Ordering::Relaxed)
+            == 6)
+        .await
+    );
+
+    let p = producer();
+    let traces: Vec<([u8; 16], Messages)> = (0..120)
+        .map(|i| (trace_id(500 + i), checkout(trace_id(500 + i), 40, false)))
+        .collect();
+    for (t, msgs) in &traces {
+        send_trace(&p, &input, *t, &msgs[..2]); // no root yet
+    }
+    flush(&p);
+    assert!(
+        eventually(Duration::from_secs(20), || a.sampler.buffer.len()
+            == traces.len())
+        .await,
+        "A buffers every partial trace"
+    );
+
+    // B joins the group: some of A's partitions move to B.
+    let b = tailsift::pipeline::start(&config).await.expect("start B");
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let (na, nb) = (
+                a.health.assigned.load(Ordering::Relaxed),
+                b.health.assigned.load(Ordering::Relaxed),
+            );
+            na > 0 && nb > 0 && na + nb == 6
+        })
+        .await,
+        "the partitions are shared"
+    );
+    let released = a.sampler.stats.released.load(Ordering::Relaxed);
+    assert!(
+        released > 0,
+        "A handed back the undecided traces of its revoked partitions"
+    );
+    assert_eq!(a.sampler.stats.kept(), 0, "nothing was decided early");
+
+    for (t, msgs) in &traces {
+        send_trace(&p, &input, *t, &msgs[2..]); // the roots
+    }
+    flush(&p);
+    let mut reader = Reader::new(&output);
+    let want: BTreeMap<String, BTreeSet<Vec<u8>>> = traces
+        .iter()
+        .map(|(t, m)| (TraceId(*t).to_hex(), span_bytes(m)))
+        .collect();
+    let whole = |m: &[OutMsg]| {
+        let got = output_spans(m);
+        want.iter().all(|(k, s)| {
+            got.get(k)
+                .is_some_and(|g| g.iter().cloned().collect::<BTreeSet<_>>() == *s)
+        })
+    };
+    assert!(
+        reader.read_until(Duration::from_secs(30), whole),
+        "every trace arrives whole"
+    );
+    reader.read_until(Duration::from_secs(1), |_| false);
+    let got = output_spans(&reader.messages);
+    assert!(
+        got.values().all(|s| s.len() == 3),
+        "each span once: released traces were not forwarded by A"
+    );
+    assert!(
+        b.sampler.stats.kept() >= released,
+        "B decided the released traces"
+    );
+    assert_eq!(
+        a.sampler.stats.kept() + b.sampler.stats.kept(),
+        traces.len() as u64
+    );
+    b.shutdown().await.expect("shutdown B");
+    a.shutdown().await.expect("shutdown A");
 }
