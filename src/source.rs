@@ -49,18 +49,15 @@ struct Partitions {
     /// Index -> state. An index is never reused, so a hold from an earlier assignment can
     /// never be mistaken for one of the current assignment.
     by_index: HashMap<u32, Assigned>,
-    by_name: HashMap<(String, i32), u32>,
+    /// Topic -> partition -> index: looked up per message without allocating.
+    by_name: HashMap<String, HashMap<i32, u32>>,
     next_index: u32,
     recommit: bool,
 }
 
 impl Partitions {
     fn index(&self, topic: &str, partition: i32) -> Option<u32> {
-        // Topic names are few; the allocation-free path is a scan of the small map.
-        self.by_name
-            .iter()
-            .find(|((t, p), _)| *p == partition && t == topic)
-            .map(|(_, i)| *i)
+        self.by_name.get(topic)?.get(&partition).copied()
     }
 
     /// Offsets to commit for the partitions chosen by `filter`, and the read marks.
@@ -131,7 +128,9 @@ impl ConsumerContext for SourceContext {
         }
         for i in &revoked {
             if let Some(a) = parts.by_index.remove(i) {
-                parts.by_name.remove(&(a.topic, a.partition));
+                if let Some(t) = parts.by_name.get_mut(&a.topic) {
+                    t.remove(&a.partition);
+                }
             }
         }
         drop(parts);
@@ -149,12 +148,12 @@ impl ConsumerContext for SourceContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // (The read marks come from the companion client, not from `consumer`.)
         match rebalance {
             Rebalance::Assign(tpl) => {
                 metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
                 // What this group had read before: spans below it may already be in the
                 // output (a crash or rebalance replays them).
-                let _ = consumer;
                 let read = self
                     .marks
                     .committed_offsets((*tpl).clone(), Duration::from_secs(10))
@@ -171,8 +170,12 @@ impl ConsumerContext for SourceContext {
                         .unwrap_or(-1);
                     let idx = parts.next_index;
                     parts.next_index += 1;
-                    let key = (e.topic().to_string(), e.partition());
-                    if let Some(old) = parts.by_name.insert(key, idx) {
+                    let old = parts
+                        .by_name
+                        .entry(e.topic().to_string())
+                        .or_default()
+                        .insert(e.partition(), idx);
+                    if let Some(old) = old {
                         parts.by_index.remove(&old);
                     }
                     let mut offsets = PartitionOffsets::default();

@@ -175,7 +175,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let spans = sampler.stats.spans_in.load(Ordering::Relaxed);
     println!(
         "final: {} traces generated, {spans} spans read ({:.0} spans/s), {} traces kept, {} dropped, \
-         {} undecided at exit (replayed on restart), {} messages / {} spans on {OUTPUT}",
+         {} undecided at exit (left uncommitted), {} messages / {} spans on {OUTPUT}",
         generated.load(Ordering::Relaxed),
         spans as f64 / secs,
         sampler.stats.kept(),
