@@ -53,14 +53,6 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 5] = [
-        Trigger::Idle,
-        Trigger::Root,
-        Trigger::SpanLimit,
-        Trigger::MaxAge,
-        Trigger::Rebalance,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Idle => "idle",
@@ -95,9 +87,5 @@ impl DecisionCache {
 
     pub fn insert(&self, id: TraceId, decision: Decision) {
         self.cache.insert(id, decision);
-    }
-
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
     }
 }

@@ -50,7 +50,6 @@ pub struct Stats {
     pub released: AtomicU64,
     /// (rule, kept?) -> traces.
     by_rule: Mutex<HashMap<(Arc<str>, bool), u64>>,
-    by_trigger: Mutex<HashMap<Trigger, u64>>,
 }
 
 impl Stats {
@@ -72,11 +71,6 @@ impl Stats {
             .collect();
         v.sort();
         v
-    }
-
-    pub fn by_trigger(&self, t: Trigger) -> u64 {
-        let map = self.by_trigger.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&t).copied().unwrap_or(0)
     }
 
     pub fn kept(&self) -> u64 {
@@ -294,13 +288,6 @@ impl Sampler {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((rule, decision.is_keep()))
-            .or_default() += 1;
-        *self
-            .stats
-            .by_trigger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(trigger)
             .or_default() += 1;
     }
 

@@ -126,37 +126,19 @@ async fn crash_and_restart() {
     let rules = rules_dir(&[("rules.yaml", RULES)]);
     let dir = tempfile::tempdir().expect("tempdir");
     let config_path = dir.path().join("tailsift.yaml");
+    // Both instances share the group; only the HTTP port differs.
+    let group = unique("crash-group");
     let write_config = |addr: SocketAddr| {
         let text = format!(
-            "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n  commit_interval: 200ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 1500ms\n  root_grace: 500ms\nhttp:\n  listen: {addr}\nshutdown_timeout: 10s\n",
+            "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {group}\n  commit_interval: 200ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 1500ms\n  root_grace: 500ms\nhttp:\n  listen: {addr}\nshutdown_timeout: 10s\n",
             brokers(),
-            unique("crash-group"),
             rules.path().display()
         );
         std::fs::write(&config_path, text).expect("write config");
     };
-    let group_config = {
-        write_config(free_addr());
-        std::fs::read_to_string(&config_path).expect("read")
-    };
-    // Both instances share the group; only the HTTP port differs.
-    let with_port = |addr: SocketAddr| {
-        let text: String = group_config
-            .lines()
-            .map(|l| {
-                if l.starts_with("  listen:") {
-                    format!("  listen: {addr}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(&config_path, text + "\n").expect("write config");
-    };
 
     let addr_a = free_addr();
-    with_port(addr_a);
+    write_config(addr_a);
     let mut a = start(&config_path, "a");
     wait_ready(addr_a).await;
 
@@ -182,7 +164,7 @@ async fn crash_and_restart() {
     );
 
     let addr_b = free_addr();
-    with_port(addr_b);
+    write_config(addr_b);
     let mut b = start(&config_path, "b");
     wait_ready(addr_b).await;
     sender.join().expect("sender");

@@ -62,19 +62,4 @@ impl DeadlineIndex {
             }
         }
     }
-
-    /// The earliest scheduled bucket's time in ms, if any.
-    pub fn next_due_ms(&self) -> Option<u64> {
-        self.shards
-            .iter()
-            .filter_map(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .keys()
-                    .next()
-                    .copied()
-            })
-            .min()
-            .map(|b| b * self.tick_ms)
-    }
 }

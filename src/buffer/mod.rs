@@ -183,10 +183,6 @@ impl Buffer {
         }
     }
 
-    pub fn completion(&self) -> &Completion {
-        &self.completion
-    }
-
     fn ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.origin).as_millis() as u64
     }
@@ -339,13 +335,6 @@ impl Buffer {
     /// Buffered bytes, as counted against the budget.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed).max(0) as u64
-    }
-
-    /// When the next trace may come due, for a decider that sleeps until then.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.index
-            .next_due_ms()
-            .map(|ms| self.origin + Duration::from_millis(ms))
     }
 }
 

@@ -114,20 +114,24 @@ pub struct RuleSet {
 impl RuleSet {
     /// Builds a set, checking what the files alone cannot (unique names, a closing default).
     pub fn new(rules: Vec<Rule>, salt: Option<&str>) -> Result<Self, RulesError> {
-        let errors = parse::check_set(&rules, Path::new("rules"));
+        let errors = parse::check_set(&rules, Path::new("(rule set)"));
         if !errors.is_empty() {
             return Err(RulesError(errors));
         }
-        Ok(RuleSet {
-            rules,
-            salt: salt.map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes())),
-        })
+        Ok(Self::checked(rules, salt))
     }
 
-    /// Loads and validates every rule file of `dir`.
+    /// Loads and validates every rule file of `dir` (the set checks included).
     pub fn load(dir: &Path, salt: Option<&str>) -> Result<Self, RulesError> {
         let rules = load_dir(dir).map_err(RulesError)?;
-        Self::new(rules, salt)
+        Ok(Self::checked(rules, salt))
+    }
+
+    fn checked(rules: Vec<Rule>, salt: Option<&str>) -> Self {
+        RuleSet {
+            rules,
+            salt: salt.map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes())),
+        }
     }
 
     pub fn rules(&self) -> &[Rule] {
