@@ -15,6 +15,10 @@ use crate::buffer::Completion;
 
 /// Environment variable that overrides `kafka.brokers`.
 pub const BROKERS_ENV: &str = "TAILSIFT_BROKERS";
+/// Environment variable that sets `kafka.group_instance_id` (static membership), so that each
+/// pod of a StatefulSet can take its own name from the downward API while sharing one config
+/// file.
+pub const GROUP_INSTANCE_ID_ENV: &str = "TAILSIFT_GROUP_INSTANCE_ID";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -79,7 +83,8 @@ pub struct KafkaConfig {
     #[serde(default = "default_group")]
     pub group_id: String,
     /// Static membership (`group.instance.id`), e.g. the pod name: a restart within the
-    /// session timeout gets its partitions back without a rebalance.
+    /// session timeout gets its partitions back without a rebalance. The environment variable
+    /// `TAILSIFT_GROUP_INSTANCE_ID` overrides it.
     #[serde(default)]
     pub group_instance_id: Option<String>,
     /// librdkafka properties for both consumer and producer (security settings go here:
@@ -298,19 +303,27 @@ fn d_listen() -> SocketAddr {
 }
 
 impl Config {
-    /// Reads, parses and checks a config file; `TAILSIFT_BROKERS` overrides the brokers.
+    /// Reads, parses and checks a config file; `TAILSIFT_BROKERS` overrides the brokers and
+    /// `TAILSIFT_GROUP_INSTANCE_ID` the static membership id.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let mut config = Self::parse(path, &text)?;
-        if let Ok(brokers) = std::env::var(BROKERS_ENV) {
-            if !brokers.trim().is_empty() {
-                config.kafka.brokers = brokers;
-            }
-        }
+        config.apply_env(|name| std::env::var(name).ok());
         Ok(config)
+    }
+
+    /// Applies the environment overrides, read through `var`; an empty value overrides nothing.
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        if let Some(brokers) = set(BROKERS_ENV) {
+            self.kafka.brokers = brokers;
+        }
+        if let Some(id) = set(GROUP_INSTANCE_ID_ENV) {
+            self.kafka.group_instance_id = Some(id.trim().to_string());
+        }
     }
 
     /// Parses and checks config text; `path` only names it in errors.
@@ -528,6 +541,34 @@ mod tests {
         assert_eq!(example.kafka.commit_interval, minimal.kafka.commit_interval);
         assert_eq!(example.shutdown_timeout, minimal.shutdown_timeout);
         assert_eq!(example.http.listen, minimal.http.listen);
+    }
+
+    #[test]
+    fn environment_overrides_brokers_and_group_instance_id_but_not_with_empty_values() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let mut c = parse(&format!("{MINIMAL}  group_instance_id: from-file\n")).unwrap();
+        c.apply_env(env(&[]));
+        assert_eq!(c.kafka.brokers, "b:9092");
+        assert_eq!(c.kafka.group_instance_id.as_deref(), Some("from-file"));
+
+        c.apply_env(env(&[
+            (BROKERS_ENV, "k1:9092,k2:9092"),
+            (GROUP_INSTANCE_ID_ENV, "tailsift-2"),
+        ]));
+        assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.group_instance_id.as_deref(), Some("tailsift-2"));
+
+        let mut c = parse(MINIMAL).unwrap();
+        c.apply_env(env(&[(BROKERS_ENV, " "), (GROUP_INSTANCE_ID_ENV, "")]));
+        assert_eq!(c.kafka.brokers, "b:9092");
+        assert_eq!(c.kafka.group_instance_id, None);
     }
 
     #[test]

@@ -53,6 +53,18 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file as `run` would load it (environment overrides included),
+    /// without connecting to Kafka; exits non-zero with the error.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +100,18 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("{e}");
                 eprintln!("{} error(s)", e.0.len());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
@@ -147,6 +171,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         })
         .await
         .context("demo failed"),
-        Command::Rules { .. } => Ok(()),
+        Command::Rules { .. } | Command::Config { .. } => Ok(()),
     }
 }
