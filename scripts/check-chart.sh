@@ -40,14 +40,18 @@ if ! "$KV/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
 fi
 
 # Files the chart ships that the repository owns: the chart cannot read outside its directory.
+# The rule files are what the rules loader reads: rules/*.yaml and *.yml (not subdirectories).
+rule_files() { find "$1" -maxdepth 1 -type f \( -name "*.yaml" -o -name "*.yml" \) -printf "%f\n" | sort; }
 if [ "${1:-}" = "--sync" ]; then
-  rm -f "$CHART"/files/rules/*.yaml && cp rules/*.yaml "$CHART/files/rules/"
+  rm -f "$CHART"/files/rules/*.yaml "$CHART"/files/rules/*.yml
+  rule_files rules | while read -r f; do cp "rules/$f" "$CHART/files/rules/"; done
   if [ -f dashboards/tailsift.json ]; then
     mkdir -p "$CHART/files/dashboards" && cp dashboards/tailsift.json "$CHART/files/dashboards/"
   fi
 fi
 fail() { echo "FAIL: $*"; exit 1; }
-diff -r rules "$CHART/files/rules" >/dev/null ||
+[ "$(rule_files rules)" = "$(rule_files "$CHART/files/rules")" ] &&
+  rule_files rules | while read -r f; do cmp -s "rules/$f" "$CHART/files/rules/$f" || exit 1; done ||
   fail "$CHART/files/rules differs from rules/: run scripts/check-chart.sh --sync"
 DASHBOARD=(--set grafanaDashboard.enabled=true)
 if [ -f dashboards/tailsift.json ]; then
