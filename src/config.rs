@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::buffer::Completion;
+use crate::otlp::Encoding;
 
 /// Environment variable that overrides `kafka.brokers`.
 pub const BROKERS_ENV: &str = "TAILSIFT_BROKERS";
@@ -77,6 +78,13 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Topics of OTLP `ExportTraceServiceRequest` protobufs, keyed by trace id.
     pub input_topics: Vec<String>,
+    /// How input messages are encoded: `otlp_proto` (default) or `otlp_json` (what the
+    /// Collector's kafka exporter writes with `encoding: otlp_json`).
+    #[serde(default)]
+    pub input_encoding: Encoding,
+    /// Per-topic encodings overriding `input_encoding`, e.g. `{spans-json: otlp_json}`.
+    #[serde(default)]
+    pub input_encodings: BTreeMap<String, Encoding>,
     /// Topic the kept traces are written to.
     pub output_topic: String,
     /// Consumer group; every instance of one sampler shares it.
@@ -355,6 +363,16 @@ impl Config {
                 "must list at least one non-empty topic".into(),
             ));
         }
+        if let Some(t) = k
+            .input_encodings
+            .keys()
+            .find(|t| !k.input_topics.contains(t))
+        {
+            return Err(invalid(
+                "kafka.input_encodings",
+                format!("`{t}` is not one of kafka.input_topics"),
+            ));
+        }
         if k.output_topic.trim().is_empty() {
             return Err(invalid("kafka.output_topic", "must not be empty".into()));
         }
@@ -433,6 +451,15 @@ impl Config {
         Ok(())
     }
 
+    /// The encoding of input topic `topic`.
+    pub fn encoding_of(&self, topic: &str) -> Encoding {
+        let k = &self.kafka;
+        k.input_encodings
+            .get(topic)
+            .copied()
+            .unwrap_or(k.input_encoding)
+    }
+
     /// The completion settings as the buffer uses them.
     pub fn completion(&self) -> Completion {
         let c = &self.completion;
@@ -451,6 +478,8 @@ impl Config {
             kafka: KafkaConfig {
                 brokers: brokers.into(),
                 input_topics: vec![input.into()],
+                input_encoding: Encoding::default(),
+                input_encodings: BTreeMap::new(),
                 output_topic: output.into(),
                 group_id: default_group(),
                 group_instance_id: None,
@@ -523,6 +552,14 @@ mod tests {
                 "kafka:\n  brokers: b\n  input_topics: []\n  output_topic: o\n".to_string(),
                 "kafka.input_topics",
             ),
+            (
+                format!("{MINIMAL}  input_encoding: json\n"),
+                "unknown variant `json`, expected `otlp_proto` or `otlp_json`",
+            ),
+            (
+                format!("{MINIMAL}  input_encodings:\n    other: otlp_json\n"),
+                "`other` is not one of kafka.input_topics",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).expect_err(&text);
@@ -569,6 +606,25 @@ mod tests {
         c.apply_env(env(&[(BROKERS_ENV, " "), (GROUP_INSTANCE_ID_ENV, "")]));
         assert_eq!(c.kafka.brokers, "b:9092");
         assert_eq!(c.kafka.group_instance_id, None);
+    }
+
+    #[test]
+    fn input_encoding_defaults_to_proto_and_is_overridden_per_topic() {
+        let c = parse(MINIMAL).unwrap();
+        let topic = c.kafka.input_topics[0].clone();
+        assert_eq!(c.encoding_of(&topic), Encoding::OtlpProto);
+        let text = format!("{MINIMAL}  input_encoding: otlp_json\n");
+        assert_eq!(
+            parse(&text).unwrap().encoding_of(&topic),
+            Encoding::OtlpJson
+        );
+        let text = format!(
+            "{MINIMAL}  input_encoding: otlp_json\n  input_encodings:\n    {topic}: otlp_proto\n"
+        );
+        assert_eq!(
+            parse(&text).unwrap().encoding_of(&topic),
+            Encoding::OtlpProto
+        );
     }
 
     #[test]

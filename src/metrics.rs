@@ -48,7 +48,7 @@ pub fn describe() {
     describe_counter!(
         DECODE_FAILURES,
         Unit::Count,
-        "Messages skipped because they do not decode, by kind (malformed_protobuf, empty)."
+        "Messages skipped because they do not decode, by kind (malformed_protobuf, malformed_json, empty)."
     );
     describe_counter!(
         INVALID_SPANS,

@@ -112,6 +112,10 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     let settings = IngestSettings {
         commit_interval: config.kafka.commit_interval,
         max_bytes: config.buffer.max_bytes.0,
+        encodings: {
+            let c = config.clone();
+            Box::new(move |topic| c.encoding_of(topic))
+        },
     };
     let ingest = std::thread::Builder::new()
         .name("tailsift-ingest".into())

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
+use crate::otlp::Encoding;
 use crate::sampler::Sampler;
 
 /// Suffix of the consumer group under which tailsift records how far it has read (used only
@@ -257,18 +258,20 @@ impl LogOnce {
 struct TopicCounters(HashMap<String, Arc<TopicCounter>>);
 
 struct TopicCounter {
+    encoding: Encoding,
     messages: metrics::Counter,
     bytes: metrics::Counter,
     spans: metrics::Counter,
 }
 
 impl TopicCounters {
-    fn get(&mut self, topic: &str) -> Arc<TopicCounter> {
+    fn get(&mut self, topic: &str, encodings: &impl Fn(&str) -> Encoding) -> Arc<TopicCounter> {
         if let Some(c) = self.0.get(topic) {
             return c.clone();
         }
         let t = topic.to_string();
         let c = Arc::new(TopicCounter {
+            encoding: encodings(topic),
             messages: metrics::counter!(m::MESSAGES_RECEIVED, "topic" => t.clone()),
             bytes: metrics::counter!(m::BYTES_RECEIVED, "topic" => t.clone()),
             spans: metrics::counter!(m::SPANS_RECEIVED, "topic" => t.clone()),
@@ -282,6 +285,8 @@ impl TopicCounters {
 pub struct IngestSettings {
     pub commit_interval: Duration,
     pub max_bytes: u64,
+    /// The encoding of each input topic.
+    pub encodings: Box<dyn Fn(&str) -> Encoding + Send>,
 }
 
 /// The ingest thread's body: poll, ingest, commit, until told to stop.
@@ -290,6 +295,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     let sampler = ctx.sampler.clone();
     let health = ctx.health.clone();
     let mut decoder = Decoder::new();
+    let mut scratch = Vec::new();
     let mut log = LogOnce::default();
     let mut topic_counters = TopicCounters::default();
     let mut last_commit = std::time::Instant::now();
@@ -328,10 +334,22 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                     partition: idx,
                     offset,
                 });
-                let counters = topic_counters.get(msg.topic());
+                let counters = topic_counters.get(msg.topic(), &settings.encodings);
                 counters.messages.increment(1);
                 counters.bytes.increment(payload.len() as u64);
-                match sampler.ingest(&mut decoder, payload, &hold, replayed, Instant::now()) {
+                let ingested = counters
+                    .encoding
+                    .as_proto(payload, &mut scratch)
+                    .inspect_err(|_| {
+                        sampler
+                            .stats
+                            .decode_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                    })
+                    .and_then(|proto| {
+                        sampler.ingest(&mut decoder, proto, &hold, replayed, Instant::now())
+                    });
+                match ingested {
                     Ok(s) => {
                         counters.spans.increment(s.spans as u64);
                         if s.invalid_spans > 0 {

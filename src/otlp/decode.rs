@@ -23,6 +23,8 @@ pub enum DecodeError {
     },
     #[error("empty message")]
     Empty,
+    #[error(transparent)]
+    Json(#[from] super::json::JsonError),
 }
 
 impl DecodeError {
@@ -31,6 +33,7 @@ impl DecodeError {
         match self {
             DecodeError::Wire { .. } => "malformed_protobuf",
             DecodeError::Empty => "empty",
+            DecodeError::Json(_) => "malformed_json",
         }
     }
 }

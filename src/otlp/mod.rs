@@ -4,6 +4,7 @@
 pub mod build;
 pub mod decode;
 pub mod encode;
+pub mod json;
 pub mod view;
 pub mod wire;
 
@@ -11,6 +12,42 @@ pub mod wire;
 mod tests;
 
 use std::fmt;
+
+use serde::Deserialize;
+
+use decode::DecodeError;
+
+/// How the messages of an input topic are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Protobuf `ExportTraceServiceRequest` (the Collector's `otlp_proto`, its default).
+    #[default]
+    OtlpProto,
+    /// OTLP/JSON `ExportTraceServiceRequest` (the Collector's `otlp_json`).
+    OtlpJson,
+}
+
+impl Encoding {
+    /// The message as protobuf: `payload` itself, or its JSON converted into `scratch`.
+    pub fn as_proto<'a>(
+        self,
+        payload: &'a [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], DecodeError> {
+        match self {
+            Encoding::OtlpProto => Ok(payload),
+            Encoding::OtlpJson => {
+                if payload.is_empty() {
+                    return Err(DecodeError::Empty);
+                }
+                scratch.clear();
+                json::to_proto_into(payload, scratch).map_err(DecodeError::Json)?;
+                Ok(scratch)
+            }
+        }
+    }
+}
 
 /// A 16-byte W3C trace id.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
