@@ -64,6 +64,9 @@ pub struct Config {
     /// The HTTP server for `/metrics`, `/healthz` and `/readyz`.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Consumer lag, readiness and the metrics tailsift derives from the traffic.
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
     /// How long a graceful shutdown (SIGTERM/SIGINT) may take before the process exits anyway.
     /// Default 30s. Kubernetes' terminationGracePeriodSeconds should be longer.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -215,6 +218,28 @@ impl Default for HttpConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// How often the consumer lag of every assigned partition is measured (a query of the
+    /// partitions' end offsets). Default 5s.
+    #[serde(default = "d_lag_interval", with = "humantime_serde")]
+    pub lag_interval: Duration,
+    /// `/readyz` fails when there is lag and nothing was consumed for this long (a stuck
+    /// consumer). Default 60s.
+    #[serde(default = "d_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            lag_interval: d_lag_interval(),
+            stall_timeout: d_stall_timeout(),
+        }
+    }
+}
+
 /// A size in bytes, written as a number or with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`,
 /// `GB`).
 ///
@@ -305,6 +330,12 @@ fn d_cache_entries() -> u64 {
 }
 fn d_cache_ttl() -> Duration {
     Duration::from_secs(300)
+}
+fn d_lag_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_stall_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn d_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
@@ -442,6 +473,19 @@ impl Config {
                 ),
             ));
         }
+        let mon = &self.monitoring;
+        if mon.lag_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "monitoring.lag_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        if mon.stall_timeout <= mon.lag_interval {
+            return Err(invalid(
+                "monitoring.stall_timeout",
+                "must be longer than monitoring.lag_interval".into(),
+            ));
+        }
         if self.decision_cache.max_entries == 0 {
             return Err(invalid(
                 "decision_cache.max_entries",
@@ -497,6 +541,7 @@ impl Config {
             buffer: BufferConfig::default(),
             decision_cache: DecisionCacheConfig::default(),
             http: HttpConfig::default(),
+            monitoring: MonitoringConfig::default(),
             shutdown_timeout: default_shutdown_timeout(),
         }
     }
@@ -560,6 +605,14 @@ mod tests {
                 format!("{MINIMAL}  input_encodings:\n    other: otlp_json\n"),
                 "`other` is not one of kafka.input_topics",
             ),
+            (
+                format!("{MINIMAL}monitoring:\n  lag_interval: 10s\n  stall_timeout: 5s\n"),
+                "`monitoring.stall_timeout`",
+            ),
+            (
+                format!("{MINIMAL}monitoring:\n  lag_interval: 1ms\n"),
+                "`monitoring.lag_interval`",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).expect_err(&text);
@@ -578,6 +631,14 @@ mod tests {
         assert_eq!(example.kafka.commit_interval, minimal.kafka.commit_interval);
         assert_eq!(example.shutdown_timeout, minimal.shutdown_timeout);
         assert_eq!(example.http.listen, minimal.http.listen);
+        assert_eq!(
+            example.monitoring.lag_interval,
+            minimal.monitoring.lag_interval
+        );
+        assert_eq!(
+            example.monitoring.stall_timeout,
+            minimal.monitoring.stall_timeout
+        );
     }
 
     #[test]

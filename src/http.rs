@@ -1,9 +1,11 @@
-//! The HTTP port: `/metrics` for Prometheus, `/healthz` (alive) and `/readyz` (partitions
-//! assigned, not shutting down). It exposes no configuration.
+//! The HTTP port: `/metrics` for Prometheus, `/healthz` (alive) and `/readyz` (ready: in the
+//! group with partitions assigned, the brokers answering, not stuck, not shutting down). It
+//! exposes no configuration.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,6 +20,7 @@ use crate::source::Health;
 struct AppState {
     metrics: PrometheusHandle,
     health: Arc<Health>,
+    stall_timeout: Duration,
 }
 
 async fn render_metrics(State(s): State<AppState>) -> String {
@@ -28,15 +31,47 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    let h = &s.health;
-    if h.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else if h.assigned.load(Ordering::Relaxed) == 0 {
-        (StatusCode::SERVICE_UNAVAILABLE, "no partitions assigned\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    match readiness(&s.health, s.stall_timeout) {
+        Ok(msg) => (StatusCode::OK, msg),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
+}
+
+/// Ready, or why not (the `/readyz` body, one line).
+///
+/// Not ready while shutting down; before the group gave this instance partitions (or when it
+/// has none: more instances than partitions); while the brokers do not answer lag queries;
+/// and when stuck: lag behind the partitions' end and nothing consumed for `stall_timeout`.
+pub fn readiness(h: &Health, stall_timeout: Duration) -> Result<String, String> {
+    if h.draining.load(Ordering::Relaxed) {
+        return Err("not ready: shutting down\n".into());
+    }
+    let assigned = h.assigned.load(Ordering::Relaxed);
+    if assigned == 0 {
+        return Err("not ready: no partitions assigned (joining the group, or more instances than partitions)\n".into());
+    }
+    if let Some(e) = h.lag.broker_error() {
+        return Err(format!("not ready: brokers unreachable: {e}\n"));
+    }
+    let lag = h.lag.total();
+    let idle = h.lag.since_progress();
+    if lag.is_some_and(|l| l > 0) && idle >= stall_timeout {
+        let paused = if h.paused.load(Ordering::Relaxed) {
+            " (fetching paused: buffer over budget)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "not ready: stuck: lag {} and nothing consumed for {}s{paused}\n",
+            lag.unwrap_or(0),
+            idle.as_secs()
+        ));
+    }
+    Ok(match lag {
+        Some(l) => format!("ready: {assigned} partitions, lag {l}\n"),
+        None => format!("ready: {assigned} partitions, lag not measured yet\n"),
+    })
 }
 
 /// Binds the listener (so a bad address fails at start) and returns the address bound and
@@ -45,6 +80,7 @@ pub async fn bind(
     addr: SocketAddr,
     metrics: PrometheusHandle,
     health: Arc<Health>,
+    stall_timeout: Duration,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -52,10 +88,49 @@ pub async fn bind(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health });
+        .with_state(AppState {
+            metrics,
+            health,
+            stall_timeout,
+        });
     Ok((local, async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_partitions_a_reachable_broker_and_progress() {
+        let stall = Duration::from_millis(50);
+        let h = Health::default();
+        let not = |h: &Health| readiness(h, stall).expect_err("not ready");
+        assert!(not(&h).contains("no partitions assigned"));
+        h.assigned.store(2, Ordering::Relaxed);
+        h.lag.assigned("in", 0);
+        let ok = readiness(&h, stall).expect("ready once assigned");
+        assert!(ok.contains("lag not measured yet"), "{ok}");
+
+        // Caught up: no lag, however long since the last message.
+        std::thread::sleep(stall * 2);
+        h.lag.positions([("in", 0, 10)]);
+        h.lag.test_measure("in", 0, 10, None);
+        assert!(readiness(&h, stall).is_ok());
+
+        // Lag and no progress for longer than the stall timeout: stuck.
+        h.lag.test_measure("in", 0, 25, None);
+        assert!(not(&h).contains("stuck: lag 15"), "{}", not(&h));
+        h.lag.progress();
+        assert!(readiness(&h, stall).is_ok(), "progress again: ready");
+
+        h.lag.test_measure("in", 0, 25, Some("timed out".into()));
+        assert!(not(&h).contains("brokers unreachable: timed out"));
+        h.lag.test_measure("in", 0, 25, None);
+        h.draining.store(true, Ordering::Relaxed);
+        assert!(not(&h).contains("shutting down"));
+    }
 }

@@ -15,6 +15,8 @@
 //! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
 //! - [`source`]: the Kafka consumer thread: ingest, commit, rebalance, back-pressure.
 //! - [`sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
+//! - [`lag`]: consumer lag per partition and consumption progress, measured off the ingest
+//!   thread.
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric's name and description.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod http;
+pub mod lag;
 pub mod metrics;
 pub mod offsets;
 pub mod otlp;

@@ -31,6 +31,8 @@ pub const COMMITS: &str = "tailsift_commits_total";
 pub const COMMIT_FAILURES: &str = "tailsift_commit_failures_total";
 pub const OFFSETS_HELD_BACK: &str = "tailsift_offsets_held_back";
 pub const CONSUMER_ERRORS: &str = "tailsift_consumer_errors_total";
+pub const CONSUMER_LAG: &str = "tailsift_consumer_lag";
+pub const LAG_QUERY_FAILURES: &str = "tailsift_lag_query_failures_total";
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -135,6 +137,16 @@ pub fn describe() {
         CONSUMER_ERRORS,
         Unit::Count,
         "Errors reported by the Kafka consumer."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "Messages between this instance's read position and the end of the partition, by topic and partition (0 once the partition left this instance)."
+    );
+    describe_counter!(
+        LAG_QUERY_FAILURES,
+        Unit::Count,
+        "Lag measurements that failed because the brokers did not answer."
     );
 }
 

@@ -36,7 +36,11 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        .set(
+            "statistics.interval.ms",
+            c.monitoring.lag_interval.as_millis().to_string(),
+        );
     if let Some(id) = &k.group_instance_id {
         cc.set("group.instance.id", id);
     }
@@ -97,18 +101,37 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         config.kafka.max_message_bytes,
     ));
     let health = Arc::new(Health::default());
-    let (http_addr, server) = crate::http::bind(config.http.listen, handle, health.clone())
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let (http_addr, server) = crate::http::bind(
+        config.http.listen,
+        handle,
+        health.clone(),
+        config.monitoring.stall_timeout,
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let http = tokio::spawn(server);
 
+    let consumer_config = consumer_config(config);
+    let reset_to_latest = matches!(
+        consumer_config.get("auto.offset.reset"),
+        Some("latest" | "largest" | "end")
+    );
     let consumer = source::consumer(
-        &consumer_config(config),
+        &consumer_config,
         &config.kafka.input_topics,
         sampler.clone(),
         health.clone(),
     )
     .context("cannot create the Kafka consumer")?;
+    crate::lag::spawn(
+        &consumer_config,
+        health.clone(),
+        crate::lag::LagSettings {
+            interval: config.monitoring.lag_interval,
+            reset_to_latest,
+        },
+    )
+    .context("cannot create the Kafka client that measures lag")?;
     let settings = IngestSettings {
         commit_interval: config.kafka.commit_interval,
         max_bytes: config.buffer.max_bytes.0,

@@ -17,6 +17,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::time::Instant;
 
+use crate::lag::LagTracker;
 use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
@@ -37,6 +38,8 @@ pub struct Health {
     /// Commit what is safe and leave the group.
     pub stop: AtomicBool,
     pub paused: AtomicBool,
+    /// Consumer lag and consumption progress (see [`crate::lag`]).
+    pub lag: LagTracker,
 }
 
 struct Assigned {
@@ -104,7 +107,19 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka's statistics (every `monitoring.lag_interval`): the high watermark of each
+    /// partition's last fetch response, for the lag.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.hi_offset >= 0 {
+                    self.health.lag.fetched_high(topic, *partition, p.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -129,6 +144,7 @@ impl ConsumerContext for SourceContext {
         }
         for i in &revoked {
             if let Some(a) = parts.by_index.remove(i) {
+                self.health.lag.revoked(&a.topic, a.partition);
                 if let Some(t) = parts.by_name.get_mut(&a.topic) {
                     t.remove(&a.partition);
                 }
@@ -181,6 +197,7 @@ impl ConsumerContext for SourceContext {
                     }
                     let mut offsets = PartitionOffsets::default();
                     offsets.replay_until = replay_until;
+                    self.health.lag.assigned(e.topic(), e.partition());
                     parts.by_index.insert(
                         idx,
                         Assigned {
@@ -228,7 +245,8 @@ pub fn consumer(
     let group = config.get("group.id").unwrap_or("tailsift").to_string();
     marks_config
         .set("group.id", format!("{group}{READ_MARK_GROUP_SUFFIX}"))
-        .remove("group.instance.id");
+        .remove("group.instance.id")
+        .remove("statistics.interval.ms");
     let ctx = SourceContext {
         marks: marks_config.create()?,
         sampler,
@@ -300,6 +318,8 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     let mut topic_counters = TopicCounters::default();
     let mut last_commit = std::time::Instant::now();
     let mut drained = false;
+    // Messages read since the last tick, for the progress that `/readyz` watches.
+    let mut consumed: u64 = 0;
     let resume_below = settings.max_bytes / 10 * 9;
     loop {
         if health.stop.load(Ordering::Relaxed) {
@@ -327,6 +347,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 let Some(a) = parts.by_index.get_mut(&idx) else {
                     continue;
                 };
+                consumed += 1;
                 let offset = msg.offset();
                 let payload = msg.payload().unwrap_or_default();
                 let replayed = offset < a.offsets.replay_until;
@@ -401,6 +422,9 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
         }
         if last_commit.elapsed() >= settings.commit_interval {
             last_commit = std::time::Instant::now();
+            if std::mem::take(&mut consumed) > 0 {
+                health.lag.progress();
+            }
             commit(&consumer, CommitMode::Async);
             metrics::gauge!(m::TRACES_BUFFERED).set(sampler.buffer.len() as f64);
             metrics::gauge!(m::BYTES_BUFFERED).set(sampler.buffer.bytes() as f64);
@@ -420,6 +444,12 @@ fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
         .values_mut()
         .map(|a| a.offsets.held_back())
         .sum();
+    ctx.health.lag.positions(
+        parts
+            .by_index
+            .values()
+            .filter_map(|a| Some((a.topic.as_str(), a.partition, a.offsets.next()?))),
+    );
     drop(parts);
     metrics::gauge!(m::OFFSETS_HELD_BACK).set(held_back as f64);
     if tpl.count() > 0 {

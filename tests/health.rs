@@ -1,0 +1,181 @@
+//! Consumer lag and readiness on a real broker.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+use tailsift::lag::{measure, LagSettings, LagTracker};
+use tailsift::otlp::build::*;
+use tailsift::otlp::TraceId;
+
+/// Sends one trace per message, each its own record batch: nisshi answers the end-offset query
+/// with the start of the last batch, so one record per batch keeps its answer exact.
+fn send_spans(topic: &str, traces: std::ops::Range<u64>, attr_bytes: usize) {
+    let p = producer();
+    for n in traces {
+        let t = trace_id(n);
+        let s = with_attrs(
+            span(t, 2, Some(1), "work", 1, 2),
+            vec![attr_str("blob", &"x".repeat(attr_bytes))],
+        );
+        send(&p, topic, &TraceId(t).to_hex(), &request("svc", vec![s]));
+        flush(&p);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_the_distance_from_the_read_position_to_the_partition_end() {
+    let topic = unique("lag");
+    create_topic(&topic, 2).await;
+    send_spans(&topic, 0..30, 10);
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("group"))
+        .create()
+        .expect("client");
+    let tracker = LagTracker::default();
+    tracker.assigned(&topic, 0);
+    tracker.assigned(&topic, 1);
+    let settings = LagSettings {
+        interval: Duration::from_secs(1),
+        reset_to_latest: false,
+    };
+    measure(&client, &tracker, &settings);
+    assert_eq!(tracker.broker_error(), None);
+    // Nothing read and nothing committed: the whole partition is lag (auto.offset.reset =
+    // earliest), so the total is every message sent.
+    assert_eq!(tracker.total(), Some(30));
+    let per = tracker.per_partition();
+    let p0 = per.iter().find(|p| p.1 == 0).expect("partition 0").2;
+    tracker.positions([(topic.as_str(), 0, p0 - 4)]);
+    measure(&client, &tracker, &settings);
+    assert_eq!(tracker.total(), Some(30 - (p0 - 4)));
+
+    let latest = LagSettings {
+        interval: Duration::from_secs(1),
+        reset_to_latest: true,
+    };
+    let fresh = LagTracker::default();
+    fresh.assigned(&topic, 0);
+    fresh.assigned(&topic, 1);
+    measure(&client, &fresh, &latest);
+    assert_eq!(
+        fresh.total(),
+        Some(0),
+        "auto.offset.reset = latest starts at the end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_reported() {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:1")
+        .set("group.id", unique("group"))
+        .create()
+        .expect("client");
+    let tracker = LagTracker::default();
+    tracker.assigned("nowhere", 0);
+    let settings = LagSettings {
+        interval: Duration::from_secs(1),
+        reset_to_latest: false,
+    };
+    measure(&client, &tracker, &settings);
+    let err = tracker.broker_error().expect("an error");
+    assert!(err.contains("nowhere/0"), "{err}");
+    assert_eq!(tracker.total(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_before_assignment_and_200_after_with_lag_measured() {
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&output, 1).await;
+    let mut config = config(&input, &output, Path::new("rules"));
+    config.monitoring.lag_interval = Duration::from_millis(200);
+    // The input topic does not exist yet: the group has nothing to assign.
+    config
+        .kafka
+        .consumer_properties
+        .insert("topic.metadata.refresh.interval.ms".into(), "500".into());
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let addr = running.http_addr;
+    assert_eq!(http_get(addr, "/healthz").expect("healthz").0, 200);
+    for _ in 0..5 {
+        let (status, body) = http_get(addr, "/readyz").expect("readyz");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("no partitions assigned"), "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    create_topic(&input, 2).await;
+    send_spans(&input, 0..20, 10);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            http_get(addr, "/readyz").is_ok_and(|(s, b)| s == 200 && b.contains("lag 0"))
+        })
+        .await,
+        "ready once assigned and caught up: {:?}",
+        http_get(addr, "/readyz")
+    );
+    let (_, metrics) = http_get(addr, "/metrics").expect("metrics");
+    for p in 0..2 {
+        let labels = format!("partition=\"{p}\",topic=\"{input}\"");
+        let alt = format!("topic=\"{input}\",partition=\"{p}\"");
+        let v = metric(&metrics, "tailsift_consumer_lag", &labels)
+            .or_else(|| metric(&metrics, "tailsift_consumer_lag", &alt));
+        assert_eq!(v, Some(0.0), "lag of partition {p} exposed: {metrics}");
+    }
+    assert_eq!(running.health.lag.total(), Some(0));
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let mut config = config(&input, &output, Path::new("rules"));
+    // Traces that never complete in the test's time fill a small buffer: fetching pauses
+    // while more messages arrive, so lag grows and nothing is consumed.
+    config.completion.decision_wait = Duration::from_secs(120);
+    config.completion.max_trace_age = Duration::from_secs(120);
+    config.buffer.max_bytes = tailsift::config::ByteSize(1 << 20);
+    config.monitoring.lag_interval = Duration::from_millis(200);
+    config.monitoring.stall_timeout = Duration::from_secs(2);
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let addr = running.http_addr;
+    assert!(
+        eventually(Duration::from_secs(20), || running
+            .health
+            .assigned
+            .load(Ordering::Relaxed)
+            == 1)
+        .await
+    );
+    send_spans(&input, 0..40, 40_000); // 1.6 MB of spans
+    assert!(
+        eventually(Duration::from_secs(20), || running
+            .health
+            .paused
+            .load(Ordering::Relaxed))
+        .await,
+        "fetching pauses over budget"
+    );
+    send_spans(&input, 40..60, 10);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            http_get(addr, "/readyz").is_ok_and(|(s, b)| s == 503 && b.contains("stuck"))
+        })
+        .await,
+        "stuck: {:?}",
+        http_get(addr, "/readyz")
+    );
+    let (_, body) = http_get(addr, "/readyz").expect("readyz");
+    assert!(body.contains("fetching paused"), "{body}");
+    assert!(running.health.lag.total().is_some_and(|l| l >= 20));
+    running.shutdown().await.expect("shutdown");
+}
