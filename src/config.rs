@@ -90,6 +90,10 @@ pub struct KafkaConfig {
     pub input_encodings: BTreeMap<String, Encoding>,
     /// Topic the kept traces are written to.
     pub output_topic: String,
+    /// Topic undecodable input messages are copied to (as they arrived, with headers naming
+    /// source topic, partition, offset and error). Unset: they are only counted and logged.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
     /// Consumer group; every instance of one sampler shares it.
     #[serde(default = "default_group")]
     pub group_id: String,
@@ -416,6 +420,14 @@ impl Config {
                 ),
             ));
         }
+        if let Some(d) = &k.dead_letter_topic {
+            if d.trim().is_empty() || k.input_topics.contains(d) || *d == k.output_topic {
+                return Err(invalid(
+                    "kafka.dead_letter_topic",
+                    format!("`{d}` must be a topic of its own (not empty, input or output)"),
+                ));
+            }
+        }
         if k.max_message_bytes < 1024 {
             return Err(invalid(
                 "kafka.max_message_bytes",
@@ -525,6 +537,7 @@ impl Config {
                 input_encoding: Encoding::default(),
                 input_encodings: BTreeMap::new(),
                 output_topic: output.into(),
+                dead_letter_topic: None,
                 group_id: default_group(),
                 group_instance_id: None,
                 properties: BTreeMap::new(),
@@ -596,6 +609,10 @@ mod tests {
             (
                 "kafka:\n  brokers: b\n  input_topics: []\n  output_topic: o\n".to_string(),
                 "kafka.input_topics",
+            ),
+            (
+                format!("{MINIMAL}  dead_letter_topic: in\n"),
+                "`kafka.dead_letter_topic`: `in` must be a topic of its own",
             ),
             (
                 format!("{MINIMAL}  input_encoding: json\n"),

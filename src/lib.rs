@@ -17,6 +17,8 @@
 //! - [`sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
 //! - [`lag`]: consumer lag per partition and consumption progress, measured off the ingest
 //!   thread.
+//! - [`dead_letter`]: undecodable messages copied to a dead-letter topic before their offset
+//!   is released.
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric's name and description.
@@ -24,6 +26,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod dead_letter;
 pub mod decision;
 pub mod demo;
 pub mod http;

@@ -33,6 +33,8 @@ pub const OFFSETS_HELD_BACK: &str = "tailsift_offsets_held_back";
 pub const CONSUMER_ERRORS: &str = "tailsift_consumer_errors_total";
 pub const CONSUMER_LAG: &str = "tailsift_consumer_lag";
 pub const LAG_QUERY_FAILURES: &str = "tailsift_lag_query_failures_total";
+pub const DEAD_LETTERS: &str = "tailsift_dead_letters_total";
+pub const DEAD_LETTER_ERRORS: &str = "tailsift_dead_letter_errors_total";
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -132,6 +134,16 @@ pub fn describe() {
         OFFSETS_HELD_BACK,
         Unit::Count,
         "Offsets read but not yet safe to commit (held by undecided traces or produces in flight), summed over partitions."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        Unit::Count,
+        "Undecodable messages written to kafka.dead_letter_topic (acknowledged), by kind."
+    );
+    describe_counter!(
+        DEAD_LETTER_ERRORS,
+        Unit::Count,
+        "Failed writes to the dead-letter topic; each is retried, the source offset stays uncommitted meanwhile."
     );
     describe_counter!(
         CONSUMER_ERRORS,

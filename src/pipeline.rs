@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::dead_letter::DeadLetters;
 use crate::decision::DecisionCache;
 use crate::rules::RuleSet;
 use crate::sampler::Sampler;
@@ -74,6 +75,7 @@ pub struct Running {
     /// The HTTP server's address, once bound.
     pub http_addr: SocketAddr,
     sink: Arc<KafkaSink>,
+    dead_letters: Option<Arc<DeadLetters>>,
     stop_deciders: watch::Sender<bool>,
     deciders: Vec<tokio::task::JoinHandle<()>>,
     ingest: std::thread::JoinHandle<()>,
@@ -132,7 +134,15 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         },
     )
     .context("cannot create the Kafka client that measures lag")?;
+    let dead_letters = match &config.kafka.dead_letter_topic {
+        Some(topic) => Some(
+            DeadLetters::new(&producer_config(config), topic)
+                .context("cannot create the dead-letter producer")?,
+        ),
+        None => None,
+    };
     let settings = IngestSettings {
+        dead_letters: dead_letters.clone(),
         commit_interval: config.kafka.commit_interval,
         max_bytes: config.buffer.max_bytes.0,
         encodings: {
@@ -159,6 +169,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         health,
         http_addr,
         sink,
+        dead_letters,
         stop_deciders,
         deciders,
         ingest,
@@ -192,11 +203,18 @@ impl Running {
             let _ = d.await;
         }
         let sink = self.sink.clone();
+        let dead_letters = self.dead_letters.clone();
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let flushed = tokio::task::spawn_blocking(move || {
             let r = sink.flush(left);
             sink.stop();
-            r
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let dl = dead_letters.as_ref().map_or(Ok(()), |d| {
+                let r = d.flush(left);
+                d.stop();
+                r
+            });
+            r.and(dl)
         })
         .await;
         if !matches!(flushed, Ok(Ok(()))) {

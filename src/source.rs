@@ -18,6 +18,7 @@ use rdkafka::ClientContext;
 use tokio::time::Instant;
 
 use crate::lag::LagTracker;
+use crate::dead_letter::{DeadLetters, Letter};
 use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
@@ -305,6 +306,8 @@ pub struct IngestSettings {
     pub max_bytes: u64,
     /// The encoding of each input topic.
     pub encodings: Box<dyn Fn(&str) -> Encoding + Send>,
+    /// Where undecodable messages are copied, if anywhere.
+    pub dead_letters: Option<Arc<DeadLetters>>,
 }
 
 /// The ingest thread's body: poll, ingest, commit, until told to stop.
@@ -395,6 +398,19 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                                 error = %e,
                                 "skipping a message that does not decode"
                             );
+                        }
+                        if let Some(dl) = &settings.dead_letters {
+                            // The letter holds the offset until the broker has it.
+                            dl.send(Box::new(Letter {
+                                key: msg.key().map(<[u8]>::to_vec),
+                                payload: payload.to_vec(),
+                                topic: msg.topic().to_string(),
+                                partition: msg.partition(),
+                                offset,
+                                kind: e.kind(),
+                                error: e.to_string(),
+                                hold: hold.clone(),
+                            }));
                         }
                     }
                 }
