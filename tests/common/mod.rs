@@ -18,6 +18,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tailsift::config::Config;
 
+pub mod instance;
+pub mod traffic;
+
 pub fn brokers() -> String {
     std::env::var("TAILSIFT_TEST_BROKERS").unwrap_or_else(|_| {
         panic!(
