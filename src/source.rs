@@ -17,8 +17,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::time::Instant;
 
-use crate::lag::LagTracker;
 use crate::dead_letter::{DeadLetters, Letter};
+use crate::lag::LagTracker;
 use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
