@@ -53,6 +53,15 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// Every trigger, for registering each metric series at start.
+    pub const ALL: &'static [Trigger] = &[
+        Trigger::Idle,
+        Trigger::Root,
+        Trigger::SpanLimit,
+        Trigger::MaxAge,
+        Trigger::Rebalance,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Idle => "idle",

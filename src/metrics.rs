@@ -35,6 +35,9 @@ pub const CONSUMER_LAG: &str = "tailsift_consumer_lag";
 pub const LAG_QUERY_FAILURES: &str = "tailsift_lag_query_failures_total";
 pub const DEAD_LETTERS: &str = "tailsift_dead_letters_total";
 pub const DEAD_LETTER_ERRORS: &str = "tailsift_dead_letter_errors_total";
+pub const PAUSED_PARTITIONS: &str = "tailsift_paused_partitions";
+pub const TRACE_DURATION: &str = "tailsift_trace_duration_seconds";
+pub const TRACE_SPANS: &str = "tailsift_trace_spans";
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -160,6 +163,114 @@ pub fn describe() {
         Unit::Count,
         "Lag measurements that failed because the brokers did not answer."
     );
+    describe_gauge!(
+        PAUSED_PARTITIONS,
+        Unit::Count,
+        "Assigned partitions whose fetching is paused (buffer over budget, or shutting down)."
+    );
+    describe_histogram!(
+        TRACE_DURATION,
+        Unit::Seconds,
+        "Duration of each decided trace, from its earliest span start to its latest span end."
+    );
+    describe_histogram!(TRACE_SPANS, Unit::Count, "Spans of each decided trace.");
+}
+
+/// Registers every series whose labels are known at start, at zero, so that `/metrics` shows
+/// the whole catalog from the first scrape (and `rate()` has a starting point). Series
+/// labelled by partition, service or operation appear when those are first seen.
+pub fn init_series(topics: &[String], rules: &[&str]) {
+    for t in topics {
+        for name in [MESSAGES_RECEIVED, SPANS_RECEIVED, BYTES_RECEIVED] {
+            metrics::counter!(name, "topic" => t.clone()).absolute(0);
+        }
+    }
+    for kind in crate::otlp::decode::DecodeError::KINDS {
+        metrics::counter!(DECODE_FAILURES, "kind" => *kind).absolute(0);
+        metrics::counter!(DEAD_LETTERS, "kind" => *kind).absolute(0);
+    }
+    init_rules(rules);
+    for outcome in ["kept", "dropped"] {
+        metrics::counter!(LATE_SPANS, "outcome" => outcome).absolute(0);
+    }
+    for kind in ["assign", "revoke"] {
+        metrics::counter!(REBALANCES, "kind" => kind).absolute(0);
+    }
+    for name in [
+        INVALID_SPANS,
+        SPANS_FORWARDED,
+        MESSAGES_PRODUCED,
+        PRODUCE_ERRORS,
+        REPLAYED_SPANS_FORWARDED,
+        TRACES_RELEASED,
+        COMMITS,
+        COMMIT_FAILURES,
+        CONSUMER_ERRORS,
+        LAG_QUERY_FAILURES,
+        DEAD_LETTER_ERRORS,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for name in [
+        TRACES_BUFFERED,
+        BYTES_BUFFERED,
+        ASSIGNED_PARTITIONS,
+        PAUSED,
+        PAUSED_PARTITIONS,
+        OFFSETS_HELD_BACK,
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+    for name in [DECISION_LATENCY, TRACE_DURATION, TRACE_SPANS] {
+        let _ = metrics::histogram!(name);
+    }
+}
+
+/// Registers the per-rule series of a (re)loaded rule set at zero.
+pub fn init_rules(rules: &[&str]) {
+    use crate::decision::Trigger;
+    for rule in rules {
+        for outcome in ["kept", "dropped"] {
+            for trigger in Trigger::ALL {
+                metrics::counter!(TRACES_DECIDED,
+                    "rule" => rule.to_string(), "outcome" => outcome, "trigger" => trigger.as_str())
+                .absolute(0);
+            }
+        }
+    }
+}
+
+/// Histogram buckets per metric.
+fn builder() -> PrometheusBuilder {
+    let buckets: [(&str, &[f64]); 3] = [
+        (
+            DECISION_LATENCY,
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        ),
+        (
+            TRACE_DURATION,
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ],
+        ),
+        (
+            TRACE_SPANS,
+            &[
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 10000.0,
+            ],
+        ),
+    ];
+    let mut b = PrometheusBuilder::new();
+    for (name, le) in buckets {
+        // Fails only on an empty bucket list, which these are not.
+        b = match b.set_buckets_for_metric(Matcher::Full(name.into()), le) {
+            Ok(next) => next,
+            Err(_) => PrometheusBuilder::new(),
+        };
+    }
+    b
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -167,16 +278,17 @@ pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(DECISION_LATENCY.to_string()),
-                    &[
-                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    ],
-                )
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
+            let recorder = builder().build_recorder();
             let handle = recorder.handle();
+            // Histogram samples wait in the recorder until drained; drain them even when
+            // nothing scrapes, so memory stays bounded.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("tailsift-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
             // Fails only if another recorder is installed (a test harness); our handle then
             // renders nothing, which the tests would show.
             let _ = metrics::set_global_recorder(recorder);

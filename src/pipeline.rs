@@ -93,6 +93,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// Starts the pipeline with the given rules.
 pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result<Running> {
     let handle = crate::metrics::install();
+    let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
+    crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
     let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)
         .context("cannot create the Kafka producer")?;
     let sampler = Arc::new(Sampler::new(

@@ -82,6 +82,34 @@ impl Stats {
     }
 }
 
+/// Counts of one batch of decisions (a decider tick), recorded together by `Sampler::flush`.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// (rule, kept, trigger) -> traces. A handful of entries: looked up by scanning.
+    decided: Vec<((Arc<str>, bool, Trigger), u64)>,
+}
+
+impl Tally {
+    fn decided(&mut self, decision: &Decision, trigger: Trigger) {
+        let (rule, kept) = match decision {
+            Decision::Keep { rule, .. } => (rule, true),
+            Decision::Drop { rule } => (rule, false),
+        };
+        match self.decided.iter_mut().find(|((r, k, t), _)| {
+            *k == kept && *t == trigger && (Arc::ptr_eq(r, rule) || r == rule)
+        }) {
+            Some((_, n)) => *n += 1,
+            None => self.decided.push(((rule.clone(), kept, trigger), 1)),
+        }
+    }
+}
+
+/// Per-trace histograms, registered once.
+struct Histograms {
+    duration: metrics::Histogram,
+    spans: metrics::Histogram,
+}
+
 /// What one message brought, for the caller's bulk counting.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IngestSummary {
@@ -98,6 +126,7 @@ pub struct Sampler {
     pub stats: Stats,
     output: Arc<dyn Output>,
     max_message_bytes: usize,
+    histograms: Histograms,
 }
 
 impl Sampler {
@@ -115,6 +144,10 @@ impl Sampler {
             stats: Stats::default(),
             output,
             max_message_bytes,
+            histograms: Histograms {
+                duration: metrics::histogram!(m::TRACE_DURATION),
+                spans: metrics::histogram!(m::TRACE_SPANS),
+            },
         }
     }
 
@@ -168,8 +201,12 @@ impl Sampler {
         self.stats
             .late_dropped
             .fetch_add(summary.late_dropped as u64, Ordering::Relaxed);
-        for id in full {
-            self.decide(&id, Trigger::SpanLimit, now);
+        if !full.is_empty() {
+            let mut tally = Tally::default();
+            for id in full {
+                self.decide_counted(&id, Trigger::SpanLimit, now, &mut tally);
+            }
+            self.flush(tally);
         }
         Ok(summary)
     }
@@ -242,6 +279,20 @@ impl Sampler {
 
     /// Decides one trace now, if it is still buffered. Returns the decision.
     pub fn decide(&self, id: &TraceId, trigger: Trigger, due: Instant) -> Option<Decision> {
+        let mut tally = Tally::default();
+        let d = self.decide_counted(id, trigger, due, &mut tally);
+        self.flush(tally);
+        d
+    }
+
+    /// Decides one trace, counting into `tally` (flushed by the caller, once per batch).
+    fn decide_counted(
+        &self,
+        id: &TraceId,
+        trigger: Trigger,
+        due: Instant,
+        tally: &mut Tally,
+    ) -> Option<Decision> {
         let rules = self.rules.load();
         let (entry, decision) = self.buffer.take(id, |id, entry| {
             let view = TraceView::new(*id, entry);
@@ -249,8 +300,13 @@ impl Sampler {
             self.decisions.insert(*id, d.clone());
             d
         })?;
-        self.count_decision(&decision, trigger);
+        tally.decided(&decision, trigger);
+        self.histograms
+            .duration
+            .record(entry.duration_nanos() as f64 / 1e9);
+        self.histograms.spans.record(f64::from(entry.span_count));
         if decision.is_keep() {
+            tracing::debug!(trace_id = %id, rule = decision.rule(), trigger = trigger.as_str(), spans = entry.span_count, "trace kept");
             self.forward(id, &decision, entry, due);
         }
         // A dropped trace's holds are released here, as `entry` goes out of scope.
@@ -273,32 +329,32 @@ impl Sampler {
         );
     }
 
-    fn count_decision(&self, decision: &Decision, trigger: Trigger) {
-        let rule: Arc<str> = match decision {
-            Decision::Keep { rule, .. } | Decision::Drop { rule } => rule.clone(),
-        };
-        metrics::counter!(m::TRACES_DECIDED,
-            "rule" => rule.to_string(),
-            "outcome" => decision.outcome(),
-            "trigger" => trigger.as_str())
-        .increment(1);
-        *self
-            .stats
-            .by_rule
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((rule, decision.is_keep()))
-            .or_default() += 1;
+    /// Records a batch of counts: one metrics update per distinct label set, not per trace.
+    fn flush(&self, tally: Tally) {
+        if tally.decided.is_empty() {
+            return;
+        }
+        let mut by_rule = self.stats.by_rule.lock().unwrap_or_else(|e| e.into_inner());
+        for ((rule, kept, trigger), n) in tally.decided {
+            metrics::counter!(m::TRACES_DECIDED,
+                "rule" => rule.to_string(),
+                "outcome" => if kept { "kept" } else { "dropped" },
+                "trigger" => trigger.as_str())
+            .increment(n);
+            *by_rule.entry((rule, kept)).or_default() += n;
+        }
     }
 
     /// Decides every trace that is complete at `now`. Returns how many were decided.
     pub fn decide_due(&self, now: Instant) -> usize {
         let mut due = Vec::new();
         self.buffer.due(now, &mut due);
+        let mut tally = Tally::default();
         let mut n = 0;
         for (id, trigger, at) in due {
-            n += usize::from(self.decide(&id, trigger, at).is_some());
+            n += usize::from(self.decide_counted(&id, trigger, at, &mut tally).is_some());
         }
+        self.flush(tally);
         n
     }
 
@@ -312,9 +368,14 @@ impl Sampler {
             .buffer
             .ids_where(|e| touches(e) && e.holds.iter().any(|h| !revoked.contains(&h.partition)));
         let mut decided = 0;
+        let mut tally = Tally::default();
         for id in &mixed {
-            decided += usize::from(self.decide(id, Trigger::Rebalance, now).is_some());
+            decided += usize::from(
+                self.decide_counted(id, Trigger::Rebalance, now, &mut tally)
+                    .is_some(),
+            );
         }
+        self.flush(tally);
         let released = self.buffer.release_where(touches);
         metrics::counter!(m::TRACES_RELEASED).increment(released as u64);
         self.stats

@@ -157,6 +157,11 @@ impl ConsumerContext for SourceContext {
         let left = assigned.saturating_sub(revoked.len());
         self.health.assigned.store(left, Ordering::Relaxed);
         metrics::gauge!(m::ASSIGNED_PARTITIONS).set(left as f64);
+        if self.health.paused.load(Ordering::Relaxed)
+            || self.health.draining.load(Ordering::Relaxed)
+        {
+            metrics::gauge!(m::PAUSED_PARTITIONS).set(left as f64);
+        }
         tracing::info!(
             partitions = revoked.len(),
             released,
@@ -217,6 +222,7 @@ impl ConsumerContext for SourceContext {
                     || self.health.paused.load(Ordering::Relaxed)
                 {
                     let _ = consumer.pause(tpl);
+                    metrics::gauge!(m::PAUSED_PARTITIONS).set(n as f64);
                 }
             }
             Rebalance::Error(e) => {
@@ -332,6 +338,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
             drained = true;
             if let Ok(a) = consumer.assignment() {
                 let _ = consumer.pause(&a);
+                metrics::gauge!(m::PAUSED_PARTITIONS).set(a.count() as f64);
             }
         }
         match consumer.poll(Duration::from_millis(50)) {
@@ -424,6 +431,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
         if !drained && !paused && bytes > settings.max_bytes {
             if let Ok(a) = consumer.assignment() {
                 let _ = consumer.pause(&a);
+                metrics::gauge!(m::PAUSED_PARTITIONS).set(a.count() as f64);
             }
             health.paused.store(true, Ordering::Relaxed);
             metrics::gauge!(m::PAUSED).set(1.0);
@@ -434,6 +442,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
             }
             health.paused.store(false, Ordering::Relaxed);
             metrics::gauge!(m::PAUSED).set(0.0);
+            metrics::gauge!(m::PAUSED_PARTITIONS).set(0.0);
             tracing::info!(bytes, "buffer below budget: fetching resumed");
         }
         if last_commit.elapsed() >= settings.commit_interval {

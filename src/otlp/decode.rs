@@ -28,6 +28,9 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every value of [`DecodeError::kind`].
+    pub const KINDS: &'static [&'static str] = &["malformed_protobuf", "malformed_json", "empty"];
+
     /// A small fixed label for metrics and rate-limited logs.
     pub fn kind(&self) -> &'static str {
         match self {
