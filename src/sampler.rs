@@ -82,11 +82,14 @@ impl Stats {
     }
 }
 
+/// (rule, kept, trigger).
+type DecidedKey = (Arc<str>, bool, Trigger);
+
 /// Counts of one batch of decisions (a decider tick), recorded together by `Sampler::flush`.
 #[derive(Debug, Default)]
 pub struct Tally {
     /// (rule, kept, trigger) -> traces. A handful of entries: looked up by scanning.
-    decided: Vec<((Arc<str>, bool, Trigger), u64)>,
+    decided: Vec<(DecidedKey, u64)>,
 }
 
 impl Tally {
