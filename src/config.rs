@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::buffer::Completion;
+use crate::memory::{resolve_budget, Budget, BudgetSource};
 use crate::otlp::Encoding;
 
 /// Environment variable that overrides `kafka.brokers`.
@@ -158,6 +159,11 @@ pub struct CompletionConfig {
     /// Decide a trace as soon as it holds this many spans. Default 10000.
     #[serde(default = "d_max_spans")]
     pub max_spans_per_trace: u32,
+    /// Decide a trace as soon as its buffered spans take this many bytes; its later spans
+    /// follow the decision. At most half of `buffer.max_bytes`; a budget derived from a small
+    /// container lowers it to that. Default 16MiB.
+    #[serde(default = "d_max_trace_bytes")]
+    pub max_trace_bytes: ByteSize,
 }
 
 impl Default for CompletionConfig {
@@ -167,6 +173,7 @@ impl Default for CompletionConfig {
             root_grace: d_root_grace(),
             max_trace_age: d_max_trace_age(),
             max_spans_per_trace: d_max_spans(),
+            max_trace_bytes: d_max_trace_bytes(),
         }
     }
 }
@@ -175,15 +182,27 @@ impl Default for CompletionConfig {
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// Budget for buffered span data plus per-trace overhead, in bytes (`512MiB`, `2GB` or a
-    /// number). Above it, fetching pauses until the buffer drains below 90%. Default 512MiB.
-    #[serde(default = "d_max_bytes")]
-    pub max_bytes: ByteSize,
+    /// number). Reaching it decides the oldest traces early (trigger `memory`). Default: half
+    /// of the container's memory limit (cgroup v2 `memory.max`, else cgroup v1
+    /// `memory.limit_in_bytes`), or 512MiB when there is no limit.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+    /// Fetching pauses when the buffer holds more than this fraction of `max_bytes`.
+    /// Default 0.9.
+    #[serde(default = "d_high_watermark")]
+    pub high_watermark: f64,
+    /// Paused fetching resumes when the buffer holds less than this fraction of `max_bytes`.
+    /// Default 0.8.
+    #[serde(default = "d_low_watermark")]
+    pub low_watermark: f64,
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
         BufferConfig {
-            max_bytes: d_max_bytes(),
+            max_bytes: None,
+            high_watermark: d_high_watermark(),
+            low_watermark: d_low_watermark(),
         }
     }
 }
@@ -191,9 +210,13 @@ impl Default for BufferConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionCacheConfig {
-    /// Decisions remembered. Default 1000000.
-    #[serde(default = "d_cache_entries")]
-    pub max_entries: u64,
+    /// Memory the remembered decisions may take, in bytes (each costs about
+    /// `decision::CACHE_ENTRY_BYTES`). The least useful are evicted first. Default 64MiB.
+    #[serde(default = "d_cache_bytes")]
+    pub max_bytes: ByteSize,
+    /// Optionally, also at most this many decisions. Default: no count limit.
+    #[serde(default)]
+    pub max_entries: Option<u64>,
     /// How long a decision is remembered. Default 5m.
     #[serde(default = "d_cache_ttl", with = "humantime_serde")]
     pub ttl: Duration,
@@ -202,7 +225,8 @@ pub struct DecisionCacheConfig {
 impl Default for DecisionCacheConfig {
     fn default() -> Self {
         DecisionCacheConfig {
-            max_entries: d_cache_entries(),
+            max_bytes: d_cache_bytes(),
+            max_entries: None,
             ttl: d_cache_ttl(),
         }
     }
@@ -326,11 +350,17 @@ fn d_max_trace_age() -> Duration {
 fn d_max_spans() -> u32 {
     10_000
 }
-fn d_max_bytes() -> ByteSize {
-    ByteSize(512 << 20)
+fn d_max_trace_bytes() -> ByteSize {
+    ByteSize(16 << 20)
 }
-fn d_cache_entries() -> u64 {
-    1_000_000
+fn d_high_watermark() -> f64 {
+    0.9
+}
+fn d_low_watermark() -> f64 {
+    0.8
+}
+fn d_cache_bytes() -> ByteSize {
+    ByteSize(64 << 20)
 }
 fn d_cache_ttl() -> Duration {
     Duration::from_secs(300)
@@ -476,12 +506,37 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if self.buffer.max_bytes.0 < (1 << 20) {
+        if c.max_trace_bytes.0 < 1024 {
             return Err(invalid(
-                "buffer.max_bytes",
+                "completion.max_trace_bytes",
+                format!("{} bytes is too small (at least 1KiB)", c.max_trace_bytes.0),
+            ));
+        }
+        let b = &self.buffer;
+        if let Some(ByteSize(max)) = b.max_bytes {
+            if max < (1 << 20) {
+                return Err(invalid(
+                    "buffer.max_bytes",
+                    format!("{max} bytes is too small (at least 1MiB)"),
+                ));
+            }
+            if c.max_trace_bytes.0 > max / 2 {
+                return Err(invalid(
+                    "completion.max_trace_bytes",
+                    format!(
+                        "{} bytes is more than half of buffer.max_bytes ({max}): one trace could starve the others",
+                        c.max_trace_bytes.0
+                    ),
+                ));
+            }
+        }
+        let fraction = |v: f64| v > 0.0 && v <= 1.0;
+        if !fraction(b.high_watermark) {
+            return Err(invalid(
+                "buffer.high_watermark",
                 format!(
-                    "{} bytes is too small (at least 1MiB)",
-                    self.buffer.max_bytes.0
+                    "{} is not a fraction of the budget in (0, 1]",
+                    b.high_watermark
                 ),
             ));
         }
@@ -498,7 +553,26 @@ impl Config {
                 "must be longer than monitoring.lag_interval".into(),
             ));
         }
-        if self.decision_cache.max_entries == 0 {
+        if !fraction(b.low_watermark) || b.low_watermark >= b.high_watermark {
+            return Err(invalid(
+                "buffer.low_watermark",
+                format!(
+                    "{} must be above 0 and below buffer.high_watermark ({})",
+                    b.low_watermark, b.high_watermark
+                ),
+            ));
+        }
+        let dc = &self.decision_cache;
+        if dc.max_bytes.0 < crate::decision::CACHE_ENTRY_BYTES * 16 {
+            return Err(invalid(
+                "decision_cache.max_bytes",
+                format!(
+                    "{} bytes is too small (at least 16 decisions)",
+                    dc.max_bytes.0
+                ),
+            ));
+        }
+        if dc.max_entries == Some(0) {
             return Err(invalid(
                 "decision_cache.max_entries",
                 "must be at least 1".into(),
@@ -524,6 +598,32 @@ impl Config {
             root_grace: c.root_grace,
             max_trace_age: c.max_trace_age,
             max_spans_per_trace: c.max_spans_per_trace,
+            max_trace_bytes: c.max_trace_bytes.0.min(u64::from(u32::MAX)) as u32,
+        }
+    }
+
+    /// The memory budget: `buffer.max_bytes`, or derived from the container limit found under
+    /// `/sys/fs/cgroup` (see [`crate::memory::resolve_budget`]).
+    pub fn budget(&self) -> (Budget, BudgetSource) {
+        self.budget_from(Path::new("/sys/fs/cgroup"))
+    }
+
+    /// [`Config::budget`] with the cgroup filesystem at `cgroup_root`.
+    pub fn budget_from(&self, cgroup_root: &Path) -> (Budget, BudgetSource) {
+        let b = &self.buffer;
+        let (max, source) = resolve_budget(b.max_bytes.map(|m| m.0), cgroup_root);
+        (Budget::new(max, b.high_watermark, b.low_watermark), source)
+    }
+
+    /// The decision cache's bound in bytes (`max_entries`, when set, lowers it).
+    pub fn decision_cache_bytes(&self) -> u64 {
+        let dc = &self.decision_cache;
+        match dc.max_entries {
+            Some(n) => dc
+                .max_bytes
+                .0
+                .min(n.saturating_mul(crate::decision::CACHE_ENTRY_BYTES)),
+            None => dc.max_bytes.0,
         }
     }
 
@@ -577,7 +677,17 @@ mod tests {
         assert_eq!(c.completion.root_grace, Duration::from_secs(2));
         assert_eq!(c.completion.max_trace_age, Duration::from_secs(60));
         assert_eq!(c.completion.max_spans_per_trace, 10_000);
-        assert_eq!(c.buffer.max_bytes, ByteSize(512 << 20));
+        assert_eq!(
+            c.buffer.max_bytes, None,
+            "derived from the container at start"
+        );
+        assert_eq!(c.completion.max_trace_bytes, ByteSize(16 << 20));
+        assert_eq!(
+            (c.buffer.high_watermark, c.buffer.low_watermark),
+            (0.9, 0.8)
+        );
+        assert_eq!(c.decision_cache.max_bytes, ByteSize(64 << 20));
+        assert_eq!(c.decision_cache.max_entries, None);
         assert_eq!(c.kafka.group_id, "tailsift");
         assert_eq!(c.http.listen.port(), 8080);
     }
@@ -630,6 +740,32 @@ mod tests {
                 format!("{MINIMAL}monitoring:\n  lag_interval: 1ms\n"),
                 "`monitoring.lag_interval`",
             ),
+            (
+                format!("{MINIMAL}buffer:\n  max_bytes: 512KiB\n"),
+                "at least 1MiB",
+            ),
+            (
+                format!(
+                    "{MINIMAL}buffer:\n  max_bytes: 8MiB\ncompletion:\n  max_trace_bytes: 5MiB\n"
+                ),
+                "more than half of buffer.max_bytes",
+            ),
+            (
+                format!("{MINIMAL}buffer:\n  high_watermark: 1.5\n"),
+                "`buffer.high_watermark`",
+            ),
+            (
+                format!("{MINIMAL}buffer:\n  high_watermark: 0.7\n  low_watermark: 0.8\n"),
+                "below buffer.high_watermark",
+            ),
+            (
+                format!("{MINIMAL}decision_cache:\n  max_entries: 0\n"),
+                "`decision_cache.max_entries`",
+            ),
+            (
+                format!("{MINIMAL}decision_cache:\n  max_bytes: 100\n"),
+                "at least 16 decisions",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).expect_err(&text);
@@ -645,6 +781,12 @@ mod tests {
         let minimal = parse(MINIMAL).unwrap();
         assert_eq!(example.completion(), minimal.completion());
         assert_eq!(example.buffer.max_bytes, minimal.buffer.max_bytes);
+        assert_eq!(example.buffer.high_watermark, minimal.buffer.high_watermark);
+        assert_eq!(example.buffer.low_watermark, minimal.buffer.low_watermark);
+        assert_eq!(
+            example.decision_cache_bytes(),
+            minimal.decision_cache_bytes()
+        );
         assert_eq!(example.kafka.commit_interval, minimal.kafka.commit_interval);
         assert_eq!(example.shutdown_timeout, minimal.shutdown_timeout);
         assert_eq!(example.http.listen, minimal.http.listen);
@@ -703,6 +845,31 @@ mod tests {
             parse(&text).unwrap().encoding_of(&topic),
             Encoding::OtlpProto
         );
+    }
+
+    #[test]
+    fn the_budget_and_the_decision_cache_bound_resolve_from_config_or_container() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.max"), "2147483648\n").unwrap();
+        let derived = parse(MINIMAL).unwrap();
+        let (b, source) = derived.budget_from(dir.path());
+        assert_eq!(source, BudgetSource::CgroupV2 { limit: 2 << 30 });
+        assert_eq!(b, Budget::new(1 << 30, 0.9, 0.8));
+        let set = parse(&format!(
+            "{MINIMAL}buffer:\n  max_bytes: 100MiB\n  high_watermark: 0.8\n  low_watermark: 0.5\ndecision_cache:\n  max_entries: 1000\n"
+        ))
+        .unwrap();
+        let (b, source) = set.budget_from(dir.path());
+        assert_eq!(source, BudgetSource::Configured);
+        assert_eq!(
+            (b.max_bytes, b.pause_above, b.resume_below),
+            (100 << 20, 80 << 20, 50 << 20)
+        );
+        assert_eq!(
+            set.decision_cache_bytes(),
+            1000 * crate::decision::CACHE_ENTRY_BYTES
+        );
+        assert_eq!(derived.decision_cache_bytes(), 64 << 20);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!   rules, encode kept traces from the spans' original bytes.
 //! - [`buffer`]: the sharded trace map and its deadline index; completion triggers.
 //! - [`rules`]: rule files, compiled conditions, deterministic sampling.
+//! - [`memory`]: the byte budget (configured or from the container limit) and its watermarks.
 //! - [`decision`]: decisions, triggers, and the cache that late spans follow.
 //! - [`offsets`]: which offsets are safe to commit (the at-least-once bookkeeping).
 //! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
@@ -31,6 +32,7 @@ pub mod decision;
 pub mod demo;
 pub mod http;
 pub mod lag;
+pub mod memory;
 pub mod metrics;
 pub mod offsets;
 pub mod otlp;

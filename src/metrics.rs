@@ -38,6 +38,11 @@ pub const DEAD_LETTER_ERRORS: &str = "tailsift_dead_letter_errors_total";
 pub const PAUSED_PARTITIONS: &str = "tailsift_paused_partitions";
 pub const TRACE_DURATION: &str = "tailsift_trace_duration_seconds";
 pub const TRACE_SPANS: &str = "tailsift_trace_spans";
+pub const BUFFER_BUDGET: &str = "tailsift_buffer_budget_bytes";
+pub const DECISION_CACHE_LOOKUPS: &str = "tailsift_decision_cache_lookups_total";
+pub const DECISION_CACHE_EVICTIONS: &str = "tailsift_decision_cache_evictions_total";
+pub const DECISION_CACHE_ENTRIES: &str = "tailsift_decision_cache_entries";
+pub const DECISION_CACHE_BYTES: &str = "tailsift_decision_cache_bytes";
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -75,7 +80,7 @@ pub fn describe() {
     describe_counter!(
         TRACES_DECIDED,
         Unit::Count,
-        "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, max_age, rebalance)."
+        "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, byte_limit, max_age, memory, rebalance)."
     );
     describe_counter!(
         SPANS_FORWARDED,
@@ -125,7 +130,7 @@ pub fn describe() {
     describe_gauge!(
         PAUSED,
         Unit::Count,
-        "1 while fetching is paused because the buffer is over buffer.max_bytes, else 0."
+        "1 while fetching is paused because the buffer is above its high watermark, else 0."
     );
     describe_counter!(COMMITS, Unit::Count, "Offset commits sent.");
     describe_counter!(
@@ -174,6 +179,31 @@ pub fn describe() {
         "Duration of each decided trace, from its earliest span start to its latest span end."
     );
     describe_histogram!(TRACE_SPANS, Unit::Count, "Spans of each decided trace.");
+    describe_gauge!(
+        BUFFER_BUDGET,
+        Unit::Bytes,
+        "The buffer's memory budget (buffer.max_bytes, or derived from the container limit)."
+    );
+    describe_counter!(
+        DECISION_CACHE_LOOKUPS,
+        Unit::Count,
+        "Decision cache lookups for spans of traces not buffered, by result (hit: a late span, miss: a new trace)."
+    );
+    describe_counter!(
+        DECISION_CACHE_EVICTIONS,
+        Unit::Count,
+        "Decisions removed from the cache, by cause (size: pushed out by decision_cache.max_bytes, expired: older than decision_cache.ttl)."
+    );
+    describe_gauge!(
+        DECISION_CACHE_ENTRIES,
+        Unit::Count,
+        "Decisions in the cache."
+    );
+    describe_gauge!(
+        DECISION_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes counted against decision_cache.max_bytes."
+    );
 }
 
 /// Registers every series whose labels are known at start, at zero, so that `/metrics` shows
@@ -195,6 +225,12 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
     }
     for kind in ["assign", "revoke"] {
         metrics::counter!(REBALANCES, "kind" => kind).absolute(0);
+    }
+    for result in ["hit", "miss"] {
+        metrics::counter!(DECISION_CACHE_LOOKUPS, "result" => result).absolute(0);
+    }
+    for cause in ["size", "expired"] {
+        metrics::counter!(DECISION_CACHE_EVICTIONS, "cause" => cause).absolute(0);
     }
     for name in [
         INVALID_SPANS,
@@ -218,6 +254,9 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
         PAUSED,
         PAUSED_PARTITIONS,
         OFFSETS_HELD_BACK,
+        BUFFER_BUDGET,
+        DECISION_CACHE_ENTRIES,
+        DECISION_CACHE_BYTES,
     ] {
         metrics::gauge!(name).set(0.0);
     }

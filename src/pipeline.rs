@@ -97,13 +97,37 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
     let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)
         .context("cannot create the Kafka producer")?;
-    let sampler = Arc::new(Sampler::new(
-        config.completion(),
-        rules,
-        DecisionCache::new(config.decision_cache.max_entries, config.decision_cache.ttl),
-        sink.clone(),
-        config.kafka.max_message_bytes,
-    ));
+    let (budget, source) = config.budget();
+    let mut completion = config.completion();
+    // One trace may take at most half the budget (checked at load when the budget is set;
+    // a budget derived from a small container lowers the limit instead).
+    let trace_cap = (budget.max_bytes / 2).min(u64::from(u32::MAX)) as u32;
+    if completion.max_trace_bytes > trace_cap {
+        tracing::warn!(
+            max_trace_bytes = completion.max_trace_bytes,
+            lowered_to = trace_cap,
+            "completion.max_trace_bytes lowered to half of the memory budget"
+        );
+        completion.max_trace_bytes = trace_cap;
+    }
+    tracing::info!(
+        max_bytes = budget.max_bytes,
+        pause_above = budget.pause_above,
+        resume_below = budget.resume_below,
+        source = ?source,
+        "buffer memory budget"
+    );
+    metrics::gauge!(crate::metrics::BUFFER_BUDGET).set(budget.max_bytes as f64);
+    let sampler = Arc::new(
+        Sampler::new(
+            completion,
+            rules,
+            DecisionCache::with_max_bytes(config.decision_cache_bytes(), config.decision_cache.ttl),
+            sink.clone(),
+            config.kafka.max_message_bytes,
+        )
+        .with_budget(budget),
+    );
     let health = Arc::new(Health::default());
     let (http_addr, server) = crate::http::bind(
         config.http.listen,
@@ -146,7 +170,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     let settings = IngestSettings {
         dead_letters: dead_letters.clone(),
         commit_interval: config.kafka.commit_interval,
-        max_bytes: config.buffer.max_bytes.0,
+        budget,
         encodings: {
             let c = config.clone();
             Box::new(move |topic| c.encoding_of(topic))

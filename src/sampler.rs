@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
 use crate::decision::{Decision, DecisionCache, Trigger};
+use crate::memory::Budget;
 use crate::metrics as m;
 use crate::offsets::{Holds, OffsetHold};
 use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
@@ -130,6 +131,7 @@ pub struct Sampler {
     output: Arc<dyn Output>,
     max_message_bytes: usize,
     histograms: Histograms,
+    budget: Budget,
 }
 
 impl Sampler {
@@ -151,7 +153,18 @@ impl Sampler {
                 duration: metrics::histogram!(m::TRACE_DURATION),
                 spans: metrics::histogram!(m::TRACE_SPANS),
             },
+            budget: Budget::default(),
         }
+    }
+
+    /// Sets the memory budget (default: [`Budget::default`]).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Takes one consumed message. `hold` stands for the message's offset: traces that still
@@ -184,7 +197,7 @@ impl Sampler {
                 .ingest(&group, hold, replayed, now, &self.decisions)
             {
                 Ingested::Buffered => {}
-                Ingested::Full => full.push(group.trace_id),
+                Ingested::Full(trigger) => full.push((group.trace_id, trigger)),
                 Ingested::Late(decision) => {
                     if decision.is_keep() {
                         summary.late_kept += group.len();
@@ -206,8 +219,8 @@ impl Sampler {
             .fetch_add(summary.late_dropped as u64, Ordering::Relaxed);
         if !full.is_empty() {
             let mut tally = Tally::default();
-            for id in full {
-                self.decide_counted(&id, Trigger::SpanLimit, now, &mut tally);
+            for (id, trigger) in full {
+                self.decide_counted(&id, trigger, now, &mut tally);
             }
             self.flush(tally);
         }
@@ -348,6 +361,19 @@ impl Sampler {
         }
     }
 
+    /// Publishes the counters kept in atomics (decision cache) to the metrics recorder. Called
+    /// periodically, off the hot path.
+    pub fn publish_metrics(&self) {
+        let s = self.decisions.stats();
+        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => "hit").absolute(s.hits);
+        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => "miss").absolute(s.misses);
+        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => "size").absolute(s.evicted_size);
+        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => "expired")
+            .absolute(s.evicted_expired);
+        metrics::gauge!(m::DECISION_CACHE_ENTRIES).set(s.entries as f64);
+        metrics::gauge!(m::DECISION_CACHE_BYTES).set(s.bytes as f64);
+    }
+
     /// Decides every trace that is complete at `now`. Returns how many were decided.
     pub fn decide_due(&self, now: Instant) -> usize {
         let mut due = Vec::new();
@@ -358,6 +384,33 @@ impl Sampler {
             n += usize::from(self.decide_counted(&id, trigger, at, &mut tally).is_some());
         }
         self.flush(tally);
+        n + self.relieve_memory(now)
+    }
+
+    /// If the buffer reached its budget (a burst fetched before back-pressure took effect),
+    /// decides the oldest traces now, with trigger `memory`, until it is back under the high
+    /// watermark. Returns how many were decided.
+    pub fn relieve_memory(&self, now: Instant) -> usize {
+        let bytes = self.buffer.bytes();
+        if bytes < self.budget.max_bytes {
+            return 0;
+        }
+        let oldest = self.buffer.oldest(bytes - self.budget.pause_above);
+        let mut tally = Tally::default();
+        let mut n = 0;
+        for id in &oldest {
+            n += usize::from(
+                self.decide_counted(id, Trigger::Memory, now, &mut tally)
+                    .is_some(),
+            );
+        }
+        self.flush(tally);
+        tracing::warn!(
+            bytes,
+            budget = self.budget.max_bytes,
+            decided = n,
+            "buffer reached its memory budget: oldest traces decided early"
+        );
         n
     }
 

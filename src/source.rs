@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::dead_letter::{DeadLetters, Letter};
 use crate::lag::LagTracker;
+use crate::memory::Budget;
 use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
@@ -309,7 +310,8 @@ impl TopicCounters {
 /// Settings of the ingest loop.
 pub struct IngestSettings {
     pub commit_interval: Duration,
-    pub max_bytes: u64,
+    /// Pause above its high watermark, resume below its low one.
+    pub budget: Budget,
     /// The encoding of each input topic.
     pub encodings: Box<dyn Fn(&str) -> Encoding + Send>,
     /// Where undecodable messages are copied, if anywhere.
@@ -329,7 +331,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     let mut drained = false;
     // Messages read since the last tick, for the progress that `/readyz` watches.
     let mut consumed: u64 = 0;
-    let resume_below = settings.max_bytes / 10 * 9;
+    let budget = settings.budget;
     loop {
         if health.stop.load(Ordering::Relaxed) {
             break;
@@ -425,25 +427,35 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
             }
             Some(Ok(_)) => {} // draining: fetched before the pause; replayed after restart
         }
-        // Back-pressure: the buffer is over budget, let Kafka hold the backlog.
+        // Back-pressure: the buffer is near its budget, let Kafka hold the backlog.
         let bytes = sampler.buffer.bytes();
         let paused = health.paused.load(Ordering::Relaxed);
-        if !drained && !paused && bytes > settings.max_bytes {
-            if let Ok(a) = consumer.assignment() {
+        if !drained && !paused && bytes > budget.pause_above {
+            let n = consumer.assignment().map_or(0, |a| {
                 let _ = consumer.pause(&a);
-                metrics::gauge!(m::PAUSED_PARTITIONS).set(a.count() as f64);
-            }
+                a.count()
+            });
             health.paused.store(true, Ordering::Relaxed);
             metrics::gauge!(m::PAUSED).set(1.0);
-            tracing::warn!(bytes, "buffer over budget: fetching paused");
-        } else if !drained && paused && bytes < resume_below {
+            metrics::gauge!(m::PAUSED_PARTITIONS).set(n as f64);
+            tracing::warn!(
+                bytes,
+                pause_above = budget.pause_above,
+                partitions = n,
+                "buffer above its high watermark: fetching paused"
+            );
+        } else if !drained && paused && bytes < budget.resume_below {
             if let Ok(a) = consumer.assignment() {
                 let _ = consumer.resume(&a);
             }
             health.paused.store(false, Ordering::Relaxed);
             metrics::gauge!(m::PAUSED).set(0.0);
             metrics::gauge!(m::PAUSED_PARTITIONS).set(0.0);
-            tracing::info!(bytes, "buffer below budget: fetching resumed");
+            tracing::info!(
+                bytes,
+                resume_below = budget.resume_below,
+                "buffer below its low watermark: fetching resumed"
+            );
         }
         if last_commit.elapsed() >= settings.commit_interval {
             last_commit = std::time::Instant::now();
@@ -453,6 +465,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
             commit(&consumer, CommitMode::Async);
             metrics::gauge!(m::TRACES_BUFFERED).set(sampler.buffer.len() as f64);
             metrics::gauge!(m::BYTES_BUFFERED).set(sampler.buffer.bytes() as f64);
+            sampler.publish_metrics();
         }
     }
     commit(&consumer, CommitMode::Sync);

@@ -143,7 +143,7 @@ async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
     // while more messages arrive, so lag grows and nothing is consumed.
     config.completion.decision_wait = Duration::from_secs(120);
     config.completion.max_trace_age = Duration::from_secs(120);
-    config.buffer.max_bytes = tailsift::config::ByteSize(1 << 20);
+    config.buffer.max_bytes = Some(tailsift::config::ByteSize(1 << 20));
     config.monitoring.lag_interval = Duration::from_millis(200);
     config.monitoring.stall_timeout = Duration::from_secs(2);
     let running = tailsift::pipeline::start(&config).await.expect("start");

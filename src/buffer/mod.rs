@@ -34,6 +34,8 @@ pub struct Completion {
     pub max_trace_age: Duration,
     /// Decide as soon as the trace holds this many spans.
     pub max_spans_per_trace: u32,
+    /// Decide as soon as the trace's buffered bytes (as counted against the budget) reach this.
+    pub max_trace_bytes: u32,
 }
 
 impl Default for Completion {
@@ -43,6 +45,7 @@ impl Default for Completion {
             root_grace: Duration::from_secs(2),
             max_trace_age: Duration::from_secs(60),
             max_spans_per_trace: 10_000,
+            max_trace_bytes: 16 << 20,
         }
     }
 }
@@ -153,8 +156,9 @@ impl TraceEntry {
 pub enum Ingested {
     /// Buffered with its trace.
     Buffered,
-    /// Buffered, and the trace reached the span limit: decide it now.
-    Full,
+    /// Buffered, and the trace reached its span limit (trigger `span_limit`) or byte limit
+    /// (`byte_limit`): decide it now.
+    Full(Trigger),
     /// The trace was already decided: the spans follow that decision.
     Late(Decision),
 }
@@ -209,8 +213,8 @@ impl Buffer {
                 if !e.holds.iter().any(|h| h.partition == hold.partition) {
                     e.holds.push(hold.clone());
                 }
-                if e.span_count >= self.completion.max_spans_per_trace {
-                    return Ingested::Full;
+                if let Some(trigger) = self.full(e) {
+                    return Ingested::Full(trigger);
                 }
                 if !root_before && e.root_seen.is_some() {
                     // The root moved the deadline earlier: schedule the earlier look.
@@ -241,18 +245,48 @@ impl Buffer {
                     scheduled: 0,
                 };
                 e.append(group, now);
-                let full = e.span_count >= self.completion.max_spans_per_trace;
+                let full = self.full(&e);
                 e.scheduled = self.index.bucket(e.deadline(&self.completion).0);
                 self.index.schedule(group.trace_id, e.scheduled);
                 self.bytes.fetch_add(i64::from(e.bytes), Ordering::Relaxed);
                 v.insert(e);
-                if full {
-                    Ingested::Full
-                } else {
-                    Ingested::Buffered
+                match full {
+                    Some(trigger) => Ingested::Full(trigger),
+                    None => Ingested::Buffered,
                 }
             }
         }
+    }
+
+    /// Whether a trace reached a size limit, and which.
+    fn full(&self, e: &TraceEntry) -> Option<Trigger> {
+        if e.span_count >= self.completion.max_spans_per_trace {
+            Some(Trigger::SpanLimit)
+        } else if e.bytes >= self.completion.max_trace_bytes {
+            Some(Trigger::ByteLimit)
+        } else {
+            None
+        }
+    }
+
+    /// The oldest traces (by first arrival) whose bytes add up to at least `bytes`, oldest
+    /// first. A full scan: only for memory pressure, which back-pressure keeps rare.
+    pub fn oldest(&self, bytes: u64) -> Vec<TraceId> {
+        let mut all: Vec<(u64, u32, TraceId)> = self
+            .map
+            .iter()
+            .map(|r| (r.first_seen, r.bytes, *r.key()))
+            .collect();
+        all.sort_unstable_by_key(|t| t.0);
+        let mut freed = 0u64;
+        all.into_iter()
+            .take_while(|(_, b, _)| {
+                let more = freed < bytes;
+                freed += u64::from(*b);
+                more
+            })
+            .map(|t| t.2)
+            .collect()
     }
 
     /// Appends to `out` every trace whose completion deadline has passed at `now`, with the

@@ -19,6 +19,7 @@ fn buffer(max_spans: u32) -> Buffer {
         root_grace: GRACE,
         max_trace_age: AGE,
         max_spans_per_trace: max_spans,
+        max_trace_bytes: 1 << 20,
     })
 }
 
@@ -126,7 +127,10 @@ async fn span_limit_trigger_fires_at_the_limit() {
     let two = (2..4).map(|i| span(t, i, Some(1), "s", 1, 2)).collect();
     assert_eq!(ingest(&b, &c, &request("a", two)), vec![Ingested::Buffered]);
     let one = vec![span(t, 9, Some(1), "s", 1, 2)];
-    assert_eq!(ingest(&b, &c, &request("a", one)), vec![Ingested::Full]);
+    assert_eq!(
+        ingest(&b, &c, &request("a", one)),
+        vec![Ingested::Full(Trigger::SpanLimit)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
