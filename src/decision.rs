@@ -87,7 +87,7 @@ impl Trigger {
 /// Bytes one remembered decision is counted at: its key and value, plus moka's per-entry
 /// bookkeeping (the entry's `Arc`s, access-order and write-order deque nodes, the hash table
 /// slot). Measured with `cargo bench --bench memory` (see the README's memory model).
-pub const CACHE_ENTRY_BYTES: u64 = 160;
+pub const CACHE_ENTRY_BYTES: u64 = 368;
 
 /// Lookups and evictions of the decision cache, counted with relaxed atomics on the hot path
 /// and published in bulk (see [`DecisionCache::counts`]).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::intern::Interner;
 use super::wire::{Fields, WireError};
 use super::{SpanContext, TraceId};
 
@@ -67,6 +68,8 @@ struct SpanRec {
 pub struct Decoder {
     spans: Vec<SpanRec>,
     contexts: Vec<Arc<SpanContext>>,
+    /// One shared copy of each resource and scope, across messages.
+    interner: Interner,
     /// Spans skipped because their trace id is missing or invalid, in the last message.
     pub invalid_spans: usize,
 }
@@ -121,6 +124,7 @@ impl Decoder {
         self.spans.clear();
         self.contexts.clear();
         self.invalid_spans = 0;
+        self.interner.message();
         if buf.is_empty() {
             return Err(DecodeError::Empty);
         }
@@ -175,8 +179,8 @@ impl Decoder {
                 }
             }
             if first_span.is_some_and(|i| i < self.spans.len()) {
-                self.contexts
-                    .push(Arc::new(SpanContext::new(resource.clone(), scope)));
+                let ctx = self.interner.get(&resource, &scope);
+                self.contexts.push(ctx);
             }
         }
         Ok(())

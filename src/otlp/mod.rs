@@ -4,6 +4,7 @@
 pub mod build;
 pub mod decode;
 pub mod encode;
+pub mod intern;
 pub mod json;
 pub mod view;
 pub mod wire;
@@ -87,11 +88,23 @@ impl fmt::Display for TraceId {
 
 /// The resource and scope that a run of spans arrived under, kept as raw protobuf fields:
 /// `ResourceSpans` minus its scope spans, and `ScopeSpans` minus its spans.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct SpanContext {
     bytes: Box<[u8]>,
     split: usize,
+    /// Shared through the decoder's [`intern::Interner`]: its memory is bounded there, so a
+    /// trace holding it does not count it against the budget.
+    pub interned: bool,
 }
+
+/// Equal when the fields are, interned or not.
+impl PartialEq for SpanContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.split == other.split && self.bytes == other.bytes
+    }
+}
+
+impl Eq for SpanContext {}
 
 impl SpanContext {
     pub fn new(mut resource: Vec<u8>, scope: Vec<u8>) -> Self {
@@ -100,6 +113,7 @@ impl SpanContext {
         SpanContext {
             bytes: resource.into_boxed_slice(),
             split,
+            interned: false,
         }
     }
 
@@ -113,8 +127,18 @@ impl SpanContext {
         &self.bytes[self.split..]
     }
 
-    /// Bytes this context occupies, for the memory budget.
+    /// Bytes this context occupies.
     pub fn size(&self) -> usize {
         self.bytes.len() + std::mem::size_of::<Self>()
+    }
+
+    /// Bytes a trace holding this context counts against the memory budget: none for an
+    /// interned context (bounded by the interner), else its size.
+    pub fn budget_size(&self) -> usize {
+        if self.interned {
+            0
+        } else {
+            self.size()
+        }
     }
 }

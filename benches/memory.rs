@@ -1,0 +1,168 @@
+//! Resident memory per buffered span, against the spans' encoded size.
+//!
+//! Run with `cargo bench --bench memory [-- TRACES]` (default 50 000 traces). It buffers
+//! realistic traces from the demo generator (checkouts of about 10 spans of about 300-400
+//! bytes, one message per service, as the Collector's kafka exporter sends them keyed by
+//! trace id) in the sampler's buffer, with completion times that never fire, and reads the
+//! process's resident memory (`VmRSS` in `/proc/self/status`) before and after. The messages
+//! are generated, ingested and freed one trace at a time, as consumed Kafka messages are, so
+//! the allocator's fragmentation is part of the figure. Then the same for the decision cache.
+//!
+//! The target: at most 1.3x the encoded span bytes plus 100 bytes per trace.
+//! Allocation sizes do not depend on the build profile, so `--profile dev` gives the same
+//! figures, faster to build.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tailsift::buffer::{Completion, TRACE_OVERHEAD};
+use tailsift::decision::{Decision, DecisionCache, CACHE_ENTRY_BYTES};
+use tailsift::demo::generator::{Generator, GeneratorConfig};
+use tailsift::offsets::OffsetHold;
+use tailsift::otlp::decode::Decoder;
+use tailsift::otlp::TraceId;
+use tailsift::sampler::{Output, Sampler, Ticket};
+
+struct Discard;
+
+impl Output for Discard {
+    fn send(&self, _: &TraceId, _: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
+        std::hint::black_box(messages);
+    }
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Returns freed heap memory to the system, so that the baseline is what is really in use.
+fn trim() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn main() {
+    let traces: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(50_000);
+    let never = Duration::from_secs(3600);
+    let sampler = Sampler::new(
+        Completion {
+            decision_wait: never,
+            root_grace: never,
+            max_trace_age: never,
+            ..Completion::default()
+        },
+        tailsift::demo::embedded_rules().expect("example rules"),
+        DecisionCache::new(10, never),
+        Arc::new(Discard),
+        1_000_000,
+    );
+    let mut gen = Generator::new(GeneratorConfig::default(), 7);
+    let mut decoder = Decoder::new();
+    let now = tokio::time::Instant::now();
+    // Warm up: the generator, the decoder's scratch space, the map's first shards.
+    for i in 0..1000u64 {
+        let t = gen.next_trace(1_600_000_000_000_000_000 + i);
+        std::hint::black_box(t);
+    }
+    trim();
+    let before = rss();
+    let (mut spans, mut span_bytes, mut message_bytes) = (0u64, 0u64, 0u64);
+    for i in 0..traces {
+        let t = gen.next_trace(1_700_000_000_000_000_000 + i as u64 * 1_000_000);
+        for (offset, msg) in t.messages.iter().enumerate() {
+            message_bytes += msg.len() as u64;
+            decoder.decode(msg).expect("generated messages decode");
+            for g in decoder.groups(msg) {
+                for s in g.spans() {
+                    spans += 1;
+                    span_bytes += s.bytes.len() as u64;
+                }
+            }
+            let hold = Arc::new(OffsetHold {
+                partition: 0,
+                offset: offset as i64,
+            });
+            sampler
+                .ingest(&mut decoder, msg, &hold, false, now)
+                .expect("ingest");
+        }
+    }
+    trim();
+    let after = rss();
+    assert_eq!(sampler.buffer.len(), traces, "every trace is buffered");
+    let resident = after.saturating_sub(before);
+    let counted = sampler.buffer.bytes();
+    let n = traces as f64;
+    let target = 1.3 * span_bytes as f64 + 100.0 * n;
+    println!(
+        "buffer: {traces} traces, {spans} spans ({:.1} spans/trace)",
+        spans as f64 / n
+    );
+    println!(
+        "  encoded spans    {:>12} B  ({:.0} B/span; messages {message_bytes} B)",
+        span_bytes,
+        span_bytes as f64 / spans as f64
+    );
+    println!(
+        "  resident (RSS)   {:>12} B  ({:.0} B/span, {:.0} B/trace)",
+        resident,
+        resident as f64 / spans as f64,
+        resident as f64 / n
+    );
+    println!(
+        "  counted (budget) {:>12} B  (TRACE_OVERHEAD {TRACE_OVERHEAD} B)",
+        counted
+    );
+    println!(
+        "  resident / encoded = {:.3}; resident / counted = {:.3}",
+        resident as f64 / span_bytes as f64,
+        resident as f64 / counted as f64
+    );
+    println!(
+        "  per-trace overhead beyond the encoded spans: {:.0} B",
+        (resident as f64 - span_bytes as f64) / n
+    );
+    println!(
+        "  target 1.3 x encoded + 100 B/trace = {:.0} B: {}",
+        target,
+        if (resident as f64) <= target {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    drop(sampler);
+
+    // The decision cache: resident bytes per remembered decision.
+    trim();
+    let before = rss();
+    let entries = traces as u64 * 4;
+    let cache = DecisionCache::with_max_bytes(u64::MAX / 2, never);
+    let rule: Arc<str> = "baseline".into();
+    for i in 0..entries {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i + 1).to_le_bytes());
+        id[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        cache.insert(TraceId(id), Decision::Drop { rule: rule.clone() });
+    }
+    let stats = cache.stats();
+    trim();
+    let resident = rss().saturating_sub(before);
+    println!(
+        "decision cache: {} entries, {:.0} resident B/entry (counted at CACHE_ENTRY_BYTES = {CACHE_ENTRY_BYTES})",
+        stats.entries,
+        resident as f64 / stats.entries.max(1) as f64
+    );
+}
