@@ -257,6 +257,18 @@ pub struct MonitoringConfig {
     /// consumer). Default 60s.
     #[serde(default = "d_stall_timeout", with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Count rate, errors and duration of every SERVER and CONSUMER span, before sampling, per
+    /// service and operation (`tailsift_red_*`). Default true.
+    #[serde(default = "d_true")]
+    pub red_metrics: bool,
+    /// Services given their own label in the RED and broken-trace metrics; spans of further
+    /// services count as service `other`. Default 100.
+    #[serde(default = "d_max_services")]
+    pub max_services: usize,
+    /// Operations per service given their own label in the RED metrics; further ones count as
+    /// operation `other`. Default 50.
+    #[serde(default = "d_max_operations")]
+    pub max_operations_per_service: usize,
 }
 
 impl Default for MonitoringConfig {
@@ -264,6 +276,9 @@ impl Default for MonitoringConfig {
         MonitoringConfig {
             lag_interval: d_lag_interval(),
             stall_timeout: d_stall_timeout(),
+            red_metrics: true,
+            max_services: d_max_services(),
+            max_operations_per_service: d_max_operations(),
         }
     }
 }
@@ -370,6 +385,15 @@ fn d_lag_interval() -> Duration {
 }
 fn d_stall_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn d_true() -> bool {
+    true
+}
+fn d_max_services() -> usize {
+    100
+}
+fn d_max_operations() -> usize {
+    50
 }
 fn d_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
@@ -545,6 +569,12 @@ impl Config {
             return Err(invalid(
                 "monitoring.lag_interval",
                 "must be at least 100ms".into(),
+            ));
+        }
+        if mon.max_services == 0 || mon.max_operations_per_service == 0 {
+            return Err(invalid(
+                "monitoring.max_services",
+                "max_services and max_operations_per_service must be at least 1".into(),
             ));
         }
         if mon.stall_timeout <= mon.lag_interval {
@@ -766,6 +796,14 @@ mod tests {
                 format!("{MINIMAL}decision_cache:\n  max_bytes: 100\n"),
                 "at least 16 decisions",
             ),
+            (
+                format!("{MINIMAL}monitoring:\n  max_services: 0\n"),
+                "`monitoring.max_services`",
+            ),
+            (
+                format!("{MINIMAL}monitoring:\n  red_metrics: maybe\n"),
+                "red_metrics",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).expect_err(&text);
@@ -797,6 +835,15 @@ mod tests {
         assert_eq!(
             example.monitoring.stall_timeout,
             minimal.monitoring.stall_timeout
+        );
+        assert!(example.monitoring.red_metrics && minimal.monitoring.red_metrics);
+        assert_eq!(
+            example.monitoring.max_services,
+            minimal.monitoring.max_services
+        );
+        assert_eq!(
+            example.monitoring.max_operations_per_service,
+            minimal.monitoring.max_operations_per_service
         );
     }
 

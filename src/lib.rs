@@ -9,8 +9,10 @@
 //! - [`otlp`]: the wire format: decode requests into per-trace span groups, read spans for the
 //!   rules, encode kept traces from the spans' original bytes.
 //! - [`buffer`]: the sharded trace map and its deadline index; completion triggers.
+//! - [`red`]: rate, errors and duration per service and operation from every span.
 //! - [`rules`]: rule files, compiled conditions, deterministic sampling.
 //! - [`memory`]: the byte budget (configured or from the container limit) and its watermarks.
+//! - [`broken`]: broken traces at decision time: orphan spans per service, missing roots.
 //! - [`decision`]: decisions, triggers, and the cache that late spans follow.
 //! - [`offsets`]: which offsets are safe to commit (the at-least-once bookkeeping).
 //! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
@@ -25,6 +27,7 @@
 //! - [`metrics`]: every metric's name and description.
 //! - [`demo`]: the embedded default: in-process Kafka, trace generator, live summary.
 
+pub mod broken;
 pub mod buffer;
 pub mod config;
 pub mod dead_letter;
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod otlp;
 pub mod pipeline;
+pub mod red;
 pub mod rules;
 pub mod sampler;
 pub mod sink;

@@ -43,6 +43,17 @@ pub const DECISION_CACHE_LOOKUPS: &str = "tailsift_decision_cache_lookups_total"
 pub const DECISION_CACHE_EVICTIONS: &str = "tailsift_decision_cache_evictions_total";
 pub const DECISION_CACHE_ENTRIES: &str = "tailsift_decision_cache_entries";
 pub const DECISION_CACHE_BYTES: &str = "tailsift_decision_cache_bytes";
+pub const RED_REQUESTS: &str = "tailsift_red_requests_total";
+pub const RED_ERRORS: &str = "tailsift_red_errors_total";
+pub const RED_DURATION: &str = "tailsift_red_duration_seconds";
+pub const RED_OVERFLOW: &str = "tailsift_red_overflow_spans_total";
+pub const ORPHAN_SPANS: &str = "tailsift_orphan_spans_total";
+pub const TRACES_WITHOUT_ROOT: &str = "tailsift_traces_without_root_total";
+
+/// Buckets of the RED duration histogram, in seconds.
+pub const RED_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -244,6 +255,7 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
         CONSUMER_ERRORS,
         LAG_QUERY_FAILURES,
         DEAD_LETTER_ERRORS,
+        TRACES_WITHOUT_ROOT,
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -281,7 +293,8 @@ pub fn init_rules(rules: &[&str]) {
 
 /// Histogram buckets per metric.
 fn builder() -> PrometheusBuilder {
-    let buckets: [(&str, &[f64]); 3] = [
+    let buckets: [(&str, &[f64]); 4] = [
+        (RED_DURATION, RED_DURATION_BUCKETS),
         (
             DECISION_LATENCY,
             &[
@@ -332,6 +345,7 @@ pub fn install() -> PrometheusHandle {
             // renders nothing, which the tests would show.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            handle.run_upkeep(); // publishes the descriptions
             handle
         })
         .clone()

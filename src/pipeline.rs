@@ -128,6 +128,9 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         )
         .with_budget(budget),
     );
+    sampler
+        .orphan_services
+        .set_max(config.monitoring.max_services);
     let health = Arc::new(Health::default());
     let (http_addr, server) = crate::http::bind(
         config.http.listen,
@@ -171,6 +174,13 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         dead_letters: dead_letters.clone(),
         commit_interval: config.kafka.commit_interval,
         budget,
+        red: config
+            .monitoring
+            .red_metrics
+            .then_some(crate::red::RedLimits {
+                max_services: config.monitoring.max_services,
+                max_operations: config.monitoring.max_operations_per_service,
+            }),
         encodings: {
             let c = config.clone();
             Box::new(move |topic| c.encoding_of(topic))

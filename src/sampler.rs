@@ -91,6 +91,9 @@ type DecidedKey = (Arc<str>, bool, Trigger);
 pub struct Tally {
     /// (rule, kept, trigger) -> traces. A handful of entries: looked up by scanning.
     decided: Vec<(DecidedKey, u64)>,
+    /// Orphan spans per service, and traces decided without their root.
+    orphans: Vec<(Box<[u8]>, u64)>,
+    without_root: u64,
 }
 
 impl Tally {
@@ -132,6 +135,8 @@ pub struct Sampler {
     max_message_bytes: usize,
     histograms: Histograms,
     budget: Budget,
+    /// Service labels of the orphan-span counter (capped).
+    pub orphan_services: crate::broken::ServiceLabels,
 }
 
 impl Sampler {
@@ -154,6 +159,7 @@ impl Sampler {
                 spans: metrics::histogram!(m::TRACE_SPANS),
             },
             budget: Budget::default(),
+            orphan_services: crate::broken::ServiceLabels::default(),
         }
     }
 
@@ -314,6 +320,7 @@ impl Sampler {
             let view = TraceView::new(*id, entry);
             let d = rules.decide(&view);
             self.decisions.insert(*id, d.clone());
+            tally.without_root += u64::from(crate::broken::inspect(&view, &mut tally.orphans));
             d
         })?;
         tally.decided(&decision, trigger);
@@ -349,6 +356,10 @@ impl Sampler {
     fn flush(&self, tally: Tally) {
         if tally.decided.is_empty() {
             return;
+        }
+        self.orphan_services.record(&tally.orphans);
+        if tally.without_root > 0 {
+            metrics::counter!(m::TRACES_WITHOUT_ROOT).increment(tally.without_root);
         }
         let mut by_rule = self.stats.by_rule.lock().unwrap_or_else(|e| e.into_inner());
         for ((rule, kept, trigger), n) in tally.decided {

@@ -316,6 +316,8 @@ pub struct IngestSettings {
     pub encodings: Box<dyn Fn(&str) -> Encoding + Send>,
     /// Where undecodable messages are copied, if anywhere.
     pub dead_letters: Option<Arc<DeadLetters>>,
+    /// RED metrics from every span, unless turned off.
+    pub red: Option<crate::red::RedLimits>,
 }
 
 /// The ingest thread's body: poll, ingest, commit, until told to stop.
@@ -332,6 +334,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     // Messages read since the last tick, for the progress that `/readyz` watches.
     let mut consumed: u64 = 0;
     let budget = settings.budget;
+    let mut red = settings.red.map(crate::red::Red::new);
     loop {
         if health.stop.load(Ordering::Relaxed) {
             break;
@@ -380,7 +383,12 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                             .fetch_add(1, Ordering::Relaxed);
                     })
                     .and_then(|proto| {
-                        sampler.ingest(&mut decoder, proto, &hold, replayed, Instant::now())
+                        let r =
+                            sampler.ingest(&mut decoder, proto, &hold, replayed, Instant::now());
+                        if let (Ok(_), Some(red)) = (&r, red.as_mut()) {
+                            red.observe(&decoder, proto);
+                        }
+                        r
                     });
                 match ingested {
                     Ok(s) => {
@@ -461,6 +469,9 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
             last_commit = std::time::Instant::now();
             if std::mem::take(&mut consumed) > 0 {
                 health.lag.progress();
+            }
+            if let Some(red) = red.as_mut() {
+                red.flush();
             }
             commit(&consumer, CommitMode::Async);
             metrics::gauge!(m::TRACES_BUFFERED).set(sampler.buffer.len() as f64);

@@ -179,3 +179,37 @@ async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
     assert!(running.health.lag.total().is_some_and(|l| l >= 20));
     running.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_metrics_can_be_turned_off() {
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let mut config = config(&input, &output, Path::new("rules"));
+    config.monitoring.red_metrics = false;
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let service = unique("red-off");
+    let p = producer();
+    let t = trace_id(4242);
+    send(
+        &p,
+        &input,
+        &TraceId(t).to_hex(),
+        &request(&service, vec![span(t, 1, None, "GET /", 1, 2)]),
+    );
+    flush(&p);
+    assert!(
+        eventually(Duration::from_secs(20), || running.sampler.stats.kept()
+            + running.sampler.stats.dropped()
+            == 1)
+        .await,
+        "the trace is decided"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // past the next flush tick
+    let (_, body) = http_get(running.http_addr, "/metrics").expect("metrics");
+    assert!(
+        !body.contains(&format!("service=\"{service}\"")),
+        "no RED series for {service}"
+    );
+    running.shutdown().await.expect("shutdown");
+}

@@ -127,8 +127,26 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
             send_msg(&key, &request(svc, s), k);
         }
     }
+    // Broken traces: 5 whose middle span (the CLIENT call) never arrives, 3 with only the
+    // stock span (no root either). All dropped.
+    let (broken, rootless) = (5u64, 3u64);
+    let first_broken = errors + ordinary;
+    for n in first_broken..first_broken + broken + rootless {
+        let key = TraceId(trace_id(n)).to_hex();
+        let mut parts = trace(n, false);
+        parts[0].1.truncate(1); // frontend sends its root only, not the call
+        if n >= first_broken + broken {
+            parts.remove(0);
+        }
+        for (svc, s) in parts {
+            let k = s.len() as u64;
+            send_msg(&key, &request(svc, s), k);
+        }
+    }
     send_msg("garbage", b"\x0a\xff\xff\xff\x0f not protobuf", 0);
     flush(&p);
+    let all = errors + ordinary + broken + rootless;
+    let dropped = ordinary + broken + rootless;
 
     let scrape = || http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default();
     let value = |body: &str, name: &str, labels: &str| metric(body, name, labels).unwrap_or(0.0);
@@ -136,7 +154,7 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
     assert!(
         eventually(Duration::from_secs(30), || {
             let b = scrape();
-            decided(&b) == (errors + ordinary) as f64
+            decided(&b) == all as f64
                 && value(&b, "tailsift_spans_forwarded_total", "") == (3 * errors) as f64
         })
         .await,
@@ -168,7 +186,6 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
         scrape()
     );
 
-    let body = scrape();
     let topic = format!("topic=\"{input}\"");
     let checks: Vec<(&str, String, f64)> = vec![
         (
@@ -191,12 +208,17 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
         (
             "tailsift_traces_decided_total",
             "outcome=\"dropped\",rule=\"drop-rest\"".into(),
-            ordinary as f64,
+            dropped as f64,
         ),
         (
             "tailsift_traces_decided_total",
             "rule=\"drop-rest\",trigger=\"root\"".into(),
-            ordinary as f64,
+            (ordinary + broken) as f64,
+        ),
+        (
+            "tailsift_traces_decided_total",
+            "rule=\"drop-rest\",trigger=\"idle\"".into(),
+            rootless as f64,
         ),
         ("tailsift_late_spans_total", "outcome=\"kept\"".into(), 1.0),
         (
@@ -217,36 +239,116 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
         (
             "tailsift_trace_duration_seconds_count",
             String::new(),
-            (errors + ordinary) as f64,
+            all as f64,
         ),
         (
             "tailsift_trace_spans_sum",
             String::new(),
-            (3 * (errors + ordinary)) as f64,
+            (3 * (errors + ordinary) + 2 * broken + rootless) as f64,
+        ),
+        // RED, before sampling: every SERVER span, kept or not, late or not.
+        (
+            "tailsift_red_requests_total",
+            "kind=\"server\",operation=\"/api/items/{id}\",service=\"frontend\"".into(),
+            (errors + ordinary + broken) as f64,
+        ),
+        (
+            "tailsift_red_requests_total",
+            "operation=\"check\",service=\"stock\"".into(),
+            all as f64,
+        ),
+        (
+            "tailsift_red_requests_total",
+            "operation=\"late\",service=\"stock\"".into(),
+            2.0,
+        ),
+        (
+            "tailsift_red_requests_total",
+            "kind=\"consumer\"".into(),
+            0.0,
+        ),
+        (
+            "tailsift_red_errors_total",
+            "operation=\"check\",service=\"stock\"".into(),
+            errors as f64,
+        ),
+        (
+            "tailsift_red_errors_total",
+            "service=\"frontend\"".into(),
+            0.0,
+        ),
+        (
+            "tailsift_red_duration_seconds_count",
+            "service=\"frontend\"".into(),
+            (errors + ordinary + broken) as f64,
+        ),
+        (
+            "tailsift_red_duration_seconds_bucket",
+            "le=\"0.05\",operation=\"/api/items/{id}\"".into(),
+            0.0,
+        ),
+        (
+            "tailsift_red_duration_seconds_bucket",
+            "le=\"0.1\",operation=\"/api/items/{id}\"".into(),
+            (errors + ordinary + broken) as f64,
+        ),
+        ("tailsift_red_overflow_spans_total", String::new(), 0.0),
+        // Broken traces: the stock spans whose parent (the call) never arrived.
+        (
+            "tailsift_orphan_spans_total",
+            "service=\"stock\"".into(),
+            (broken + rootless) as f64,
+        ),
+        (
+            "tailsift_orphan_spans_total",
+            "service=\"frontend\"".into(),
+            0.0,
+        ),
+        (
+            "tailsift_traces_without_root_total",
+            String::new(),
+            rootless as f64,
         ),
         ("tailsift_traces_buffered", String::new(), 0.0),
         ("tailsift_assigned_partitions", String::new(), 2.0),
+        // Traces with their root lasted 80 ms, the rootless ones 48 ms.
+        (
+            "tailsift_trace_duration_seconds_bucket",
+            "le=\"0.05\"".into(),
+            rootless as f64,
+        ),
+        (
+            "tailsift_trace_duration_seconds_bucket",
+            "le=\"0.1\"".into(),
+            all as f64,
+        ),
     ];
-    for (name, labels, want) in &checks {
-        let got = labels_match(&body, name, labels);
-        assert_eq!(got, *want, "{name}{{{labels}}}\n{body}");
-    }
-    // Every trace lasted 80 ms: all in the (0.05, 0.1] bucket.
-    assert_eq!(
-        labels_match(
-            &body,
-            "tailsift_trace_duration_seconds_bucket",
-            "le=\"0.05\""
-        ),
-        0.0
+    // RED counts are flushed once per commit tick: wait for the last one.
+    let mismatches = |body: &str| -> Vec<String> {
+        checks
+            .iter()
+            .filter_map(|(name, labels, want)| {
+                let got = labels_match(body, name, labels);
+                (got != *want).then(|| format!("{name}{{{labels}}} = {got}, want {want}"))
+            })
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || mismatches(&scrape()).is_empty()).await,
+        "{:#?}\n{}",
+        mismatches(&scrape()),
+        scrape()
     );
-    assert_eq!(
-        labels_match(
-            &body,
-            "tailsift_trace_duration_seconds_bucket",
-            "le=\"0.1\""
-        ),
-        (errors + ordinary) as f64
+    let body = scrape();
+    let red_sum = labels_match(
+        &body,
+        "tailsift_red_duration_seconds_sum",
+        "service=\"frontend\"",
+    );
+    let want_sum = 0.08 * (errors + ordinary + broken) as f64;
+    assert!(
+        (red_sum - want_sum).abs() < 1e-6,
+        "RED duration sum {red_sum}, want {want_sum}"
     );
 
     // The catalog, both ways.

@@ -49,6 +49,8 @@ pub struct SpanFacts {
     pub end: u64,
     pub is_root: bool,
     pub is_error: bool,
+    /// `SpanKind` number: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
+    pub kind: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +202,7 @@ impl Decoder {
                 (4, v) => {
                     facts.is_root = v.as_bytes().is_none_or(|b| b.iter().all(|&x| x == 0));
                 }
+                (6, v) => facts.kind = v.as_u64().unwrap_or(0).min(255) as u8,
                 (7, v) => facts.start = v.as_u64().unwrap_or(0),
                 (8, v) => facts.end = v.as_u64().unwrap_or(0),
                 (15, v) => {

@@ -1,0 +1,337 @@
+//! RED metrics (rate, errors, duration) from every span, before sampling.
+//!
+//! tailsift sees 100% of the spans, so it can count requests per service and operation without
+//! the bias of whatever fraction it keeps. Only SERVER and CONSUMER spans count (a request
+//! handled, a message processed); the operation is the span's `http.route` attribute, else its
+//! name. The ingest thread owns one [`Red`]: each message's spans are added to local counts
+//! (no locks, no allocation once a service and operation are known), and [`Red::flush`]
+//! records them into the metrics once per tick, one update per series.
+//!
+//! Cardinality is capped: at most `max_services` services (more are counted as service
+//! `other`) and `max_operations` operations per service (more as operation `other`); spans
+//! folded that way are counted in `tailsift_red_overflow_spans_total`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::metrics as m;
+use crate::otlp::decode::Decoder;
+use crate::otlp::view::{find_attr, AttrValue, ContextView, SpanView};
+use crate::otlp::SpanContext;
+
+/// The label of whatever goes over a cardinality cap.
+pub const OTHER: &str = "other";
+/// The service of spans whose resource has no `service.name` (OpenTelemetry's default).
+pub const UNKNOWN_SERVICE: &[u8] = b"unknown_service";
+/// Longest label value kept (longer names are cut at a character boundary).
+const MAX_LABEL: usize = 128;
+
+const SERVER: u8 = 2;
+const CONSUMER: u8 = 5;
+
+/// The caps.
+#[derive(Debug, Clone, Copy)]
+pub struct RedLimits {
+    pub max_services: usize,
+    pub max_operations: usize,
+}
+
+struct Op {
+    requests: u64,
+    errors: u64,
+    /// Per bucket of [`m::RED_DURATION_BUCKETS`] (and one above the last): count and sum.
+    buckets: Vec<(u64, f64)>,
+    requests_c: metrics::Counter,
+    errors_c: metrics::Counter,
+    duration_h: metrics::Histogram,
+}
+
+struct Service {
+    label: Arc<str>,
+    /// Per kind (server, consumer): operation -> index in `ops`.
+    by_name: [HashMap<Box<[u8]>, usize>; 2],
+    ops: Vec<Op>,
+    /// (kind) -> index of the `other` operation, once created.
+    other: [Option<usize>; 2],
+    overflow: u64,
+    overflow_c: metrics::Counter,
+}
+
+/// Local RED counts of the ingest thread.
+pub struct Red {
+    limits: RedLimits,
+    by_name: HashMap<Box<[u8]>, usize>,
+    services: Vec<Service>,
+    other: Option<usize>,
+    /// Per message: context address -> service index (contexts are shared by their spans).
+    ctx_cache: Vec<(usize, usize)>,
+}
+
+/// A label value from bytes: lossy UTF-8, cut to [`MAX_LABEL`].
+pub fn label(b: &[u8]) -> Arc<str> {
+    let s = String::from_utf8_lossy(b);
+    let mut end = s.len().min(MAX_LABEL);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Arc::from(&s[..end])
+}
+
+fn kind_index(kind: u8) -> usize {
+    usize::from(kind == CONSUMER)
+}
+
+fn kind_label(kind: u8) -> &'static str {
+    if kind == CONSUMER {
+        "consumer"
+    } else {
+        "server"
+    }
+}
+
+impl Op {
+    fn new(service: &Arc<str>, operation: &Arc<str>, kind: u8) -> Self {
+        let labels = [
+            ("service", service.to_string()),
+            ("operation", operation.to_string()),
+            ("kind", kind_label(kind).to_string()),
+        ];
+        Op {
+            requests: 0,
+            errors: 0,
+            buckets: vec![(0, 0.0); m::RED_DURATION_BUCKETS.len() + 1],
+            requests_c: metrics::counter!(m::RED_REQUESTS, &labels),
+            errors_c: metrics::counter!(m::RED_ERRORS, &labels),
+            duration_h: metrics::histogram!(m::RED_DURATION, &labels),
+        }
+    }
+
+    fn add(&mut self, seconds: f64, error: bool) {
+        self.requests += 1;
+        self.errors += u64::from(error);
+        let b = m::RED_DURATION_BUCKETS.partition_point(|le| *le < seconds);
+        let slot = &mut self.buckets[b];
+        slot.0 += 1;
+        slot.1 += seconds;
+    }
+
+    fn flush(&mut self) {
+        if self.requests == 0 {
+            return;
+        }
+        self.requests_c.increment(self.requests);
+        self.errors_c.increment(self.errors);
+        for (count, sum) in &mut self.buckets {
+            if *count > 0 {
+                // The mean of a bucket's samples lies in that bucket: recording it `count`
+                // times keeps both the bucket counts and the sum exact.
+                self.duration_h
+                    .record_many(*sum / *count as f64, *count as usize);
+                *count = 0;
+                *sum = 0.0;
+            }
+        }
+        self.requests = 0;
+        self.errors = 0;
+    }
+}
+
+impl Service {
+    fn new(label: Arc<str>) -> Self {
+        let overflow_c = metrics::counter!(m::RED_OVERFLOW, "service" => label.to_string());
+        overflow_c.absolute(0);
+        Service {
+            label,
+            by_name: [HashMap::new(), HashMap::new()],
+            ops: Vec::new(),
+            other: [None; 2],
+            overflow: 0,
+            overflow_c,
+        }
+    }
+
+    /// The operation's index, and whether it went over the cap (counted as `other`).
+    fn op(&mut self, kind: u8, name: &[u8], max: usize) -> (usize, bool) {
+        let k = kind_index(kind);
+        if let Some(i) = self.by_name[k].get(name) {
+            return (*i, false);
+        }
+        if self.by_name[0].len() + self.by_name[1].len() >= max {
+            if let Some(i) = self.other[k] {
+                return (i, true);
+            }
+            self.ops.push(Op::new(&self.label, &Arc::from(OTHER), kind));
+            self.other[k] = Some(self.ops.len() - 1);
+            return (self.ops.len() - 1, true);
+        }
+        self.ops.push(Op::new(&self.label, &label(name), kind));
+        let i = self.ops.len() - 1;
+        self.by_name[k].insert(Box::from(name), i);
+        (i, false)
+    }
+}
+
+impl Red {
+    pub fn new(limits: RedLimits) -> Self {
+        Red {
+            limits,
+            by_name: HashMap::new(),
+            services: Vec::new(),
+            other: None,
+            ctx_cache: Vec::new(),
+        }
+    }
+
+    fn service(&mut self, ctx: &Arc<SpanContext>) -> usize {
+        let addr = Arc::as_ptr(ctx) as usize;
+        if let Some((_, i)) = self.ctx_cache.iter().find(|(a, _)| *a == addr) {
+            return *i;
+        }
+        let view = ContextView::new(ctx);
+        let name = view.service_name().unwrap_or(UNKNOWN_SERVICE);
+        let i = match self.by_name.get(name) {
+            Some(i) => *i,
+            None if self.by_name.len() >= self.limits.max_services => match self.other {
+                Some(i) => i,
+                None => {
+                    self.services.push(Service::new(Arc::from(OTHER)));
+                    self.other = Some(self.services.len() - 1);
+                    self.services.len() - 1
+                }
+            },
+            None => {
+                self.services.push(Service::new(label(name)));
+                let i = self.services.len() - 1;
+                self.by_name.insert(Box::from(name), i);
+                i
+            }
+        };
+        self.ctx_cache.push((addr, i));
+        i
+    }
+
+    /// Counts the SERVER and CONSUMER spans of the message `decoder` last decoded from `buf`.
+    pub fn observe(&mut self, decoder: &Decoder, buf: &[u8]) {
+        self.ctx_cache.clear();
+        for group in decoder.groups(buf) {
+            for span in group.spans() {
+                let kind = span.facts.kind;
+                if kind != SERVER && kind != CONSUMER {
+                    continue;
+                }
+                let s = self.service(span.context);
+                let Ok(view) = SpanView::parse(span.bytes) else {
+                    continue;
+                };
+                let op = match find_attr(span.bytes, 9, b"http.route") {
+                    Some(AttrValue::Str(route)) if !route.is_empty() => route,
+                    _ => view.name,
+                };
+                let max = self.limits.max_operations;
+                let over_service_cap = Some(s) == self.other;
+                let service = &mut self.services[s];
+                let (o, over_op_cap) = service.op(kind, op, max);
+                service.overflow += u64::from(over_service_cap || over_op_cap);
+                let secs = span.facts.end.saturating_sub(span.facts.start) as f64 / 1e9;
+                service.ops[o].add(secs, span.facts.is_error);
+            }
+        }
+    }
+
+    /// Records the counts gathered since the last flush.
+    pub fn flush(&mut self) {
+        for s in &mut self.services {
+            for op in &mut s.ops {
+                op.flush();
+            }
+            if s.overflow > 0 {
+                s.overflow_c.increment(s.overflow);
+                s.overflow = 0;
+            }
+        }
+    }
+
+    /// Services and operations tracked (for tests).
+    pub fn series(&self) -> usize {
+        self.services.iter().map(|s| s.ops.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::build::*;
+
+    fn decoded(req: &[u8]) -> Decoder {
+        let mut d = Decoder::new();
+        d.decode(req).expect("decodes");
+        d
+    }
+
+    #[test]
+    fn counts_server_and_consumer_spans_by_route_or_name_and_caps_operations() {
+        let t = trace_id(1);
+        let mut client = span(t, 2, Some(1), "call", 0, 5_000_000);
+        client.kind = SpanKind::Client as i32;
+        let mut consumer = span(t, 3, Some(2), "process order", 0, 2_000_000);
+        consumer.kind = SpanKind::Consumer as i32;
+        let routed = with_attrs(
+            span(t, 1, None, "GET /items/42", 0, 30_000_000),
+            vec![attr_str("http.route", "/items/{id}")],
+        );
+        let req = request("shop", vec![routed, client, consumer]);
+        let mut red = Red::new(RedLimits {
+            max_services: 10,
+            max_operations: 2,
+        });
+        red.observe(&decoded(&req), &req);
+        let shop = &red.services[red.by_name[&b"shop"[..]]];
+        assert_eq!(shop.ops.len(), 2, "the client span is not a request");
+        assert!(shop.by_name[1].contains_key(&b"process order"[..]));
+        let routed_op = &shop.ops[shop.by_name[0][&b"/items/{id}"[..]]];
+        assert_eq!(routed_op.requests, 1);
+        // 30 ms lands in the bucket whose bound is 0.05.
+        let b = m::RED_DURATION_BUCKETS
+            .iter()
+            .position(|le| *le == 0.05)
+            .unwrap();
+        assert_eq!(routed_op.buckets[b].0, 1);
+
+        // A third operation goes over the cap of two: counted as `other`.
+        let extra = with_error(span(t, 4, None, "GET /new", 0, 1));
+        let req2 = request("shop", vec![extra.clone(), extra]);
+        red.observe(&decoded(&req2), &req2);
+        let shop = &red.services[red.by_name[&b"shop"[..]]];
+        assert_eq!(shop.overflow, 2);
+        let other = &shop.ops[shop.other[0].unwrap()];
+        assert_eq!((other.requests, other.errors), (2, 2));
+        assert_eq!(red.series(), 3);
+        red.flush();
+        assert_eq!(red.services[0].ops[0].requests, 0, "flushed");
+    }
+
+    #[test]
+    fn services_over_the_cap_count_as_other() {
+        let mut red = Red::new(RedLimits {
+            max_services: 1,
+            max_operations: 10,
+        });
+        for (i, svc) in ["a", "b", "c"].iter().enumerate() {
+            let req = request(svc, vec![span(trace_id(i as u64), 1, None, "op", 0, 1)]);
+            red.observe(&decoded(&req), &req);
+        }
+        assert_eq!(red.services.len(), 2);
+        let other = &red.services[red.other.unwrap()];
+        assert_eq!(&*other.label, OTHER);
+        assert_eq!(other.overflow, 2);
+        assert_eq!(other.ops[0].requests, 2);
+    }
+
+    #[test]
+    fn labels_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(100);
+        let l = label(long.as_bytes());
+        assert!(l.len() <= MAX_LABEL && l.chars().all(|c| c == 'é'));
+        assert_eq!(&*label(b"\xff ok"), "\u{fffd} ok");
+    }
+}
