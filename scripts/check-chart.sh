@@ -88,6 +88,19 @@ render defaults
 render all-options -f helm/ci/values-all.yaml "${DASHBOARD[@]}"
 render statefulset-hpa -f helm/ci/values-statefulset-hpa.yaml
 
+echo "== image"
+# The image and the chart agree on the user; the image's toolchain builds every locked crate.
+uid=$(sed -n 's/^USER \([0-9]*\):.*/\1/p' Dockerfile)
+grep -q "runAsUser: $uid\$" "$WORK/defaults.yaml" || fail "Dockerfile USER $uid is not the chart's runAsUser"
+rust=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
+need=$(cargo metadata --locked --format-version 1 | python3 -c '
+import json, sys
+vs = [p["rust_version"] for p in json.load(sys.stdin)["packages"] if p.get("rust_version")]
+print(max(vs, key=lambda v: tuple(int(x) for x in v.split("."))))')
+python3 -c "import sys; t = lambda v: tuple(int(x) for x in v.split('.'))[:2]; sys.exit(t('$rust') < t('$need'))" ||
+  fail "Dockerfile RUST_VERSION $rust is older than a locked crate needs ($need)"
+echo "  Dockerfile: uid $uid as in the chart; rust $rust >= $need, the newest any locked crate needs"
+
 echo "== bad values"
 for bad in helm/ci/bad/*.yaml; do
   want=$(sed -n '1s/^# expect: //p' "$bad")
