@@ -63,6 +63,23 @@ Fails on what it cannot read rather than guessing.
 {{- end -}}
 {{- end -}}
 
+{{/* A tailsift size ("64MiB", "2GB", 1048576) in bytes, as a decimal string; `what` names it in errors. */}}
+{{- define "tailsift.byteSize" -}}
+{{- $v := .value -}}
+{{- if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) -}}
+{{- printf "%d" (int64 $v) -}}
+{{- else -}}
+{{- $s := trim (toString $v) -}}
+{{- $num := regexFind "^[0-9]+" $s -}}
+{{- $unit := trim (trimPrefix $num $s) -}}
+{{- $scale := dict "" 1 "B" 1 "KiB" 1024 "MiB" 1048576 "GiB" 1073741824 "KB" 1000 "MB" 1000000 "GB" 1000000000 -}}
+{{- if or (not $num) (not (hasKey $scale $unit)) -}}
+{{- fail (printf "%s: cannot read %q as a size (write e.g. 64MiB, 2GB or a number of bytes)" .what $s) -}}
+{{- end -}}
+{{- printf "%d" (mul (int64 $num) (int64 (get $scale $unit))) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "tailsift.memoryLimitBytes" -}}
 {{- $limits := (.Values.resources).limits | default dict -}}
 {{- if not $limits.memory -}}
@@ -118,9 +135,15 @@ the value.
 {{- else -}}
 {{- $_ := set $kafka.producer_properties "queue.buffering.max.kbytes" (printf "%d" $producerKiB) -}}
 {{- end -}}
-{{- $committed := add $buffer (mul $consumerKiB 1024) (mul $producerKiB 1024) -}}
+{{- /* tailsift's defaults for decision_cache.max_bytes (64MiB) and completion.max_trace_bytes (16MiB). */ -}}
+{{- $cache := int64 (include "tailsift.byteSize" (dict "value" ((($cfg.decision_cache | default dict).max_bytes) | default "64MiB") "what" "config.decision_cache.max_bytes")) -}}
+{{- $committed := add $buffer (mul $consumerKiB 1024) (mul $producerKiB 1024) $cache -}}
 {{- if gt (mul $committed 10) (mul $limit 9) -}}
-{{- fail (printf "memory: buffer (%d bytes) + consumer queue (%d KiB) + producer queue (%d KiB) exceed 90%% of resources.limits.memory (%d bytes); lower buffer.memoryLimitPercent or the queue sizes, or raise the limit" $buffer $consumerKiB $producerKiB $limit) -}}
+{{- fail (printf "memory: buffer (%d bytes) + consumer queue (%d KiB) + producer queue (%d KiB) + decision cache (%d bytes) exceed 90%% of resources.limits.memory (%d bytes); lower buffer.memoryLimitPercent, the queue sizes or decision_cache.max_bytes, or raise the limit" $buffer $consumerKiB $producerKiB $cache $limit) -}}
+{{- end -}}
+{{- $traceMax := int64 (include "tailsift.byteSize" (dict "value" ((($cfg.completion | default dict).max_trace_bytes) | default "16MiB") "what" "config.completion.max_trace_bytes")) -}}
+{{- if gt (mul $traceMax 2) $buffer -}}
+{{- fail (printf "config.completion.max_trace_bytes (%d bytes) is above half the buffer budget (%d bytes, buffer.memoryLimitPercent of the memory limit): one trace could fill half the buffer; lower it or raise the limit" $traceMax $buffer) -}}
 {{- end -}}
 {{- $bufferCfg := $cfg.buffer | default dict -}}
 {{- $_ := set $bufferCfg "max_bytes" $buffer -}}
