@@ -1,50 +1,32 @@
-//! Core pipeline benchmarks, no Kafka: decode, and decode -> buffer -> decide -> encode.
-//!
-//! Run with `cargo bench --bench pipeline`. Traffic comes from the demo generator (checkout
-//! traces of ~10 spans around 370 bytes each, several services per trace).
+//! Core pipeline benchmarks, no Kafka, in spans per second: decode, buffer insert (one thread
+//! and several), and the whole in-process path decode -> buffer -> complete -> decide ->
+//! encode. Run with `cargo bench --bench pipeline`; allocations per span are counted by
+//! `cargo bench --bench allocs`, rule evaluation by `cargo bench --bench rules`.
+//! Method and figures: BENCHMARKS.md.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tailsift::buffer::Completion;
-use tailsift::decision::{Decision, DecisionCache};
-use tailsift::demo::generator::{Generator, GeneratorConfig};
-use tailsift::offsets::OffsetHold;
+use tailsift::buffer::{Buffer, Completion};
+use tailsift::decision::DecisionCache;
+use tailsift::offsets::MessageHold;
 use tailsift::otlp::decode::Decoder;
-use tailsift::otlp::TraceId;
-use tailsift::sampler::{Output, Sampler, Ticket};
 
-/// Counts kept traces and drops their tickets at once (an instant acknowledgement).
-struct Discard;
+use common::{traffic, Traffic};
 
-impl Output for Discard {
-    fn send(&self, _: &TraceId, _: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
-        std::hint::black_box(messages);
-    }
-}
-
-fn traffic(traces: usize) -> (Vec<Vec<u8>>, u64) {
-    let mut gen = Generator::new(GeneratorConfig::default(), 42);
-    let mut msgs = Vec::new();
-    let mut spans = 0;
-    for i in 0..traces {
-        let t = gen.next_trace(1_700_000_000_000_000_000 + i as u64 * 1_000_000);
-        spans += t.span_count as u64;
-        msgs.extend(t.messages);
-    }
-    (msgs, spans)
-}
+const TRACES: usize = 2_000;
 
 fn decoder(c: &mut Criterion) {
-    let (msgs, spans) = traffic(2_000);
+    let t = traffic(TRACES, 42);
     let mut g = c.benchmark_group("Decoder");
-    g.throughput(Throughput::Elements(spans));
+    g.throughput(Throughput::Elements(t.spans));
     g.bench_function("decode_and_group", |b| {
         let mut d = Decoder::new();
         b.iter(|| {
             let mut n = 0;
-            for m in &msgs {
+            for m in &t.messages {
                 n += d.decode(m).unwrap_or(0);
                 n += d.groups(m).count();
             }
@@ -54,36 +36,67 @@ fn decoder(c: &mut Criterion) {
     g.finish();
 }
 
-fn sampler(c: &mut Criterion) {
-    let (msgs, spans) = traffic(2_000);
-    let rules = tailsift::demo::embedded_rules().expect("example rules");
-    let mut g = c.benchmark_group("Sampler");
-    g.throughput(Throughput::Elements(spans));
-    g.measurement_time(Duration::from_secs(8));
-    g.bench_function("ingest_decide_encode", |b| {
+/// Messages decoded ahead, so that only the buffer is measured.
+fn decoded(t: &Traffic) -> Vec<(Decoder, &[u8])> {
+    t.messages
+        .iter()
+        .map(|m| {
+            let mut d = Decoder::new();
+            d.decode(m).expect("generated traffic decodes");
+            (d, m.as_slice())
+        })
+        .collect()
+}
+
+fn insert_all(buffer: &Buffer, cache: &DecisionCache, msgs: &[(Decoder, &[u8])], part: u32) {
+    let now = tokio::time::Instant::now();
+    for (i, (d, m)) in msgs.iter().enumerate() {
+        let hold = MessageHold::new(part, i as i64);
+        for group in d.groups(m) {
+            std::hint::black_box(buffer.ingest(&group, &hold, false, now, cache));
+        }
+    }
+}
+
+fn buffer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("Buffer");
+    let fresh = || {
+        (
+            Buffer::new(Completion::default()),
+            DecisionCache::new(100_000, Duration::from_secs(60)),
+        )
+    };
+    let t = traffic(TRACES, 42);
+    let msgs = decoded(&t);
+    g.throughput(Throughput::Elements(t.spans));
+    g.bench_function("insert/1_thread", |b| {
         b.iter_batched(
-            || {
-                Sampler::new(
-                    Completion::default(),
-                    rules.clone(),
-                    DecisionCache::new(100_000, Duration::from_secs(60)),
-                    Arc::new(Discard),
-                    1_000_000,
-                )
+            fresh,
+            |(buffer, cache)| {
+                insert_all(&buffer, &cache, &msgs, 0);
+                (buffer, cache)
             },
-            |s| {
-                let mut d = Decoder::new();
-                let now = tokio::time::Instant::now();
-                for (i, m) in msgs.iter().enumerate() {
-                    let hold = Arc::new(OffsetHold {
-                        partition: 0,
-                        offset: i as i64,
-                    });
-                    let _ = s.ingest(&mut d, m, &hold, false, now);
-                }
-                let decided = s.decide_due(now + Duration::from_secs(3600));
-                assert_eq!(s.buffer.len(), 0);
-                decided
+            BatchSize::LargeInput,
+        )
+    });
+    // Two threads (the machine's cores) insert disjoint traces into one buffer at once.
+    let threads = 2;
+    let per_thread: Vec<Traffic> = (0..threads).map(|i| traffic(TRACES, 100 + i)).collect();
+    let per_thread_msgs: Vec<_> = per_thread.iter().map(decoded).collect();
+    g.throughput(Throughput::Elements(
+        per_thread.iter().map(|t| t.spans).sum(),
+    ));
+    g.bench_function("insert/2_threads", |b| {
+        b.iter_batched(
+            fresh,
+            |(buffer, cache)| {
+                std::thread::scope(|s| {
+                    for (i, msgs) in per_thread_msgs.iter().enumerate() {
+                        let (buffer, cache) = (&buffer, &cache);
+                        s.spawn(move || insert_all(buffer, cache, msgs, i as u32));
+                    }
+                });
+                (buffer, cache)
             },
             BatchSize::LargeInput,
         )
@@ -91,5 +104,39 @@ fn sampler(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decoder, sampler);
+fn sampler(c: &mut Criterion) {
+    let t = traffic(TRACES, 42);
+    let mut g = c.benchmark_group("Sampler");
+    g.throughput(Throughput::Elements(t.spans));
+    g.measurement_time(Duration::from_secs(8));
+    for (name, rules) in [
+        (
+            "ingest_decide_encode/example_rules",
+            common::example_rules(),
+        ),
+        ("ingest_decide_encode/keep_all", common::keep_all_rules()),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || common::sampler(&rules),
+                |s| {
+                    let mut d = Decoder::new();
+                    let now = tokio::time::Instant::now();
+                    for (i, m) in t.messages.iter().enumerate() {
+                        let hold = MessageHold::new(0, i as i64);
+                        let _ = s.ingest(&mut d, m, &hold, false, now);
+                    }
+                    let decided = s.decide_due(now + Duration::from_secs(3600));
+                    assert_eq!(s.buffer.len(), 0);
+                    assert_eq!(decided as u64, t.traces);
+                    s
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decoder, buffer, sampler);
 criterion_main!(benches);

@@ -23,6 +23,63 @@ pub struct OffsetHold {
 /// A trace's holds: one per partition it has spans from (almost always exactly one).
 pub type Holds = smallvec::SmallVec<[Arc<OffsetHold>; 1]>;
 
+/// What the buffer needs of a consumed message: which partition it came from, and a hold on
+/// it if a trace must keep it.
+pub trait Hold {
+    /// The partition's index in the ingest thread's table.
+    fn partition(&self) -> u32;
+    /// A hold on the message (a new clone of the shared one).
+    fn hold(&self) -> Arc<OffsetHold>;
+}
+
+impl Hold for Arc<OffsetHold> {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+    fn hold(&self) -> Arc<OffsetHold> {
+        self.clone()
+    }
+}
+
+/// A consumed message whose [`OffsetHold`] is made only when something takes one: most
+/// messages carry spans of traces that already hold an earlier message, and need none.
+#[derive(Debug)]
+pub struct MessageHold {
+    partition: u32,
+    offset: i64,
+    hold: std::cell::OnceCell<Arc<OffsetHold>>,
+}
+
+impl MessageHold {
+    pub fn new(partition: u32, offset: i64) -> Self {
+        MessageHold {
+            partition,
+            offset,
+            hold: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+}
+
+impl Hold for MessageHold {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+    fn hold(&self) -> Arc<OffsetHold> {
+        self.hold
+            .get_or_init(|| {
+                Arc::new(OffsetHold {
+                    partition: self.partition,
+                    offset: self.offset,
+                })
+            })
+            .clone()
+    }
+}
+
 /// Offsets of one assigned partition.
 #[derive(Debug, Default)]
 pub struct PartitionOffsets {
@@ -45,6 +102,14 @@ impl PartitionOffsets {
         self.next = Some(hold.offset + 1);
         if Arc::strong_count(&hold) > 1 {
             self.held.push_back(hold);
+        }
+    }
+
+    /// Records a processed message whose hold was made only if something took one.
+    pub fn processed_message(&mut self, message: MessageHold) {
+        match message.hold.into_inner() {
+            Some(hold) => self.processed(hold),
+            None => self.skipped(message.offset),
         }
     }
 
@@ -110,6 +175,24 @@ mod tests {
         drop(trace_b);
         assert_eq!(p.safe_offset(), Some(14));
         assert_eq!(p.held_back(), 0);
+    }
+
+    #[test]
+    fn a_message_hold_is_made_only_when_taken_and_then_holds() {
+        let mut p = PartitionOffsets::default();
+        let untaken = MessageHold::new(0, 5);
+        p.processed_message(untaken);
+        assert_eq!(p.safe_offset(), Some(6), "a message nobody held is passed");
+
+        let taken = MessageHold::new(0, 6);
+        let trace = taken.hold();
+        assert!(Arc::ptr_eq(&trace, &taken.hold()), "one shared hold");
+        assert_eq!((trace.partition, trace.offset), (0, 6));
+        p.processed_message(taken);
+        p.processed_message(MessageHold::new(0, 7));
+        assert_eq!(p.safe_offset(), Some(6), "held by the trace");
+        drop(trace);
+        assert_eq!(p.safe_offset(), Some(8));
     }
 
     #[test]

@@ -15,9 +15,9 @@ use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
 use crate::decision::{Decision, DecisionCache, Trigger};
 use crate::memory::Budget;
 use crate::metrics as m;
-use crate::offsets::{Holds, OffsetHold};
+use crate::offsets::{Hold, Holds};
 use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
-use crate::otlp::encode::encode_trace;
+use crate::otlp::encode::{encode_trace, Messages};
 use crate::otlp::{SpanContext, TraceId};
 use crate::rules::{RuleSet, TraceView};
 
@@ -179,7 +179,7 @@ impl Sampler {
         &self,
         decoder: &mut Decoder,
         payload: &[u8],
-        hold: &Arc<OffsetHold>,
+        hold: &impl Hold,
         replayed: bool,
         now: Instant,
     ) -> Result<IngestSummary, DecodeError> {
@@ -237,7 +237,7 @@ impl Sampler {
         &self,
         group: &TraceGroup<'_>,
         decision: &Decision,
-        hold: &Arc<OffsetHold>,
+        hold: &impl Hold,
         replayed: bool,
         now: Instant,
     ) {
@@ -257,7 +257,7 @@ impl Sampler {
             chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
             self.max_message_bytes,
         );
-        let holds: Holds = smallvec::smallvec![hold.clone()];
+        let holds: Holds = smallvec::smallvec![hold.hold()];
         self.send(
             &group.trace_id,
             decision,
@@ -274,7 +274,7 @@ impl Sampler {
         &self,
         id: &TraceId,
         decision: &Decision,
-        messages: Vec<Vec<u8>>,
+        messages: Messages,
         holds: &Holds,
         spans: u32,
         replayed: bool,

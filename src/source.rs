@@ -21,7 +21,7 @@ use crate::dead_letter::{DeadLetters, Letter};
 use crate::lag::LagTracker;
 use crate::memory::Budget;
 use crate::metrics as m;
-use crate::offsets::{OffsetHold, PartitionOffsets};
+use crate::offsets::{Hold, MessageHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::Encoding;
 use crate::sampler::Sampler;
@@ -366,10 +366,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 let offset = msg.offset();
                 let payload = msg.payload().unwrap_or_default();
                 let replayed = offset < a.offsets.replay_until;
-                let hold = Arc::new(OffsetHold {
-                    partition: idx,
-                    offset,
-                });
+                let hold = MessageHold::new(idx, offset);
                 let counters = topic_counters.get(msg.topic(), &settings.encodings);
                 counters.messages.increment(1);
                 counters.bytes.increment(payload.len() as u64);
@@ -426,12 +423,12 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                                 offset,
                                 kind: e.kind(),
                                 error: e.to_string(),
-                                hold: hold.clone(),
+                                hold: hold.hold(),
                             }));
                         }
                     }
                 }
-                a.offsets.processed(hold);
+                a.offsets.processed_message(hold);
             }
             Some(Ok(_)) => {} // draining: fetched before the pause; replayed after restart
         }

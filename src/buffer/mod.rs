@@ -19,7 +19,7 @@ use tokio::time::Instant;
 pub use deadline::DeadlineIndex;
 
 use crate::decision::{Decision, DecisionCache, Trigger};
-use crate::offsets::{Holds, OffsetHold};
+use crate::offsets::{Hold, Holds};
 use crate::otlp::decode::TraceGroup;
 use crate::otlp::{SpanContext, TraceId};
 
@@ -199,7 +199,7 @@ impl Buffer {
     pub fn ingest(
         &self,
         group: &TraceGroup<'_>,
-        hold: &Arc<OffsetHold>,
+        hold: &impl Hold,
         replayed: bool,
         now: Instant,
         decided: &DecisionCache,
@@ -213,8 +213,8 @@ impl Buffer {
                 let added = e.append(group, now);
                 self.bytes.fetch_add(added as i64, Ordering::Relaxed);
                 e.replayed |= replayed;
-                if !e.holds.iter().any(|h| h.partition == hold.partition) {
-                    e.holds.push(hold.clone());
+                if !e.holds.iter().any(|h| h.partition == hold.partition()) {
+                    e.holds.push(hold.hold());
                 }
                 if let Some(trigger) = self.full(e) {
                     return Ingested::Full(trigger);
@@ -244,7 +244,7 @@ impl Buffer {
                     has_error: false,
                     replayed,
                     groups: smallvec::SmallVec::new(),
-                    holds: smallvec::smallvec![hold.clone()],
+                    holds: smallvec::smallvec![hold.hold()],
                     scheduled: 0,
                 };
                 e.append(group, now);

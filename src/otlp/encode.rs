@@ -21,17 +21,34 @@ fn put_piece(out: &mut Vec<u8>, ctx: &SpanContext, spans: &[u8]) {
     out.extend_from_slice(spans);
 }
 
+/// The encoded messages of one trace: almost always one, kept inline.
+pub type Messages = smallvec::SmallVec<[Vec<u8>; 1]>;
+
 /// Encodes chunks of `(context, span fields)` — each span field being a `ScopeSpans.spans`
 /// entry with its tag and length — into requests of at most `max_bytes` each. A single span
 /// larger than the limit still gets a message of its own.
-pub fn encode_trace<'a, I>(chunks: I, max_bytes: usize) -> Vec<Vec<u8>>
+pub fn encode_trace<'a, I>(chunks: I, max_bytes: usize) -> Messages
 where
     I: IntoIterator<Item = (&'a SpanContext, &'a [u8])>,
+    I::IntoIter: Clone,
 {
-    let mut messages = Vec::with_capacity(1);
+    let chunks = chunks.into_iter();
+    // The common case, a trace that fits one message: one allocation, of the exact size.
+    let total: usize = chunks
+        .clone()
+        .map(|(ctx, spans)| piece_size(ctx, spans.len()))
+        .sum();
+    if total > 0 && total <= max_bytes {
+        let mut out = Vec::with_capacity(total);
+        for (ctx, spans) in chunks {
+            put_piece(&mut out, ctx, spans);
+        }
+        return smallvec::smallvec![out];
+    }
+    let mut messages = Messages::new();
     let mut current: Vec<(&SpanContext, &[u8])> = Vec::new();
     let mut size = 0usize;
-    let flush = |current: &mut Vec<(&SpanContext, &[u8])>, messages: &mut Vec<Vec<u8>>, size| {
+    let flush = |current: &mut Vec<(&SpanContext, &[u8])>, messages: &mut Messages, size| {
         if current.is_empty() {
             return;
         }

@@ -70,7 +70,21 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Reads a varint. Tags and lengths almost always fit one byte: that case is inlined, the
+    /// general one is not, which keeps walking a span's fields cheap.
+    #[inline(always)]
     fn read_varint(&mut self) -> Result<u64, WireError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.read_varint_slow(),
+        }
+    }
+
+    #[inline(never)]
+    fn read_varint_slow(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for i in 0..10 {
             let byte = *self.buf.get(self.pos).ok_or(WireError::Truncated)?;
@@ -83,6 +97,7 @@ impl<'a> Fields<'a> {
         Err(WireError::VarintOverflow)
     }
 
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.pos.checked_add(n).ok_or(WireError::Truncated)?;
         let out = self.buf.get(self.pos..end).ok_or(WireError::Truncated)?;
@@ -90,6 +105,7 @@ impl<'a> Fields<'a> {
         Ok(out)
     }
 
+    #[inline(always)]
     fn next_field(&mut self) -> Result<Field<'a>, WireError> {
         let start = self.pos;
         let key = self.read_varint()?;
@@ -129,6 +145,7 @@ impl<'a> Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>, WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.pos >= self.buf.len() {
             return None;

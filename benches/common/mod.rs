@@ -1,0 +1,87 @@
+//! Traffic and helpers shared by the benchmarks.
+//!
+//! Traffic comes from the demo generator: checkout traces of about 10 spans (a tenth are
+//! single-span health checks), spans of about 370 bytes with the attributes SDKs really set,
+//! one message per service per trace, as collectors keyed by trace id export them. Messages of
+//! [`IN_FLIGHT`] consecutive traces are interleaved, so the buffer sees that many traces under
+//! way at once rather than one trace at a time.
+
+#![allow(dead_code)] // each bench uses its own part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tailsift::buffer::Completion;
+use tailsift::decision::{Decision, DecisionCache};
+use tailsift::demo::generator::{Generator, GeneratorConfig};
+use tailsift::otlp::TraceId;
+use tailsift::rules::{parse_file, RuleSet};
+use tailsift::sampler::{Output, Sampler, Ticket};
+
+/// Traces whose messages are interleaved with each other.
+pub const IN_FLIGHT: usize = 1_000;
+
+pub struct Traffic {
+    pub messages: Vec<Vec<u8>>,
+    pub spans: u64,
+    pub traces: u64,
+    pub bytes: u64,
+}
+
+/// `traces` generated traces (seeded: the same every run), interleaved [`IN_FLIGHT`] at a time.
+pub fn traffic(traces: usize, seed: u64) -> Traffic {
+    let mut gen = Generator::new(GeneratorConfig::default(), seed);
+    let mut tagged = Vec::new();
+    let mut spans = 0;
+    for i in 0..traces {
+        let t = gen.next_trace(1_700_000_000_000_000_000 + i as u64 * 1_000_000);
+        spans += t.span_count as u64;
+        for (j, m) in t.messages.into_iter().enumerate() {
+            tagged.push((i / IN_FLIGHT, j, i, m));
+        }
+    }
+    // Window by window: every trace's first message, then every second message, and so on.
+    tagged.sort_by_key(|t| (t.0, t.1, t.2));
+    let messages: Vec<Vec<u8>> = tagged.into_iter().map(|t| t.3).collect();
+    let bytes = messages.iter().map(|m| m.len() as u64).sum();
+    Traffic {
+        messages,
+        spans,
+        traces: traces as u64,
+        bytes,
+    }
+}
+
+/// Drops kept traces at once (an instant acknowledgement), after making sure they were built.
+pub struct Discard;
+
+impl Output for Discard {
+    fn send(&self, _: &TraceId, _: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
+        std::hint::black_box(messages);
+    }
+}
+
+/// The repository's example rules (`rules/`).
+pub fn example_rules() -> RuleSet {
+    tailsift::demo::embedded_rules().expect("example rules")
+}
+
+/// One rule that keeps everything: every trace is encoded, the output's worst case.
+pub fn keep_all_rules() -> RuleSet {
+    let rules = parse_file(
+        "keep-all.yaml",
+        "rules:\n  - name: everything\n    outcome: keep\n",
+    )
+    .expect("keep-all rule");
+    RuleSet::new(rules, None).expect("keep-all rule set")
+}
+
+pub fn sampler(rules: &RuleSet) -> Sampler {
+    Sampler::new(
+        Completion::default(),
+        rules.clone(),
+        DecisionCache::new(1_000_000, Duration::from_secs(300)),
+        Arc::new(Discard),
+        1_000_000,
+    )
+}
