@@ -113,7 +113,7 @@ impl TraceEntry {
 
     fn append(&mut self, group: &TraceGroup<'_>, now: u64) -> usize {
         let mut added = 0;
-        for span in group.spans() {
+        for (i, span) in group.spans().enumerate() {
             let slot = match self
                 .groups
                 .iter()
@@ -121,6 +121,11 @@ impl TraceEntry {
             {
                 Some(i) => i,
                 None => {
+                    if self.groups.len() == 1 && !self.groups.spilled() {
+                        // A trace that crosses services usually crosses several: one
+                        // allocation for up to four contexts rather than one per doubling.
+                        self.groups.reserve_exact(3);
+                    }
                     added += span.context.budget_size() + std::mem::size_of::<SpanGroup>();
                     self.groups.push(SpanGroup {
                         ctx: span.context.clone(),
@@ -130,10 +135,17 @@ impl TraceEntry {
                 }
             };
             let spans = &mut self.groups[slot].spans;
-            // Grow by a quarter at a time: doubling would leave up to half of a big trace's
-            // buffer unused, and that is memory the budget pays for.
+            // Grow by what this message brings under this context (one allocation per
+            // message, not per span), or by a quarter if more: doubling would leave up to
+            // half of a big trace's buffer unused, and that is memory the budget pays for.
             if spans.capacity() - spans.len() < span.field.len() {
-                spans.reserve_exact(span.field.len().max(spans.len() / 4));
+                let incoming: usize = group
+                    .spans()
+                    .skip(i)
+                    .filter(|s| Arc::ptr_eq(s.context, span.context))
+                    .map(|s| s.field.len())
+                    .sum();
+                spans.reserve_exact(incoming.max(spans.len() / 4));
             }
             spans.extend_from_slice(span.field);
             added += span.field.len();

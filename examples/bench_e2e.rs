@@ -1,0 +1,381 @@
+//! The end-to-end benchmark's helpers (driven by `scripts/bench-e2e.sh`; see BENCHMARKS.md).
+//!
+//! - `load`: creates the input topic and fills it with generated traces (OTLP protobuf, keyed
+//!   by trace id as the Collector's kafka exporter does), then prints what it wrote as JSON.
+//! - `passthrough`: the ceiling Kafka and librdkafka set: consume every message of the input
+//!   topic and produce it unchanged to an output topic, no decoding, no buffering; it prints
+//!   the time from the first message consumed to the last one acknowledged.
+//! - `watch`: follows a running tailsift through its `/metrics` and `/proc`: time from the
+//!   first span received to the last, resident memory, buffered traces, and, once the buffer
+//!   has drained, the decision latency percentiles from its histogram.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tailsift::demo::generator::{trace_id_hex, Generator, GeneratorConfig};
+use tailsift::otlp::decode::Decoder;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates topics (fine if they exist).
+    Topics {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        names: Vec<String>,
+    },
+    Load {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Spans to write (whole traces: a few more at most).
+        #[arg(long)]
+        spans: u64,
+    },
+    Passthrough {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        group: String,
+        /// Messages to copy (what `load` wrote).
+        #[arg(long)]
+        messages: u64,
+    },
+    Watch {
+        /// host:port of tailsift's HTTP listener.
+        #[arg(long)]
+        metrics: String,
+        #[arg(long)]
+        pid: u32,
+        /// Spans to wait for (what `load` wrote).
+        #[arg(long)]
+        spans: u64,
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Topics {
+            brokers,
+            partitions,
+            names,
+        } => names
+            .iter()
+            .try_for_each(|n| create_topic(&brokers, n, partitions)),
+        Command::Load {
+            brokers,
+            topic,
+            partitions,
+            spans,
+        } => load(&brokers, &topic, partitions, spans),
+        Command::Passthrough {
+            brokers,
+            input,
+            output,
+            group,
+            messages,
+        } => passthrough(&brokers, &input, &output, &group, messages),
+        Command::Watch {
+            metrics,
+            pid,
+            spans,
+            timeout_secs,
+        } => watch(&metrics, pid, spans, Duration::from_secs(timeout_secs)),
+    }
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in rt.block_on(admin.create_topics(&[new], &AdminOptions::new()))? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("cannot create topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    // The settings tailsift's own producer uses (pipeline::producer_config).
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("acks", "all")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?)
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], payload: &[u8]) {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        .key(key)
+        .payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, r)) => {
+                eprintln!("produce failed ({e}); retrying");
+                record = r;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn load(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Result<()> {
+    create_topic(brokers, topic, partitions)?;
+    let p = producer(brokers)?;
+    let mut gen = Generator::new(GeneratorConfig::default(), 1);
+    let mut d = Decoder::new();
+    let (mut written, mut messages, mut traces, mut bytes, mut span_bytes) = (0, 0, 0, 0, 0);
+    let start = Instant::now();
+    while written < spans {
+        let t = gen.next_trace(1_700_000_000_000_000_000 + traces * 1_000_000);
+        let key = trace_id_hex(&t.trace_id);
+        for m in &t.messages {
+            if d.decode(m).is_ok() {
+                for g in d.groups(m) {
+                    span_bytes += g.spans().map(|s| s.field.len() as u64).sum::<u64>();
+                }
+            }
+            send(&p, topic, key.as_bytes(), m);
+            messages += 1;
+            bytes += m.len() as u64;
+        }
+        written += t.span_count as u64;
+        traces += 1;
+    }
+    p.flush(Duration::from_secs(300))
+        .context("flushing the loaded messages")?;
+    println!(
+        "{{\"messages\":{messages},\"spans\":{written},\"traces\":{traces},\"bytes\":{bytes},\"span_bytes\":{span_bytes},\"seconds\":{:.3}}}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn passthrough(
+    brokers: &str,
+    input: &str,
+    output: &str,
+    group: &str,
+    messages: u64,
+) -> anyhow::Result<()> {
+    // The settings tailsift's consumer uses (pipeline::consumer_config).
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let p = producer(brokers)?;
+    let mut copied = 0u64;
+    let mut first = None;
+    let mut last_commit = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while copied < messages {
+        if Instant::now() > deadline {
+            bail!("only {copied} of {messages} messages consumed in 900 s");
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                send(
+                    &p,
+                    output,
+                    m.key().unwrap_or_default(),
+                    m.payload().unwrap_or_default(),
+                );
+                copied += 1;
+            }
+            Some(Err(e)) => eprintln!("consumer error: {e}"),
+            None => {}
+        }
+        if last_commit.elapsed() >= Duration::from_secs(1) {
+            last_commit = Instant::now();
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+        }
+    }
+    p.flush(Duration::from_secs(300))
+        .context("flushing the copied messages")?;
+    let seconds = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!("{{\"messages\":{copied},\"seconds\":{seconds:.3}}}");
+    Ok(())
+}
+
+/// `/metrics` as (series, value): series is the name with its labels as printed.
+fn scrape(addr: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+fn sum(metrics: &[(String, f64)], name: &str) -> f64 {
+    metrics
+        .iter()
+        .filter(|(s, _)| s == name || s.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A percentile from a Prometheus histogram's cumulative buckets, interpolated linearly
+/// within the bucket it falls in.
+fn percentile(buckets: &[(f64, f64)], p: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = total * p;
+    let mut prev = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let within = if n > prev.1 {
+                (rank - prev.1) / (n - prev.1)
+            } else {
+                1.0
+            };
+            return Some(prev.0 + (le - prev.0) * within);
+        }
+        prev = (le, n);
+    }
+    None
+}
+
+fn latency_buckets(metrics: &[(String, f64)]) -> Vec<(f64, f64)> {
+    let mut by_le: HashMap<String, f64> = HashMap::new();
+    for (s, v) in metrics {
+        let Some(rest) = s.strip_prefix("tailsift_decision_latency_seconds_bucket{") else {
+            continue;
+        };
+        let Some(le) = rest
+            .split(',')
+            .find_map(|kv| kv.trim_end_matches('}').strip_prefix("le=\""))
+        else {
+            continue;
+        };
+        *by_le
+            .entry(le.trim_end_matches('"').to_string())
+            .or_default() += v;
+    }
+    let mut out: Vec<(f64, f64)> = by_le
+        .into_iter()
+        .filter_map(|(le, n)| Some((le.parse::<f64>().ok()?, n)))
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+fn watch(addr: &str, pid: u32, spans: u64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let baseline = loop {
+        if scrape(addr).is_ok() {
+            break rss(pid);
+        }
+        if Instant::now() > deadline {
+            bail!("tailsift's /metrics on {addr} never answered");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut first, mut done) = (None, None);
+    let (mut peak_rss, mut peak_traces, mut peak_bytes) = (0u64, 0.0f64, 0.0f64);
+    let mut max_traces = 0.0f64;
+    let start = Instant::now();
+    loop {
+        if Instant::now() > deadline {
+            bail!("tailsift did not receive {spans} spans and drain in time");
+        }
+        let m = scrape(addr)?;
+        let received = sum(&m, "tailsift_spans_received_total");
+        let now = start.elapsed().as_secs_f64();
+        if received > 0.0 {
+            first.get_or_insert(now);
+        }
+        let traces = sum(&m, "tailsift_traces_buffered");
+        let bytes = sum(&m, "tailsift_buffered_bytes");
+        max_traces = max_traces.max(traces);
+        let r = rss(pid);
+        if r > peak_rss {
+            (peak_rss, peak_traces, peak_bytes) = (r, traces, bytes);
+        }
+        if done.is_none() && received >= spans as f64 {
+            done = Some(now);
+        }
+        if done.is_some() && traces == 0.0 {
+            let buckets = latency_buckets(&m);
+            let ms = |p| percentile(&buckets, p).map_or(-1.0, |s| s * 1e3);
+            let (first, done) = (first.unwrap_or(0.0), done.unwrap_or(0.0));
+            println!(
+                "{{\"spans\":{spans},\"seconds\":{:.3},\"latency_p50_ms\":{:.1},\"latency_p99_ms\":{:.1},\"decided_traces\":{},\"rss_baseline\":{baseline},\"rss_peak\":{peak_rss},\"traces_at_peak\":{peak_traces},\"buffered_bytes_at_peak\":{peak_bytes},\"max_traces_buffered\":{max_traces}}}",
+                done - first,
+                ms(0.5),
+                ms(0.99),
+                sum(&m, "tailsift_traces_decided_total"),
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
