@@ -65,13 +65,16 @@ struct SpanRec {
 }
 
 /// Reusable decoder: keeps its scratch space between messages so decoding allocates only the
-/// shared contexts.
+/// contexts it has not seen before (none in the steady state).
 #[derive(Debug, Default)]
 pub struct Decoder {
     spans: Vec<SpanRec>,
     contexts: Vec<Arc<SpanContext>>,
     /// One shared copy of each resource and scope, across messages.
     interner: Interner,
+    /// Scratch: the raw resource and scope fields of the `ScopeSpans` being read.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
     /// Spans skipped because their trace id is missing or invalid, in the last message.
     pub invalid_spans: usize,
 }
@@ -148,13 +151,20 @@ impl Decoder {
 
     fn resource_spans(&mut self, rs: &[u8], base: usize) -> Result<(), DecodeError> {
         // First pass: the resource's own fields (resource, schema_url), kept raw.
-        let mut resource = Vec::new();
+        let mut resource = std::mem::take(&mut self.resource);
+        resource.clear();
         for f in Fields::new(rs) {
             let f = f.map_err(wire("ResourceSpans"))?;
             if f.number == 1 || f.number == 3 {
                 resource.extend_from_slice(f.raw);
             }
         }
+        let result = self.scope_spans(rs, &resource, base);
+        self.resource = resource;
+        result
+    }
+
+    fn scope_spans(&mut self, rs: &[u8], resource: &[u8], base: usize) -> Result<(), DecodeError> {
         for f in Fields::new(rs) {
             let f = f.map_err(wire("ResourceSpans"))?;
             if f.number != 2 {
@@ -163,26 +173,40 @@ impl Decoder {
             let Some(ss) = f.value.as_bytes() else {
                 continue;
             };
-            let mut scope = Vec::new();
+            let mut scope = std::mem::take(&mut self.scope);
+            scope.clear();
             let mut first_span = None;
-            for g in Fields::new(ss) {
-                let g = g.map_err(wire("ScopeSpans"))?;
-                match g.number {
-                    1 | 3 => scope.extend_from_slice(g.raw),
-                    2 => {
-                        if let Some(span) = g.value.as_bytes() {
-                            let ctx = self.contexts.len() as u32;
-                            first_span.get_or_insert(self.spans.len());
-                            let header = (g.raw.len() - span.len()) as u8;
-                            self.span(g.raw, header, base, ctx)?;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if first_span.is_some_and(|i| i < self.spans.len()) {
-                let ctx = self.interner.get(&resource, &scope);
+            let read = self.scope_fields(ss, &mut scope, &mut first_span, base);
+            if read.is_ok() && first_span.is_some_and(|i| i < self.spans.len()) {
+                let ctx = self.interner.get(resource, &scope);
                 self.contexts.push(ctx);
+            }
+            self.scope = scope;
+            read?;
+        }
+        Ok(())
+    }
+
+    fn scope_fields(
+        &mut self,
+        ss: &[u8],
+        scope: &mut Vec<u8>,
+        first_span: &mut Option<usize>,
+        base: usize,
+    ) -> Result<(), DecodeError> {
+        for g in Fields::new(ss) {
+            let g = g.map_err(wire("ScopeSpans"))?;
+            match g.number {
+                1 | 3 => scope.extend_from_slice(g.raw),
+                2 => {
+                    if let Some(span) = g.value.as_bytes() {
+                        let ctx = self.contexts.len() as u32;
+                        first_span.get_or_insert(self.spans.len());
+                        let header = (g.raw.len() - span.len()) as u8;
+                        self.span(g.raw, header, base, ctx)?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())

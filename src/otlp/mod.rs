@@ -95,6 +95,10 @@ pub struct SpanContext {
     /// Shared through the decoder's [`intern::Interner`]: its memory is bounded there, so a
     /// trace holding it does not count it against the budget.
     pub interned: bool,
+    /// Where the `Resource` and `InstrumentationScope` messages lie in `bytes`: found once
+    /// here, so that the rules do not walk the context again for every trace they look at.
+    resource: std::ops::Range<usize>,
+    scope: std::ops::Range<usize>,
 }
 
 /// Equal when the fields are, interned or not.
@@ -110,11 +114,27 @@ impl SpanContext {
     pub fn new(mut resource: Vec<u8>, scope: Vec<u8>) -> Self {
         let split = resource.len();
         resource.extend_from_slice(&scope);
+        let bytes = resource.into_boxed_slice();
+        let resource = last_message(&bytes, 0..split);
+        let scope = last_message(&bytes, split..bytes.len());
         SpanContext {
-            bytes: resource.into_boxed_slice(),
+            bytes,
             split,
             interned: false,
+            resource,
+            scope,
         }
+    }
+
+    /// The `Resource` message: the last field 1 of the resource fields (empty if none).
+    pub fn resource_message(&self) -> &[u8] {
+        &self.bytes[self.resource.clone()]
+    }
+
+    /// The `InstrumentationScope` message: the last field 1 of the scope fields (empty if
+    /// none).
+    pub fn scope_message(&self) -> &[u8] {
+        &self.bytes[self.scope.clone()]
     }
 
     /// Raw `ResourceSpans` fields other than `scope_spans` (resource, schema_url).
@@ -141,4 +161,19 @@ impl SpanContext {
             self.size()
         }
     }
+}
+
+/// Where, within `bytes`, the payload of the last length-delimited field 1 of `bytes[within]`
+/// lies (a repeated singular field: the last one wins); empty when there is none.
+fn last_message(bytes: &[u8], within: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let base = bytes.as_ptr() as usize;
+    wire::Fields::new(&bytes[within])
+        .filter_map(Result::ok)
+        .filter(|f| f.number == 1)
+        .filter_map(|f| f.value.as_bytes())
+        .last()
+        .map_or(0..0, |b| {
+            let start = b.as_ptr() as usize - base;
+            start..start + b.len()
+        })
 }

@@ -224,3 +224,26 @@ proptest! {
         let _ = d.decode(&msg);
     }
 }
+
+#[test]
+fn a_context_finds_its_resource_and_scope_messages_the_last_occurrence_winning() {
+    // ResourceSpans fields: resource (1) twice, schema_url (3); ScopeSpans: scope (1), schema (3).
+    let mut resource = Vec::new();
+    super::wire::put_len_prefix(&mut resource, 1, 3);
+    resource.extend_from_slice(b"old");
+    super::wire::put_len_prefix(&mut resource, 1, 3);
+    resource.extend_from_slice(b"new");
+    super::wire::put_len_prefix(&mut resource, 3, 2);
+    resource.extend_from_slice(b"s1");
+    let mut scope = Vec::new();
+    super::wire::put_len_prefix(&mut scope, 3, 2);
+    scope.extend_from_slice(b"s2");
+    super::wire::put_len_prefix(&mut scope, 1, 5);
+    scope.extend_from_slice(b"scope");
+    let ctx = SpanContext::new(resource, scope);
+    assert_eq!(ctx.resource_message(), b"new");
+    assert_eq!(ctx.scope_message(), b"scope");
+    let bare = SpanContext::new(Vec::new(), Vec::new());
+    assert_eq!(bare.resource_message(), b"");
+    assert_eq!(bare.scope_message(), b"");
+}

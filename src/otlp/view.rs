@@ -140,17 +140,9 @@ pub struct ContextView<'a> {
 
 impl<'a> ContextView<'a> {
     pub fn new(ctx: &'a SpanContext) -> Self {
-        let pick = |raw: &'a [u8]| {
-            Fields::new(raw)
-                .filter_map(Result::ok)
-                .filter(|f| f.number == 1)
-                .filter_map(|f| f.value.as_bytes())
-                .last()
-                .unwrap_or_default()
-        };
         ContextView {
-            resource: pick(ctx.resource_fields()),
-            scope: pick(ctx.scope_fields()),
+            resource: ctx.resource_message(),
+            scope: ctx.scope_message(),
         }
     }
 
