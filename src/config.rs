@@ -68,6 +68,9 @@ pub struct Config {
     /// Consumer lag, readiness and the metrics tailsift derives from the traffic.
     #[serde(default)]
     pub monitoring: MonitoringConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
     /// How long a graceful shutdown (SIGTERM/SIGINT) may take before the process exits anyway.
     /// Default 30s. Kubernetes' terminationGracePeriodSeconds should be longer.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -244,6 +247,24 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: d_listen() }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (for people, the default) or `json` (one object per line, for log pipelines).
+    /// The `--log-format` flag and `TAILSIFT_LOG_FORMAT` override it. Levels: `RUST_LOG`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -685,6 +706,7 @@ impl Config {
             decision_cache: DecisionCacheConfig::default(),
             http: HttpConfig::default(),
             monitoring: MonitoringConfig::default(),
+            log: LogConfig::default(),
             shutdown_timeout: default_shutdown_timeout(),
         }
     }
@@ -804,6 +826,10 @@ mod tests {
                 format!("{MINIMAL}monitoring:\n  red_metrics: maybe\n"),
                 "red_metrics",
             ),
+            (
+                format!("{MINIMAL}log:\n  format: xml\n"),
+                "unknown variant `xml`, expected `text` or `json`",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).expect_err(&text);
@@ -837,6 +863,10 @@ mod tests {
             minimal.monitoring.stall_timeout
         );
         assert!(example.monitoring.red_metrics && minimal.monitoring.red_metrics);
+        assert_eq!(example.log.format, LogFormat::Text);
+        assert_eq!(minimal.log.format, LogFormat::Text);
+        let json = parse(&format!("{MINIMAL}log:\n  format: json\n")).unwrap();
+        assert_eq!(json.log.format, LogFormat::Json);
         assert_eq!(
             example.monitoring.max_services,
             minimal.monitoring.max_services

@@ -12,9 +12,9 @@ use tailsift::rules::RuleSet;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TAILSIFT_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Log format (default: the config's `log.format`, else text).
+    #[arg(long, global = true, value_enum, env = "TAILSIFT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,7 +88,24 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    // `run` reads its config first: the log format may be set there.
+    let mut loaded = None;
+    if let Command::Run { config } = &cli.command {
+        match Config::load(config) {
+            Ok(c) => loaded = Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let format = cli
+        .log_format
+        .unwrap_or(match loaded.as_ref().map(|c| c.log.format) {
+            Some(tailsift::config::LogFormat::Json) => LogFormat::Json,
+            _ => LogFormat::Text,
+        });
+    init_logs(format);
     match cli.command {
         Command::Rules {
             command: RulesCommand::Check { dir },
@@ -126,7 +143,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let result = rt.block_on(run(command));
+            let result = rt.block_on(run(command, loaded));
             // Do not wait on a blocking task stuck on an unresponsive broker.
             rt.shutdown_timeout(Duration::from_secs(1));
             match result {
@@ -140,10 +157,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
-            let config = Config::load(&config)?;
+            let config = match loaded {
+                Some(c) => c,
+                None => Config::load(&config)?,
+            };
             let running = tailsift::pipeline::start(&config).await?;
             tailsift::pipeline::signal().await;
             tracing::info!("signal received: shutting down");
