@@ -17,6 +17,8 @@ if [ -z "${TAILSIFT_TOOLS:-}" ]; then
   fi
 fi
 NISSHI="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
+# The broker-outage test starts (and freezes) a broker of its own from this binary.
+export TAILSIFT_NISSHI="${TAILSIFT_NISSHI:-$NISSHI}"
 
 if [ -z "${TAILSIFT_TEST_BROKERS:-}" ]; then
   if ! "$NISSHI" --version >/dev/null 2>&1; then

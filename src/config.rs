@@ -4,7 +4,7 @@
 //! it). Unknown keys are rejected; values are checked here, so that no invalid combination
 //! reaches the pipeline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::buffer::Completion;
 use crate::memory::{resolve_budget, Budget, BudgetSource};
 use crate::otlp::Encoding;
+use crate::secrets;
 
 /// Environment variable that overrides `kafka.brokers`.
 pub const BROKERS_ENV: &str = "TAILSIFT_BROKERS";
@@ -77,7 +78,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port[,host:port...]`. The environment variable
@@ -107,7 +108,9 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub group_instance_id: Option<String>,
     /// librdkafka properties for both consumer and producer (security settings go here:
-    /// `security.protocol`, `sasl.mechanism`, `ssl.ca.location`...).
+    /// `security.protocol`, `sasl.mechanism`, `ssl.ca.location`...). In this map and the two
+    /// below, a value written `${env:NAME}` or `${file:/path}` is read from the environment or
+    /// the file at load; secrets are never logged.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
@@ -123,6 +126,43 @@ pub struct KafkaConfig {
     /// Keep it under the topic's `max.message.bytes`. Default 1000000.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Property names whose values were resolved from `${env:..}`/`${file:..}`: redacted.
+    #[serde(skip)]
+    pub resolved_secrets: BTreeSet<String>,
+}
+
+impl KafkaConfig {
+    /// The three property maps with secret values replaced by `<redacted>`, for logs.
+    pub fn redacted_properties(&self) -> [(&'static str, BTreeMap<String, String>); 3] {
+        let r = |m| secrets::redact(m, &self.resolved_secrets);
+        [
+            ("properties", r(&self.properties)),
+            ("consumer_properties", r(&self.consumer_properties)),
+            ("producer_properties", r(&self.producer_properties)),
+        ]
+    }
+}
+
+/// Prints property maps redacted: a config can be logged whole without leaking secrets.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [(_, p), (_, c), (_, pr)] = self.redacted_properties();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("input_topics", &self.input_topics)
+            .field("input_encoding", &self.input_encoding)
+            .field("input_encodings", &self.input_encodings)
+            .field("output_topic", &self.output_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("group_id", &self.group_id)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("properties", &p)
+            .field("consumer_properties", &c)
+            .field("producer_properties", &pr)
+            .field("commit_interval", &self.commit_interval)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -430,7 +470,40 @@ impl Config {
         })?;
         let mut config = Self::parse(path, &text)?;
         config.apply_env(|name| std::env::var(name).ok());
+        config.resolve_secrets(path, &|name: &str| std::env::var(name).ok(), &|p: &Path| {
+            std::fs::read_to_string(p)
+        })?;
         Ok(config)
+    }
+
+    /// Replaces `${env:NAME}` and `${file:/path}` values in the property maps, remembering
+    /// which were secrets. Errors name the map and property, never a value.
+    pub fn resolve_secrets(
+        &mut self,
+        path: &Path,
+        env: &impl Fn(&str) -> Option<String>,
+        read: &impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<(), ConfigError> {
+        let k = &mut self.kafka;
+        for (name, map) in [
+            ("kafka.properties", &mut k.properties),
+            ("kafka.consumer_properties", &mut k.consumer_properties),
+            ("kafka.producer_properties", &mut k.producer_properties),
+        ] {
+            for (key, value) in map.iter_mut() {
+                let resolved =
+                    secrets::resolve(value, env, read).map_err(|message| ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        key: name,
+                        message: format!("`{key}`: {message}"),
+                    })?;
+                if let Some(v) = resolved {
+                    *value = v;
+                    k.resolved_secrets.insert(key.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies the environment overrides, read through `var`; an empty value overrides nothing.
@@ -696,6 +769,7 @@ impl Config {
                 producer_properties: BTreeMap::new(),
                 commit_interval: default_commit_interval(),
                 max_message_bytes: default_max_message_bytes(),
+                resolved_secrets: BTreeSet::new(),
             },
             rules: RulesConfig {
                 dir: rules_dir.to_path_buf(),

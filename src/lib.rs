@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: `tailsift.yaml`, parsed and checked into runtime settings.
+//! - [`secrets`]: `${env:..}`/`${file:..}` property values, and their redaction in logs.
 //! - [`otlp`]: the wire format: decode requests into per-trace span groups, read spans for the
 //!   rules, encode kept traces from the spans' original bytes.
 //! - [`buffer`]: the sharded trace map and its deadline index; completion triggers.
@@ -43,5 +44,6 @@ pub mod pipeline;
 pub mod red;
 pub mod rules;
 pub mod sampler;
+pub mod secrets;
 pub mod sink;
 pub mod source;

@@ -198,7 +198,8 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         output = %config.kafka.output_topic,
         group = %config.kafka.group_id,
         http = %http_addr,
-        "tailsift running"
+        kafka = ?config.kafka,
+        "tailsift running (kafka settings logged with secrets redacted)"
     );
     Ok(Running {
         sampler,

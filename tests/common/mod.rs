@@ -44,8 +44,12 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&brokers(), name, partitions).await
+}
+
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -59,8 +63,12 @@ pub async fn create_topic(name: &str, partitions: i32) {
 }
 
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+    producer_on(&brokers())
+}
+
+pub fn producer_on(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "2")
         .create()
         .expect("producer")
@@ -101,8 +109,12 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(topic: &str) -> Self {
+        Self::on(&brokers(), topic)
+    }
+
+    pub fn on(brokers: &str, topic: &str) -> Self {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("group.id", unique("reader"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")

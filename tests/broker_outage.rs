@@ -1,0 +1,166 @@
+//! A broker outage, with the real binary and a broker of the test's own (never the shared
+//! one): the broker is frozen with SIGSTOP for 30 s while traffic is pending, then resumed.
+//! tailsift keeps running, reports itself unready while the broker does not answer, becomes
+//! ready again, and every trace the rules keep reaches the output whole.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::instance::{free_addr, start, Spec};
+use common::traffic::{self, RULES};
+use common::*;
+
+/// A nisshi broker on a free port, stopped (and resumed first, if frozen) on drop.
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Broker {
+    fn start(dir: &std::path::Path) -> Self {
+        let bin = std::env::var("TAILSIFT_NISSHI")
+            .unwrap_or_else(|_| "/opt/tailsift-ci/nisshi-0.7.0/bin/nisshi".into());
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "the broker-outage test starts its own nisshi: run scripts/test.sh (it sets \
+             TAILSIFT_NISSHI) or set TAILSIFT_NISSHI to the nisshi binary; {bin} is missing"
+        );
+        let addr = free_addr().to_string();
+        let log = std::fs::File::create(dir.join("nisshi.log")).expect("log");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://{addr}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{addr}"))
+            .args([
+                "--storage-engine",
+                "memory://nisshi/",
+                "--group-initial-rebalance-delay",
+                "100ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nisshi");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "nisshi did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Broker { child, addr }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_makes_tailsift_unready_then_it_recovers_and_loses_nothing() {
+    tokio::time::timeout(Duration::from_secs(240), outage())
+        .await
+        .expect("the outage test finishes within 4 minutes");
+}
+
+async fn outage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic_on(&broker.addr, &input, 4).await;
+    create_topic_on(&broker.addr, &output, 1).await;
+    let rules = rules_dir(&[("rules.yaml", RULES)]);
+    let text = format!(
+        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n  commit_interval: 200ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 1500ms\n  root_grace: 500ms\nmonitoring:\n  lag_interval: 500ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
+        broker.addr,
+        unique("group"),
+        rules.path().display()
+    );
+    let mut inst = start(
+        dir.path(),
+        &text,
+        Spec {
+            name: "tailsift",
+            instance_id: None,
+        },
+        &[],
+    );
+    inst.wait_ready(Duration::from_secs(60)).await;
+    let p = producer_on(&broker.addr);
+    traffic::send_interleaved(&p, &input, 3, 0..300, Duration::from_millis(2));
+
+    // Freeze: the next traces wait in the test producer's queue; tailsift's own produces and
+    // commits in flight wait in librdkafka's.
+    broker.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    let sender = {
+        let (input, addr) = (input.clone(), broker.addr.clone());
+        std::thread::spawn(move || {
+            let p = producer_on(&addr);
+            traffic::send_interleaved(&p, &input, 3, 300..600, Duration::from_millis(2));
+        })
+    };
+    let addr = inst.addr;
+    let unready = eventually(Duration::from_secs(25), || {
+        http_get(addr, "/readyz").is_ok_and(|(s, _)| s == 503)
+    })
+    .await;
+    let (_, why) = http_get(addr, "/readyz").expect("readyz");
+    eprintln!(
+        "outage: unready after {:?}: {}",
+        frozen.elapsed(),
+        why.trim()
+    );
+    assert!(
+        unready,
+        "tailsift reports itself unready while the broker is frozen"
+    );
+    let remaining = Duration::from_secs(30).saturating_sub(frozen.elapsed());
+    tokio::time::sleep(remaining).await;
+    assert!(
+        inst.child.try_wait().expect("wait").is_none(),
+        "tailsift keeps running through the outage"
+    );
+    assert_eq!(http_get(addr, "/healthz").map(|r| r.0).ok(), Some(200));
+    broker.signal(libc::SIGCONT);
+    eprintln!("outage: broker resumed after {:?}", frozen.elapsed());
+
+    let resumed = Instant::now();
+    inst.wait_ready(Duration::from_secs(60)).await;
+    eprintln!(
+        "outage: ready again {:?} after the resume",
+        resumed.elapsed()
+    );
+    sender.join().expect("sender");
+
+    let expected = traffic::expected(rules.path(), 3, 0..600);
+    let mut reader = Reader::on(&broker.addr, &output);
+    reader.read_until(Duration::from_secs(60), |m| traffic::complete(&expected, m));
+    reader.read_until(Duration::from_secs(1), |_| false);
+    let v = traffic::verdict(&expected, &reader.messages);
+    eprintln!(
+        "outage: {} kept traces, {} duplicate spans (rate {:.4})",
+        v.kept_traces,
+        v.duplicate_spans,
+        v.duplicate_rate()
+    );
+    v.assert_promise_kept();
+    eprintln!(
+        "outage: {} spans counted as replayed",
+        inst.metric("tailsift_replayed_spans_forwarded_total", "")
+    );
+    let (ok, took) = inst.terminate(Duration::from_secs(15)).await;
+    assert!(ok, "clean exit after the outage (took {took:?})");
+}

@@ -1,0 +1,116 @@
+//! Secrets in the config, with the real binary: `${env:..}` and `${file:..}` property values are
+//! resolved at load, and the secret never shows in the logs or on the HTTP port.
+
+mod common;
+
+use std::time::Duration;
+
+use common::instance::{start, Spec};
+use common::*;
+
+const SECRET_ENV: &str = "correct-horse-battery-staple";
+const SECRET_FILE: &str = "tr0ub4dor-and-3";
+
+fn config(dir: &std::path::Path, secret_file: &std::path::Path) -> String {
+    format!(
+        "kafka:\n  brokers: {}\n  input_topics: [{}]\n  output_topic: {}\n  properties:\n    security.protocol: SASL_PLAINTEXT\n    sasl.mechanism: PLAIN\n    sasl.username: tailsift\n    sasl.password: \"${{env:TAILSIFT_TEST_SASL_PASSWORD}}\"\n  producer_properties:\n    sasl.password: \"${{file:{}}}\"\nrules:\n  dir: {}\nhttp:\n  listen: \"{{listen}}\"\n",
+        brokers(),
+        unique("in"),
+        unique("out"),
+        secret_file.display(),
+        dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_env_and_file_are_used_but_never_logged_or_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = rules_dir(&[("r.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
+    let secret_file = dir.path().join("password");
+    std::fs::write(&secret_file, format!("{SECRET_FILE}\n")).expect("write secret");
+    let text = config(rules.path(), &secret_file);
+    let inst = start(
+        dir.path(),
+        &text,
+        Spec {
+            name: "secret",
+            instance_id: None,
+        },
+        &[("TAILSIFT_TEST_SASL_PASSWORD", SECRET_ENV)],
+    );
+    // The broker speaks no SASL: the clients fail to authenticate and keep retrying, while the
+    // process and its HTTP port run.
+    let addr = inst.addr;
+    assert!(
+        eventually(Duration::from_secs(30), || http_get(addr, "/healthz")
+            .is_ok_and(|(s, _)| s == 200))
+        .await,
+        "tailsift runs with a SASL config"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/healthz",
+        "/config",
+        "/debug/config",
+        "/",
+    ] {
+        let (_, body) = http_get(addr, path).expect("http");
+        for secret in [SECRET_ENV, SECRET_FILE, "sasl.password"] {
+            assert!(!body.contains(secret), "{path} exposes {secret:?}");
+        }
+    }
+    drop(inst);
+    let log = std::fs::read_to_string(dir.path().join("secret.log")).expect("log");
+    assert!(
+        log.contains("tailsift running") && log.contains("<redacted>"),
+        "the config is logged, redacted: {log}"
+    );
+    assert!(
+        log.contains("SASL_PLAINTEXT"),
+        "non-secret settings are logged"
+    );
+    for secret in [SECRET_ENV, SECRET_FILE] {
+        assert!(!log.contains(secret), "the log leaks {secret:?}");
+    }
+}
+
+#[test]
+fn config_check_names_a_missing_secret_without_printing_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.yaml");
+    let text =
+        config(dir.path(), &dir.path().join("no-such-file")).replace("{listen}", "127.0.0.1:0");
+    std::fs::write(&path, &text).expect("write");
+    let run = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tailsift"));
+        c.args(["config", "check"]).arg(&path);
+        c.env_remove("TAILSIFT_TEST_SASL_PASSWORD");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(&[]);
+    assert!(!ok);
+    assert!(
+        text.contains("kafka.properties") && text.contains("TAILSIFT_TEST_SASL_PASSWORD"),
+        "{text}"
+    );
+    let (ok, text) = run(&[("TAILSIFT_TEST_SASL_PASSWORD", SECRET_ENV)]);
+    assert!(!ok, "the secret file is missing");
+    assert!(
+        text.contains("kafka.producer_properties") && text.contains("cannot read secret file"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET_ENV), "{text}");
+}
