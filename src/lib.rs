@@ -23,6 +23,7 @@
 //!   thread.
 //! - [`dead_letter`]: undecodable messages copied to a dead-letter topic before their offset
 //!   is released.
+//! - [`route`]: `tailsift route`: split unkeyed OTLP batches per trace, re-key by trace id.
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric's name and description.
@@ -42,6 +43,7 @@ pub mod offsets;
 pub mod otlp;
 pub mod pipeline;
 pub mod red;
+pub mod route;
 pub mod rules;
 pub mod sampler;
 pub mod secrets;

@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, short, default_value = "tailsift.yaml")]
         config: PathBuf,
     },
+    /// Re-key OTLP traffic by trace id: read `kafka.input_topics`, split each message per
+    /// trace, write the traces keyed by trace id to `kafka.output_topic` (the sampling topic).
+    Route {
+        /// The configuration file (its `kafka`, `http` and `shutdown_timeout` sections).
+        #[arg(long, short, default_value = "tailsift.yaml")]
+        config: PathBuf,
+    },
     /// Run everything on this machine: in-process Kafka, generated traces, the sampler.
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
@@ -172,6 +179,19 @@ async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
             // committed, so the next owner replays it.
             let bound = config.shutdown_timeout + Duration::from_secs(5);
             match tokio::time::timeout(bound, running.shutdown()).await {
+                Ok(r) => r,
+                Err(_) => anyhow::bail!(
+                    "shutdown did not finish within {bound:?}; exiting (uncommitted offsets are replayed)"
+                ),
+            }
+        }
+        Command::Route { config } => {
+            let config = Config::load(&config)?;
+            let router = tailsift::route::start(&config).await?;
+            tailsift::pipeline::signal().await;
+            tracing::info!("signal received: shutting down");
+            let bound = config.shutdown_timeout + Duration::from_secs(5);
+            match tokio::time::timeout(bound, router.shutdown()).await {
                 Ok(r) => r,
                 Err(_) => anyhow::bail!(
                     "shutdown did not finish within {bound:?}; exiting (uncommitted offsets are replayed)"

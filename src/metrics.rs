@@ -33,6 +33,7 @@ pub const OFFSETS_HELD_BACK: &str = "tailsift_offsets_held_back";
 pub const CONSUMER_ERRORS: &str = "tailsift_consumer_errors_total";
 pub const CONSUMER_LAG: &str = "tailsift_consumer_lag";
 pub const LAG_QUERY_FAILURES: &str = "tailsift_lag_query_failures_total";
+pub const ROUTED_TRACES: &str = "tailsift_routed_traces_total";
 pub const DEAD_LETTERS: &str = "tailsift_dead_letters_total";
 pub const DEAD_LETTER_ERRORS: &str = "tailsift_dead_letter_errors_total";
 pub const PAUSED_PARTITIONS: &str = "tailsift_paused_partitions";
@@ -153,6 +154,11 @@ pub fn describe() {
         OFFSETS_HELD_BACK,
         Unit::Count,
         "Offsets read but not yet safe to commit (held by undecided traces or produces in flight), summed over partitions."
+    );
+    describe_counter!(
+        ROUTED_TRACES,
+        Unit::Count,
+        "tailsift route: per-trace span groups re-keyed by trace id and sent to the sampling topic."
     );
     describe_counter!(
         DEAD_LETTERS,

@@ -96,6 +96,7 @@ pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) {
 /// One message read from the output topic.
 #[derive(Debug, Clone)]
 pub struct OutMsg {
+    pub partition: i32,
     pub key: String,
     pub headers: HashMap<String, String>,
     pub payload: Vec<u8>,
@@ -144,6 +145,7 @@ impl Reader {
                     })
                     .unwrap_or_default();
                 self.messages.push(OutMsg {
+                    partition: m.partition(),
                     key: m
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())

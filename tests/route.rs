@@ -1,0 +1,111 @@
+//! `tailsift route` on a real broker: batches that mix many traces, sent without trace keys,
+//! come out split per trace and keyed by trace id, one partition per trace; fed to the
+//! sampler, every trace the rules keep is whole.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::traffic::{self, RULES};
+use common::*;
+use prost::Message;
+use tailsift::otlp::build::spans_of;
+use tailsift::otlp::TraceId;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole() {
+    let (input, sampling, output) = (unique("raw"), unique("sampling"), unique("out"));
+    create_topic(&input, 3).await;
+    create_topic(&sampling, 4).await;
+    create_topic(&output, 1).await;
+    let rules = rules_dir(&[("rules.yaml", RULES)]);
+    let route_config = {
+        let mut c = config(&input, &sampling, rules.path());
+        c.kafka.dead_letter_topic = None;
+        c
+    };
+    let router = tailsift::route::start(&route_config).await.expect("route");
+    let sampler = tailsift::pipeline::start(&config(&sampling, &output, rules.path()))
+        .await
+        .expect("sampler");
+
+    // 200 traces of 3 spans. Each batch concatenates one span of each of 20 traces (a valid
+    // ExportTraceServiceRequest: repeated fields append), under a key that is no trace's.
+    let (run, n) = (4u64, 200u64);
+    let p = producer();
+    let mut batches = 0;
+    for part in 0..3 {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
+            let mut batch = Vec::new();
+            for &i in chunk {
+                batch.extend_from_slice(&traffic::trace(run, i).1[part]);
+            }
+            send(&p, &input, &format!("batch-{batches}"), &batch);
+            batches += 1;
+        }
+    }
+    send(&p, &input, "garbage", b"\x0a\xff\xff\xff\x0f not protobuf");
+    flush(&p);
+
+    // The sampling topic: one trace per message, keyed by it, each trace in one partition.
+    let mut keyed = Reader::new(&sampling);
+    assert!(
+        keyed.read_until(Duration::from_secs(30), |m| m.len() >= (3 * n) as usize),
+        "every (batch, trace) pair is routed: {} messages",
+        keyed.messages.len()
+    );
+    let mut partitions: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
+    let mut spans: BTreeMap<&str, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for m in &keyed.messages {
+        partitions.entry(&m.key).or_default().insert(m.partition);
+        for (_, s) in spans_of(&m.payload).expect("OTLP") {
+            assert_eq!(
+                TraceId::from_slice(&s.trace_id)
+                    .map(|t| t.to_hex())
+                    .as_deref(),
+                Some(m.key.as_str()),
+                "a routed message holds only the trace it is keyed by"
+            );
+            spans.entry(&m.key).or_default().insert(s.encode_to_vec());
+        }
+    }
+    assert_eq!(spans.len(), n as usize, "every trace routed");
+    assert!(
+        partitions.values().all(|p| p.len() == 1),
+        "each trace lands in one partition"
+    );
+    for i in 0..n {
+        let (t, _, all) = traffic::trace(run, i);
+        assert_eq!(
+            spans.get(TraceId(t).to_hex().as_str()),
+            Some(&all),
+            "trace {i} whole"
+        );
+    }
+
+    // Sampled downstream: the promise holds through the extra stage.
+    let expected = traffic::expected(rules.path(), run, 0..n);
+    let mut out = Reader::new(&output);
+    out.read_until(Duration::from_secs(30), |m| traffic::complete(&expected, m));
+    let v = traffic::verdict(&expected, &out.messages);
+    v.assert_promise_kept();
+
+    let (_, body) = http_get(router.http_addr, "/metrics").expect("scrape");
+    assert_eq!(
+        metric(&body, "tailsift_routed_traces_total", ""),
+        Some((3 * n) as f64),
+        "one routed group per (batch, trace)"
+    );
+    assert!(
+        metric(
+            &body,
+            "tailsift_decode_failures_total",
+            "malformed_protobuf"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    sampler.shutdown().await.expect("sampler shutdown");
+    router.shutdown().await.expect("route shutdown");
+}
