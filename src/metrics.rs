@@ -262,6 +262,7 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
         LAG_QUERY_FAILURES,
         DEAD_LETTER_ERRORS,
         TRACES_WITHOUT_ROOT,
+        ROUTED_TRACES,
     ] {
         metrics::counter!(name).absolute(0);
     }
