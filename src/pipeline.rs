@@ -23,6 +23,14 @@ use crate::sampler::Sampler;
 use crate::sink::KafkaSink;
 use crate::source::{self, Health, IngestSettings};
 
+/// Appended to client-creation errors: what a TLS or SCRAM setting needs in a build without
+/// the `tls` feature.
+pub const TLS_HINT: &str = if cfg!(feature = "tls") {
+    ""
+} else {
+    " (if it names TLS/SSL or SCRAM: this build lacks them; build with `--features tls`)"
+};
+
 /// How often the deciders look for complete traces.
 pub const DECIDE_TICK: Duration = Duration::from_millis(10);
 
@@ -96,7 +104,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
     crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
     let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)
-        .context("cannot create the Kafka producer")?;
+        .with_context(|| format!("cannot create the Kafka producer{TLS_HINT}"))?;
     let (budget, source) = config.budget();
     let mut completion = config.completion();
     // One trace may take at most half the budget (checked at load when the budget is set;
@@ -153,7 +161,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         sampler.clone(),
         health.clone(),
     )
-    .context("cannot create the Kafka consumer")?;
+    .with_context(|| format!("cannot create the Kafka consumer{TLS_HINT}"))?;
     crate::lag::spawn(
         &consumer_config,
         health.clone(),

@@ -207,8 +207,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Router> {
     {
         pc.set("partitioner", "fnv1a_random");
     }
-    let producer = RouteProducer::new(&pc, &config.kafka.output_topic)
-        .context("cannot create the Kafka producer")?;
+    let producer = RouteProducer::new(&pc, &config.kafka.output_topic).with_context(|| {
+        format!(
+            "cannot create the Kafka producer{}",
+            crate::pipeline::TLS_HINT
+        )
+    })?;
     let dead_letters = match &config.kafka.dead_letter_topic {
         Some(t) => Some(
             DeadLetters::new(&crate::pipeline::producer_config(config), t)
@@ -235,7 +239,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Router> {
     };
     let consumer: BaseConsumer<RouteConsumerContext> = crate::pipeline::consumer_config(config)
         .create_with_context(ctx)
-        .context("cannot create the Kafka consumer")?;
+        .with_context(|| {
+            format!(
+                "cannot create the Kafka consumer{}",
+                crate::pipeline::TLS_HINT
+            )
+        })?;
     let topics: Vec<&str> = config
         .kafka
         .input_topics

@@ -114,3 +114,68 @@ fn config_check_names_a_missing_secret_without_printing_values() {
     );
     assert!(!text.contains(SECRET_ENV), "{text}");
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_sasl_scram_configs_are_accepted_by_the_kafka_clients() {
+    // The test broker speaks neither TLS nor SASL: what is checked is that librdkafka was
+    // built with TLS and SCRAM (no "not supported" at client creation) and tailsift runs on.
+    for (protocol, mechanism) in [("SASL_SSL", "SCRAM-SHA-512"), ("SSL", "PLAIN")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = rules_dir(&[("r.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
+        let text = format!(
+            "kafka:\n  brokers: {}\n  input_topics: [{}]\n  output_topic: {}\n  properties:\n    security.protocol: {protocol}\n    sasl.mechanism: {mechanism}\n    sasl.username: tailsift\n    sasl.password: \"${{env:TAILSIFT_TEST_SASL_PASSWORD}}\"\n    ssl.endpoint.identification.algorithm: none\nrules:\n  dir: {}\nhttp:\n  listen: \"{{listen}}\"\n",
+            brokers(),
+            unique("in"),
+            unique("out"),
+            rules.path().display()
+        );
+        let mut inst = start(
+            dir.path(),
+            &text,
+            Spec {
+                name: "tls",
+                instance_id: None,
+            },
+            &[("TAILSIFT_TEST_SASL_PASSWORD", SECRET_ENV)],
+        );
+        let addr = inst.addr;
+        let up = eventually(Duration::from_secs(30), || {
+            http_get(addr, "/healthz").is_ok_and(|(s, _)| s == 200)
+        })
+        .await;
+        let exited = inst.child.try_wait().expect("wait");
+        drop(inst);
+        let log = std::fs::read_to_string(dir.path().join("tls.log")).expect("log");
+        assert!(
+            up && exited.is_none(),
+            "{protocol}/{mechanism}: tailsift starts: {log}"
+        );
+        assert!(
+            !log.contains("not supported"),
+            "{protocol}/{mechanism}: {log}"
+        );
+        assert!(!log.contains(SECRET_ENV), "the log leaks the password");
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+#[test]
+fn without_the_tls_feature_a_tls_config_fails_at_start_saying_how_to_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.yaml");
+    let text = format!(
+        "kafka:\n  brokers: {}\n  input_topics: [i]\n  output_topic: o\n  properties:\n    security.protocol: SASL_SSL\n    sasl.mechanism: SCRAM-SHA-512\nrules:\n  dir: rules\nhttp:\n  listen: 127.0.0.1:0\n",
+        brokers()
+    );
+    std::fs::write(&path, text).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("TAILSIFT_BROKERS")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--features tls"), "{err}");
+}
