@@ -176,6 +176,22 @@ pub struct RulesConfig {
     /// to decorrelate from upstream samplers. All instances must share it.
     #[serde(default)]
     pub salt: Option<String>,
+    /// `enforce` (default): kept traces are forwarded, dropped ones are not. `shadow`: a dry
+    /// run; decisions are computed, counted and marked, and every trace is forwarded.
+    #[serde(default)]
+    pub mode: RulesMode,
+    /// Marks on forwarded spans (rule, sample rate, tracestate threshold). Absent (default):
+    /// spans are forwarded byte for byte.
+    #[serde(default)]
+    pub marking: Option<MarkingConfig>,
+    /// Reload the rules, without restart, when the directory changes (file watch), on
+    /// SIGHUP, and when the periodic check finds changed files. Default true.
+    #[serde(default = "d_true")]
+    pub reload: bool,
+    /// How often the rule files' hash is checked, a fallback for file systems where the
+    /// watch misses changes. `0s` turns the check off. Default 10s.
+    #[serde(default = "d_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 impl Default for RulesConfig {
@@ -183,6 +199,51 @@ impl Default for RulesConfig {
         RulesConfig {
             dir: default_rules_dir(),
             salt: None,
+            mode: RulesMode::default(),
+            marking: None,
+            reload: true,
+            poll_interval: d_poll_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RulesMode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// How forwarded spans are marked. An attribute name set to `""` leaves that mark out.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkingConfig {
+    /// Span attribute naming the rule that kept the trace (string). Default `tailsift.rule`.
+    #[serde(default = "d_rule_attr")]
+    pub rule_attribute: String,
+    /// Span attribute with the trace's sample rate N, keep 1 in N (int): the trace stands
+    /// for N traces. Default `tailsift.sample_rate`.
+    #[serde(default = "d_rate_attr")]
+    pub sample_rate_attribute: String,
+    /// Span attribute with the rules' verdict in shadow mode, `keep` or `drop` (string).
+    /// Default `tailsift.shadow`.
+    #[serde(default = "d_shadow_attr")]
+    pub shadow_attribute: String,
+    /// Set the OpenTelemetry sampling threshold `ot=th:...` in each kept span's tracestate
+    /// (merged with an upstream one). Default true.
+    #[serde(default = "d_true")]
+    pub tracestate: bool,
+}
+
+impl MarkingConfig {
+    pub fn marking(&self) -> crate::otlp::mark::Marking {
+        let name = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        crate::otlp::mark::Marking {
+            rule_attribute: name(&self.rule_attribute),
+            sample_rate_attribute: name(&self.sample_rate_attribute),
+            shadow_attribute: name(&self.shadow_attribute),
+            tracestate: self.tracestate,
         }
     }
 }
@@ -414,6 +475,21 @@ fn default_max_message_bytes() -> usize {
 fn default_rules_dir() -> PathBuf {
     PathBuf::from("rules")
 }
+fn d_true() -> bool {
+    true
+}
+fn d_poll_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_rule_attr() -> String {
+    "tailsift.rule".into()
+}
+fn d_rate_attr() -> String {
+    "tailsift.sample_rate".into()
+}
+fn d_shadow_attr() -> String {
+    "tailsift.shadow".into()
+}
 fn d_decision_wait() -> Duration {
     Duration::from_secs(10)
 }
@@ -446,9 +522,6 @@ fn d_lag_interval() -> Duration {
 }
 fn d_stall_timeout() -> Duration {
     Duration::from_secs(60)
-}
-fn d_true() -> bool {
-    true
 }
 fn d_max_services() -> usize {
     100
@@ -686,6 +759,20 @@ impl Config {
                 ),
             ));
         }
+        if let Some(m) = &self.rules.marking {
+            let names = [
+                &m.rule_attribute,
+                &m.sample_rate_attribute,
+                &m.shadow_attribute,
+            ];
+            let set: Vec<_> = names.iter().filter(|n| !n.trim().is_empty()).collect();
+            if (1..set.len()).any(|i| set[..i].contains(&set[i])) {
+                return Err(invalid(
+                    "rules.marking",
+                    "the attribute names must differ from each other".into(),
+                ));
+            }
+        }
         let dc = &self.decision_cache;
         if dc.max_bytes.0 < crate::decision::CACHE_ENTRY_BYTES * 16 {
             return Err(invalid(
@@ -712,6 +799,18 @@ impl Config {
             .get(topic)
             .copied()
             .unwrap_or(k.input_encoding)
+    }
+
+    /// The rule options every (re)load of the rules uses.
+    pub fn rule_options(&self) -> crate::rules::RuleOptions {
+        crate::rules::RuleOptions {
+            salt: self.rules.salt.clone(),
+            mode: match self.rules.mode {
+                RulesMode::Enforce => crate::rules::Mode::Enforce,
+                RulesMode::Shadow => crate::rules::Mode::Shadow,
+            },
+            marking: self.rules.marking.as_ref().map(MarkingConfig::marking),
+        }
     }
 
     /// The completion settings as the buffer uses them.
@@ -773,7 +872,7 @@ impl Config {
             },
             rules: RulesConfig {
                 dir: rules_dir.to_path_buf(),
-                salt: None,
+                ..RulesConfig::default()
             },
             completion: CompletionConfig::default(),
             buffer: BufferConfig::default(),
@@ -1021,6 +1120,34 @@ mod tests {
             1000 * crate::decision::CACHE_ENTRY_BYTES
         );
         assert_eq!(derived.decision_cache_bytes(), 64 << 20);
+    }
+
+    #[test]
+    fn rules_settings_parse_and_marking_names_must_differ() {
+        let c = parse(&format!(
+            "{MINIMAL}rules:\n  mode: shadow\n  marking:\n    rule_attribute: sampling.rule\n    tracestate: false\n"
+        ))
+        .unwrap();
+        let o = c.rule_options();
+        assert_eq!(o.mode, crate::rules::Mode::Shadow);
+        let m = o.marking.unwrap();
+        assert_eq!(m.rule_attribute.as_deref(), Some("sampling.rule"));
+        assert_eq!(
+            m.sample_rate_attribute.as_deref(),
+            Some("tailsift.sample_rate")
+        );
+        assert!(!m.tracestate);
+        assert!(parse(MINIMAL).unwrap().rule_options().marking.is_none());
+        assert!(parse(MINIMAL).unwrap().rules.reload);
+        let err = parse(&format!(
+            "{MINIMAL}rules:\n  marking:\n    rule_attribute: x\n    shadow_attribute: x\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("rules.marking"), "{err}");
+        let err = parse(&format!("{MINIMAL}rules:\n  mode: dry\n")).unwrap_err();
+        assert!(err.contains("unknown variant `dry`"), "{err}");
+        let err = parse(&format!("{MINIMAL}rules:\n  marking:\n    rule_attr: x\n")).unwrap_err();
+        assert!(err.contains("unknown field `rule_attr`"), "{err}");
     }
 
     #[test]

@@ -17,17 +17,53 @@ pub enum Decision {
     Keep { rule: Arc<str>, sample_rate: u32 },
     /// Do not forward.
     Drop { rule: Arc<str> },
+    /// Shadow mode: forward the trace whatever the rules said; `keep` and `sample_rate` are
+    /// what they said (counted and marked as such).
+    Shadow {
+        rule: Arc<str>,
+        keep: bool,
+        sample_rate: u32,
+    },
 }
 
 impl Decision {
     pub fn rule(&self) -> &str {
         match self {
-            Decision::Keep { rule, .. } | Decision::Drop { rule } => rule,
+            Decision::Keep { rule, .. }
+            | Decision::Drop { rule }
+            | Decision::Shadow { rule, .. } => rule,
         }
     }
 
+    /// The rule's name, shared.
+    pub fn rule_arc(&self) -> &Arc<str> {
+        match self {
+            Decision::Keep { rule, .. }
+            | Decision::Drop { rule }
+            | Decision::Shadow { rule, .. } => rule,
+        }
+    }
+
+    /// Whether the rules kept the trace (in shadow mode: whether they would have).
     pub fn is_keep(&self) -> bool {
-        matches!(self, Decision::Keep { .. })
+        matches!(
+            self,
+            Decision::Keep { .. } | Decision::Shadow { keep: true, .. }
+        )
+    }
+
+    /// Whether the trace is forwarded: kept, or decided in shadow mode.
+    pub fn forwards(&self) -> bool {
+        matches!(self, Decision::Keep { .. } | Decision::Shadow { .. })
+    }
+
+    /// The sample rate the output carries: the kept rate, or 1 for a shadow decision (every
+    /// trace is forwarded, so each stands for itself).
+    pub fn forwarded_rate(&self) -> u32 {
+        match self {
+            Decision::Keep { sample_rate, .. } => *sample_rate,
+            _ => 1,
+        }
     }
 
     pub fn outcome(&self) -> &'static str {

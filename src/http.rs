@@ -24,7 +24,9 @@ struct AppState {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> String {
-    s.metrics.render()
+    let mut body = s.metrics.render();
+    crate::metrics::render_rules_info(&mut body);
+    body
 }
 
 async fn healthz() -> &'static str {

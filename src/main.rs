@@ -78,6 +78,88 @@ enum ConfigCommand {
 enum RulesCommand {
     /// Validate a rules directory; exits non-zero and lists every error.
     Check { dir: PathBuf },
+    /// Run case files (traces with the outcome each should get) against a rules directory;
+    /// exits non-zero when a case fails.
+    Test {
+        dir: PathBuf,
+        /// Case files (YAML).
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+        /// The `rules.salt` of the deployment, if it sets one.
+        #[arg(long)]
+        salt: Option<String>,
+    },
+    /// Show, rule by rule, which conditions hold for the traces of a case file.
+    Explain {
+        dir: PathBuf,
+        /// A case file (YAML).
+        trace: PathBuf,
+        /// Only the case with this name.
+        #[arg(long)]
+        case: Option<String>,
+        /// The `rules.salt` of the deployment, if it sets one.
+        #[arg(long)]
+        salt: Option<String>,
+    },
+}
+
+fn load_rules(dir: &std::path::Path, salt: Option<&str>) -> Result<RuleSet, ExitCode> {
+    RuleSet::load(dir, salt).map_err(|e| {
+        eprintln!("{e}");
+        eprintln!("{} error(s)", e.0.len());
+        ExitCode::FAILURE
+    })
+}
+
+fn rules_command(command: RulesCommand) -> ExitCode {
+    match command {
+        RulesCommand::Check { dir } => match load_rules(&dir, None) {
+            Ok(rules) => {
+                println!(
+                    "{}: {} rules OK (version {})",
+                    dir.display(),
+                    rules.rules().len(),
+                    rules.version()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        RulesCommand::Test { dir, cases, salt } => {
+            let rules = match load_rules(&dir, salt.as_deref()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let report = tailsift::rules::cases::run(&rules, &cases);
+            print!("{}", report.text);
+            if report.failed == 0 && report.passed > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        RulesCommand::Explain {
+            dir,
+            trace,
+            case,
+            salt,
+        } => {
+            let rules = match load_rules(&dir, salt.as_deref()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            match tailsift::rules::cases::explain_file(&rules, &trace, case.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -114,19 +196,7 @@ fn main() -> ExitCode {
         });
     init_logs(format);
     match cli.command {
-        Command::Rules {
-            command: RulesCommand::Check { dir },
-        } => match RuleSet::load(&dir, None) {
-            Ok(rules) => {
-                println!("{}: {} rules OK", dir.display(), rules.rules().len());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                eprintln!("{} error(s)", e.0.len());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Rules { command } => rules_command(command),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match Config::load(&file) {

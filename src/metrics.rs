@@ -56,6 +56,15 @@ pub const RED_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+pub const RULE_TRACES: &str = "tailsift_rule_traces_total";
+pub const RULE_SPANS: &str = "tailsift_rule_spans_total";
+pub const RULES_RELOADS: &str = "tailsift_rules_reloads_total";
+/// Rendered by [`render_rules_info`], not through the recorder: it has one series at a time,
+/// whose `version` label changes on reload, and the recorder cannot retire a series.
+pub const RULES_INFO: &str = "tailsift_rules_info";
+const RULES_INFO_HELP: &str =
+    "The loaded rules: version (a hash of the rule files' names and contents) and mode (enforce, shadow). One series, value 1.";
+
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
     describe_counter!(
@@ -287,7 +296,16 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
 /// Registers the per-rule series of a (re)loaded rule set at zero.
 pub fn init_rules(rules: &[&str]) {
     use crate::decision::Trigger;
+    for result in ["success", "failure"] {
+        metrics::counter!(RULES_RELOADS, "result" => result).absolute(0);
+    }
     for rule in rules {
+        for result in ["matched", "kept", "dropped"] {
+            metrics::counter!(RULE_TRACES, "rule" => rule.to_string(), "result" => result)
+                .increment(0);
+            metrics::counter!(RULE_SPANS, "rule" => rule.to_string(), "result" => result)
+                .increment(0);
+        }
         for outcome in ["kept", "dropped"] {
             for trigger in Trigger::ALL {
                 metrics::counter!(TRACES_DECIDED,
@@ -332,6 +350,44 @@ fn builder() -> PrometheusBuilder {
     b
 }
 
+pub fn describe_rules() {
+    describe_counter!(
+        RULE_TRACES,
+        Unit::Count,
+        "Traces per rule, by result: matched (the rule's conditions held; a rate_limit counts its fall-throughs here too), kept, dropped (the rule decided). In shadow mode, what the rules would have done."
+    );
+    describe_counter!(
+        RULE_SPANS,
+        Unit::Count,
+        "Spans of the traces counted in tailsift_rule_traces_total, by rule and result."
+    );
+    describe_counter!(
+        RULES_RELOADS,
+        Unit::Count,
+        "Rule reloads, by result: success (new rules in use), failure (invalid; the old rules stay)."
+    );
+}
+
+static RULES_INFO_VALUE: std::sync::Mutex<Option<(String, &'static str)>> =
+    std::sync::Mutex::new(None);
+
+/// Records the loaded rules' version and mode for [`RULES_INFO`].
+pub fn set_rules_info(version: &str, mode: &'static str) {
+    *RULES_INFO_VALUE.lock().unwrap_or_else(|e| e.into_inner()) = Some((version.to_string(), mode));
+}
+
+/// Appends the [`RULES_INFO`] series to a Prometheus text body.
+pub fn render_rules_info(out: &mut String) {
+    use std::fmt::Write;
+    let v = RULES_INFO_VALUE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((version, mode)) = v.as_ref() {
+        let _ = write!(
+            out,
+            "# HELP {RULES_INFO} {RULES_INFO_HELP}\n# TYPE {RULES_INFO} gauge\n{RULES_INFO}{{version=\"{version}\",mode=\"{mode}\"}} 1\n"
+        );
+    }
+}
+
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -352,6 +408,7 @@ pub fn install() -> PrometheusHandle {
             // renders nothing, which the tests would show.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            describe_rules();
             handle.run_upkeep(); // publishes the descriptions
             handle
         })

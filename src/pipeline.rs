@@ -89,13 +89,29 @@ pub struct Running {
     ingest: std::thread::JoinHandle<()>,
     http: tokio::task::JoinHandle<()>,
     shutdown_timeout: Duration,
+    /// Reloads the rules when their directory changes (when started from a directory).
+    pub reloader: Option<crate::rules::reload::Reloader>,
 }
 
 /// Starts the pipeline described by `config`, with rules loaded from its rules directory.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let rules = RuleSet::load(&config.rules.dir, config.rules.salt.as_deref())
+    let options = config.rule_options();
+    let rules = RuleSet::load_with(&config.rules.dir, &options)
         .with_context(|| format!("invalid rules in {}", config.rules.dir.display()))?;
-    start_with_rules(config, rules).await
+    let version = rules.version().to_string();
+    tracing::info!(dir = %config.rules.dir.display(), version = %version,
+        rules = rules.rules().len(), mode = crate::rules::reload::mode_name(options.mode), "rules loaded");
+    let mut running = start_with_rules(config, rules).await?;
+    if config.rules.reload {
+        let sampler = running.sampler.clone();
+        let swap: crate::rules::reload::Swap = Arc::new(move |new| sampler.rules.swap(new));
+        let loader = crate::rules::reload::Loader::new(&config.rules.dir, options, &version, swap);
+        running.reloader = Some(crate::rules::reload::Reloader::spawn(
+            loader,
+            config.rules.poll_interval,
+        ));
+    }
+    Ok(running)
 }
 
 /// Starts the pipeline with the given rules.
@@ -103,6 +119,10 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     let handle = crate::metrics::install();
     let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
     crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
+    crate::metrics::set_rules_info(
+        rules.version(),
+        crate::rules::reload::mode_name(rules.options().mode),
+    );
     let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)
         .with_context(|| format!("cannot create the Kafka producer{TLS_HINT}"))?;
     let (budget, source) = config.budget();
@@ -220,6 +240,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         ingest,
         http,
         shutdown_timeout: config.shutdown_timeout,
+        reloader: None,
     })
 }
 
@@ -243,6 +264,9 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + self.shutdown_timeout;
         self.health.draining.store(true, Ordering::Relaxed);
+        if let Some(r) = self.reloader {
+            r.stop().await;
+        }
         let _ = self.stop_deciders.send(true);
         for d in self.deciders {
             let _ = d.await;

@@ -98,10 +98,7 @@ pub struct Tally {
 
 impl Tally {
     fn decided(&mut self, decision: &Decision, trigger: Trigger) {
-        let (rule, kept) = match decision {
-            Decision::Keep { rule, .. } => (rule, true),
-            Decision::Drop { rule } => (rule, false),
-        };
+        let (rule, kept) = (decision.rule_arc(), decision.is_keep());
         match self.decided.iter_mut().find(|((r, k, t), _)| {
             *k == kept && *t == trigger && (Arc::ptr_eq(r, rule) || r == rule)
         }) {
@@ -205,7 +202,7 @@ impl Sampler {
                 Ingested::Buffered => {}
                 Ingested::Full(trigger) => full.push((group.trace_id, trigger)),
                 Ingested::Late(decision) => {
-                    if decision.is_keep() {
+                    if decision.forwards() {
                         summary.late_kept += group.len();
                         self.forward_late(&group, &decision, hold, replayed, now);
                     } else {
@@ -253,10 +250,8 @@ impl Sampler {
             }
         }
         let spans = group.len() as u32;
-        let messages = encode_trace(
-            chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
-            self.max_message_bytes,
-        );
+        let messages =
+            self.encode_marked(decision, chunks.iter().map(|(c, b)| (&**c, b.as_slice())));
         let holds: Holds = smallvec::smallvec![hold.hold()];
         self.send(
             &group.trace_id,
@@ -328,18 +323,44 @@ impl Sampler {
             .duration
             .record(entry.duration_nanos() as f64 / 1e9);
         self.histograms.spans.record(f64::from(entry.span_count));
-        if decision.is_keep() {
-            tracing::debug!(trace_id = %id, rule = decision.rule(), trigger = trigger.as_str(), spans = entry.span_count, "trace kept");
+        if decision.forwards() {
+            tracing::debug!(trace_id = %id, rule = decision.rule(), trigger = trigger.as_str(), spans = entry.span_count, "trace forwarded");
             self.forward(id, &decision, entry, due);
         }
         // A dropped trace's holds are released here, as `entry` goes out of scope.
         Some(decision)
     }
 
-    fn forward(&self, id: &TraceId, decision: &Decision, entry: TraceEntry, due: Instant) {
-        let messages = encode_trace(
-            entry.groups.iter().map(|g| (&*g.ctx, g.spans.as_slice())),
+    /// Encodes a forwarded trace's span chunks, marking the spans when marking is on.
+    fn encode_marked<'a>(
+        &self,
+        decision: &Decision,
+        chunks: impl Iterator<Item = (&'a SpanContext, &'a [u8])> + Clone,
+    ) -> Messages {
+        let rules = self.rules.load();
+        let Some(marks) = rules
+            .marking()
+            .and_then(|m| m.marks(decision, rules.salted()))
+        else {
+            return encode_trace(chunks, self.max_message_bytes);
+        };
+        let marked: Vec<(&SpanContext, Vec<u8>)> = chunks
+            .map(|(ctx, spans)| {
+                let mut out = Vec::new();
+                marks.mark_spans(spans, &mut out);
+                (ctx, out)
+            })
+            .collect();
+        encode_trace(
+            marked.iter().map(|(c, b)| (*c, b.as_slice())),
             self.max_message_bytes,
+        )
+    }
+
+    fn forward(&self, id: &TraceId, decision: &Decision, entry: TraceEntry, due: Instant) {
+        let messages = self.encode_marked(
+            decision,
+            entry.groups.iter().map(|g| (&*g.ctx, g.spans.as_slice())),
         );
         self.send(
             id,
@@ -361,6 +382,8 @@ impl Sampler {
         if tally.without_root > 0 {
             metrics::counter!(m::TRACES_WITHOUT_ROOT).increment(tally.without_root);
         }
+        // The per-rule counts the rule set gathered in atomics, in bulk too.
+        self.rules.load().flush_metrics();
         let mut by_rule = self.stats.by_rule.lock().unwrap_or_else(|e| e.into_inner());
         for ((rule, kept, trigger), n) in tally.decided {
             metrics::counter!(m::TRACES_DECIDED,

@@ -179,11 +179,12 @@ impl KafkaSink {
 
 impl Output for KafkaSink {
     fn send(&self, trace_id: &TraceId, decision: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
-        let Decision::Keep { rule, sample_rate } = decision else {
+        if !decision.forwards() {
             return;
-        };
+        }
+        let rule = decision.rule();
         let key = trace_id.to_hex();
-        let rate = sample_rate.to_string();
+        let rate = decision.forwarded_rate().to_string();
         for (payload, ticket) in messages {
             let headers = OwnedHeaders::new()
                 .insert(Header {

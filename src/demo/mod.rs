@@ -25,6 +25,10 @@ use generator::{Generator, GeneratorConfig};
 
 /// The example rules, compiled in so the demo runs from anywhere.
 pub const EMBEDDED_RULES: &[(&str, &str)] = &[
+    (
+        "05-span-explosion.yaml",
+        include_str!("../../rules/05-span-explosion.yaml"),
+    ),
     ("10-errors.yaml", include_str!("../../rules/10-errors.yaml")),
     (
         "20-drop-health-checks.yaml",

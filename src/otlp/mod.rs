@@ -6,6 +6,7 @@ pub mod decode;
 pub mod encode;
 pub mod intern;
 pub mod json;
+pub mod mark;
 pub mod view;
 pub mod wire;
 

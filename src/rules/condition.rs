@@ -3,6 +3,8 @@
 //! Conditions are parsed and type-checked once, at load (see `parse.rs`); evaluation does no
 //! parsing and allocates nothing.
 
+use std::sync::Arc;
+
 use regex::bytes::Regex;
 
 use crate::otlp::view::{AttrValue, ContextView, SpanView};
@@ -15,7 +17,8 @@ pub enum Cond {
     All(Vec<Cond>),
     Any(Vec<Cond>),
     Not(Box<Cond>),
-    Trace(TraceField, Op),
+    /// A trace field's test, with the text it was written as (for `rules explain`).
+    Trace(TraceField, Op, Arc<str>),
     /// True when at least one span satisfies the span condition (all of a group on one span).
     AnySpan(SpanCond),
     /// True when the root span arrived and satisfies the span condition.
@@ -28,7 +31,8 @@ pub enum SpanCond {
     All(Vec<SpanCond>),
     Any(Vec<SpanCond>),
     Not(Box<SpanCond>),
-    Field(SpanField, Op),
+    /// A span field's test, with the text it was written as (for `rules explain`).
+    Field(SpanField, Op, Arc<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +87,7 @@ pub enum Op {
 
 /// A field's value on one span or trace, borrowed from the bytes.
 #[derive(Debug, Clone, Copy)]
-enum Val<'a> {
+pub(crate) enum Val<'a> {
     Str(&'a [u8]),
     Num(f64),
     Bool(bool),
@@ -166,7 +170,7 @@ fn enum_name(names: &'static [&'static str], n: u64) -> &'static [u8] {
 }
 
 impl SpanField {
-    fn value<'a>(&self, span: &SpanView<'a>, ctx: &ContextView<'a>) -> Option<Val<'a>> {
+    pub(crate) fn value<'a>(&self, span: &SpanView<'a>, ctx: &ContextView<'a>) -> Option<Val<'a>> {
         match self {
             SpanField::Name => Some(Val::Str(span.name)),
             SpanField::Kind => Some(Val::Str(enum_name(&KINDS, span.kind))),
@@ -188,7 +192,53 @@ impl SpanCond {
             SpanCond::All(cs) => cs.iter().all(|c| c.eval(span, ctx)),
             SpanCond::Any(cs) => cs.iter().any(|c| c.eval(span, ctx)),
             SpanCond::Not(c) => !c.eval(span, ctx),
-            SpanCond::Field(f, op) => op.test(f.value(span, ctx)),
+            SpanCond::Field(f, op, _) => op.test(f.value(span, ctx)),
+        }
+    }
+}
+
+impl TraceField {
+    pub(crate) fn value(self, t: &TraceView<'_>) -> Val<'static> {
+        match self {
+            TraceField::Duration => Val::Num(t.duration_nanos as f64),
+            TraceField::SpanCount => Val::Num(f64::from(t.span_count)),
+            TraceField::Error => Val::Bool(t.has_error),
+            TraceField::RootPresent => Val::Bool(t.root.is_some()),
+        }
+    }
+}
+
+/// A field whose value, per trace, makes up a throughput sampler's key: a trace field or a
+/// field of the root span (one value per trace).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyField {
+    Trace(TraceField),
+    Root(SpanField),
+}
+
+impl KeyField {
+    /// Feeds the field's value for `t` into `h` (a missing value hashes as such).
+    pub(crate) fn hash_into(&self, t: &TraceView<'_>, h: &mut xxhash_rust::xxh3::Xxh3) {
+        let v = match self {
+            KeyField::Trace(f) => Some(f.value(t)),
+            KeyField::Root(f) => t
+                .root
+                .and_then(|i| t.spans.get(i))
+                .and_then(|(s, ctx)| f.value(s, ctx)),
+        };
+        match v {
+            None => h.update(&[0]),
+            Some(Val::Str(s)) => {
+                h.update(&[1]);
+                h.update(&(s.len() as u64).to_le_bytes());
+                h.update(s);
+            }
+            Some(Val::Num(n)) => {
+                h.update(&[2]);
+                h.update(&n.to_bits().to_le_bytes());
+            }
+            Some(Val::Bool(b)) => h.update(&[3, u8::from(b)]),
+            Some(Val::Opaque) => h.update(&[4]),
         }
     }
 }
@@ -199,12 +249,7 @@ impl Cond {
             Cond::All(cs) => cs.iter().all(|c| c.eval(t)),
             Cond::Any(cs) => cs.iter().any(|c| c.eval(t)),
             Cond::Not(c) => !c.eval(t),
-            Cond::Trace(f, op) => op.test(Some(match f {
-                TraceField::Duration => Val::Num(t.duration_nanos as f64),
-                TraceField::SpanCount => Val::Num(f64::from(t.span_count)),
-                TraceField::Error => Val::Bool(t.has_error),
-                TraceField::RootPresent => Val::Bool(t.root.is_some()),
-            })),
+            Cond::Trace(f, op, _) => op.test(Some(f.value(t))),
             Cond::AnySpan(c) => t.spans.iter().any(|(s, ctx)| c.eval(s, ctx)),
             Cond::Root(c) => t
                 .root

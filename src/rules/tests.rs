@@ -5,6 +5,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::buffer::{Buffer, Completion};
+use crate::decision::Decision;
 use crate::decision::DecisionCache;
 use crate::offsets::OffsetHold;
 use crate::otlp::build::*;
@@ -163,71 +164,154 @@ fn root_conditions_are_false_while_the_root_is_missing() {
 }
 
 #[test]
-fn load_errors_name_file_rule_field_and_what_is_accepted() {
-    let cases: &[(&str, &str)] = &[
+fn load_errors_name_file_line_rule_field_and_what_is_accepted() {
+    // (rule body, expected message part, line of the mistake: line 1 is `rules:`).
+    let cases: &[(&str, &str, usize)] = &[
         (
             "  - name: a\n    outcome: keep\n    sample_rte: 2\n",
             "unknown key `sample_rte`, did you mean `sample_rate`?",
+            4,
         ),
         (
             "  - name: a\n    conditions: span.nmae = x\n    outcome: keep\n",
             "unknown field `span.nmae`, did you mean `span.name`?",
+            3,
         ),
         (
-            "  - name: a\n    conditions: span.name > 5\n    outcome: keep\n",
-            "`>` compares numbers or durations",
+            "  - name: a\n    conditions:\n      - trace.error = true\n      - span.name > 5\n    outcome: keep\n",
+            "`>` compares numbers or durations; this field is a string",
+            5,
         ),
         (
             "  - name: a\n    conditions: trace.duration > 5\n    outcome: keep\n",
             "takes a duration such as 250ms",
+            3,
         ),
         (
             "  - name: a\n    conditions: span.kind = sever\n    outcome: keep\n",
             "expected one of unspecified, internal, server",
+            3,
         ),
         (
             "  - name: a\n    conditions: span.name matches '(unclosed'\n    outcome: keep\n",
             "invalid regex",
+            3,
         ),
         (
             "  - name: a\n    conditions: span.name =~ x\n    outcome: keep\n",
             "unknown operator `=~`",
+            3,
         ),
-        (
-            "  - name: a\n    outcome: maybe\n",
-            "unknown outcome `maybe`",
-        ),
+        ("  - name: a\n    outcome: maybe\n", "unknown outcome `maybe`", 3),
         (
             "  - name: a\n    outcome: drop\n    sample_rate: 3\n",
-            "only `outcome: keep` takes a sample_rate",
+            "`sample_rate` applies to `outcome: keep` only; this rule's outcome is `drop`",
+            4,
         ),
         (
             "  - name: a\n    outcome: keep\n    sample_rate: 0\n",
             "expected a whole number >= 1",
+            4,
         ),
-        ("  - outcome: keep\n", "every rule needs a non-empty `name`"),
+        ("  - outcome: keep\n", "every rule needs a non-empty `name`", 2),
         (
             "  - name: a\n    conditions: {span: [trace.error = true]}\n    outcome: keep\n",
             "trace field",
+            3,
+        ),
+        (
+            "  - name: a\n    outcome: rate_limit\n",
+            "needs `traces_per_second: N`",
+            2,
+        ),
+        (
+            "  - name: a\n    outcome: rate_limit\n    traces_per_second: -1\n",
+            "greater than 0",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: throughput\n    traces_per_second: 5\n",
+            "needs `keys: [...]`",
+            2,
+        ),
+        (
+            "  - name: a\n    outcome: throughput\n    traces_per_second: 5\n    keys: [span.name]\n",
+            "a key needs one value per trace: use a `trace.` field or the root span's (`root.name`)",
+            5,
+        ),
+        (
+            "  - name: a\n    outcome: throughput\n    traces_per_second: 5\n    keys: [root.service]\n    window: 10ms\n",
+            "at least 1s",
+            6,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    keys: [root.service]\n",
+            "`keys` applies to `outcome: throughput` only",
+            4,
+        ),
+        (
+            "  - name: a\n    conditions: {every: [trace.error = true]}\n    outcome: keep\n",
+            "unknown condition group `every`",
+            3,
         ),
     ];
-    for (body, want) in cases {
+    for (body, want, line) in cases {
         let text = format!("rules:\n{body}");
         let errs = parse_file("rules/x.yaml", &text).expect_err(body);
-        let msg = RulesError(errs).to_string();
+        let msg = RulesError(errs.clone()).to_string();
         assert!(msg.contains(want), "{msg:?} should contain {want:?}");
-        assert!(msg.starts_with("rules/x.yaml: rule "), "{msg}");
+        assert!(
+            msg.starts_with(&format!("rules/x.yaml:{line}: rule ")),
+            "{msg} should be at line {line}"
+        );
+        assert!(errs[0].rule == "`a`" || errs[0].rule == "#1", "{errs:?}");
     }
 }
 
 #[test]
+fn yaml_syntax_errors_have_a_line() {
+    let errs = parse_file("f.yaml", "rules:\n  - name: a\n    outcome: [keep\n").unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].line >= 3, "{errs:?}");
+    assert!(errs[0].message.starts_with("invalid YAML"), "{errs:?}");
+}
+
+#[test]
 fn every_error_of_a_file_is_reported() {
-    let text = "rules:\n  - name: a\n    conditions: span.nmae = x\n    outcome: keep\n  - name: b\n    outcome: nope\n";
+    let text = "rules:\n  - name: a\n    conditions: [span.nmae = x, trace.duration > soon]\n    outcome: keep\n  - name: b\n    outcome: nope\n    limit: 3\n";
     let errs = parse_file("f.yaml", text).unwrap_err();
-    assert_eq!(errs.len(), 2, "{errs:?}");
-    assert_eq!(errs[0].rule, "`a`");
-    assert_eq!(errs[1].rule, "`b`");
-    assert_eq!(errs[1].field, "outcome");
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert_eq!((errs[0].rule.as_str(), errs[0].line), ("`a`", 3));
+    assert!(
+        errs[1].message.contains("trace.duration > soon"),
+        "{errs:?}"
+    );
+    assert_eq!(errs[2].rule, "`b`");
+    assert_eq!(errs[2].field, "limit");
+    assert_eq!(errs[3].field, "outcome");
+}
+
+#[test]
+fn every_file_of_a_directory_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-a.yaml"),
+        "rules:\n  - name: a\n    outcome: kep\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("20-b.yaml"),
+        "rules:\n  - name: b\n    conditions: span.x = 1\n    outcome: keep\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".hidden.yaml"), "not: rules").unwrap();
+    let errs = load_dir(dir.path()).unwrap_err();
+    let files: Vec<_> = errs
+        .iter()
+        .map(|e| e.file.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(files, ["10-a.yaml", "20-b.yaml"], "{errs:?}");
+    assert!(errs[0].message.contains("did you mean `keep`"), "{errs:?}");
 }
 
 #[test]
@@ -322,4 +406,131 @@ proptest::proptest! {
         proptest::prop_assert!((kept as f64 - expected).abs() < tolerance,
             "kept {} of {}, expected {:.0} ± {:.0}", kept, n, expected, tolerance);
     }
+}
+
+fn set(text: &str, options: RuleOptions) -> RuleSet {
+    let rules = parse_file("t.yaml", text).unwrap_or_else(|e| panic!("{e:?}"));
+    RuleSet::with_options(rules, options, "test".into()).unwrap()
+}
+
+#[test]
+fn a_rate_limit_keeps_its_rate_and_the_excess_falls_through() {
+    let rules = set(
+        "rules:\n  - name: errors-limited\n    conditions: trace.error = true\n    outcome: rate_limit\n    traces_per_second: 3\n  - name: rest\n    outcome: drop\n",
+        RuleOptions::default(),
+    );
+    let t0 = Instant::now();
+    let decisions: Vec<Decision> = (0..5)
+        .map(|i| {
+            with_trace(checkout(trace_id(100 + i), 100, true, "free"), |v| {
+                rules.decide_at(v, t0)
+            })
+        })
+        .collect();
+    let kept: Vec<&str> = decisions.iter().map(|d| d.rule()).collect();
+    assert_eq!(
+        kept,
+        [
+            "errors-limited",
+            "errors-limited",
+            "errors-limited",
+            "rest",
+            "rest"
+        ]
+    );
+    assert_eq!(
+        decisions[0],
+        Decision::Keep {
+            rule: "errors-limited".into(),
+            sample_rate: 1
+        }
+    );
+    // A second later the bucket holds 3 again.
+    let later = with_trace(checkout(trace_id(200), 100, true, "free"), |v| {
+        rules.decide_at(v, t0 + Duration::from_secs(1))
+    });
+    assert!(later.is_keep());
+}
+
+#[test]
+fn a_throughput_rule_thins_hot_keys_and_its_decisions_carry_the_key_rate() {
+    let rules = set(
+        "rules:\n  - name: per-route\n    outcome: throughput\n    traces_per_second: 1\n    keys: [root.attr.http.route, trace.error]\n    window: 10s\n",
+        RuleOptions::default(),
+    );
+    let t0 = Instant::now();
+    let mut rates = Vec::new();
+    // 20 traces/s of the same route for 20 s.
+    for i in 0..400u64 {
+        let now = t0 + Duration::from_millis(i * 50);
+        let d = with_trace(checkout(trace_id(i), 100, false, "free"), |v| {
+            rules.decide_at(v, now)
+        });
+        let rate = match d {
+            Decision::Keep { sample_rate, .. } => sample_rate,
+            Decision::Drop { .. } => 0,
+            Decision::Shadow { .. } => unreachable!(),
+        };
+        rates.push(rate);
+    }
+    let last_kept = rates[300..].iter().find(|r| **r > 0).copied();
+    assert_eq!(last_kept, Some(20), "20 traces/s to 1/s: 1 in 20");
+    // A different key (an error trace) is rare: kept at rate 1.
+    let rare = with_trace(checkout(trace_id(9999), 100, true, "free"), |v| {
+        rules.decide_at(v, t0 + Duration::from_secs(20))
+    });
+    assert_eq!(
+        rare,
+        Decision::Keep {
+            rule: "per-route".into(),
+            sample_rate: 1
+        }
+    );
+}
+
+#[test]
+fn shadow_mode_decides_as_enforce_would_but_forwards_everything() {
+    let text = "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: rest\n    outcome: drop\n";
+    let shadow = set(
+        text,
+        RuleOptions {
+            mode: Mode::Shadow,
+            ..RuleOptions::default()
+        },
+    );
+    let d = with_trace(checkout(trace_id(1), 100, false, "free"), |v| {
+        shadow.decide(v)
+    });
+    assert_eq!(
+        d,
+        Decision::Shadow {
+            rule: "rest".into(),
+            keep: false,
+            sample_rate: 1
+        }
+    );
+    assert!(d.forwards() && !d.is_keep());
+    let d = with_trace(checkout(trace_id(2), 100, true, "free"), |v| {
+        shadow.decide(v)
+    });
+    assert!(d.forwards() && d.is_keep());
+}
+
+#[test]
+fn explain_shows_each_rule_and_which_conditions_held() {
+    let rules = RuleSet::load(std::path::Path::new("rules"), None).unwrap();
+    let text = with_trace(checkout(trace_id(3), 2500, false, "free"), |v| {
+        explain::explain(&rules, v)
+    });
+    assert!(text.contains("rule `errors`"), "{text}");
+    assert!(text.contains("✗ trace.error = true   (is false)"), "{text}");
+    assert!(
+        text.contains("✓ trace.duration > 2s   (is 2.520s)"),
+        "{text}"
+    );
+    assert!(text.contains("=> matched: KEEP"), "{text}");
+    assert!(
+        !text.contains("rule `baseline`"),
+        "later rules are not shown: {text}"
+    );
 }

@@ -1,22 +1,15 @@
-//! Rule files: YAML in, compiled rules out, every mistake reported with its file, rule and
-//! field, and what would have been accepted.
+//! Condition expressions: `FIELD OPERATOR VALUE` strings and the `all`/`any`/`not`/`span`/
+//! `root` groups around them, type-checked and compiled once, at load.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::sync::Arc;
 
 use regex::bytes::Regex;
-use serde_yaml::{Mapping, Value};
 
-use super::condition::{Cond, Literal, Op, SpanCond, SpanField, TraceField, KINDS, STATUSES};
-use super::{Outcome, Rule, RuleError};
+use super::condition::{
+    Cond, KeyField, Literal, Op, SpanCond, SpanField, TraceField, KINDS, STATUSES,
+};
+use super::yaml::{Kind, Node};
 
-const RULE_KEYS: [&str; 5] = [
-    "name",
-    "description",
-    "conditions",
-    "outcome",
-    "sample_rate",
-];
 const GROUP_KEYS: [&str; 5] = ["all", "any", "not", "span", "root"];
 const OPS: [&str; 15] = [
     "=",
@@ -62,7 +55,7 @@ pub(crate) fn did_you_mean<'a>(got: &str, options: &[&'a str]) -> Option<&'a str
         .map(|(_, o)| o)
 }
 
-fn unknown(what: &str, got: &str, options: &[&str]) -> String {
+pub(crate) fn unknown(what: &str, got: &str, options: &[&str]) -> String {
     let hint = did_you_mean(got, options)
         .map(|o| format!(", did you mean `{o}`?"))
         .unwrap_or_default();
@@ -82,6 +75,19 @@ enum Ty {
     Enum(&'static [&'static str]),
     /// Attributes: typed by their value at run time, so the literal decides the comparison.
     Attr,
+}
+
+impl Ty {
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Duration => "a duration",
+            Ty::Number => "a number",
+            Ty::Bool => "a boolean",
+            Ty::Str => "a string",
+            Ty::Enum(_) => "one of a fixed set of names",
+            Ty::Attr => "an attribute",
+        }
+    }
 }
 
 enum Field {
@@ -145,7 +151,18 @@ enum Raw {
     Bool(bool),
 }
 
-fn parse_duration(s: &str) -> Option<u64> {
+impl Raw {
+    fn describe(&self) -> String {
+        match self {
+            Raw::Str(s) => format!("the string `{s}`"),
+            Raw::Num(_, s) => format!("the number {s}"),
+            Raw::Dur(d) => format!("a duration ({}ns)", d),
+            Raw::Bool(b) => format!("the boolean {b}"),
+        }
+    }
+}
+
+pub(crate) fn parse_duration(s: &str) -> Option<u64> {
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
@@ -217,21 +234,23 @@ fn literal(ty: Ty, raw: Raw) -> Result<Literal, String> {
         (Ty::Duration, Raw::Dur(d)) => Ok(Literal::Num(d as f64)),
         (Ty::Duration, Raw::Num(0.0, _)) => Ok(Literal::Num(0.0)),
         (Ty::Duration, other) => Err(format!(
-            "expected a duration such as 250ms, 2s or 1m, got {other:?}"
+            "expected a duration such as 250ms, 2s or 1m, got {}",
+            other.describe()
         )),
         (Ty::Number, Raw::Num(n, _)) => Ok(Literal::Num(n)),
-        (Ty::Number, other) => Err(format!("expected a number, got {other:?}")),
+        (Ty::Number, other) => Err(format!("expected a number, got {}", other.describe())),
         (Ty::Bool, Raw::Bool(b)) => Ok(Literal::Bool(b)),
-        (Ty::Bool, other) => Err(format!("expected true or false, got {other:?}")),
+        (Ty::Bool, other) => Err(format!("expected true or false, got {}", other.describe())),
         (Ty::Enum(names), Raw::Str(s)) if names.contains(&s.to_lowercase().as_str()) => {
             Ok(Literal::Str(s.to_lowercase().into_bytes()))
         }
         (Ty::Enum(names), other) => Err(format!(
-            "expected one of {}, got {other:?}",
-            names.join(", ")
+            "expected one of {}, got {}",
+            names.join(", "),
+            other.describe()
         )),
         (Ty::Str, Raw::Str(s) | Raw::Num(_, s)) => Ok(Literal::Str(s.into_bytes())),
-        (Ty::Str, other) => Err(format!("expected a string, got {other:?}")),
+        (Ty::Str, other) => Err(format!("expected a string, got {}", other.describe())),
         (Ty::Attr, Raw::Str(s)) => Ok(Literal::Str(s.into_bytes())),
         (Ty::Attr, Raw::Num(n, _)) => Ok(Literal::Num(n)),
         (Ty::Attr, Raw::Bool(b)) => Ok(Literal::Bool(b)),
@@ -244,8 +263,13 @@ fn literal(ty: Ty, raw: Raw) -> Result<Literal, String> {
 fn text(ty: Ty, raw: Raw, op: &str) -> Result<Vec<u8>, String> {
     match (ty, raw) {
         (Ty::Str | Ty::Attr, Raw::Str(s) | Raw::Num(_, s)) => Ok(s.into_bytes()),
-        (Ty::Str | Ty::Attr, other) => Err(format!("`{op}` takes a string, got {other:?}")),
-        (ty, _) => Err(format!("`{op}` works on strings; this field is {ty:?}")),
+        (Ty::Str | Ty::Attr, other) => {
+            Err(format!("`{op}` takes a string, got {}", other.describe()))
+        }
+        (ty, _) => Err(format!(
+            "`{op}` works on strings; this field is {}",
+            ty.name()
+        )),
     }
 }
 
@@ -253,12 +277,16 @@ fn number(ty: Ty, raw: Raw, op: &str) -> Result<f64, String> {
     match (ty, raw) {
         (Ty::Duration, Raw::Dur(d)) => Ok(d as f64),
         (Ty::Duration, other) => Err(format!(
-            "`{op}` on a duration takes a duration such as 250ms or 2s, got {other:?}"
+            "`{op}` on a duration takes a duration such as 250ms or 2s, got {}",
+            other.describe()
         )),
         (Ty::Number | Ty::Attr, Raw::Num(n, _)) => Ok(n),
-        (Ty::Number | Ty::Attr, other) => Err(format!("`{op}` takes a number, got {other:?}")),
+        (Ty::Number | Ty::Attr, other) => {
+            Err(format!("`{op}` takes a number, got {}", other.describe()))
+        }
         (ty, _) => Err(format!(
-            "`{op}` compares numbers or durations; this field is {ty:?}"
+            "`{op}` compares numbers or durations; this field is {}",
+            ty.name()
         )),
     }
 }
@@ -328,16 +356,19 @@ fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
     let value = parts.next().map(str::trim).filter(|v| !v.is_empty());
     let (f, ty) = field(name)?;
     let op = op(ty, op_name, value).map_err(|e| format!("`{expr}`: {e}"))?;
+    let label: Arc<str> = expr.trim().into();
     Ok(match (f, scope) {
-        (Field::Trace(t), Scope::Trace) => Parsed::Trace(Cond::Trace(t, op)),
+        (Field::Trace(t), Scope::Trace) => Parsed::Trace(Cond::Trace(t, op, label)),
         (Field::Trace(_), Scope::Span) => {
             return Err(format!(
             "`{name}` is a trace field and cannot be tested on one span inside a span/root group"
         ))
         }
-        (Field::Span(f), Scope::Span) => Parsed::Span(SpanCond::Field(f, op)),
-        (Field::Span(f), Scope::Trace) => Parsed::Trace(Cond::AnySpan(SpanCond::Field(f, op))),
-        (Field::Root(f), Scope::Trace) => Parsed::Trace(Cond::Root(SpanCond::Field(f, op))),
+        (Field::Span(f), Scope::Span) => Parsed::Span(SpanCond::Field(f, op, label)),
+        (Field::Span(f), Scope::Trace) => {
+            Parsed::Trace(Cond::AnySpan(SpanCond::Field(f, op, label)))
+        }
+        (Field::Root(f), Scope::Trace) => Parsed::Trace(Cond::Root(SpanCond::Field(f, op, label))),
         (Field::Root(_), Scope::Span) => {
             return Err(format!(
                 "`{name}`: inside a span/root group use `span.` fields"
@@ -346,27 +377,31 @@ fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
     })
 }
 
-fn trace_cond(v: &Value, errs: &mut Vec<String>) -> Option<Cond> {
+/// A condition error: the line it is on, and what is wrong.
+pub(crate) type Located = (usize, String);
+
+/// Parses the `conditions` of a rule (a trace-level condition). Errors go to `errs`.
+pub(crate) fn trace_cond(v: &Node, errs: &mut Vec<Located>) -> Option<Cond> {
     match cond(v, Scope::Trace, errs)? {
         Parsed::Trace(c) => Some(c),
         Parsed::Span(_) => None,
     }
 }
 
-fn span_cond(v: &Value, errs: &mut Vec<String>) -> Option<SpanCond> {
+fn span_cond(v: &Node, errs: &mut Vec<Located>) -> Option<SpanCond> {
     match cond(v, Scope::Span, errs)? {
         Parsed::Span(c) => Some(c),
         Parsed::Trace(_) => None,
     }
 }
 
-fn list(v: &Value, scope: Scope, errs: &mut Vec<String>) -> Option<Vec<Parsed>> {
-    match v {
-        Value::Sequence(items) => {
+fn list(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Vec<Parsed>> {
+    match &v.kind {
+        Kind::Seq(items) => {
             let parsed: Vec<_> = items.iter().map(|i| cond(i, scope, errs)).collect();
             parsed.into_iter().collect()
         }
-        other => cond(other, scope, errs).map(|c| vec![c]),
+        _ => cond(v, scope, errs).map(|c| vec![c]),
     }
 }
 
@@ -401,18 +436,24 @@ fn combine(items: Vec<Parsed>, scope: Scope, any: bool) -> Parsed {
 
 /// Parses a condition: a string (one comparison), a list (all of them), or a one-key map
 /// (`all`, `any`, `not`, `span`, `root`). Errors go to `errs`; `None` when any occurred.
-fn cond(v: &Value, scope: Scope, errs: &mut Vec<String>) -> Option<Parsed> {
-    match v {
-        Value::String(s) => match predicate(s, scope) {
+/// Every item of a list is parsed even after an error, so that all errors are reported.
+fn cond(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Parsed> {
+    let line = v.line;
+    match &v.kind {
+        Kind::Scalar { .. } if v.is_null() => {
+            errs.push((line, "expected a condition, got nothing".into()));
+            None
+        }
+        Kind::Scalar { text, .. } => match predicate(text, scope) {
             Ok(p) => Some(p),
             Err(e) => {
-                errs.push(e);
+                errs.push((line, e));
                 None
             }
         },
-        Value::Sequence(_) => list(v, scope, errs).map(|items| combine(items, scope, false)),
-        Value::Mapping(m) if m.len() == 1 => {
-            let (k, inner) = m.iter().next()?;
+        Kind::Seq(_) => list(v, scope, errs).map(|items| combine(items, scope, false)),
+        Kind::Map(m) if m.len() == 1 => {
+            let (k, inner) = &m[0];
             let key = k.as_str().unwrap_or_default();
             match (key, scope) {
                 ("all", _) => list(inner, scope, errs).map(|i| combine(i, scope, false)),
@@ -430,256 +471,45 @@ fn cond(v: &Value, scope: Scope, errs: &mut Vec<String>) -> Option<Parsed> {
                     span_cond(inner, errs).map(|c| Parsed::Trace(Cond::Root(c)))
                 }
                 ("span" | "root", Scope::Span) => {
-                    errs.push(format!(
-                        "`{key}` groups cannot nest inside a span/root group"
+                    errs.push((
+                        k.line,
+                        format!("`{key}` groups cannot nest inside a span/root group"),
                     ));
                     None
                 }
                 (other, _) => {
-                    errs.push(unknown("condition group", other, &GROUP_KEYS));
+                    errs.push((k.line, unknown("condition group", other, &GROUP_KEYS)));
                     None
                 }
             }
         }
-        Value::Mapping(_) => {
-            errs.push(format!(
-                "a condition map has exactly one key, one of: {}",
-                GROUP_KEYS.join(", ")
-            ));
-            None
-        }
-        other => {
-            errs.push(format!(
-                "expected a condition string, list or group, got {}",
-                yaml_kind(other)
+        Kind::Map(_) => {
+            errs.push((
+                line,
+                format!(
+                    "a condition map has exactly one key, one of: {}",
+                    GROUP_KEYS.join(", ")
+                ),
             ));
             None
         }
     }
 }
 
-fn yaml_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a map",
-        Value::Tagged(_) => "a tagged value",
+/// Parses a throughput key: a trace field or a root-span field (one value per trace).
+pub(crate) fn key_field(name: &str) -> Result<KeyField, String> {
+    match field(name)? {
+        (Field::Trace(f), _) => Ok(KeyField::Trace(f)),
+        (Field::Root(f), _) => Ok(KeyField::Root(f)),
+        (Field::Span(_), _) => Err(format!(
+            "`{name}` has one value per span, but a key needs one value per trace: use a \
+             `trace.` field or the root span's (`root.{}`)",
+            name.split_once('.')
+                .map_or(name, |(scope, rest)| if scope == "span" {
+                    rest
+                } else {
+                    name
+                })
+        )),
     }
-}
-
-fn rule(file: &str, index: usize, v: &Value, errors: &mut Vec<RuleError>) -> Option<Rule> {
-    let label = v
-        .get("name")
-        .and_then(Value::as_str)
-        .map(|n| format!("`{n}`"))
-        .unwrap_or_else(|| format!("#{}", index + 1));
-    let mut err = |field: &str, message: String| {
-        errors.push(RuleError {
-            file: file.to_string(),
-            rule: label.clone(),
-            field: field.to_string(),
-            message,
-        })
-    };
-    let Some(m) = v.as_mapping() else {
-        err("-", format!("a rule is a map, got {}", yaml_kind(v)));
-        return None;
-    };
-    let mut ok = check_keys(m, &RULE_KEYS, |k, msg| err(k, msg));
-    let name = match m.get("name").and_then(Value::as_str) {
-        Some(n) if !n.trim().is_empty() => Some(n.to_string()),
-        _ => {
-            err("name", "every rule needs a non-empty `name`".into());
-            None
-        }
-    };
-    let description = m
-        .get("description")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let condition = match m.get("conditions") {
-        None | Some(Value::Null) => None,
-        Some(c) => {
-            let mut errs = Vec::new();
-            let parsed = trace_cond(c, &mut errs);
-            for e in errs {
-                err("conditions", e);
-                ok = false;
-            }
-            parsed
-        }
-    };
-    let sample_rate = match m.get("sample_rate") {
-        None => None,
-        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-            Some(n) if n >= 1 => Some(n),
-            _ => {
-                err(
-                    "sample_rate",
-                    format!("expected a whole number >= 1 (keep 1 in N), got {v:?}"),
-                );
-                ok = false;
-                None
-            }
-        },
-    };
-    let outcome = match m.get("outcome").and_then(Value::as_str) {
-        Some("keep") => Some(Outcome::Keep {
-            sample_rate: sample_rate.unwrap_or(1),
-        }),
-        Some("drop") => {
-            if sample_rate.is_some() {
-                err(
-                    "sample_rate",
-                    "only `outcome: keep` takes a sample_rate".into(),
-                );
-                ok = false;
-            }
-            Some(Outcome::Drop)
-        }
-        Some(other) => {
-            err("outcome", unknown("outcome", other, &["keep", "drop"]));
-            None
-        }
-        None => {
-            err(
-                "outcome",
-                "every rule needs an `outcome`: keep or drop".into(),
-            );
-            None
-        }
-    };
-    if !ok {
-        return None;
-    }
-    Some(Rule {
-        name: name?.into(),
-        description,
-        condition,
-        outcome: outcome?,
-        file: file.to_string(),
-    })
-}
-
-fn check_keys(m: &Mapping, allowed: &[&str], mut err: impl FnMut(&str, String)) -> bool {
-    let mut ok = true;
-    for k in m.keys() {
-        let key = k.as_str().unwrap_or("?");
-        if !allowed.contains(&key) {
-            err(key, unknown("key", key, allowed));
-            ok = false;
-        }
-    }
-    ok
-}
-
-/// Parses one rule file's text. All of its errors are reported, not just the first.
-pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
-    let top_err = |message: String| RuleError {
-        file: file.to_string(),
-        rule: "-".into(),
-        field: "-".into(),
-        message,
-    };
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| vec![top_err(e.to_string())])?;
-    let Some(m) = doc.as_mapping() else {
-        return Err(vec![top_err(
-            "a rule file is a map with a `rules:` list".into(),
-        )]);
-    };
-    let mut errors = Vec::new();
-    check_keys(m, &["rules"], |k, msg| {
-        errors.push(RuleError {
-            file: file.to_string(),
-            rule: "-".into(),
-            field: k.to_string(),
-            message: msg,
-        })
-    });
-    let Some(items) = m.get("rules").and_then(Value::as_sequence) else {
-        errors.push(top_err("expected a `rules:` list".into()));
-        return Err(errors);
-    };
-    let rules: Vec<_> = items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| rule(file, i, v, &mut errors))
-        .collect();
-    if errors.is_empty() {
-        Ok(rules)
-    } else {
-        Err(errors)
-    }
-}
-
-/// Loads every `*.yaml`/`*.yml` file of `dir`, in lexical order, and checks the whole set.
-pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<RuleError>> {
-    let io_err = |file: &Path, e: std::io::Error| {
-        vec![RuleError {
-            file: file.display().to_string(),
-            rule: "-".into(),
-            field: "-".into(),
-            message: e.to_string(),
-        }]
-    };
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| io_err(dir, e))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    let mut rules = Vec::new();
-    let mut errors = Vec::new();
-    for path in &files {
-        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-        let name = path.display().to_string();
-        match parse_file(&name, &text) {
-            Ok(r) => rules.extend(r),
-            Err(e) => errors.extend(e),
-        }
-    }
-    errors.extend(check_set(&rules, dir));
-    if errors.is_empty() {
-        Ok(rules)
-    } else {
-        Err(errors)
-    }
-}
-
-/// Checks what no single file can: unique names, and a default rule closing the set.
-pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
-    let mut errors = Vec::new();
-    let mut seen = HashSet::new();
-    for r in rules {
-        if !seen.insert(&r.name) {
-            errors.push(RuleError {
-                file: r.file.clone(),
-                rule: format!("`{}`", r.name),
-                field: "name".into(),
-                message: "rule names must be unique across all rule files".into(),
-            });
-        }
-    }
-    match rules.last() {
-        None => errors.push(RuleError {
-            file: dir.display().to_string(),
-            rule: "-".into(),
-            field: "-".into(),
-            message: "no rules found: add at least a default rule (one without conditions)".into(),
-        }),
-        Some(last) if last.condition.is_some() => errors.push(RuleError {
-            file: last.file.clone(),
-            rule: format!("`{}`", last.name),
-            field: "conditions".into(),
-            message: "the last rule must be the default: a rule without conditions, so that \
-                      every trace gets a deliberate outcome"
-                .into(),
-        }),
-        Some(_) => {}
-    }
-    errors
 }

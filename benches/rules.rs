@@ -1,0 +1,119 @@
+//! Rule evaluation per trace, for the example rule set in `rules/` (the embedded copy).
+//!
+//! Run with `cargo bench --bench rules`. Traces come from the demo generator (checkout traces
+//! of ~10 spans over several services, with errors, slow calls, enterprise customers and
+//! health checks), buffered by the real decoder and buffer. Measured per trace:
+//! - `RuleSet/view_and_decide`: parse the trace's spans for the rules (the `TraceView`) and
+//!   run the rules, as a decider does for every trace;
+//! - `RuleSet/decide`: the rules alone, on a view built beforehand;
+//! - `Marks/mark_spans`: marking a kept trace's spans (rule, rate, tracestate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tailsift::buffer::{Buffer, Completion, TraceEntry};
+use tailsift::decision::{Decision, DecisionCache};
+use tailsift::demo::generator::{Generator, GeneratorConfig};
+use tailsift::offsets::OffsetHold;
+use tailsift::otlp::decode::Decoder;
+use tailsift::otlp::mark::Marking;
+use tailsift::otlp::TraceId;
+use tailsift::rules::TraceView;
+
+/// Buffers `n` generated traces and takes them out whole.
+fn traces(n: usize) -> Vec<(TraceId, TraceEntry)> {
+    let mut gen = Generator::new(GeneratorConfig::default(), 7);
+    let buffer = Buffer::new(Completion::default());
+    let cache = DecisionCache::new(16, Duration::from_secs(1));
+    let hold = Arc::new(OffsetHold {
+        partition: 0,
+        offset: 0,
+    });
+    let mut d = Decoder::new();
+    let now = tokio::time::Instant::now();
+    for i in 0..n {
+        let t = gen.next_trace(1_700_000_000_000_000_000 + i as u64 * 1_000_000);
+        for m in &t.messages {
+            if d.decode(m).is_ok() {
+                for g in d.groups(m) {
+                    buffer.ingest(&g, &hold, false, now, &cache);
+                }
+            }
+        }
+    }
+    buffer
+        .ids_where(|_| true)
+        .into_iter()
+        .filter_map(|id| {
+            buffer
+                .take(&id, |_, _| Decision::Drop { rule: "-".into() })
+                .map(|(e, _)| (id, e))
+        })
+        .collect()
+}
+
+fn rules(c: &mut Criterion) {
+    let set = tailsift::demo::embedded_rules().expect("example rules");
+    let traces = traces(2_000);
+    let now = tokio::time::Instant::now();
+    let mut g = c.benchmark_group("RuleSet");
+    g.throughput(Throughput::Elements(traces.len() as u64));
+    g.bench_function("view_and_decide", |b| {
+        b.iter(|| {
+            let mut kept = 0;
+            for (id, e) in &traces {
+                let view = TraceView::new(*id, e);
+                kept += usize::from(set.decide_at(&view, now).is_keep());
+            }
+            kept
+        })
+    });
+    let views: Vec<TraceView<'_>> = traces
+        .iter()
+        .map(|(id, e)| TraceView::new(*id, e))
+        .collect();
+    g.bench_function("decide", |b| {
+        b.iter(|| {
+            views
+                .iter()
+                .filter(|v| set.decide_at(v, now).is_keep())
+                .count()
+        })
+    });
+    g.finish();
+
+    let marking = Marking {
+        rule_attribute: Some("tailsift.rule".into()),
+        sample_rate_attribute: Some("tailsift.sample_rate".into()),
+        shadow_attribute: None,
+        tracestate: true,
+    };
+    let decision = Decision::Keep {
+        rule: "baseline".into(),
+        sample_rate: 10,
+    };
+    let marks = marking.marks(&decision, false).expect("marks");
+    let mut g = c.benchmark_group("Marks");
+    g.throughput(Throughput::Elements(traces.len() as u64));
+    g.bench_function("mark_spans", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            for (_, e) in &traces {
+                for group in &e.groups {
+                    out.clear();
+                    marks.mark_spans(&group.spans, &mut out);
+                }
+            }
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3));
+    targets = rules
+}
+criterion_main!(benches);

@@ -1,0 +1,538 @@
+//! Rule tests: case files describing traces and the outcome each should get, run like a test
+//! suite (`tailsift rules test DIR CASES...`) and explained (`tailsift rules explain`).
+//!
+//! A case's trace is built as OTLP protobuf, decoded and buffered by the same code the
+//! pipeline runs, so a case sees exactly what a live trace would.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::condition::{KINDS, STATUSES};
+use super::{explain, RuleSet, TraceView, Verdict};
+use crate::buffer::{Buffer, Completion};
+use crate::decision::{Decision, DecisionCache};
+use crate::offsets::OffsetHold;
+use crate::otlp::decode::Decoder;
+use crate::otlp::TraceId;
+
+/// A case file that cannot be used, with the reason (serde_yaml's include the line).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct CaseError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    cases: Vec<Case>,
+}
+
+/// One trace and the outcome it should get.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    /// 32 hex digits; derived from the case name when absent.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// The trace's spans, in the compact form.
+    #[serde(default)]
+    pub spans: Vec<CaseSpan>,
+    /// An OTLP JSON request (as OpenTelemetry exporters write it) holding the trace: a path
+    /// relative to the case file, or the JSON itself.
+    #[serde(default)]
+    pub otlp_json: Option<String>,
+    /// Decide this many copies of the trace first, at the same instant, to test the stateful
+    /// outcomes under load (a rate limit spent, a throughput key hot). Default 0.
+    #[serde(default)]
+    pub after: u32,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expected {
+    Keep,
+    Drop,
+}
+
+/// What a case expects; every part given must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub outcome: Option<Expected>,
+    #[serde(default)]
+    pub sample_rate: Option<u32>,
+}
+
+/// A span in the compact form. Only `name` is required.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseSpan {
+    pub name: String,
+    /// The resource's `service.name`. Default `service`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A name other spans' `parent` can refer to.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The parent's `id`. Absent: the first span is the root and the others are its
+    /// children. An id no span has makes a parent that never arrived.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// unspecified, internal, server, client, producer, consumer. Default server.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// unset, ok, error. Default unset.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Start, after the trace's start. Default 0.
+    #[serde(default, with = "humantime_serde")]
+    pub start: Option<Duration>,
+    /// Default 1ms.
+    #[serde(default, with = "humantime_serde")]
+    pub duration: Option<Duration>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, serde_yaml::Value>,
+    /// Resource attributes besides `service.name`.
+    #[serde(default)]
+    pub resource: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub scope: Option<CaseScope>,
+    /// This many copies of the span (distinct ids), for large traces. Default 1.
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaseScope {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, serde_yaml::Value>,
+}
+
+fn any_value(v: &serde_yaml::Value) -> Result<any_value::Value, String> {
+    use serde_yaml::Value as Y;
+    Ok(match v {
+        Y::String(s) => any_value::Value::StringValue(s.clone()),
+        Y::Bool(b) => any_value::Value::BoolValue(*b),
+        Y::Number(n) => match n.as_i64() {
+            Some(i) => any_value::Value::IntValue(i),
+            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
+        },
+        other => {
+            return Err(format!(
+                "attribute values are strings, numbers or booleans, got {other:?}"
+            ))
+        }
+    })
+}
+
+fn attrs(m: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<KeyValue>, String> {
+    m.iter()
+        .map(|(k, v)| {
+            Ok(KeyValue {
+                key: k.clone(),
+                value: Some(AnyValue {
+                    value: Some(any_value(v).map_err(|e| format!("`{k}`: {e}"))?),
+                }),
+                ..KeyValue::default()
+            })
+        })
+        .collect()
+}
+
+fn enum_index(names: &[&str], got: &str, what: &str) -> Result<i32, String> {
+    names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(got))
+        .map(|i| i as i32)
+        .ok_or_else(|| format!("unknown {what} `{got}` (supported: {})", names.join(", ")))
+}
+
+/// Start of every case trace (2023-11-14), in Unix nanoseconds.
+const BASE: u64 = 1_700_000_000_000_000_000;
+
+impl Case {
+    /// The case's trace id.
+    pub fn trace_id(&self) -> Result<TraceId, String> {
+        match &self.trace_id {
+            Some(h) => hex::decode(h.trim())
+                .ok()
+                .and_then(|b| TraceId::from_slice(&b))
+                .ok_or_else(|| {
+                    format!("`trace_id`: expected 32 hex digits, not all zero, got `{h}`")
+                }),
+            None => Ok(TraceId(crate::otlp::build::trace_id(
+                xxhash_rust::xxh3::xxh3_64(self.name.as_bytes()),
+            ))),
+        }
+    }
+
+    /// The case as encoded OTLP requests.
+    pub fn requests(&self, base_dir: &Path) -> Result<Vec<Vec<u8>>, String> {
+        match (&self.otlp_json, self.spans.is_empty()) {
+            (Some(_), false) => Err("give either `spans` or `otlp_json`, not both".into()),
+            (Some(j), true) => {
+                let text = if j.trim_start().starts_with('{') {
+                    j.clone()
+                } else {
+                    let p = base_dir.join(j);
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| format!("`otlp_json`: cannot read {}: {e}", p.display()))?
+                };
+                // One request per line (JSON lines, as the file exporter writes), or one
+                // document.
+                let docs: Vec<&str> = if text.trim_start().starts_with('{')
+                    && text.lines().filter(|l| !l.trim().is_empty()).count() > 1
+                    && text.lines().all(|l| {
+                        let l = l.trim();
+                        l.is_empty() || (l.starts_with('{') && l.ends_with('}'))
+                    }) {
+                    text.lines().filter(|l| !l.trim().is_empty()).collect()
+                } else {
+                    vec![text.as_str()]
+                };
+                docs.into_iter()
+                    .map(|d| json_request(d.as_bytes()))
+                    .collect()
+            }
+            (None, true) => Err("a case needs `spans` (or `otlp_json`)".into()),
+            (None, false) => Ok(vec![self.compact()?.encode_to_vec()]),
+        }
+    }
+
+    fn compact(&self) -> Result<ExportTraceServiceRequest, String> {
+        let trace = self.trace_id()?.0.to_vec();
+        // Expand counts, give every span an 8-byte id.
+        let mut spans: Vec<(&CaseSpan, u64)> = Vec::new();
+        for s in &self.spans {
+            for _ in 0..s.count.unwrap_or(1).max(1) {
+                let id = spans.len() as u64 + 1;
+                spans.push((s, id));
+            }
+        }
+        let id_of = |name: &str| -> u64 {
+            spans
+                .iter()
+                .find(|(s, _)| s.id.as_deref() == Some(name))
+                .map(|(_, id)| *id)
+                // A parent that never arrived: an id no span of the case has.
+                .unwrap_or(xxhash_rust::xxh3::xxh3_64(name.as_bytes()) | (1 << 63))
+        };
+        let mut by_resource: Vec<(String, Vec<KeyValue>, CaseScope, Vec<Span>)> = Vec::new();
+        for (i, (s, id)) in spans.iter().enumerate() {
+            let parent = match (&s.parent, i) {
+                (Some(p), _) => id_of(p).to_be_bytes().to_vec(),
+                (None, 0) => Vec::new(),
+                (None, _) => 1u64.to_be_bytes().to_vec(),
+            };
+            let start = BASE + s.start.unwrap_or_default().as_nanos() as u64;
+            let dur = s.duration.unwrap_or(Duration::from_millis(1)).as_nanos() as u64;
+            let at = |e: String| format!("span `{}`: {e}", s.name);
+            let kind = match &s.kind {
+                Some(k) => enum_index(&KINDS, k, "kind").map_err(at)?,
+                None => 2,
+            };
+            let status = match &s.status {
+                Some(st) => Some(Status {
+                    message: String::new(),
+                    code: enum_index(&STATUSES, st, "status").map_err(at)?,
+                })
+                .filter(|st| st.code != status::StatusCode::Unset as i32),
+                None => None,
+            };
+            let span = Span {
+                trace_id: trace.clone(),
+                span_id: id.to_be_bytes().to_vec(),
+                parent_span_id: parent,
+                name: s.name.clone(),
+                kind,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + dur,
+                attributes: attrs(&s.attributes).map_err(at)?,
+                status,
+                ..Span::default()
+            };
+            let service = s.service.clone().unwrap_or_else(|| "service".into());
+            let res = attrs(&s.resource).map_err(at)?;
+            let scope = s.scope.clone().unwrap_or_default();
+            match by_resource
+                .iter_mut()
+                .find(|(sv, r, sc, _)| *sv == service && *r == res && *sc == scope)
+            {
+                Some(g) => g.3.push(span),
+                None => by_resource.push((service, res, scope, vec![span])),
+            }
+        }
+        let mut resource_spans = Vec::new();
+        for (service, mut res, scope, spans) in by_resource {
+            res.insert(
+                0,
+                KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service)),
+                    }),
+                    ..KeyValue::default()
+                },
+            );
+            resource_spans.push(ResourceSpans {
+                resource: Some(Resource {
+                    attributes: res,
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: scope.name,
+                        version: scope.version,
+                        attributes: attrs(&scope.attributes)?,
+                        ..InstrumentationScope::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            });
+        }
+        Ok(ExportTraceServiceRequest { resource_spans })
+    }
+}
+
+/// An OTLP JSON request as protobuf.
+fn json_request(_json: &[u8]) -> Result<Vec<u8>, String> {
+    Err("`otlp_json`: OTLP JSON support is not built yet".into())
+}
+
+/// Reads a case file.
+pub fn load(path: &Path) -> Result<Vec<Case>, CaseError> {
+    let err = |message: String| CaseError {
+        file: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let file: CaseFile = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    Ok(file.cases)
+}
+
+/// Buffers a case's requests as the pipeline would and hands the trace's view to `f`.
+pub fn with_trace<R>(
+    case: &Case,
+    base_dir: &Path,
+    f: impl FnOnce(&TraceView<'_>) -> R,
+) -> Result<R, String> {
+    let requests = case.requests(base_dir)?;
+    let buffer = Buffer::new(Completion::default());
+    let cache = DecisionCache::new(16, Duration::from_secs(1));
+    let hold = Arc::new(OffsetHold {
+        partition: 0,
+        offset: 0,
+    });
+    let mut decoder = Decoder::new();
+    let mut ids = Vec::new();
+    for r in &requests {
+        decoder
+            .decode(r)
+            .map_err(|e| format!("the trace does not decode: {e}"))?;
+        for g in decoder.groups(r) {
+            if !ids.contains(&g.trace_id) {
+                ids.push(g.trace_id);
+            }
+            buffer.ingest(&g, &hold, false, Instant::now(), &cache);
+        }
+    }
+    let id = match ids.as_slice() {
+        [id] => *id,
+        [] => return Err("the case holds no span with a valid trace id".into()),
+        many => match case.trace_id.as_ref().and_then(|_| case.trace_id().ok()) {
+            Some(want) if many.contains(&want) => want,
+            _ => {
+                return Err(format!(
+                    "the case holds {} traces; set `trace_id` to pick one",
+                    many.len()
+                ))
+            }
+        },
+    };
+    let mut out = None;
+    buffer.take(&id, |id, entry| {
+        out = Some(f(&TraceView::new(*id, entry)));
+        Decision::Drop { rule: "-".into() }
+    });
+    out.ok_or_else(|| "the trace was not buffered".into())
+}
+
+/// The result of running case files.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub passed: usize,
+    pub failed: usize,
+    /// What a test runner prints.
+    pub text: String,
+}
+
+fn expectation(e: &Expect) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = &e.rule {
+        parts.push(format!("rule `{r}`"));
+    }
+    if let Some(o) = e.outcome {
+        parts.push(if o == Expected::Keep { "keep" } else { "drop" }.to_string());
+    }
+    if let Some(n) = e.sample_rate {
+        parts.push(format!("sample rate {n}"));
+    }
+    parts.join(", ")
+}
+
+fn got(set: &RuleSet, v: &Verdict) -> String {
+    format!(
+        "rule `{}`, {}, sample rate {}",
+        set.rules()[v.rule].name,
+        if v.keep { "keep" } else { "drop" },
+        v.sample_rate
+    )
+}
+
+/// Runs one case; `Ok(None)` when it passes, `Ok(Some(why))` when it fails.
+fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String>, String> {
+    let e = &case.expect;
+    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() {
+        return Err("`expect` needs at least one of rule, outcome, sample_rate".into());
+    }
+    if let Some(r) = &e.rule {
+        if !set.rules().iter().any(|x| &*x.name == r) {
+            return Err(format!("`expect.rule`: no rule is named `{r}`"));
+        }
+    }
+    with_trace(case, base_dir, |t| {
+        // Each case on fresh state: a rate limit has its budget, throughput keys are new.
+        let fresh = set.clone();
+        let now = Instant::now();
+        for _ in 0..case.after {
+            fresh.verdict(t, now);
+        }
+        let v = fresh.verdict(t, now);
+        let rule = &set.rules()[v.rule];
+        let ok = e.rule.as_deref().is_none_or(|r| r == &*rule.name)
+            && e.outcome.is_none_or(|o| (o == Expected::Keep) == v.keep)
+            && e.sample_rate.is_none_or(|n| n == v.sample_rate);
+        if ok {
+            return None;
+        }
+        let mut why = String::new();
+        let _ = writeln!(why, "expected: {}", expectation(e));
+        let _ = writeln!(why, "got:      {}", got(set, &v));
+        let _ = writeln!(why, "{}", explain::summary(t));
+        if let Some(want) = e.rule.as_deref().filter(|w| *w != &*rule.name) {
+            if let Some(w) = set.rules().iter().find(|r| &*r.name == want) {
+                let pos = set.rules().iter().position(|r| &*r.name == want);
+                if pos.is_some_and(|p| p > v.rule) {
+                    let _ = writeln!(
+                        why,
+                        "rule `{want}` comes after `{}`, which matched first:",
+                        rule.name
+                    );
+                } else {
+                    let _ = writeln!(why, "rule `{want}` did not decide it:");
+                }
+                explain::rule(w, t, 1, &mut why);
+            }
+        }
+        let _ = writeln!(
+            why,
+            "rule `{}` matched ({}):",
+            rule.name,
+            rule.outcome.describe()
+        );
+        explain::rule(rule, t, 1, &mut why);
+        Some(why)
+    })
+}
+
+/// Runs every case of every file against the rule set.
+pub fn run(set: &RuleSet, files: &[PathBuf]) -> Report {
+    let mut r = Report::default();
+    for file in files {
+        let _ = writeln!(r.text, "{}", file.display());
+        let base = file.parent().unwrap_or(Path::new("."));
+        let cases = match load(file) {
+            Ok(c) => c,
+            Err(e) => {
+                r.failed += 1;
+                let _ = writeln!(r.text, "  FAIL (file) {e}");
+                continue;
+            }
+        };
+        for case in &cases {
+            match run_case(set, case, base) {
+                Ok(None) => {
+                    r.passed += 1;
+                    let _ = writeln!(r.text, "  ok   {}", case.name);
+                }
+                Ok(Some(why)) => {
+                    r.failed += 1;
+                    let _ = writeln!(r.text, "  FAIL {}", case.name);
+                    for line in why.lines() {
+                        let _ = writeln!(r.text, "       {line}");
+                    }
+                }
+                Err(e) => {
+                    r.failed += 1;
+                    let _ = writeln!(r.text, "  FAIL {}: {e}", case.name);
+                }
+            }
+        }
+    }
+    let _ = writeln!(r.text, "{} passed, {} failed", r.passed, r.failed);
+    r
+}
+
+/// Explains every case of a file (or the one named `only`).
+pub fn explain_file(set: &RuleSet, file: &Path, only: Option<&str>) -> Result<String, CaseError> {
+    let cases = load(file)?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut out = String::new();
+    let mut n = 0;
+    for case in cases.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
+        n += 1;
+        let _ = writeln!(out, "case `{}`", case.name);
+        match with_trace(case, base, |t| explain::explain(set, t)) {
+            Ok(text) => out.push_str(&text),
+            Err(e) => {
+                let _ = writeln!(out, "  cannot build the trace: {e}");
+            }
+        }
+        out.push('\n');
+    }
+    if n == 0 {
+        return Err(CaseError {
+            file: file.display().to_string(),
+            message: match only {
+                Some(o) => format!("no case named `{o}`"),
+                None => "no cases".into(),
+            },
+        });
+    }
+    Ok(out)
+}

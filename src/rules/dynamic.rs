@@ -1,0 +1,213 @@
+//! The outcomes that keep state: a per-instance rate limit, and a throughput-target sampler
+//! that adapts one sample rate per key.
+//!
+//! Both take the time as an argument (tokio's clock in the pipeline, so paused-time tests
+//! work) and hold their state under a mutex: rules are evaluated by the deciders, a handful of
+//! threads at most, once per trace.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::ThroughputSpec;
+
+/// A token bucket: at most `per_second` traces per second, with a burst of one second's worth.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    /// (tokens left, when last refilled).
+    state: Mutex<(f64, Option<Instant>)>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: f64) -> Self {
+        RateLimiter {
+            per_second,
+            state: Mutex::new((per_second.max(1.0), None)),
+        }
+    }
+
+    /// Takes one trace's token if there is one.
+    pub fn try_take(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let burst = self.per_second.max(1.0);
+        if let Some(last) = s.1 {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            s.0 = (s.0 + dt * self.per_second).min(burst);
+        }
+        s.1 = Some(now);
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyState {
+    /// Traces seen in the current window.
+    count: u64,
+    /// Smoothed traces per window over the past windows (exponential moving average);
+    /// `None` until the key has lived through one window.
+    ema: Option<f64>,
+}
+
+#[derive(Debug)]
+struct Table {
+    window_start: Option<Instant>,
+    keys: HashMap<u64, KeyState, foldhash::fast::FixedState>,
+}
+
+/// Keys past the table's bound share this one entry (and so one sample rate).
+pub const OVERFLOW_KEY: u64 = u64::MAX;
+
+/// About `per_second` traces per second per key: each key's sample rate is its recent traffic
+/// divided by the target, so rare keys are kept whole and hot keys thinned.
+#[derive(Debug)]
+pub struct Throughput {
+    per_second: f64,
+    window: Duration,
+    max_keys: usize,
+    table: Mutex<Table>,
+}
+
+/// Weight of the newest window in a key's moving average.
+const EMA_WEIGHT: f64 = 0.5;
+
+impl Throughput {
+    pub fn new(spec: &ThroughputSpec) -> Self {
+        Throughput {
+            per_second: spec.per_second,
+            window: spec.window,
+            max_keys: spec.max_keys,
+            table: Mutex::new(Table {
+                window_start: None,
+                keys: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+            }),
+        }
+    }
+
+    /// Counts one trace of `key` and returns the sample rate (keep 1 in N) for it.
+    pub fn rate(&self, key: u64, now: Instant) -> u32 {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let start = *t.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= self.window {
+            // Close the windows that passed: fold each key's count into its average; a key
+            // that stays quiet decays and is forgotten, which keeps the table small.
+            let windows = (elapsed.as_secs_f64() / self.window.as_secs_f64()).floor() as u32;
+            t.keys.retain(|_, k| {
+                let mut ema = match k.ema {
+                    None => k.count as f64,
+                    Some(e) => EMA_WEIGHT * k.count as f64 + (1.0 - EMA_WEIGHT) * e,
+                };
+                for _ in 1..windows.min(64) {
+                    ema *= 1.0 - EMA_WEIGHT;
+                }
+                k.ema = Some(ema);
+                k.count = 0;
+                ema >= 0.5
+            });
+            t.window_start = Some(start + self.window * windows);
+        }
+        let since = now.saturating_duration_since(t.window_start.unwrap_or(now));
+        let key = if t.keys.len() >= self.max_keys && !t.keys.contains_key(&key) {
+            OVERFLOW_KEY
+        } else {
+            key
+        };
+        let k = t.keys.entry(key).or_default();
+        k.count += 1;
+        let window = self.window.as_secs_f64();
+        // Traces per window: the average of past windows, or, for a key new in this window,
+        // the current window's count so far, extrapolated (at least one second of it).
+        let per_window = match k.ema {
+            Some(e) => e.max(k.count as f64),
+            None => k.count as f64 * window / since.as_secs_f64().clamp(1.0, window),
+        };
+        let rate = (per_window / (self.per_second * window)).round();
+        rate.clamp(1.0, f64::from(u32::MAX)) as u32
+    }
+
+    /// Distinct keys tracked (for tests and the bound).
+    pub fn keys(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(per_second: f64, max_keys: usize) -> ThroughputSpec {
+        ThroughputSpec {
+            per_second,
+            keys: Vec::new(),
+            window: Duration::from_secs(10),
+            max_keys,
+        }
+    }
+
+    #[test]
+    fn rate_limit_allows_its_rate_and_refills() {
+        let t0 = Instant::now();
+        let l = RateLimiter::new(5.0);
+        let first: usize = (0..20).map(|_| usize::from(l.try_take(t0))).sum();
+        assert_eq!(first, 5, "a burst of one second");
+        assert!(!l.try_take(t0 + Duration::from_millis(100)));
+        assert!(
+            l.try_take(t0 + Duration::from_millis(200)),
+            "refilled 1 token in 200ms"
+        );
+        // Over 10 more seconds at 100 tries per second: about 5 per second.
+        let mut kept = 0;
+        for i in 0..1000u64 {
+            kept += usize::from(l.try_take(t0 + Duration::from_millis(200 + 10 * (i + 1))));
+        }
+        assert!((49..=51).contains(&kept), "kept {kept}");
+    }
+
+    #[test]
+    fn throughput_keeps_rare_keys_and_thins_hot_ones() {
+        let t0 = Instant::now();
+        let s = Throughput::new(&spec(1.0, 100));
+        let (mut hot_kept, mut rare_kept) = (0.0, 0.0);
+        // 30 s: the hot key sends 100 traces/s, the rare key one every 2 s.
+        for ms in (0..30_000u64).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            let r = s.rate(1, now);
+            if ms >= 10_000 {
+                hot_kept += 1.0 / f64::from(r);
+            }
+            if ms % 2000 == 0 {
+                let r = s.rate(2, now);
+                assert_eq!(r, 1, "a rare key is never thinned");
+                rare_kept += 1.0;
+            }
+        }
+        // After the first window the hot key is thinned to about 1 trace/s: ~20 in 20 s.
+        assert!((15.0..=25.0).contains(&hot_kept), "hot key kept {hot_kept}");
+        assert_eq!(rare_kept, 15.0);
+    }
+
+    #[test]
+    fn throughput_bounds_its_key_table_and_forgets_quiet_keys() {
+        let t0 = Instant::now();
+        let s = Throughput::new(&spec(1.0, 50));
+        for k in 0..1000 {
+            s.rate(k, t0);
+        }
+        assert_eq!(s.keys(), 51, "50 keys and the shared overflow entry");
+        // Quiet for many windows: everything decays away.
+        s.rate(7, t0 + Duration::from_secs(600));
+        assert_eq!(s.keys(), 1);
+    }
+}

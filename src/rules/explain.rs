@@ -1,0 +1,276 @@
+//! Rule by rule, which conditions held for a trace: for `tailsift rules explain` and for the
+//! failures of `tailsift rules test`.
+
+use std::fmt::Write;
+
+use tokio::time::Instant;
+
+use super::condition::{Cond, SpanCond, SpanField, TraceField, Val};
+use super::{Outcome, Rule, RuleSet, TraceView};
+use crate::otlp::view::{ContextView, SpanView};
+
+fn mark(held: bool) -> &'static str {
+    if held {
+        "✓"
+    } else {
+        "✗"
+    }
+}
+
+fn pad(out: &mut String, depth: usize) {
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+}
+
+fn duration(nanos: f64) -> String {
+    let ms = nanos / 1e6;
+    if ms >= 1000.0 {
+        format!("{:.3}s", ms / 1000.0)
+    } else {
+        format!("{ms:.3}ms")
+    }
+}
+
+fn show(v: Option<Val<'_>>, is_duration: bool) -> String {
+    match v {
+        None => "missing".into(),
+        Some(Val::Str(s)) => format!("{:?}", String::from_utf8_lossy(s)),
+        Some(Val::Num(n)) if is_duration => duration(n),
+        Some(Val::Num(n)) => format!("{n}"),
+        Some(Val::Bool(b)) => b.to_string(),
+        Some(Val::Opaque) => "an array, map or bytes".into(),
+    }
+}
+
+/// A one-line summary of a trace's facts.
+pub fn summary(t: &TraceView<'_>) -> String {
+    let root = match t.root.and_then(|i| t.spans.get(i)) {
+        Some((s, ctx)) => format!(
+            "root `{}` ({})",
+            String::from_utf8_lossy(s.name),
+            ctx.service_name()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_else(|| "no service".into())
+        ),
+        None => "no root span".into(),
+    };
+    format!(
+        "trace {}: {} spans, {}, {}{}",
+        t.id,
+        t.span_count,
+        duration(t.duration_nanos as f64),
+        root,
+        if t.has_error { ", has an error" } else { "" }
+    )
+}
+
+fn span_leaf(c: &SpanCond) -> Option<(&SpanField, &str)> {
+    match c {
+        SpanCond::Field(f, _, label) => Some((f, label)),
+        _ => None,
+    }
+}
+
+/// Prints a span condition as evaluated on one span.
+fn on_span(c: &SpanCond, s: &SpanView<'_>, ctx: &ContextView<'_>, depth: usize, out: &mut String) {
+    let held = c.eval(s, ctx);
+    pad(out, depth);
+    match c {
+        SpanCond::Field(f, _, label) => {
+            let _ = writeln!(
+                out,
+                "{} {label}   (is {})",
+                mark(held),
+                show(f.value(s, ctx), *f == SpanField::Duration)
+            );
+        }
+        SpanCond::All(cs) | SpanCond::Any(cs) => {
+            let kind = if matches!(c, SpanCond::All(_)) {
+                "all"
+            } else {
+                "any"
+            };
+            let _ = writeln!(out, "{} {kind}:", mark(held));
+            for c in cs {
+                on_span(c, s, ctx, depth + 1, out);
+            }
+        }
+        SpanCond::Not(inner) => {
+            let _ = writeln!(out, "{} not:", mark(held));
+            on_span(inner, s, ctx, depth + 1, out);
+        }
+    }
+}
+
+/// Prints each part of a span condition with how many spans satisfy it.
+fn counts(c: &SpanCond, t: &TraceView<'_>, depth: usize, out: &mut String) {
+    let n = t.spans.iter().filter(|(s, ctx)| c.eval(s, ctx)).count();
+    pad(out, depth);
+    let what = match c {
+        SpanCond::Field(_, _, label) => label.to_string(),
+        SpanCond::All(_) => "all:".into(),
+        SpanCond::Any(_) => "any:".into(),
+        SpanCond::Not(_) => "not:".into(),
+    };
+    let _ = writeln!(
+        out,
+        "{} {what}   (on {n} of {} spans)",
+        mark(n > 0),
+        t.spans.len()
+    );
+    match c {
+        SpanCond::All(cs) | SpanCond::Any(cs) => {
+            for c in cs {
+                counts(c, t, depth + 1, out);
+            }
+        }
+        SpanCond::Not(inner) => counts(inner, t, depth + 1, out),
+        SpanCond::Field(..) => {}
+    }
+}
+
+fn cond(c: &Cond, t: &TraceView<'_>, depth: usize, out: &mut String) {
+    let held = c.eval(t);
+    pad(out, depth);
+    match c {
+        Cond::All(cs) | Cond::Any(cs) => {
+            let kind = if matches!(c, Cond::All(_)) {
+                "all"
+            } else {
+                "any"
+            };
+            let _ = writeln!(out, "{} {kind}:", mark(held));
+            for c in cs {
+                cond(c, t, depth + 1, out);
+            }
+        }
+        Cond::Not(inner) => {
+            let _ = writeln!(out, "{} not:", mark(held));
+            cond(inner, t, depth + 1, out);
+        }
+        Cond::Trace(f, _, label) => {
+            let _ = writeln!(
+                out,
+                "{} {label}   (is {})",
+                mark(held),
+                show(Some(f.value(t)), *f == TraceField::Duration)
+            );
+        }
+        Cond::AnySpan(inner) => match span_leaf(inner) {
+            Some((_, label)) => {
+                let n = t.spans.iter().filter(|(s, ctx)| inner.eval(s, ctx)).count();
+                let _ = writeln!(
+                    out,
+                    "{} {label}   (on {n} of {} spans)",
+                    mark(held),
+                    t.spans.len()
+                );
+            }
+            None => {
+                let found = t.spans.iter().find(|(s, ctx)| inner.eval(s, ctx));
+                match found {
+                    Some((s, ctx)) => {
+                        let _ = writeln!(
+                            out,
+                            "{} span: one span satisfies every condition: `{}`",
+                            mark(true),
+                            String::from_utf8_lossy(s.name)
+                        );
+                        on_span(inner, s, ctx, depth + 1, out);
+                    }
+                    None => {
+                        let _ = writeln!(out, "{} span: no single span satisfies it", mark(false));
+                        counts(inner, t, depth + 1, out);
+                    }
+                }
+            }
+        },
+        Cond::Root(inner) => match t.root.and_then(|i| t.spans.get(i)) {
+            None => {
+                let what = span_leaf(inner).map_or("root:", |(_, l)| l);
+                let _ = writeln!(
+                    out,
+                    "{} {what}   (the root span has not arrived)",
+                    mark(false)
+                );
+            }
+            Some((s, ctx)) => match span_leaf(inner) {
+                Some((f, label)) => {
+                    let _ = writeln!(
+                        out,
+                        "{} {label}   (is {})",
+                        mark(held),
+                        show(f.value(s, ctx), *f == SpanField::Duration)
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{} root:", mark(held));
+                    on_span(inner, s, ctx, depth + 1, out);
+                }
+            },
+        },
+    }
+}
+
+/// Explains one rule's conditions for a trace. Returns whether they hold.
+pub fn rule(r: &Rule, t: &TraceView<'_>, depth: usize, out: &mut String) -> bool {
+    match &r.condition {
+        None => {
+            pad(out, depth);
+            out.push_str("✓ (no conditions: the default rule)\n");
+            true
+        }
+        Some(c) => {
+            cond(c, t, depth, out);
+            c.eval(t)
+        }
+    }
+}
+
+/// Explains the whole rule set for a trace, rule by rule, up to the deciding rule. The set's
+/// stateful outcomes are evaluated on a fresh copy (a rate limit has its budget, throughput
+/// keys are new).
+pub fn explain(set: &RuleSet, t: &TraceView<'_>) -> String {
+    let fresh = set.clone();
+    let verdict = fresh.verdict(t, Instant::now());
+    let mut out = summary(t);
+    out.push('\n');
+    for (i, r) in set.rules().iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "rule `{}` ({}:{}) -> {}",
+            r.name,
+            r.file,
+            r.line,
+            r.outcome.describe()
+        );
+        let held = rule(r, t, 1, &mut out);
+        if i == verdict.rule {
+            let what = if verdict.keep {
+                format!("KEEP (sample rate {})", verdict.sample_rate)
+            } else if matches!(r.outcome, Outcome::Drop) {
+                "DROP".into()
+            } else {
+                format!(
+                    "DROP (not in the sampled 1 in {} of this trace id)",
+                    verdict.sample_rate
+                )
+            };
+            let _ = writeln!(
+                out,
+                "  => matched: {what}; first match wins, later rules not consulted"
+            );
+            break;
+        }
+        if held {
+            let _ = writeln!(
+                out,
+                "  => conditions held, but over the rate limit: next rule"
+            );
+        } else {
+            let _ = writeln!(out, "  => no match");
+        }
+    }
+    out
+}

@@ -1,0 +1,487 @@
+//! Rule files: YAML in, compiled rules out. Every mistake of every file is reported, each
+//! with its file, line, rule and field, and what would have been accepted.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::expr::{self, unknown};
+use super::yaml::{self, Kind, Node};
+use super::{Outcome, Rule, RuleError, ThroughputSpec};
+
+const RULE_KEYS: [&str; 9] = [
+    "name",
+    "description",
+    "conditions",
+    "outcome",
+    "sample_rate",
+    "traces_per_second",
+    "keys",
+    "window",
+    "max_keys",
+];
+const OUTCOMES: [&str; 4] = ["keep", "drop", "rate_limit", "throughput"];
+
+/// The keys each outcome takes besides name, description, conditions and outcome.
+fn extras(outcome: &str) -> &'static [&'static str] {
+    match outcome {
+        "keep" => &["sample_rate"],
+        "rate_limit" => &["traces_per_second"],
+        "throughput" => &["traces_per_second", "keys", "window", "max_keys"],
+        _ => &[],
+    }
+}
+
+/// Default adaptation window of a throughput rule.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+/// Default bound on the distinct keys a throughput rule tracks.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+struct Errors<'a> {
+    file: &'a str,
+    rule: String,
+    out: &'a mut Vec<RuleError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, line: usize, field: &str, message: impl Into<String>) {
+        self.out.push(RuleError {
+            file: self.file.to_string(),
+            line,
+            rule: self.rule.clone(),
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+fn positive(v: &Node, what: &str) -> Result<f64, String> {
+    v.as_f64()
+        .filter(|n| *n > 0.0)
+        .ok_or_else(|| format!("expected {what} greater than 0, got {}", v.describe()))
+}
+
+fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Option<Rule> {
+    let label = v
+        .get("name")
+        .and_then(Node::as_str)
+        .map(|n| format!("`{n}`"))
+        .unwrap_or_else(|| format!("#{}", index + 1));
+    let mut err = Errors {
+        file,
+        rule: label,
+        out: errors,
+    };
+    let before = err.out.len();
+    let Some(m) = v.as_map() else {
+        err.push(
+            v.line,
+            "-",
+            format!(
+                "a rule is a map (name, conditions, outcome...), got {}",
+                v.describe()
+            ),
+        );
+        return None;
+    };
+    let outcome_name = v.get("outcome").and_then(Node::as_str);
+    for (k, _) in m {
+        let key = k.as_str().unwrap_or("?");
+        if !RULE_KEYS.contains(&key) {
+            err.push(k.line, key, unknown("key", key, &RULE_KEYS));
+        } else if let Some(o) = outcome_name.filter(|o| OUTCOMES.contains(o)) {
+            let own = extras(o);
+            let extra = !["name", "description", "conditions", "outcome"].contains(&key);
+            if extra && !own.contains(&key) {
+                let takes: Vec<&str> = OUTCOMES
+                    .iter()
+                    .copied()
+                    .filter(|x| extras(x).contains(&key))
+                    .collect();
+                err.push(
+                    k.line,
+                    key,
+                    format!(
+                        "`{key}` applies to `outcome: {}` only; this rule's outcome is `{o}`{}",
+                        takes.join("` or `outcome: "),
+                        if own.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", which takes {}", own.join(", "))
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    let name = match v.get("name").and_then(Node::as_str) {
+        Some(n) if !n.trim().is_empty() => Some(n.to_string()),
+        _ => {
+            err.push(v.line, "name", "every rule needs a non-empty `name`");
+            None
+        }
+    };
+    let description = v
+        .get("description")
+        .and_then(Node::as_str)
+        .map(str::to_string);
+    let condition = match v.get("conditions") {
+        None => None,
+        Some(c) if c.is_null() => None,
+        Some(c) => {
+            let mut errs = Vec::new();
+            let parsed = expr::trace_cond(c, &mut errs);
+            for (line, e) in errs {
+                err.push(line, "conditions", e);
+            }
+            parsed
+        }
+    };
+    let num = |err: &mut Errors<'_>, key: &str, what: &str| -> Option<f64> {
+        let v = v.get(key)?;
+        positive(v, what).map_err(|e| err.push(v.line, key, e)).ok()
+    };
+    let outcome = match outcome_name {
+        Some("keep") => {
+            let sample_rate = match v.get("sample_rate") {
+                None => Some(1),
+                Some(r) => match r.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                    Some(n) if n >= 1 => Some(n),
+                    _ => {
+                        err.push(
+                            r.line,
+                            "sample_rate",
+                            format!(
+                                "expected a whole number >= 1 (keep 1 in N), got {}",
+                                r.describe()
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            sample_rate.map(|sample_rate| Outcome::Keep { sample_rate })
+        }
+        Some("drop") => Some(Outcome::Drop),
+        Some("rate_limit") => match v.get("traces_per_second") {
+            None => {
+                err.push(
+                    v.line,
+                    "traces_per_second",
+                    "`outcome: rate_limit` needs `traces_per_second: N` (traces kept per second \
+                     by each instance)",
+                );
+                None
+            }
+            Some(_) => num(
+                &mut err,
+                "traces_per_second",
+                "a number of traces per second",
+            )
+            .map(|per_second| Outcome::RateLimit { per_second }),
+        },
+        Some("throughput") => throughput(v, &mut err, num),
+        Some(other) => {
+            let line = v.get("outcome").map_or(v.line, |o| o.line);
+            err.push(line, "outcome", unknown("outcome", other, &OUTCOMES));
+            None
+        }
+        None => {
+            err.push(
+                v.line,
+                "outcome",
+                "every rule needs an `outcome`: keep, drop, rate_limit or throughput",
+            );
+            None
+        }
+    };
+    if err.out.len() > before {
+        return None;
+    }
+    Some(Rule {
+        name: name?.into(),
+        description,
+        condition,
+        outcome: outcome?,
+        file: file.to_string(),
+        line: v.line,
+    })
+}
+
+fn throughput(
+    v: &Node,
+    err: &mut Errors<'_>,
+    num: impl Fn(&mut Errors<'_>, &str, &str) -> Option<f64>,
+) -> Option<Outcome> {
+    let per_second = match v.get("traces_per_second") {
+        None => {
+            err.push(
+                v.line,
+                "traces_per_second",
+                "`outcome: throughput` needs `traces_per_second: N` (the target per key)",
+            );
+            None
+        }
+        Some(_) => num(err, "traces_per_second", "a number of traces per second"),
+    };
+    let keys = match v.get("keys") {
+        None => {
+            err.push(
+                v.line,
+                "keys",
+                "`outcome: throughput` needs `keys: [...]`, e.g. [root.service, \
+                 root.attr.http.route, trace.error]",
+            );
+            None
+        }
+        Some(k) => {
+            let items: Vec<&Node> = match &k.kind {
+                Kind::Seq(items) => items.iter().collect(),
+                _ if k.as_str().is_some() => vec![k],
+                _ => Vec::new(),
+            };
+            if items.is_empty() {
+                err.push(
+                    k.line,
+                    "keys",
+                    "expected a list of fields, e.g. [root.service]",
+                );
+                None
+            } else {
+                let mut out = Vec::new();
+                for item in items {
+                    match item.as_str().map(|s| expr::key_field(s.trim())) {
+                        Some(Ok(f)) => out.push(f),
+                        Some(Err(e)) => err.push(item.line, "keys", e),
+                        None => err.push(
+                            item.line,
+                            "keys",
+                            format!("expected a field name, got {}", item.describe()),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+        }
+    };
+    let window = match v.get("window") {
+        None => Some(DEFAULT_WINDOW),
+        Some(w) => match w.as_str().and_then(expr::parse_duration) {
+            Some(ns) if ns >= 1_000_000_000 => Some(Duration::from_nanos(ns)),
+            _ => {
+                err.push(
+                    w.line,
+                    "window",
+                    format!(
+                        "expected a duration of at least 1s, e.g. 30s, got {}",
+                        w.describe()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let max_keys = match v.get("max_keys") {
+        None => Some(DEFAULT_MAX_KEYS),
+        Some(n) => match n.as_u64().filter(|n| *n >= 1) {
+            Some(n) => Some(n as usize),
+            None => {
+                err.push(
+                    n.line,
+                    "max_keys",
+                    format!("expected a whole number >= 1, got {}", n.describe()),
+                );
+                None
+            }
+        },
+    };
+    Some(Outcome::Throughput(ThroughputSpec {
+        per_second: per_second?,
+        keys: keys?,
+        window: window?,
+        max_keys: max_keys?,
+    }))
+}
+
+/// Parses one rule file's text. All of its errors are reported, not just the first.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let top_err = |line: usize, field: &str, message: String| RuleError {
+        file: file.to_string(),
+        line,
+        rule: "-".into(),
+        field: field.into(),
+        message,
+    };
+    let doc = yaml::parse(text)
+        .map_err(|e| vec![top_err(e.line, "-", format!("invalid YAML: {}", e.message))])?;
+    let Some(m) = doc.as_map() else {
+        return Err(vec![top_err(
+            doc.line,
+            "-",
+            "a rule file is a map with a `rules:` list".into(),
+        )]);
+    };
+    let mut errors = Vec::new();
+    for (k, _) in m {
+        let key = k.as_str().unwrap_or("?");
+        if key != "rules" {
+            errors.push(top_err(k.line, key, unknown("key", key, &["rules"])));
+        }
+    }
+    let items = match doc.get("rules").map(|r| (r, &r.kind)) {
+        Some((_, Kind::Seq(items))) => items,
+        Some((r, _)) => {
+            errors.push(top_err(
+                r.line,
+                "rules",
+                format!("expected a list of rules, got {}", r.describe()),
+            ));
+            return Err(errors);
+        }
+        None => {
+            errors.push(top_err(
+                doc.line,
+                "rules",
+                "expected a `rules:` list".into(),
+            ));
+            return Err(errors);
+        }
+    };
+    let rules: Vec<_> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| rule(file, i, v, &mut errors))
+        .collect();
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The rule files of `dir`: `*.yaml`/`*.yml`, in lexical order. Hidden files (such as the
+/// `..data` entries of a Kubernetes ConfigMap volume) are skipped; symlinks are followed.
+pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The files of a rules directory, read: (path, text).
+pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<RuleError>> {
+    let io_err = |file: &Path, e: std::io::Error| {
+        vec![RuleError {
+            file: file.display().to_string(),
+            line: 0,
+            rule: "-".into(),
+            field: "-".into(),
+            message: e.to_string(),
+        }]
+    };
+    let files = rule_files(dir).map_err(|e| io_err(dir, e))?;
+    files
+        .into_iter()
+        .map(|p| match std::fs::read_to_string(&p) {
+            Ok(t) => Ok((p, t)),
+            Err(e) => Err(io_err(&p, e)),
+        })
+        .collect()
+}
+
+/// Compiles the read files of a directory and checks the whole set.
+pub fn parse_files(dir: &Path, files: &[(PathBuf, String)]) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let mut rules = Vec::new();
+    let mut errors = Vec::new();
+    for (path, text) in files {
+        match parse_file(&path.display().to_string(), text) {
+            Ok(r) => rules.extend(r),
+            Err(e) => errors.extend(e),
+        }
+    }
+    // With rules left out for their errors, only the name check still says something true
+    // about the set.
+    let file_errors = !errors.is_empty();
+    errors.extend(
+        check_set(&rules, dir)
+            .into_iter()
+            .filter(|e| !file_errors || e.field == "name"),
+    );
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Loads every rule file of `dir`, in lexical order, and checks the whole set.
+pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<RuleError>> {
+    parse_files(dir, &read_dir(dir)?)
+}
+
+/// A short hash of a rules directory's content (file names and texts): the rules' version.
+pub fn version(files: &[(PathBuf, String)]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (p, t) in files {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&(t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    format!("{:012x}", h.digest() >> 16)
+}
+
+/// Checks what no single file can: unique names, and a default rule closing the set.
+pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for r in rules {
+        if !seen.insert(&r.name) {
+            errors.push(RuleError {
+                file: r.file.clone(),
+                line: r.line,
+                rule: format!("`{}`", r.name),
+                field: "name".into(),
+                message: "rule names must be unique across all rule files".into(),
+            });
+        }
+    }
+    match rules.last() {
+        None => errors.push(RuleError {
+            file: dir.display().to_string(),
+            line: 0,
+            rule: "-".into(),
+            field: "-".into(),
+            message: "no rules found: add at least a default rule (one without conditions)".into(),
+        }),
+        Some(last) if last.condition.is_some() => errors.push(RuleError {
+            file: last.file.clone(),
+            line: last.line,
+            rule: format!("`{}`", last.name),
+            field: "conditions".into(),
+            message: "the last rule must be the default: a rule without conditions, so that \
+                      every trace gets a deliberate outcome"
+                .into(),
+        }),
+        Some(last) if matches!(last.outcome, Outcome::RateLimit { .. }) => errors.push(RuleError {
+            file: last.file.clone(),
+            line: last.line,
+            rule: format!("`{}`", last.name),
+            field: "outcome".into(),
+            message: "the default rule cannot be a rate_limit: traces over the limit fall \
+                          through to the next rule, and there is none; use keep, drop or \
+                          throughput"
+                .into(),
+        }),
+        Some(_) => {}
+    }
+    errors
+}

@@ -1,0 +1,165 @@
+//! `tailsift rules check/test/explain` as a user runs them, on the repository's rules and
+//! their case files (so CI runs every case of `rules/cases/`), and on broken input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tailsift(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run tailsift")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn case_files() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir("rules/cases")
+        .expect("rules/cases")
+        .map(|e| e.expect("entry").path().display().to_string())
+        .filter(|p| p.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_rule_file_has_a_case_file() {
+    for rule_file in tailsift::rules::rule_files(Path::new("rules")).expect("rules") {
+        let name = rule_file.file_name().expect("name").to_string_lossy();
+        assert!(
+            Path::new("rules/cases").join(&*name).is_file(),
+            "rules/{name} has no rules/cases/{name}"
+        );
+    }
+}
+
+#[test]
+fn the_example_rules_pass_every_case() {
+    let files = case_files();
+    let mut args = vec!["rules", "test", "rules"];
+    args.extend(files.iter().map(String::as_str));
+    let out = tailsift(&args);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let summary = t.lines().last().expect("summary line");
+    let passed: usize = summary
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("N passed");
+    assert!(passed >= 20, "{summary}");
+    assert!(summary.ends_with(" passed, 0 failed"), "{summary}");
+    // Every rule of the example set is the expected rule of at least one case.
+    let rules = tailsift::rules::RuleSet::load(Path::new("rules"), None).expect("rules");
+    let cases: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("case file"))
+        .collect();
+    for r in rules.rules() {
+        assert!(
+            cases.contains(&format!("rule: {}", r.name)),
+            "no case expects rule `{}`",
+            r.name
+        );
+    }
+}
+
+#[test]
+fn a_failing_case_says_which_rule_matched_instead_and_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        "cases:\n  - name: probe expected as error\n    expect: { rule: errors, outcome: keep }\n    spans:\n      - { service: gateway, name: GET /healthz, attributes: { http.route: /healthz } }\n  - name: fine\n    expect: { outcome: drop }\n    spans:\n      - { service: gateway, name: GET /healthz, attributes: { http.route: /healthz } }\n",
+    )
+    .expect("write");
+    let out = tailsift(&["rules", "test", "rules", &cases.display().to_string()]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("  ok   fine"), "{t}");
+    assert!(t.contains("FAIL probe expected as error"), "{t}");
+    assert!(
+        t.contains("got:      rule `drop-health-checks`, drop"),
+        "{t}"
+    );
+    assert!(t.contains("✗ trace.error = true   (is false)"), "{t}");
+    assert!(
+        t.contains("✓ span.attr.http.route in [/healthz, /readyz, /livez, /health]"),
+        "{t}"
+    );
+    assert!(t.trim_end().ends_with("1 passed, 1 failed"), "{t}");
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_rule_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "rules:\n  - name: slow\n    conditions: trace.durration > 2s\n    outcome: keep\n  - name: limited\n    outcome: rate_limit\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "rules:\n  - name: rest\n    outcome: keep\n    sample_rate: ten\n",
+    )
+    .expect("write");
+    let out = tailsift(&["rules", "check", &dir.path().display().to_string()]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    let a = dir.path().join("a.yaml").display().to_string();
+    let b = dir.path().join("b.yaml").display().to_string();
+    assert!(
+        t.contains(&format!("{a}:3: rule `slow`: conditions: unknown field `trace.durration`, did you mean `trace.duration`?")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("{a}:5: rule `limited`: traces_per_second:")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "{b}:4: rule `rest`: sample_rate: expected a whole number >= 1"
+        )),
+        "{t}"
+    );
+    assert!(t.contains("3 error(s)"), "{t}");
+}
+
+#[test]
+fn explain_walks_the_rules_up_to_the_deciding_one() {
+    let out = tailsift(&[
+        "rules",
+        "explain",
+        "rules",
+        "rules/cases/30-latency.yaml",
+        "--case",
+        "a slow payment provider call is kept whatever the route",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("rule `slow-checkout`"), "{t}");
+    assert!(
+        t.contains("✓ span: one span satisfies every condition: `POST /charge`"),
+        "{t}"
+    );
+    assert!(t.contains("=> matched: KEEP (sample rate 1)"), "{t}");
+    assert!(!t.contains("rule `baseline`"), "{t}");
+    let out = tailsift(&[
+        "rules",
+        "explain",
+        "rules",
+        "rules/cases/30-latency.yaml",
+        "--case",
+        "nope",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no case named `nope`"));
+}

@@ -1,0 +1,162 @@
+//! Hot reload through the running pipeline on a real broker, with the rules directory laid out
+//! as Kubernetes mounts a ConfigMap: files are symlinks through `..data`, which an update
+//! replaces atomically. A valid change is swapped in; a bad one keeps the old rules.
+//! (Its own test binary: the reload metrics are process-wide.)
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tailsift::otlp::build::*;
+use tailsift::otlp::TraceId;
+
+const MS: u64 = 1_000_000;
+
+/// Publishes `files` as a new ConfigMap version in `dir`: a fresh `..<version>` directory, then
+/// `..data` swapped to it with a rename, and a top-level symlink per file.
+fn publish(dir: &Path, version: &str, files: &[(&str, &str)]) {
+    let real = dir.join(format!("..{version}"));
+    std::fs::create_dir(&real).expect("version dir");
+    for (name, text) in files {
+        std::fs::write(real.join(name), text).expect("write");
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(format!("..{version}"), &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(format!("..data/{name}"), &link).expect("file symlink");
+        }
+    }
+}
+
+fn metrics(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default()
+}
+
+fn info_version(body: &str) -> Option<String> {
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("tailsift_rules_info{"))?;
+    let v = line.split("version=\"").nth(1)?;
+    Some(v.split('"').next()?.to_string())
+}
+
+const DROP_ALL: &str = "rules:\n  - name: reload-drop-all\n    outcome: drop\n";
+const KEEP_ALL: &str = "rules:\n  - name: reload-keep-all\n    outcome: keep\n";
+const BAD: &str =
+    "rules:\n  - name: reload-bad\n    conditions: span.nmae = x\n    outcome: keep\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    publish(dir.path(), "v1", &[("rules.yaml", DROP_ALL)]);
+    let mut config = config(&input, &output, dir.path());
+    // The file watch must do it: no periodic check.
+    config.rules.poll_interval = Duration::ZERO;
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let addr = running.http_addr;
+    let v1 = info_version(&metrics(addr)).expect("version exposed");
+    assert_eq!(
+        metrics(addr).matches("tailsift_rules_info{").count(),
+        1,
+        "one series"
+    );
+
+    let p = producer();
+    let send_one = |n: u64| {
+        let t = trace_id(9_000_000 + n);
+        let s = span(
+            t,
+            1,
+            None,
+            "GET /",
+            1_700_000_000_000 * MS,
+            1_700_000_000_005 * MS,
+        );
+        send(
+            &p,
+            &input,
+            &TraceId(t).to_hex(),
+            &request("gateway", vec![s]),
+        );
+        flush(&p);
+        TraceId(t).to_hex()
+    };
+    let stats = &running.sampler.stats;
+    send_one(1);
+    assert!(eventually(Duration::from_secs(20), || stats.dropped() == 1).await);
+
+    // A valid update.
+    publish(dir.path(), "v2", &[("rules.yaml", KEEP_ALL)]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let body = metrics(addr);
+            metric(&body, "tailsift_rules_reloads_total", "result=\"success\"") == Some(1.0)
+                && info_version(&body).is_some_and(|v| v != v1)
+        })
+        .await,
+        "the update is loaded: {}",
+        metrics(addr)
+    );
+    let v2 = info_version(&metrics(addr)).expect("version");
+    let kept = send_one(2);
+    let mut reader = Reader::new(&output);
+    assert!(
+        reader.read_until(Duration::from_secs(20), |m| m.iter().any(|m| m.key == kept)),
+        "the new rules keep the trace"
+    );
+    assert_eq!(
+        reader.messages[0].headers["tailsift.rule"],
+        "reload-keep-all"
+    );
+
+    // A bad update: the old rules stay, the failure is counted, the version does not move.
+    publish(
+        dir.path(),
+        "v3",
+        &[("rules.yaml", KEEP_ALL), ("zz-bad.yaml", BAD)],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || metric(
+            &metrics(addr),
+            "tailsift_rules_reloads_total",
+            "result=\"failure\""
+        ) == Some(1.0))
+        .await,
+        "the bad update is counted"
+    );
+    assert_eq!(info_version(&metrics(addr)).as_deref(), Some(v2.as_str()));
+    let still = send_one(3);
+    assert!(
+        reader.read_until(Duration::from_secs(20), |m| m
+            .iter()
+            .any(|m| m.key == still)),
+        "the old rules still run"
+    );
+    assert_eq!(
+        reader.messages.last().expect("message").headers["tailsift.rule"],
+        "reload-keep-all"
+    );
+
+    // SIGHUP reloads even when nothing changed (here: the bad file is still there).
+    let failures = |b: &str| metric(b, "tailsift_rules_reloads_total", "result=\"failure\"");
+    // SAFETY: sends a signal to this process, which handles SIGHUP (the reloader listens).
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGHUP);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || failures(&metrics(addr))
+            == Some(2.0))
+        .await,
+        "SIGHUP re-reads the directory"
+    );
+    running.shutdown().await.expect("shutdown");
+}
