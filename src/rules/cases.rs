@@ -320,8 +320,8 @@ impl Case {
 }
 
 /// An OTLP JSON request as protobuf.
-fn json_request(_json: &[u8]) -> Result<Vec<u8>, String> {
-    Err("`otlp_json`: OTLP JSON support is not built yet".into())
+fn json_request(json: &[u8]) -> Result<Vec<u8>, String> {
+    crate::otlp::json::to_proto(json).map_err(|e| format!("`otlp_json`: {e}"))
 }
 
 /// Reads a case file.
