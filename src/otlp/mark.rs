@@ -338,3 +338,86 @@ mod tests {
         assert_eq!(marking().marks(&dropped, false), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use crate::otlp::build::{attr_int, attr_str, span, trace_id, with_attrs};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Marking by appending bytes gives the same span prost decodes as setting the fields
+        /// on the decoded span: original fields kept, attributes appended, tracestate merged.
+        #[test]
+        fn marked_spans_decode_as_the_original_plus_the_marks(
+            name in "[a-zA-Z /]{0,40}",
+            attrs in proptest::collection::vec(("[a-z.]{1,12}", any::<i64>()), 0..6),
+            state in prop_oneof![
+                Just(String::new()),
+                Just("vendor=x".to_string()),
+                Just("ot=th:c;rv:0123456789abcd,a=b".to_string()),
+                "[a-z]{1,8}=[a-z0-9]{1,8}",
+            ],
+            rate in 1u32..1000,
+            salted in any::<bool>(),
+            n in 1usize..5,
+        ) {
+            let t = trace_id(1);
+            let mut spans = Vec::new();
+            let mut input = Vec::new();
+            for i in 0..n {
+                let mut s = with_attrs(
+                    span(t, i as u64 + 1, None, &name, 10, 20),
+                    attrs.iter().map(|(k, v)| attr_int(k, *v)).collect(),
+                );
+                s.attributes.push(attr_str("k", "v"));
+                s.trace_state = state.clone();
+                let b = s.encode_to_vec();
+                put_len_prefix(&mut input, 2, b.len());
+                input.extend_from_slice(&b);
+                spans.push(s);
+            }
+            let marking = Marking {
+                rule_attribute: Some("r".into()),
+                sample_rate_attribute: Some("n".into()),
+                shadow_attribute: None,
+                tracestate: true,
+            };
+            let d = Decision::Keep { rule: "rule-x".into(), sample_rate: rate };
+            let mut out = Vec::new();
+            marking.marks(&d, salted).unwrap().mark_spans(&input, &mut out);
+            let got: Vec<Span> = Fields::new(&out)
+                .map(|f| Span::decode(f.unwrap().value.as_bytes().unwrap()).unwrap())
+                .collect();
+            prop_assert_eq!(got.len(), n);
+            for (mut want, got) in spans.into_iter().zip(got) {
+                want.attributes.push(attr_str("r", "rule-x"));
+                want.attributes.push(attr_int("n", i64::from(rate)));
+                want.trace_state = merge_tracestate(&state, threshold(rate), salted);
+                prop_assert!(want.trace_state.starts_with("ot=th:"));
+                prop_assert_eq!(&got, &want);
+                let kept = got.attributes.iter().filter(|kv| kv.key == "r").count();
+                prop_assert_eq!(kept, 1);
+                prop_assert!(matches!(
+                    got.attributes.last().and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref()),
+                    Some(any_value::Value::IntValue(_))
+                ));
+            }
+        }
+
+        /// The threshold written matches the sampling decision: a trace id kept at rate N has
+        /// randomness at or above the threshold `th` encodes.
+        #[test]
+        fn thresholds_round_trip_and_order_like_rates(a in 1u32..100_000, b in 1u32..100_000) {
+            let (ta, tb) = (threshold(a), threshold(b));
+            prop_assert_eq!(parse_threshold(&encode_threshold(ta)), Some(ta));
+            prop_assert_eq!(a <= b, ta <= tb);
+        }
+    }
+}
