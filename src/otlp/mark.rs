@@ -106,6 +106,9 @@ pub struct Marking {
 pub struct Marks {
     /// `Span.attributes` fields (number 9), encoded.
     attrs: Vec<u8>,
+    /// Their keys: an attribute of the span with one of these keys is replaced (OTLP wants
+    /// attribute keys unique), e.g. when a trace passes a second sampler.
+    keys: Vec<Vec<u8>>,
     /// The threshold to merge into the tracestate, and whether sampling was salted.
     threshold: Option<(u64, bool)>,
 }
@@ -154,17 +157,25 @@ impl Marking {
             Decision::Drop { .. } => return None,
         };
         let mut attrs = Vec::new();
+        let mut keys = Vec::new();
         if let Some(k) = &self.rule_attribute {
             put_str_attr(&mut attrs, k, rule);
+            keys.push(k.as_bytes().to_vec());
         }
         if let Some(k) = &self.sample_rate_attribute {
             put_int_attr(&mut attrs, k, i64::from(rate));
+            keys.push(k.as_bytes().to_vec());
         }
         if let (Some(k), Some(v)) = (&self.shadow_attribute, shadow) {
             put_str_attr(&mut attrs, k, v);
+            keys.push(k.as_bytes().to_vec());
         }
         let threshold = threshold.then(|| (self::threshold(rate), salted));
-        (!attrs.is_empty() || threshold.is_some()).then_some(Marks { attrs, threshold })
+        (!attrs.is_empty() || threshold.is_some()).then_some(Marks {
+            attrs,
+            keys,
+            threshold,
+        })
     }
 }
 
@@ -184,11 +195,25 @@ impl Marks {
         }
     }
 
+    /// Whether a `Span.attributes` entry has one of the marks' keys.
+    fn is_mark(&self, kv: &[u8]) -> bool {
+        Fields::new(kv).flatten().any(|g| {
+            g.number == 1
+                && g.value
+                    .as_bytes()
+                    .is_some_and(|k| self.keys.iter().any(|m| m.as_slice() == k))
+        })
+    }
+
     fn mark_span(&self, span: &[u8], out: &mut Vec<u8>) {
         let mut state: Option<&[u8]> = None;
+        let mut clash = false;
         for f in Fields::new(span) {
             match f {
                 Ok(f) if f.number == 3 => state = f.value.as_bytes(),
+                Ok(f) if f.number == 9 => {
+                    clash |= f.value.as_bytes().is_some_and(|kv| self.is_mark(kv));
+                }
                 Ok(_) => {}
                 Err(_) => {
                     put_len_prefix(out, 2, span.len());
@@ -197,6 +222,20 @@ impl Marks {
                 }
             }
         }
+        // Rare: the span already carries one of our attributes; copy it without them.
+        let filtered;
+        let span = if clash {
+            filtered = Fields::new(span)
+                .flatten()
+                .filter(|f| {
+                    !(f.number == 9 && f.value.as_bytes().is_some_and(|kv| self.is_mark(kv)))
+                })
+                .flat_map(|f| f.raw.iter().copied())
+                .collect::<Vec<u8>>();
+            filtered.as_slice()
+        } else {
+            span
+        };
         let trace_state = self.threshold.map(|(th, salted)| {
             let existing = String::from_utf8_lossy(state.unwrap_or_default());
             merge_tracestate(&existing, th, salted)
@@ -357,7 +396,7 @@ mod props {
         #[test]
         fn marked_spans_decode_as_the_original_plus_the_marks(
             name in "[a-zA-Z /]{0,40}",
-            attrs in proptest::collection::vec(("[a-z.]{1,12}", any::<i64>()), 0..6),
+            attrs in proptest::collection::vec((prop_oneof![Just("r".to_string()), Just("n".to_string()), "[a-z.]{1,12}"], any::<i64>()), 0..6),
             state in prop_oneof![
                 Just(String::new()),
                 Just("vendor=x".to_string()),
@@ -397,6 +436,8 @@ mod props {
                 .collect();
             prop_assert_eq!(got.len(), n);
             for (mut want, got) in spans.into_iter().zip(got) {
+                // A mark replaces an attribute of the same key.
+                want.attributes.retain(|kv| kv.key != "r" && kv.key != "n");
                 want.attributes.push(attr_str("r", "rule-x"));
                 want.attributes.push(attr_int("n", i64::from(rate)));
                 want.trace_state = merge_tracestate(&state, threshold(rate), salted);
