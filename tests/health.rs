@@ -240,3 +240,110 @@ async fn red_metrics_can_be_turned_off() {
     );
     running.shutdown().await.expect("shutdown");
 }
+
+/// A nisshi broker of this test's own (tests that stop a broker never touch the shared one).
+struct OwnBroker {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl OwnBroker {
+    fn start() -> Option<Self> {
+        let bin = std::env::var("TAILSIFT_NISSHI")
+            .unwrap_or_else(|_| "/opt/tailsift-ci/nisshi-0.7.0/bin/nisshi".into());
+        if !std::path::Path::new(&bin).exists() {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = tempfile::tempfile().expect("log file");
+        let child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "memory://nisshi/",
+                "--group-initial-rebalance-delay",
+                "100ms",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nisshi");
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(OwnBroker { child, addr })
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_unreachable_brokers() {
+    let Some(mut broker) = OwnBroker::start() else {
+        panic!("set TAILSIFT_NISSHI to the nisshi binary (scripts/test.sh does)");
+    };
+    let (input, output) = (unique("in"), unique("out"));
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .create()
+            .expect("admin");
+    for t in [&input, &output] {
+        let topic = rdkafka::admin::NewTopic::new(t, 1, rdkafka::admin::TopicReplication::Fixed(1));
+        admin
+            .create_topics(&[topic], &rdkafka::admin::AdminOptions::new())
+            .await
+            .expect("create topics");
+    }
+    let mut config = config(&input, &output, Path::new("rules"));
+    config.kafka.brokers = broker.addr.clone();
+    config.monitoring.lag_interval = Duration::from_millis(200);
+    config.shutdown_timeout = Duration::from_secs(2);
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let addr = running.http_addr;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            http_get(addr, "/readyz").is_ok_and(|(s, _)| s == 200)
+        })
+        .await,
+        "ready: {:?}",
+        http_get(addr, "/readyz")
+    );
+
+    let _ = broker.child.kill();
+    let _ = broker.child.wait();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            http_get(addr, "/readyz")
+                .is_ok_and(|(s, b)| s == 503 && b.contains("brokers unreachable"))
+        })
+        .await,
+        "not ready once the broker is gone: {:?}",
+        http_get(addr, "/readyz")
+    );
+    assert_eq!(
+        http_get(addr, "/healthz").expect("healthz").0,
+        200,
+        "still alive"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.shutdown()).await;
+}
