@@ -1,6 +1,7 @@
-//! Core pipeline benchmarks, no Kafka, in spans per second: decode, buffer insert (one thread
-//! and several), and the whole in-process path decode -> buffer -> complete -> decide ->
-//! encode. Run with `cargo bench --bench pipeline`; allocations per span are counted by
+//! Core pipeline benchmarks, no Kafka, in spans per CPU-second (per core): decode, buffer
+//! insert (one thread and several), and the whole in-process path decode -> buffer ->
+//! complete -> decide -> encode. Times are the process's CPU time ([`common::CpuTime`]), not
+//! wall time, so that a busy shared machine does not count against the code. Run with `cargo bench --bench pipeline`; allocations per span are counted by
 //! `cargo bench --bench allocs`, rule evaluation by `cargo bench --bench rules`.
 //! Method and figures: BENCHMARKS.md.
 
@@ -9,6 +10,8 @@ mod common;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use common::CpuTime;
 use tailsift::buffer::{Buffer, Completion};
 use tailsift::decision::DecisionCache;
 use tailsift::offsets::MessageHold;
@@ -18,7 +21,7 @@ use common::{traffic, Traffic};
 
 const TRACES: usize = 2_000;
 
-fn decoder(c: &mut Criterion) {
+fn decoder(c: &mut Criterion<CpuTime>) {
     let t = traffic(TRACES, 42);
     let mut g = c.benchmark_group("Decoder");
     g.throughput(Throughput::Elements(t.spans));
@@ -58,7 +61,7 @@ fn insert_all(buffer: &Buffer, cache: &DecisionCache, msgs: &[(Decoder, &[u8])],
     }
 }
 
-fn buffer(c: &mut Criterion) {
+fn buffer(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("Buffer");
     let fresh = || {
         (
@@ -104,7 +107,7 @@ fn buffer(c: &mut Criterion) {
     g.finish();
 }
 
-fn sampler(c: &mut Criterion) {
+fn sampler(c: &mut Criterion<CpuTime>) {
     let t = traffic(TRACES, 42);
     let mut g = c.benchmark_group("Sampler");
     g.throughput(Throughput::Elements(t.spans));
@@ -138,5 +141,9 @@ fn sampler(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decoder, buffer, sampler);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = decoder, buffer, sampler
+}
 criterion_main!(benches);
