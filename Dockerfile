@@ -6,22 +6,26 @@
 #   docker run --rm tailsift:0.1.0 demo --duration 10 --listen 0.0.0.0:8080
 #
 # The toolchain is the one CI uses (moka's uuid needs rustc >= 1.89). librdkafka is built from
-# source by rdkafka-sys with its ./configure and make (no cmake): the rust image has the C
-# toolchain, make, perl and zlib headers it needs.
+# source by rdkafka-sys with its ./configure and make (no cmake), and with the `tls` feature
+# OpenSSL too (vendored, statically linked): the rust image has the C toolchain, make, perl and
+# zlib headers they need. The image is for clusters, where brokers usually speak TLS or
+# SASL_SSL, so it builds with `tls` (about three times librdkafka's build time);
+# `--build-arg FEATURES=` leaves it out.
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+ARG FEATURES=tls
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tailsift \
+    cargo build --release --locked --bin tailsift --features "${FEATURES}" \
     && install -D -m 0755 target/release/tailsift /out/tailsift
 
 FROM debian:${DEBIAN_RELEASE}-slim
-# The binary links glibc, libgcc and zlib (all in the slim image); CA certificates for brokers
-# reached over TLS.
+# The binary links glibc, libgcc and zlib (all in the slim image; OpenSSL is static); CA
+# certificates for brokers reached over TLS.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -100,6 +100,14 @@ print(max(vs, key=lambda v: tuple(int(x) for x in v.split("."))))')
 python3 -c "import sys; t = lambda v: tuple(int(x) for x in v.split('.'))[:2]; sys.exit(t('$rust') < t('$need'))" ||
   fail "Dockerfile RUST_VERSION $rust is older than a locked crate needs ($need)"
 echo "  Dockerfile: uid $uid as in the chart; rust $rust >= $need, the newest any locked crate needs"
+features=$(sed -n 's/^ARG FEATURES=//p' Dockerfile)
+for feature in ${features//,/ }; do
+  cargo metadata --no-deps --format-version 1 | python3 -c "
+import json, sys
+features = json.load(sys.stdin)['packages'][0]['features']
+sys.exit('$feature' not in features)" || fail "Dockerfile FEATURES names \`$feature\`, which Cargo.toml does not define"
+done
+echo "  Dockerfile features (${features:-none}) exist in Cargo.toml"
 # The build context the Dockerfile gets (what .dockerignore leaves; its patterns are anchored
 # at the root) builds the binary with the locked dependencies. Debug, sharing target/: only the
 # tailsift crate compiles.
