@@ -110,14 +110,17 @@ done
 echo "  Dockerfile features (${features:-none}) exist in Cargo.toml"
 # The build context the Dockerfile gets (what .dockerignore leaves; its patterns are anchored
 # at the root) builds the binary with the locked dependencies. Debug, sharing target/: only the
-# tailsift crate compiles.
+# tailsift crate compiles. The copy lives at one fixed path (cargo keys artifacts by package
+# path: a new path per run would pile up a copy of the crate's artifacts each time) and keeps
+# the files' times, so an unchanged tree is not rebuilt.
 excludes=()
 while read -r pattern; do
   case "$pattern" in ''|'#'*) ;; *) excludes+=("--exclude=./$pattern") ;; esac
 done < .dockerignore
-mkdir "$WORK/context"
-tar --exclude=./target "${excludes[@]}" -cf - . | tar -C "$WORK/context" -xf -
-(cd "$WORK/context" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --quiet --locked --bin tailsift) ||
+CONTEXT="$PWD/target/docker-context"
+rm -rf "$CONTEXT" && mkdir -p "$CONTEXT"
+tar --exclude=./target "${excludes[@]}" -cf - . | tar -C "$CONTEXT" -xf -
+(cd "$CONTEXT" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --quiet --locked --bin tailsift) ||
   fail "the Docker build context (after .dockerignore) does not build: cargo build --locked --bin tailsift"
 echo "  the build context left by .dockerignore builds tailsift with --locked"
 
