@@ -72,6 +72,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Stress relief: a degraded mode for when this instance cannot keep up.
+    #[serde(default)]
+    pub stress: StressConfig,
     /// How long a graceful shutdown (SIGTERM/SIGINT) may take before the process exits anyway.
     /// Default 30s. Kubernetes' terminationGracePeriodSeconds should be longer.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -264,10 +267,10 @@ pub struct CompletionConfig {
     #[serde(default = "d_max_spans")]
     pub max_spans_per_trace: u32,
     /// Decide a trace as soon as its buffered spans take this many bytes; its later spans
-    /// follow the decision. At most half of `buffer.max_bytes`; a budget derived from a small
-    /// container lowers it to that. Default 16MiB.
-    #[serde(default = "d_max_trace_bytes")]
-    pub max_trace_bytes: ByteSize,
+    /// follow the decision. At most half of `buffer.max_bytes`. Default 16MiB, or half the
+    /// budget when that is smaller.
+    #[serde(default)]
+    pub max_trace_bytes: Option<ByteSize>,
 }
 
 impl Default for CompletionConfig {
@@ -277,7 +280,7 @@ impl Default for CompletionConfig {
             root_grace: d_root_grace(),
             max_trace_age: d_max_trace_age(),
             max_spans_per_trace: d_max_spans(),
-            max_trace_bytes: d_max_trace_bytes(),
+            max_trace_bytes: None,
         }
     }
 }
@@ -334,6 +337,75 @@ impl Default for DecisionCacheConfig {
             ttl: d_cache_ttl(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StressConfig {
+    /// Switch to degraded mode (new traces decided by trace id alone, without buffering) when
+    /// the consumer lag keeps growing past `enter_lag`. Default true.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Total consumer lag, in messages, above which the lag counts as too high. Default 500000.
+    #[serde(default = "d_enter_lag")]
+    pub enter_lag: u64,
+    /// How long the lag must stay above `enter_lag`, and grow, before degraded mode starts.
+    /// Default 60s.
+    #[serde(default = "d_stress_wait", with = "humantime_serde")]
+    pub enter_after: Duration,
+    /// Total consumer lag, in messages, below which the lag counts as low again.
+    /// Default 50000.
+    #[serde(default = "d_exit_lag")]
+    pub exit_lag: u64,
+    /// How long the lag must stay below `exit_lag` before normal mode returns. Default 60s.
+    #[serde(default = "d_stress_wait", with = "humantime_serde")]
+    pub exit_after: Duration,
+    /// Degraded mode keeps 1 in this many traces by trace id (plus every trace whose error
+    /// span it sees). Default 10.
+    #[serde(default = "d_stress_rate")]
+    pub sample_rate: u32,
+}
+
+impl Default for StressConfig {
+    fn default() -> Self {
+        StressConfig {
+            enabled: true,
+            enter_lag: d_enter_lag(),
+            enter_after: d_stress_wait(),
+            exit_lag: d_exit_lag(),
+            exit_after: d_stress_wait(),
+            sample_rate: d_stress_rate(),
+        }
+    }
+}
+
+impl StressConfig {
+    /// The thresholds as the stress-relief state machine takes them.
+    pub fn settings(&self) -> crate::memory::stress::StressSettings {
+        let lag = |v: u64| v.min(i64::MAX as u64) as i64;
+        crate::memory::stress::StressSettings {
+            enter_lag: lag(self.enter_lag),
+            enter_after: self.enter_after,
+            exit_lag: lag(self.exit_lag),
+            exit_after: self.exit_after,
+        }
+    }
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_enter_lag() -> u64 {
+    500_000
+}
+fn d_exit_lag() -> u64 {
+    50_000
+}
+fn d_stress_wait() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_stress_rate() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -474,9 +546,6 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_rules_dir() -> PathBuf {
     PathBuf::from("rules")
-}
-fn d_true() -> bool {
-    true
 }
 fn d_poll_interval() -> Duration {
     Duration::from_secs(10)
@@ -697,10 +766,11 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if c.max_trace_bytes.0 < 1024 {
+        let max_trace_bytes = c.max_trace_bytes.unwrap_or(d_max_trace_bytes()).0;
+        if max_trace_bytes < 1024 {
             return Err(invalid(
                 "completion.max_trace_bytes",
-                format!("{} bytes is too small (at least 1KiB)", c.max_trace_bytes.0),
+                format!("{max_trace_bytes} bytes is too small (at least 1KiB)"),
             ));
         }
         let b = &self.buffer;
@@ -711,12 +781,12 @@ impl Config {
                     format!("{max} bytes is too small (at least 1MiB)"),
                 ));
             }
-            if c.max_trace_bytes.0 > max / 2 {
+            if c.max_trace_bytes.is_some_and(|t| t.0 > max / 2) {
                 return Err(invalid(
                     "completion.max_trace_bytes",
                     format!(
                         "{} bytes is more than half of buffer.max_bytes ({max}): one trace could starve the others",
-                        c.max_trace_bytes.0
+                        max_trace_bytes
                     ),
                 ));
             }
@@ -783,6 +853,19 @@ impl Config {
                 ),
             ));
         }
+        let st = &self.stress;
+        if st.exit_lag >= st.enter_lag {
+            return Err(invalid(
+                "stress.exit_lag",
+                format!(
+                    "{} must be below stress.enter_lag ({})",
+                    st.exit_lag, st.enter_lag
+                ),
+            ));
+        }
+        if st.sample_rate == 0 {
+            return Err(invalid("stress.sample_rate", "must be at least 1".into()));
+        }
         if dc.max_entries == Some(0) {
             return Err(invalid(
                 "decision_cache.max_entries",
@@ -821,7 +904,11 @@ impl Config {
             root_grace: c.root_grace,
             max_trace_age: c.max_trace_age,
             max_spans_per_trace: c.max_spans_per_trace,
-            max_trace_bytes: c.max_trace_bytes.0.min(u64::from(u32::MAX)) as u32,
+            max_trace_bytes: c
+                .max_trace_bytes
+                .unwrap_or(d_max_trace_bytes())
+                .0
+                .min(u64::from(u32::MAX)) as u32,
         }
     }
 
@@ -880,6 +967,7 @@ impl Config {
             http: HttpConfig::default(),
             monitoring: MonitoringConfig::default(),
             log: LogConfig::default(),
+            stress: StressConfig::default(),
             shutdown_timeout: default_shutdown_timeout(),
         }
     }
@@ -906,13 +994,25 @@ mod tests {
             c.buffer.max_bytes, None,
             "derived from the container at start"
         );
-        assert_eq!(c.completion.max_trace_bytes, ByteSize(16 << 20));
+        assert_eq!(c.completion().max_trace_bytes, 16 << 20);
+        let small = parse(&format!("{MINIMAL}buffer:\n  max_bytes: 4MiB\n")).unwrap();
+        assert_eq!(
+            small.completion().max_trace_bytes,
+            16 << 20,
+            "lowered to half the budget at start, not an error"
+        );
         assert_eq!(
             (c.buffer.high_watermark, c.buffer.low_watermark),
             (0.9, 0.8)
         );
         assert_eq!(c.decision_cache.max_bytes, ByteSize(64 << 20));
         assert_eq!(c.decision_cache.max_entries, None);
+        assert!(c.stress.enabled);
+        assert_eq!(
+            (c.stress.enter_lag, c.stress.exit_lag, c.stress.sample_rate),
+            (500_000, 50_000, 10)
+        );
+        assert_eq!(c.stress.enter_after, Duration::from_secs(60));
         assert_eq!(c.kafka.group_id, "tailsift");
         assert_eq!(c.http.listen.port(), 8080);
     }
@@ -982,6 +1082,14 @@ mod tests {
             (
                 format!("{MINIMAL}buffer:\n  high_watermark: 0.7\n  low_watermark: 0.8\n"),
                 "below buffer.high_watermark",
+            ),
+            (
+                format!("{MINIMAL}stress:\n  enter_lag: 100\n  exit_lag: 100\n"),
+                "`stress.exit_lag`",
+            ),
+            (
+                format!("{MINIMAL}stress:\n  sample_rate: 0\n"),
+                "`stress.sample_rate`",
             ),
             (
                 format!("{MINIMAL}decision_cache:\n  max_entries: 0\n"),

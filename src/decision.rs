@@ -90,6 +90,8 @@ pub enum Trigger {
     ByteLimit,
     /// Decided early, oldest first, because the buffer reached its memory budget.
     Memory,
+    /// Decided at once because stress relief began (the buffer empties in degraded mode).
+    Stress,
     /// Decided early because its partition left this instance while it also held spans of
     /// a partition that stayed.
     Rebalance,
@@ -104,6 +106,7 @@ impl Trigger {
         Trigger::ByteLimit,
         Trigger::MaxAge,
         Trigger::Memory,
+        Trigger::Stress,
         Trigger::Rebalance,
     ];
 
@@ -115,6 +118,7 @@ impl Trigger {
             Trigger::MaxAge => "max_age",
             Trigger::ByteLimit => "byte_limit",
             Trigger::Memory => "memory",
+            Trigger::Stress => "stress",
             Trigger::Rebalance => "rebalance",
         }
     }

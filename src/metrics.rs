@@ -55,6 +55,8 @@ pub const TRACES_WITHOUT_ROOT: &str = "tailsift_traces_without_root_total";
 pub const RED_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+pub const STRESS_MODE: &str = "tailsift_stress_mode";
+pub const STRESS_SPANS: &str = "tailsift_stress_spans_total";
 
 pub const RULE_TRACES: &str = "tailsift_rule_traces_total";
 pub const RULE_SPANS: &str = "tailsift_rule_spans_total";
@@ -101,7 +103,7 @@ pub fn describe() {
     describe_counter!(
         TRACES_DECIDED,
         Unit::Count,
-        "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, byte_limit, max_age, memory, rebalance)."
+        "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, byte_limit, max_age, memory, stress, rebalance)."
     );
     describe_counter!(
         SPANS_FORWARDED,
@@ -230,6 +232,16 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes counted against decision_cache.max_bytes."
     );
+    describe_gauge!(
+        STRESS_MODE,
+        Unit::Count,
+        "1 while stress relief's degraded mode is on (new traces decided by trace id alone, without buffering), else 0."
+    );
+    describe_counter!(
+        STRESS_SPANS,
+        Unit::Count,
+        "Spans decided by trace id alone in degraded mode, by outcome (kept, dropped)."
+    );
 }
 
 /// Registers every series whose labels are known at start, at zero, so that `/metrics` shows
@@ -258,6 +270,9 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
     for cause in ["size", "expired"] {
         metrics::counter!(DECISION_CACHE_EVICTIONS, "cause" => cause).absolute(0);
     }
+    for outcome in ["kept", "dropped"] {
+        metrics::counter!(STRESS_SPANS, "outcome" => outcome).absolute(0);
+    }
     for name in [
         INVALID_SPANS,
         SPANS_FORWARDED,
@@ -285,6 +300,7 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
         BUFFER_BUDGET,
         DECISION_CACHE_ENTRIES,
         DECISION_CACHE_BYTES,
+        STRESS_MODE,
     ] {
         metrics::gauge!(name).set(0.0);
     }

@@ -34,10 +34,21 @@ pub const TLS_HINT: &str = if cfg!(feature = "tls") {
 /// How often the deciders look for complete traces.
 pub const DECIDE_TICK: Duration = Duration::from_millis(10);
 
+/// Bytes librdkafka may queue on each side (fetched but not yet ingested; produced but not yet
+/// acknowledged): an eighth of the memory budget, between 1MiB and 64MiB. Outside the budget,
+/// so part of the fixed overhead the README documents; properties in the config override it.
+pub fn kafka_queue_bytes(c: &Config) -> u64 {
+    (c.budget().0.max_bytes / 8).clamp(1 << 20, 64 << 20)
+}
+
 /// librdkafka settings for the consumer.
 pub fn consumer_config(c: &Config) -> ClientConfig {
     let k = &c.kafka;
     let mut cc = ClientConfig::new();
+    cc.set(
+        "queued.max.messages.kbytes",
+        (kafka_queue_bytes(c) >> 10).to_string(),
+    );
     cc.set("bootstrap.servers", &k.brokers)
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
@@ -63,6 +74,8 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
 pub fn producer_config(c: &Config) -> ClientConfig {
     let k = &c.kafka;
     let mut pc = ClientConfig::new();
+    let queue = kafka_queue_bytes(c).max(2 * k.max_message_bytes as u64 + (1 << 20));
+    pc.set("queue.buffering.max.kbytes", (queue >> 10).to_string());
     pc.set("bootstrap.servers", &k.brokers)
         .set("linger.ms", "5")
         .set("acks", "all")
@@ -131,11 +144,13 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     // a budget derived from a small container lowers the limit instead).
     let trace_cap = (budget.max_bytes / 2).min(u64::from(u32::MAX)) as u32;
     if completion.max_trace_bytes > trace_cap {
-        tracing::warn!(
-            max_trace_bytes = completion.max_trace_bytes,
-            lowered_to = trace_cap,
-            "completion.max_trace_bytes lowered to half of the memory budget"
-        );
+        if config.completion.max_trace_bytes.is_some() {
+            tracing::warn!(
+                max_trace_bytes = completion.max_trace_bytes,
+                lowered_to = trace_cap,
+                "completion.max_trace_bytes lowered to half of the memory budget"
+            );
+        }
         completion.max_trace_bytes = trace_cap;
     }
     tracing::info!(
@@ -220,7 +235,16 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         .context("cannot start the ingest thread")?;
 
     let (stop_deciders, stop_rx) = watch::channel(false);
-    let deciders = vec![tokio::spawn(decider(sampler.clone(), stop_rx))];
+    let mut deciders = vec![tokio::spawn(decider(sampler.clone(), stop_rx.clone()))];
+    if config.stress.enabled {
+        deciders.push(tokio::spawn(stress_relief(
+            sampler.clone(),
+            health.clone(),
+            config.stress.clone(),
+            config.monitoring.lag_interval,
+            stop_rx,
+        )));
+    }
     tracing::info!(
         input = ?config.kafka.input_topics,
         output = %config.kafka.output_topic,
@@ -242,6 +266,51 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         shutdown_timeout: config.shutdown_timeout,
         reloader: None,
     })
+}
+
+/// Watches the total consumer lag and switches stress relief's degraded mode on and off.
+pub async fn stress_relief(
+    sampler: Arc<Sampler>,
+    health: Arc<Health>,
+    config: crate::config::StressConfig,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut relief = crate::memory::stress::StressRelief::new(config.settings());
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    metrics::gauge!(crate::metrics::STRESS_MODE).set(0.0);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let lag = health.lag.total();
+        let Some(on) = relief.observe(lag, std::time::Instant::now()) else {
+            continue;
+        };
+        metrics::gauge!(crate::metrics::STRESS_MODE).set(if on { 1.0 } else { 0.0 });
+        let s = sampler.clone();
+        let rate = config.sample_rate;
+        let decided = tokio::task::spawn_blocking(move || s.set_degraded(on, rate, Instant::now()))
+            .await
+            .unwrap_or(0);
+        if on {
+            tracing::warn!(
+                lag,
+                enter_lag = config.enter_lag,
+                sample_rate = rate,
+                buffered_decided = decided,
+                "stress relief: consumer lag keeps growing; degraded mode on, new traces decided by trace id alone"
+            );
+        } else {
+            tracing::info!(
+                lag,
+                exit_lag = config.exit_lag,
+                "stress relief: consumer lag is low again; degraded mode off, traces buffered as usual"
+            );
+        }
+    }
 }
 
 /// Decides complete traces every tick until told to stop.

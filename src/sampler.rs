@@ -5,7 +5,7 @@
 //! collector in tests and benchmarks). It is shared by the ingest thread and the deciders.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
 use crate::decision::{Decision, DecisionCache, Trigger};
-use crate::memory::Budget;
+use crate::memory::{stress, Budget};
 use crate::metrics as m;
 use crate::offsets::{Hold, Holds};
 use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
@@ -47,6 +47,9 @@ pub struct Stats {
     pub decode_failures: AtomicU64,
     pub late_kept: AtomicU64,
     pub late_dropped: AtomicU64,
+    /// Spans decided by trace id alone in degraded mode (stress relief).
+    pub stress_kept: AtomicU64,
+    pub stress_dropped: AtomicU64,
     /// Undecided traces handed back uncommitted when their partition was revoked.
     pub released: AtomicU64,
     /// (rule, kept?) -> traces.
@@ -121,6 +124,9 @@ pub struct IngestSummary {
     pub invalid_spans: usize,
     pub late_kept: usize,
     pub late_dropped: usize,
+    /// Spans decided by trace id alone in degraded mode (stress relief).
+    pub stress_kept: usize,
+    pub stress_dropped: usize,
 }
 
 pub struct Sampler {
@@ -134,6 +140,10 @@ pub struct Sampler {
     budget: Budget,
     /// Service labels of the orphan-span counter (capped).
     pub orphan_services: crate::broken::ServiceLabels,
+    /// Stress relief's degraded mode: new traces are decided by trace id, not buffered.
+    degraded: AtomicBool,
+    /// The sample rate of degraded mode.
+    stress_rate: AtomicU32,
 }
 
 impl Sampler {
@@ -157,6 +167,67 @@ impl Sampler {
             },
             budget: Budget::default(),
             orphan_services: crate::broken::ServiceLabels::default(),
+            degraded: AtomicBool::new(false),
+            stress_rate: AtomicU32::new(10),
+        }
+    }
+
+    /// Whether stress relief's degraded mode is on.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Turns degraded mode on (deciding new traces by trace id alone, 1 in `sample_rate`, plus
+    /// every trace with an error span seen) or off. Turning it on decides every buffered trace
+    /// now, through the rules (trigger `stress`), so that the buffer empties. Returns how many
+    /// were decided.
+    pub fn set_degraded(&self, on: bool, sample_rate: u32, now: Instant) -> usize {
+        self.stress_rate
+            .store(sample_rate.max(1), Ordering::Relaxed);
+        self.degraded.store(on, Ordering::Relaxed);
+        if !on {
+            return 0;
+        }
+        let ids = self.buffer.ids_where(|_| true);
+        let mut tally = Tally::default();
+        let n = ids
+            .iter()
+            .filter(|id| {
+                self.decide_counted(id, Trigger::Stress, now, &mut tally)
+                    .is_some()
+            })
+            .count();
+        self.flush(tally);
+        n
+    }
+
+    /// A group of spans of a trace that is not buffered, in degraded mode: it follows an earlier
+    /// decision if there is one, else is decided by its trace id (and errors).
+    fn ingest_degraded(
+        &self,
+        group: &TraceGroup<'_>,
+        hold: &impl Hold,
+        replayed: bool,
+        now: Instant,
+        summary: &mut IngestSummary,
+    ) {
+        let decision = match self.decisions.get(&group.trace_id) {
+            Some(d) => d,
+            None => {
+                let rate = self.stress_rate.load(Ordering::Relaxed);
+                let d = stress::decide_by_trace_id(&self.rules.load(), group, rate);
+                if d.rule() == stress::STRESS_ERRORS_RULE {
+                    // Its later spans are kept too, whatever the trace id says.
+                    self.decisions.insert(group.trace_id, d.clone());
+                }
+                d
+            }
+        };
+        if decision.is_keep() {
+            summary.stress_kept += group.len();
+            self.forward_late(group, &decision, hold, replayed, now);
+        } else {
+            summary.stress_dropped += group.len();
         }
     }
 
@@ -194,11 +265,21 @@ impl Sampler {
             ..IngestSummary::default()
         };
         let mut full = Vec::new();
+        let degraded = self.degraded.load(Ordering::Relaxed);
         for group in decoder.groups(payload) {
-            match self
-                .buffer
-                .ingest(&group, hold, replayed, now, &self.decisions)
-            {
+            let ingested = if degraded {
+                match self.buffer.ingest_existing(&group, hold, replayed, now) {
+                    Some(i) => i,
+                    None => {
+                        self.ingest_degraded(&group, hold, replayed, now, &mut summary);
+                        continue;
+                    }
+                }
+            } else {
+                self.buffer
+                    .ingest(&group, hold, replayed, now, &self.decisions)
+            };
+            match ingested {
                 Ingested::Buffered => {}
                 Ingested::Full(trigger) => full.push((group.trace_id, trigger)),
                 Ingested::Late(decision) => {
@@ -220,6 +301,14 @@ impl Sampler {
         self.stats
             .late_dropped
             .fetch_add(summary.late_dropped as u64, Ordering::Relaxed);
+        if degraded {
+            self.stats
+                .stress_kept
+                .fetch_add(summary.stress_kept as u64, Ordering::Relaxed);
+            self.stats
+                .stress_dropped
+                .fetch_add(summary.stress_dropped as u64, Ordering::Relaxed);
+        }
         if !full.is_empty() {
             let mut tally = Tally::default();
             for (id, trigger) in full {

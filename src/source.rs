@@ -401,6 +401,14 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                             metrics::counter!(m::LATE_SPANS, "outcome" => "dropped")
                                 .increment(s.late_dropped as u64);
                         }
+                        if s.stress_kept > 0 {
+                            metrics::counter!(m::STRESS_SPANS, "outcome" => "kept")
+                                .increment(s.stress_kept as u64);
+                        }
+                        if s.stress_dropped > 0 {
+                            metrics::counter!(m::STRESS_SPANS, "outcome" => "dropped")
+                                .increment(s.stress_dropped as u64);
+                        }
                     }
                     Err(e) => {
                         metrics::counter!(m::DECODE_FAILURES, "kind" => e.kind()).increment(1);

@@ -219,28 +219,7 @@ impl Buffer {
         let now = self.ms(now);
         // Lock order everywhere: map shard, then decision cache, then deadline index.
         match self.map.entry(group.trace_id) {
-            Entry::Occupied(mut o) => {
-                let e = o.get_mut();
-                let root_before = e.root_seen.is_some();
-                let added = e.append(group, now);
-                self.bytes.fetch_add(added as i64, Ordering::Relaxed);
-                e.replayed |= replayed;
-                if !e.holds.iter().any(|h| h.partition == hold.partition()) {
-                    e.holds.push(hold.hold());
-                }
-                if let Some(trigger) = self.full(e) {
-                    return Ingested::Full(trigger);
-                }
-                if !root_before && e.root_seen.is_some() {
-                    // The root moved the deadline earlier: schedule the earlier look.
-                    let bucket = self.index.bucket(e.deadline(&self.completion).0);
-                    if bucket < e.scheduled {
-                        e.scheduled = bucket;
-                        self.index.schedule(group.trace_id, bucket);
-                    }
-                }
-                Ingested::Buffered
-            }
+            Entry::Occupied(mut o) => self.append_to(o.get_mut(), group, hold, replayed, now),
             Entry::Vacant(v) => {
                 if let Some(decision) = decided.get(&group.trace_id) {
                     return Ingested::Late(decision);
@@ -271,6 +250,49 @@ impl Buffer {
                 }
             }
         }
+    }
+
+    /// Buffers a group of spans only if its trace is already buffered (stress relief: new
+    /// traces are not buffered, the ones already there complete as usual).
+    pub fn ingest_existing(
+        &self,
+        group: &TraceGroup<'_>,
+        hold: &impl Hold,
+        replayed: bool,
+        now: Instant,
+    ) -> Option<Ingested> {
+        let now = self.ms(now);
+        let mut e = self.map.get_mut(&group.trace_id)?;
+        Some(self.append_to(&mut e, group, hold, replayed, now))
+    }
+
+    fn append_to(
+        &self,
+        e: &mut TraceEntry,
+        group: &TraceGroup<'_>,
+        hold: &impl Hold,
+        replayed: bool,
+        now: u64,
+    ) -> Ingested {
+        let root_before = e.root_seen.is_some();
+        let added = e.append(group, now);
+        self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+        e.replayed |= replayed;
+        if !e.holds.iter().any(|h| h.partition == hold.partition()) {
+            e.holds.push(hold.hold());
+        }
+        if let Some(trigger) = self.full(e) {
+            return Ingested::Full(trigger);
+        }
+        if !root_before && e.root_seen.is_some() {
+            // The root moved the deadline earlier: schedule the earlier look.
+            let bucket = self.index.bucket(e.deadline(&self.completion).0);
+            if bucket < e.scheduled {
+                e.scheduled = bucket;
+                self.index.schedule(group.trace_id, bucket);
+            }
+        }
+        Ingested::Buffered
     }
 
     /// Whether a trace reached a size limit, and which.
