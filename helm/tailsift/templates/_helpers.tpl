@@ -123,27 +123,29 @@ the value.
 {{- if lt $buffer 1048576 -}}
 {{- fail (printf "buffer.memoryLimitPercent: %d%% of resources.limits.memory is %d bytes; tailsift needs a buffer of at least 1MiB" (int64 .Values.buffer.memoryLimitPercent) $buffer) -}}
 {{- end -}}
-{{- $consumerKiB := div (mul $limit (int64 .Values.buffer.consumerQueuePercent)) 102400 -}}
-{{- $producerKiB := div (mul $limit (int64 .Values.buffer.producerQueuePercent)) 102400 -}}
+{{- /* librdkafka's queues: tailsift sizes each at an eighth of the budget, between 1MiB and
+64MiB (the producer's at least two output messages + 1MiB), unless the properties set them. */ -}}
+{{- $queue := max 1048576 (min 67108864 (div $buffer 8)) -}}
+{{- $maxMessage := int64 ($kafka.max_message_bytes | default 1000000) -}}
+{{- $consumerQueue := $queue -}}
+{{- $producerQueue := max $queue (add (mul 2 $maxMessage) 1048576) -}}
 {{- if hasKey $kafka.consumer_properties "queued.max.messages.kbytes" -}}
-{{- $consumerKiB = int64 (get $kafka.consumer_properties "queued.max.messages.kbytes") -}}
-{{- else -}}
-{{- $_ := set $kafka.consumer_properties "queued.max.messages.kbytes" (printf "%d" $consumerKiB) -}}
+{{- $consumerQueue = mul (int64 (get $kafka.consumer_properties "queued.max.messages.kbytes")) 1024 -}}
 {{- end -}}
 {{- if hasKey $kafka.producer_properties "queue.buffering.max.kbytes" -}}
-{{- $producerKiB = int64 (get $kafka.producer_properties "queue.buffering.max.kbytes") -}}
-{{- else -}}
-{{- $_ := set $kafka.producer_properties "queue.buffering.max.kbytes" (printf "%d" $producerKiB) -}}
+{{- $producerQueue = mul (int64 (get $kafka.producer_properties "queue.buffering.max.kbytes")) 1024 -}}
 {{- end -}}
-{{- /* tailsift's defaults for decision_cache.max_bytes (64MiB) and completion.max_trace_bytes (16MiB). */ -}}
+{{- /* tailsift's default for decision_cache.max_bytes is 64MiB. */ -}}
 {{- $cache := int64 (include "tailsift.byteSize" (dict "value" ((($cfg.decision_cache | default dict).max_bytes) | default "64MiB") "what" "config.decision_cache.max_bytes")) -}}
-{{- $committed := add $buffer (mul $consumerKiB 1024) (mul $producerKiB 1024) $cache -}}
+{{- $committed := add $buffer $consumerQueue $producerQueue $cache -}}
 {{- if gt (mul $committed 10) (mul $limit 9) -}}
-{{- fail (printf "memory: buffer (%d bytes) + consumer queue (%d KiB) + producer queue (%d KiB) + decision cache (%d bytes) exceed 90%% of resources.limits.memory (%d bytes); lower buffer.memoryLimitPercent, the queue sizes or decision_cache.max_bytes, or raise the limit" $buffer $consumerKiB $producerKiB $cache $limit) -}}
+{{- fail (printf "memory: buffer (%d bytes) + consumer queue (%d bytes) + producer queue (%d bytes) + decision cache (%d bytes) exceed 90%% of resources.limits.memory (%d bytes); lower buffer.memoryLimitPercent, the queue properties or decision_cache.max_bytes, or raise the limit" $buffer $consumerQueue $producerQueue $cache $limit) -}}
 {{- end -}}
-{{- $traceMax := int64 (include "tailsift.byteSize" (dict "value" ((($cfg.completion | default dict).max_trace_bytes) | default "16MiB") "what" "config.completion.max_trace_bytes")) -}}
+{{- with ($cfg.completion | default dict).max_trace_bytes -}}
+{{- $traceMax := int64 (include "tailsift.byteSize" (dict "value" . "what" "config.completion.max_trace_bytes")) -}}
 {{- if gt (mul $traceMax 2) $buffer -}}
 {{- fail (printf "config.completion.max_trace_bytes (%d bytes) is above half the buffer budget (%d bytes, buffer.memoryLimitPercent of the memory limit): one trace could fill half the buffer; lower it or raise the limit" $traceMax $buffer) -}}
+{{- end -}}
 {{- end -}}
 {{- $bufferCfg := $cfg.buffer | default dict -}}
 {{- $_ := set $bufferCfg "max_bytes" $buffer -}}
