@@ -68,6 +68,7 @@ rules:
       - span.duration <= 100ms
       - trace.duration > 50ms
       - trace.span_count != 7
+      - trace.service_count = 1
     outcome: keep
   - name: op-string
     conditions:

@@ -41,6 +41,8 @@ pub enum TraceField {
     SpanCount,
     Error,
     RootPresent,
+    /// Distinct `service.name`s among the trace's spans.
+    ServiceCount,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,8 +206,22 @@ impl TraceField {
             TraceField::SpanCount => Val::Num(f64::from(t.span_count)),
             TraceField::Error => Val::Bool(t.has_error),
             TraceField::RootPresent => Val::Bool(t.root.is_some()),
+            TraceField::ServiceCount => Val::Num(service_count(t) as f64),
         }
     }
+}
+
+/// Distinct service names of a trace (spans without one count as one more service). Computed
+/// only when a rule asks: services are few, so a small vector beats a hash set.
+fn service_count(t: &TraceView<'_>) -> usize {
+    let mut seen: smallvec::SmallVec<[Option<&[u8]>; 8]> = smallvec::SmallVec::new();
+    for (_, ctx) in &t.spans {
+        let s = ctx.service_name();
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+    }
+    seen.len()
 }
 
 /// A field whose value, per trace, makes up a throughput sampler's key: a trace field or a

@@ -28,11 +28,12 @@ const OPS: [&str; 15] = [
     "not-exists",
     "matches",
 ];
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 15] = [
     "trace.duration",
     "trace.span_count",
     "trace.error",
     "trace.root",
+    "trace.service_count",
     "span.name",
     "span.kind",
     "span.status",
@@ -117,6 +118,7 @@ fn field(name: &str) -> Result<(Field, Ty), String> {
             "span_count" => Some((Field::Trace(TraceField::SpanCount), Ty::Number)),
             "error" => Some((Field::Trace(TraceField::Error), Ty::Bool)),
             "root" => Some((Field::Trace(TraceField::RootPresent), Ty::Bool)),
+            "service_count" => Some((Field::Trace(TraceField::ServiceCount), Ty::Number)),
             _ => None,
         },
         Some(("span", f)) => span_field(f).map(|(f, t)| (Field::Span(f), t)),

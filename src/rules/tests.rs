@@ -105,6 +105,8 @@ fn conditions_match_trace_span_root_resource_and_scope_fields() {
         ("trace.span_count = 3", true),
         ("trace.span_count >= 4", false),
         ("trace.root = true", true),
+        ("trace.service_count = 3", true),
+        ("trace.service_count > 3", false),
         ("span.status = error", true),
         ("span.kind = client", true),
         ("span.kind = producer", false),
