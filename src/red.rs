@@ -16,8 +16,48 @@ use std::sync::Arc;
 
 use crate::metrics as m;
 use crate::otlp::decode::Decoder;
-use crate::otlp::view::{find_attr, AttrValue, ContextView, SpanView};
+use crate::otlp::view::ContextView;
+use crate::otlp::wire::{Fields, Value};
 use crate::otlp::SpanContext;
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The operation of a span: its `http.route` string attribute if set, else its name. One walk
+/// over the span's fields.
+fn operation(span: &[u8]) -> Option<&[u8]> {
+    let mut name = None;
+    for f in Fields::new(span) {
+        let f = f.ok()?;
+        match (f.number, f.value) {
+            (5, Value::Bytes(b)) => name = Some(b),
+            (9, Value::Bytes(kv)) => {
+                let (mut key, mut value) = (None, None);
+                for g in Fields::new(kv).flatten() {
+                    match (g.number, g.value) {
+                        (1, Value::Bytes(b)) => key = Some(b),
+                        (2, Value::Bytes(b)) => value = Some(b),
+                        _ => {}
+                    }
+                }
+                if key == Some(b"http.route".as_slice()) {
+                    // AnyValue.string_value is field 1.
+                    let route = value.and_then(|v| {
+                        Fields::new(v)
+                            .flatten()
+                            .filter(|g| g.number == 1)
+                            .filter_map(|g| g.value.as_bytes())
+                            .last()
+                    });
+                    if let Some(r) = route.filter(|r| !r.is_empty()) {
+                        return Some(r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(name.unwrap_or_default())
+}
 
 /// The label of whatever goes over a cardinality cap.
 pub const OTHER: &str = "other";
@@ -49,7 +89,7 @@ struct Op {
 struct Service {
     label: Arc<str>,
     /// Per kind (server, consumer): operation -> index in `ops`.
-    by_name: [HashMap<Box<[u8]>, usize>; 2],
+    by_name: [Map<Box<[u8]>, usize>; 2],
     ops: Vec<Op>,
     /// (kind) -> index of the `other` operation, once created.
     other: [Option<usize>; 2],
@@ -60,7 +100,7 @@ struct Service {
 /// Local RED counts of the ingest thread.
 pub struct Red {
     limits: RedLimits,
-    by_name: HashMap<Box<[u8]>, usize>,
+    by_name: Map<Box<[u8]>, usize>,
     services: Vec<Service>,
     other: Option<usize>,
     /// Per message: context address -> service index (contexts are shared by their spans).
@@ -142,7 +182,7 @@ impl Service {
         overflow_c.absolute(0);
         Service {
             label,
-            by_name: [HashMap::new(), HashMap::new()],
+            by_name: [Map::default(), Map::default()],
             ops: Vec::new(),
             other: [None; 2],
             overflow: 0,
@@ -175,7 +215,7 @@ impl Red {
     pub fn new(limits: RedLimits) -> Self {
         Red {
             limits,
-            by_name: HashMap::new(),
+            by_name: Map::default(),
             services: Vec::new(),
             other: None,
             ctx_cache: Vec::new(),
@@ -219,14 +259,10 @@ impl Red {
                 if kind != SERVER && kind != CONSUMER {
                     continue;
                 }
-                let s = self.service(span.context);
-                let Ok(view) = SpanView::parse(span.bytes) else {
+                let Some(op) = operation(span.bytes) else {
                     continue;
                 };
-                let op = match find_attr(span.bytes, 9, b"http.route") {
-                    Some(AttrValue::Str(route)) if !route.is_empty() => route,
-                    _ => view.name,
-                };
+                let s = self.service(span.context);
                 let max = self.limits.max_operations;
                 let over_service_cap = Some(s) == self.other;
                 let service = &mut self.services[s];
