@@ -6,11 +6,9 @@
 #   docker run --rm tailsift:0.1.0 demo --duration 10 --listen 0.0.0.0:8080
 #
 # The toolchain is the one CI uses (moka's uuid needs rustc >= 1.89). librdkafka is built from
-# source by rdkafka-sys with its ./configure and make (no cmake), and with the `tls` feature
-# OpenSSL too (vendored, statically linked): the rust image has the C toolchain, make, perl and
-# zlib headers they need. The image is for clusters, where brokers usually speak TLS or
-# SASL_SSL, so it builds with `tls` (about three times librdkafka's build time);
-# `--build-arg FEATURES=` leaves it out.
+# source by rdkafka-sys with its ./configure and make (no cmake): the rust image has the C
+# toolchain, make, perl, and the zlib and OpenSSL headers it needs (TLS and SCRAM are on by
+# default and link the system OpenSSL).
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
@@ -24,10 +22,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/tailsift /out/tailsift
 
 FROM debian:${DEBIAN_RELEASE}-slim
-# The binary links glibc, libgcc and zlib (all in the slim image; OpenSSL is static); CA
-# certificates for brokers reached over TLS.
+# The binary links glibc, libgcc, zlib and OpenSSL (libssl3); CA certificates for brokers
+# reached over TLS.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 tailsift \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

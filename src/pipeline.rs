@@ -28,7 +28,7 @@ use crate::source::{self, Health, IngestSettings};
 pub const TLS_HINT: &str = if cfg!(feature = "tls") {
     ""
 } else {
-    " (if it names TLS/SSL or SCRAM: this build lacks them; build with `--features tls`)"
+    " (if it names TLS/SSL or SCRAM: this build lacks them; build with the default features, or `--features tls-vendored`)"
 };
 
 /// How often the deciders look for complete traces.
