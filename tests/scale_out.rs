@@ -18,6 +18,10 @@ use rand::Rng;
 /// below; see the printed rates).
 const MAX_DUPLICATE_RATE: f64 = 0.5;
 
+/// Kept traces that may carry two decisions after SIGKILLs, per kept trace (seen: 0 or 1 trace
+/// in 1100-1400; see `Verdict::assert_promise_kept_across_crashes`).
+const MAX_CONFLICTING_RATE: f64 = 0.01;
+
 /// Traces complete by their root (`root_grace`); `decision_wait` (the idle fallback, which
 /// only fires for a trace whose root never came) is far longer than any stall of a loaded
 /// machine or a rebalance, so no trace is decided before its root arrives. (A trace decided before all its spans
@@ -84,7 +88,7 @@ impl Setup {
             v.duplicate_rate()
         );
         assert!(whole || !v.missing.is_empty(), "read everything");
-        v.assert_promise_kept();
+        v.assert_promise_kept_across_crashes(MAX_CONFLICTING_RATE);
         v
     }
 }
