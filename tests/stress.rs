@@ -77,7 +77,7 @@ async fn degraded_mode_starts_under_growing_lag_and_ends_when_the_lag_is_low() {
     while !running.sampler.degraded() && std::time::Instant::now() < deadline {
         for _ in 0..5 {
             let t = trace_id(800_000 + n);
-            let error = n % 7 == 0;
+            let error = n.is_multiple_of(7);
             let mut s = span(t, 2, Some(1), "work", base, base + 10);
             if error {
                 s = with_error(s);

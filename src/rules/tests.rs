@@ -557,7 +557,7 @@ proptest::proptest! {
         let b = set(&text, options);
         let ids: Vec<u64> = (0..60).map(|i| seed + i * 7919).collect();
         let decide = |s: &RuleSet, i: u64| {
-            with_trace(checkout(trace_id(i), 50, i % 3 == 0, "free"), |v| s.decide(v))
+            with_trace(checkout(trace_id(i), 50, i.is_multiple_of(3), "free"), |v| s.decide(v))
         };
         let first: Vec<Decision> = ids.iter().map(|i| decide(&a, *i)).collect();
         let mut second: Vec<(u64, Decision)> = ids.iter().rev().map(|i| (*i, decide(&b, *i))).collect();

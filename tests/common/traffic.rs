@@ -29,7 +29,7 @@ pub fn trace(run: u64, i: u64) -> ([u8; 16], Vec<Vec<u8>>, BTreeSet<Vec<u8>>) {
     let t = trace_id(run << 32 | i);
     let base = 1_700_000_000_000_000_000 + i * 1_000_000;
     let mut pay = span(t, 3, Some(2), "POST /payments", base + 2, base + 8);
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         pay = with_error(pay);
     }
     let spans = vec![
