@@ -149,32 +149,20 @@ impl DeadLetters {
         let key = letter.key.clone();
         let payload = letter.payload.clone();
         let mut record = BaseRecord::with_opaque_to(&self.topic, letter)
-            .payload(&payload)
+            .payload(payload.as_slice())
             .headers(headers);
         if let Some(k) = &key {
-            record = record.key(k);
+            record = record.key(k.as_slice());
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    if self.stopping.load(Ordering::Relaxed) {
-                        return; // unsent: its offset was never committed
-                    }
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, r)) => {
-                    // Any other refusal: the offset stays held and the letter is tried again;
-                    // an operator sees the errors.
-                    metrics::counter!(m::DEAD_LETTER_ERRORS).increment(1);
-                    tracing::warn!(error = %e, "cannot enqueue a dead letter; retrying");
-                    let _ = self
-                        .retries
-                        .send(shrink_if_too_large(r.delivery_opaque, &e));
-                    return;
-                }
-            }
+        // Once stopping, an unsent letter's offset was never committed.
+        if let Err((e, r)) = crate::sink::enqueue(&self.producer, record, Some(&self.stopping)) {
+            // Any other refusal: the offset stays held and the letter is tried again; an
+            // operator sees the errors.
+            metrics::counter!(m::DEAD_LETTER_ERRORS).increment(1);
+            tracing::warn!(error = %e, "cannot enqueue a dead letter; retrying");
+            let _ = self
+                .retries
+                .send(shrink_if_too_large(r.delivery_opaque, &e));
         }
     }
 

@@ -102,33 +102,21 @@ impl RouteProducer {
     fn send(&self, out: Box<Outgoing>) {
         let key = out.key.clone();
         let payload = out.payload.clone();
-        let mut record = BaseRecord::with_opaque_to(&self.topic, out)
-            .key(&key)
-            .payload(&payload);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    // Back-pressure: serve delivery reports while the queue drains.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((
-                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    _,
-                )) => {
-                    // Only a single span over the limit gets here: no broker takes it.
-                    metrics::counter!(m::PRODUCE_ERRORS).increment(1);
-                    tracing::error!(error = %e, bytes = payload.len(),
-                        "a span larger than kafka.max_message_bytes cannot be routed; dropped");
-                    return;
-                }
-                Err((e, r)) => {
-                    metrics::counter!(m::PRODUCE_ERRORS).increment(1);
-                    tracing::warn!(error = %e, "cannot enqueue a re-keyed trace; retrying");
-                    let _ = self.retries.send(r.delivery_opaque);
-                    return;
-                }
+        let record = BaseRecord::with_opaque_to(&self.topic, out)
+            .key(key.as_bytes())
+            .payload(payload.as_slice());
+        match crate::sink::enqueue(&self.producer, record, None) {
+            Ok(()) => {}
+            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                // Only a single span over the limit gets here: no broker takes it.
+                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+                tracing::error!(error = %e, bytes = payload.len(),
+                    "a span larger than kafka.max_message_bytes cannot be routed; dropped");
+            }
+            Err((e, r)) => {
+                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+                tracing::warn!(error = %e, "cannot enqueue a re-keyed trace; retrying");
+                let _ = self.retries.send(r.delivery_opaque);
             }
         }
     }

@@ -80,6 +80,38 @@ impl ProducerContext for SinkContext {
     }
 }
 
+/// A record one of our producers enqueues, with the refusal `enqueue` hands back.
+type Refused<'a, C> = (
+    KafkaError,
+    BaseRecord<'a, [u8], [u8], <C as ProducerContext>::DeliveryOpaque>,
+);
+
+/// Enqueues `record` on `producer`, waiting while librdkafka's queue is full (back-pressure:
+/// a slow or absent broker; the producer's thread serves delivery reports meanwhile, so the
+/// queue drains). Gives up quietly once `stopping` is set: the record is dropped unsent and
+/// the offsets it holds were never committed. Any other refusal is handed back.
+// The refusal is `ThreadedProducer::send`'s own, handed back as it came, on a cold path.
+#[allow(clippy::result_large_err)]
+pub(crate) fn enqueue<'a, C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
+    stopping: Option<&AtomicBool>,
+) -> Result<(), Refused<'a, C>> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                if stopping.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    return Ok(());
+                }
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(refused) => return Err(refused),
+        }
+    }
+}
+
 /// The Kafka producer of kept traces.
 pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
@@ -117,46 +149,31 @@ impl KafkaSink {
     }
 
     fn produce(&self, key: &[u8], payload: &[u8], headers: OwnedHeaders, ticket: Box<Ticket>) {
-        let mut record = BaseRecord::with_opaque_to(&self.topic, ticket)
+        let record = BaseRecord::with_opaque_to(&self.topic, ticket)
             .key(key)
             .payload(payload)
             .headers(headers);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Back-pressure: librdkafka's queue is full (a slow or absent broker).
-                    // Wait for it to drain; the deciders slow down and the buffer fills.
-                    record = r;
-                    if self.stopping.load(Ordering::Relaxed) {
-                        return; // dropped unsent: its offsets were never committed
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((
-                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    _,
-                )) => {
-                    // Only a single span larger than the limit gets here (traces are split):
-                    // no broker would take it, and retrying would stall the partition forever.
-                    metrics::counter!(m::PRODUCE_ERRORS).increment(1);
-                    tracing::error!(error = %e, bytes = payload.len(),
-                        "a span larger than kafka.max_message_bytes cannot be forwarded; dropped");
-                    return;
-                }
-                Err((e, r)) => {
-                    metrics::counter!(m::PRODUCE_ERRORS).increment(1);
-                    tracing::warn!(error = %e, "cannot enqueue a kept trace; retrying");
-                    let retry = Retry {
-                        key: key.to_vec(),
-                        payload: payload.to_vec(),
-                        headers: r.headers.unwrap_or_else(OwnedHeaders::new),
-                        ticket: r.delivery_opaque,
-                    };
-                    // Without the retry thread (shutdown) the offsets simply stay uncommitted.
-                    let _ = self.retries.send(retry);
-                    return;
-                }
+        // While the queue is full the deciders slow down and the buffer fills.
+        match enqueue(&self.producer, record, Some(&self.stopping)) {
+            Ok(()) => {}
+            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                // Only a single span larger than the limit gets here (traces are split):
+                // no broker would take it, and retrying would stall the partition forever.
+                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+                tracing::error!(error = %e, bytes = payload.len(),
+                    "a span larger than kafka.max_message_bytes cannot be forwarded; dropped");
+            }
+            Err((e, r)) => {
+                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+                tracing::warn!(error = %e, "cannot enqueue a kept trace; retrying");
+                let retry = Retry {
+                    key: key.to_vec(),
+                    payload: payload.to_vec(),
+                    headers: r.headers.unwrap_or_else(OwnedHeaders::new),
+                    ticket: r.delivery_opaque,
+                };
+                // Without the retry thread (shutdown) the offsets simply stay uncommitted.
+                let _ = self.retries.send(retry);
             }
         }
     }
