@@ -145,13 +145,15 @@ fn main() {
     );
     drop(sampler);
 
-    // The decision cache: resident bytes per remembered decision.
+    // The decision cache: resident bytes per remembered decision, in a full cache sized in
+    // bytes as the pipeline sizes it, after pushing out twice its capacity (the steady state).
     trim();
     let before = rss();
-    let entries = traces as u64 * 4;
-    let cache = DecisionCache::with_max_bytes(u64::MAX / 2, never);
+    let max_bytes = (traces as u64 * 4 * CACHE_ENTRY_BYTES).max(1 << 20);
+    let cache = DecisionCache::with_max_bytes(max_bytes, never);
+    let capacity = DecisionCache::capacity_for_bytes(max_bytes);
     let rule: Arc<str> = "baseline".into();
-    for i in 0..entries {
+    for i in 0..3 * capacity {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&(i + 1).to_le_bytes());
         id[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
@@ -161,8 +163,10 @@ fn main() {
     trim();
     let resident = rss().saturating_sub(before);
     println!(
-        "decision cache: {} entries, {:.0} resident B/entry (counted at CACHE_ENTRY_BYTES = {CACHE_ENTRY_BYTES})",
+        "decision cache: bound {max_bytes} B, {} entries, {} B counted, {resident} B resident: \
+         {:.0} resident B/entry (counted at CACHE_ENTRY_BYTES = {CACHE_ENTRY_BYTES})",
         stats.entries,
+        stats.bytes,
         resident as f64 / stats.entries.max(1) as f64
     );
 }

@@ -317,8 +317,8 @@ impl Default for BufferConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionCacheConfig {
-    /// Memory the remembered decisions may take, in bytes (each costs about
-    /// `decision::CACHE_ENTRY_BYTES`). The least useful are evicted first. Default 64MiB.
+    /// Memory the remembered decisions may take, in bytes (each costs
+    /// `decision::CACHE_ENTRY_BYTES`, 136). The oldest are evicted first. Default 64MiB.
     #[serde(default = "d_cache_bytes")]
     pub max_bytes: ByteSize,
     /// Optionally, also at most this many decisions. Default: no count limit.
@@ -844,12 +844,15 @@ impl Config {
             }
         }
         let dc = &self.decision_cache;
-        if dc.max_bytes.0 < crate::decision::CACHE_ENTRY_BYTES * 16 {
+        let holds = crate::decision::DecisionCache::capacity_for_bytes(dc.max_bytes.0);
+        if holds < 16 {
             return Err(invalid(
                 "decision_cache.max_bytes",
                 format!(
-                    "{} bytes is too small (at least 16 decisions)",
-                    dc.max_bytes.0
+                    "{} bytes is too small: room for {holds} decisions, at least 16 decisions \
+                     are needed ({} bytes each)",
+                    dc.max_bytes.0,
+                    crate::decision::CACHE_ENTRY_BYTES
                 ),
             ));
         }

@@ -1,13 +1,11 @@
 //! What the rules decided for a trace, why it was decided when it was, and the cache of past
 //! decisions that late spans follow.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use moka::notification::RemovalCause;
+mod cache;
 
-use crate::otlp::TraceId;
+pub use cache::{CacheStats, DecisionCache, CACHE_ENTRY_BYTES};
 
 /// The outcome of the rules for one trace. The rule name travels with it: it feeds the
 /// metrics, the output headers and the late spans that follow.
@@ -121,127 +119,5 @@ impl Trigger {
             Trigger::Stress => "stress",
             Trigger::Rebalance => "rebalance",
         }
-    }
-}
-
-/// Bytes one remembered decision is counted at: its key and value, plus moka's per-entry
-/// bookkeeping (the entry's `Arc`s, access-order and write-order deque nodes, the hash table
-/// slot). Measured with `cargo bench --bench memory` (see the README's memory model).
-pub const CACHE_ENTRY_BYTES: u64 = 368;
-
-/// Lookups and evictions of the decision cache, counted with relaxed atomics on the hot path
-/// and published in bulk (see [`DecisionCache::counts`]).
-#[derive(Debug, Default)]
-struct CacheCounts {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    evicted_size: AtomicU64,
-    evicted_expired: AtomicU64,
-}
-
-/// A snapshot of the decision cache's counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    /// Pushed out to stay within the byte bound.
-    pub evicted_size: u64,
-    /// Older than the ttl.
-    pub evicted_expired: u64,
-    pub entries: u64,
-    /// Bytes counted against the bound.
-    pub bytes: u64,
-}
-
-/// Recent decisions by trace id, so that a span arriving after its trace was decided gets the
-/// same outcome. Bounded in bytes (every entry weighs [`CACHE_ENTRY_BYTES`]) and in time.
-#[derive(Clone)]
-pub struct DecisionCache {
-    cache: moka::sync::Cache<TraceId, Decision>,
-    counts: Arc<CacheCounts>,
-}
-
-impl DecisionCache {
-    /// A cache of at most `max_entries` decisions (`max_entries * CACHE_ENTRY_BYTES` bytes).
-    pub fn new(max_entries: u64, ttl: Duration) -> Self {
-        Self::with_max_bytes(max_entries.saturating_mul(CACHE_ENTRY_BYTES), ttl)
-    }
-
-    /// A cache whose entries weigh at most `max_bytes` in all.
-    pub fn with_max_bytes(max_bytes: u64, ttl: Duration) -> Self {
-        let counts = Arc::new(CacheCounts::default());
-        let listener = counts.clone();
-        DecisionCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_, _| CACHE_ENTRY_BYTES as u32)
-                .time_to_live(ttl)
-                .eviction_listener(move |_, _, cause| {
-                    let c = match cause {
-                        RemovalCause::Size => &listener.evicted_size,
-                        RemovalCause::Expired => &listener.evicted_expired,
-                        RemovalCause::Explicit | RemovalCause::Replaced => return,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                })
-                .build(),
-            counts,
-        }
-    }
-
-    pub fn get(&self, id: &TraceId) -> Option<Decision> {
-        let d = self.cache.get(id);
-        let c = if d.is_some() {
-            &self.counts.hits
-        } else {
-            &self.counts.misses
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-        d
-    }
-
-    pub fn insert(&self, id: TraceId, decision: Decision) {
-        self.cache.insert(id, decision);
-    }
-
-    /// Counters and sizes so far. Runs pending maintenance first, so that evictions are
-    /// counted and sizes are current.
-    pub fn stats(&self) -> CacheStats {
-        self.cache.run_pending_tasks();
-        let c = &self.counts;
-        CacheStats {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            evicted_size: c.evicted_size.load(Ordering::Relaxed),
-            evicted_expired: c.evicted_expired.load(Ordering::Relaxed),
-            entries: self.cache.entry_count(),
-            bytes: self.cache.weighted_size(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(n: u64) -> TraceId {
-        TraceId(crate::otlp::build::trace_id(n))
-    }
-
-    #[test]
-    fn the_cache_stays_within_its_bytes_and_counts_hits_misses_and_evictions() {
-        let cache = DecisionCache::with_max_bytes(100 * CACHE_ENTRY_BYTES, Duration::from_secs(60));
-        let drop = Decision::Drop { rule: "r".into() };
-        for n in 0..1000 {
-            cache.insert(id(n), drop.clone());
-        }
-        let s = cache.stats();
-        assert!(s.bytes <= 100 * CACHE_ENTRY_BYTES, "{s:?}");
-        assert!(s.entries <= 100, "{s:?}");
-        assert_eq!(s.evicted_size, 1000 - s.entries, "{s:?}");
-        let found = (0..1000).filter(|n| cache.get(&id(*n)).is_some()).count() as u64;
-        let s = cache.stats();
-        assert_eq!((s.hits, s.misses), (found, 1000 - found));
-        assert_eq!(found, s.entries);
     }
 }
