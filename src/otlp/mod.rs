@@ -100,6 +100,11 @@ pub struct SpanContext {
     /// here, so that the rules do not walk the context again for every trace they look at.
     resource: std::ops::Range<usize>,
     scope: std::ops::Range<usize>,
+    /// Where the resource's `service.name` string lies in `bytes`, if it has one: rules ask
+    /// for a span's service once per span and condition, and the answer is the same for every
+    /// span of the context, so it is looked up once here (an interned context: once per
+    /// distinct resource), not by walking the resource's attributes each time.
+    service: Option<std::ops::Range<usize>>,
 }
 
 /// Equal when the fields are, interned or not.
@@ -118,13 +123,23 @@ impl SpanContext {
         let bytes = resource.into_boxed_slice();
         let resource = last_message(&bytes, 0..split);
         let scope = last_message(&bytes, split..bytes.len());
+        let service = match view::find_attr(&bytes[resource.clone()], 1, b"service.name") {
+            Some(view::AttrValue::Str(s)) => Some(range_in(&bytes, s)),
+            _ => None,
+        };
         SpanContext {
             bytes,
             split,
             interned: false,
             resource,
             scope,
+            service,
         }
+    }
+
+    /// The resource's `service.name`, if it is a string.
+    pub fn service_name(&self) -> Option<&[u8]> {
+        self.service.clone().map(|r| &self.bytes[r])
     }
 
     /// The `Resource` message: the last field 1 of the resource fields (empty if none).
@@ -177,4 +192,10 @@ fn last_message(bytes: &[u8], within: std::ops::Range<usize>) -> std::ops::Range
             let start = b.as_ptr() as usize - base;
             start..start + b.len()
         })
+}
+
+/// Where `part`, a slice of `bytes`, lies in it.
+fn range_in(bytes: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - bytes.as_ptr() as usize;
+    start..start + part.len()
 }

@@ -247,3 +247,48 @@ fn a_context_finds_its_resource_and_scope_messages_the_last_occurrence_winning()
     assert_eq!(bare.resource_message(), b"");
     assert_eq!(bare.scope_message(), b"");
 }
+
+#[test]
+fn a_context_knows_its_service_name_as_an_attribute_lookup_would_find_it() {
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let resource_fields = |attrs: Vec<KeyValue>| {
+        let r = Resource {
+            attributes: attrs,
+            ..Resource::default()
+        };
+        let mut out = Vec::new();
+        super::wire::put_len_prefix(&mut out, 1, r.encoded_len());
+        r.encode(&mut out).unwrap();
+        out
+    };
+    let cases: Vec<(Vec<KeyValue>, Option<&[u8]>)> = vec![
+        (vec![attr_str("service.name", "orders")], Some(b"orders")),
+        (
+            vec![
+                attr_str("host.name", "h1"),
+                attr_str("service.name", "first"),
+                attr_str("service.name", "last"),
+            ],
+            Some(b"last"),
+        ),
+        (vec![attr_int("service.name", 7)], None),
+        (vec![attr_str("host.name", "h1")], None),
+        (vec![], None),
+    ];
+    for (attrs, want) in cases {
+        let ctx = SpanContext::new(resource_fields(attrs.clone()), Vec::new());
+        let view = ContextView::new(&ctx);
+        let looked_up = match view.resource_attr(b"service.name") {
+            Some(AttrValue::Str(s)) => Some(s),
+            _ => None,
+        };
+        assert_eq!(view.service_name(), want, "{attrs:?}");
+        assert_eq!(view.service_name(), looked_up, "{attrs:?}");
+        assert_eq!(ctx.service_name(), want, "{attrs:?}");
+    }
+    assert_eq!(
+        SpanContext::new(Vec::new(), Vec::new()).service_name(),
+        None
+    );
+}

@@ -58,21 +58,47 @@ pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<
         let Some(kv) = f.value.as_bytes() else {
             continue;
         };
-        let mut k = None;
-        let mut v = None;
-        for g in Fields::new(kv) {
-            let Ok(g) = g else { break };
-            match (g.number, g.value) {
-                (1, Value::Bytes(b)) => k = Some(b),
-                (2, Value::Bytes(b)) => v = Some(b),
-                _ => {}
-            }
-        }
+        let (k, v) = key_value(kv);
         if k == Some(key) {
             found = v.and_then(AttrValue::parse);
         }
     }
     found
+}
+
+/// The key and the encoded `AnyValue` of a `KeyValue` message (each the last occurrence).
+#[inline(always)]
+fn key_value(kv: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    // How every SDK writes it: the key (field 1) and then the value (field 2), each shorter than
+    // 128 bytes and nothing else. Read without the general walk: this runs for every attribute
+    // a rule looks past.
+    if let [0x0a, klen, rest @ ..] = kv {
+        let klen = usize::from(*klen);
+        if klen < 0x80 && rest.len() > klen {
+            let (k, rest) = rest.split_at(klen);
+            if let [0x12, vlen, v @ ..] = rest {
+                if *vlen < 0x80 && usize::from(*vlen) == v.len() {
+                    return (Some(k), Some(v));
+                }
+            }
+        }
+    }
+    key_value_walk(kv)
+}
+
+/// [`key_value`] for any encoding.
+fn key_value_walk(kv: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let mut k = None;
+    let mut v = None;
+    for g in Fields::new(kv) {
+        let Ok(g) = g else { break };
+        match (g.number, g.value) {
+            (1, Value::Bytes(b)) => k = Some(b),
+            (2, Value::Bytes(b)) => v = Some(b),
+            _ => {}
+        }
+    }
+    (k, v)
 }
 
 /// The fields of one span that rules look at.
@@ -136,6 +162,7 @@ impl<'a> SpanView<'a> {
 pub struct ContextView<'a> {
     resource: &'a [u8],
     scope: &'a [u8],
+    service: Option<&'a [u8]>,
 }
 
 impl<'a> ContextView<'a> {
@@ -143,6 +170,7 @@ impl<'a> ContextView<'a> {
         ContextView {
             resource: ctx.resource_message(),
             scope: ctx.scope_message(),
+            service: ctx.service_name(),
         }
     }
 
@@ -150,11 +178,9 @@ impl<'a> ContextView<'a> {
         find_attr(self.resource, 1, key)
     }
 
+    /// The resource's `service.name` (found once per context, see [`SpanContext`]).
     pub fn service_name(&self) -> Option<&'a [u8]> {
-        match self.resource_attr(b"service.name") {
-            Some(AttrValue::Str(s)) => Some(s),
-            _ => None,
-        }
+        self.service
     }
 
     fn scope_field(&self, n: u32) -> Option<&'a [u8]> {
@@ -175,5 +201,63 @@ impl<'a> ContextView<'a> {
 
     pub fn scope_attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
         find_attr(self.scope, 3, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kv(parts: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (tag, b) in parts {
+            out.push(*tag);
+            crate::otlp::wire::put_varint(&mut out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    #[test]
+    fn a_key_value_reads_the_same_on_the_short_path_and_the_walk() {
+        let long = vec![b'x'; 200];
+        let cases = [
+            kv(&[(0x0a, b"http.route"), (0x12, b"\x0a\x04/api")]),
+            kv(&[(0x12, b"\x0a\x04/api"), (0x0a, b"http.route")]),
+            kv(&[(0x0a, b"a"), (0x0a, b"b"), (0x12, b"v")]),
+            kv(&[(0x0a, b"a"), (0x12, b"v"), (0x12, b"w")]),
+            kv(&[(0x0a, b"a"), (0x12, &long)]),
+            kv(&[(0x0a, &long), (0x12, b"v")]),
+            kv(&[(0x0a, b"only-key")]),
+            kv(&[(0x0a, b""), (0x12, b"")]),
+            vec![0x0a, 0x05, b'a'],
+            vec![0x0a, 0x01, b'a', 0x12, 0x85, 0x01],
+            vec![],
+        ];
+        for c in &cases {
+            assert_eq!(key_value(c), key_value_walk(c), "{c:?}");
+        }
+        assert_eq!(
+            key_value(&cases[0]),
+            (Some(&b"http.route"[..]), Some(&b"\x0a\x04/api"[..]))
+        );
+        assert_eq!(key_value(&cases[2]).0, Some(&b"b"[..]), "the last key wins");
+    }
+
+    proptest! {
+        #[test]
+        fn a_key_value_of_any_bytes_reads_as_the_walk_reads_it(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            key in proptest::collection::vec(any::<u8>(), 0..20),
+            value in proptest::collection::vec(any::<u8>(), 0..200),
+            tail in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            prop_assert_eq!(key_value(&bytes), key_value_walk(&bytes));
+            let mut b = kv(&[(0x0a, &key), (0x12, &value)]);
+            prop_assert_eq!(key_value(&b), key_value_walk(&b));
+            b.extend_from_slice(&tail);
+            prop_assert_eq!(key_value(&b), key_value_walk(&b));
+        }
     }
 }
