@@ -35,6 +35,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decision;
 pub mod demo;
+pub mod heads;
 pub mod http;
 pub mod lag;
 pub mod memory;

@@ -24,6 +24,8 @@ pub const LATE_SPANS: &str = "tailsift_late_spans_total";
 pub const REPLAYED_SPANS_FORWARDED: &str = "tailsift_replayed_spans_forwarded_total";
 pub const DECISION_LATENCY: &str = "tailsift_decision_latency_seconds";
 pub const TRACES_RELEASED: &str = "tailsift_traces_released_total";
+pub const REPLAY_HEAD_READS: &str = "tailsift_replay_head_reads_total";
+pub const REPLAY_HEADS_MERGED: &str = "tailsift_replay_heads_merged_total";
 pub const ASSIGNED_PARTITIONS: &str = "tailsift_assigned_partitions";
 pub const REBALANCES: &str = "tailsift_rebalances_total";
 pub const PAUSED: &str = "tailsift_consumption_paused";
@@ -134,6 +136,16 @@ pub fn describe() {
         DECISION_LATENCY,
         Unit::Seconds,
         "Time from a trace's completion deadline (or a late span's arrival) to the acknowledgement of its output."
+    );
+    describe_counter!(
+        REPLAY_HEAD_READS,
+        Unit::Count,
+        "Partitions taken over whose replay needed the heads of traces straddling the commit offset read back, by result (complete, incomplete: cut short by time or memory)."
+    );
+    describe_counter!(
+        REPLAY_HEADS_MERGED,
+        Unit::Count,
+        "Replayed traces whose head, read back from below the commit offset, joined their tail, so that they were decided on their whole view."
     );
     describe_counter!(
         TRACES_RELEASED,
@@ -261,6 +273,9 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
     for outcome in ["kept", "dropped"] {
         metrics::counter!(LATE_SPANS, "outcome" => outcome).absolute(0);
     }
+    for result in ["complete", "incomplete"] {
+        metrics::counter!(REPLAY_HEAD_READS, "result" => result).absolute(0);
+    }
     for kind in ["assign", "revoke"] {
         metrics::counter!(REBALANCES, "kind" => kind).absolute(0);
     }
@@ -280,6 +295,7 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
         PRODUCE_ERRORS,
         REPLAYED_SPANS_FORWARDED,
         TRACES_RELEASED,
+        REPLAY_HEADS_MERGED,
         COMMITS,
         COMMIT_FAILURES,
         CONSUMER_ERRORS,

@@ -28,6 +28,8 @@ pub type Holds = smallvec::SmallVec<[Arc<OffsetHold>; 1]>;
 pub trait Hold {
     /// The partition's index in the ingest thread's table.
     fn partition(&self) -> u32;
+    /// The message's offset.
+    fn offset(&self) -> i64;
     /// A hold on the message (a new clone of the shared one).
     fn hold(&self) -> Arc<OffsetHold>;
 }
@@ -35,6 +37,9 @@ pub trait Hold {
 impl Hold for Arc<OffsetHold> {
     fn partition(&self) -> u32 {
         self.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
     }
     fn hold(&self) -> Arc<OffsetHold> {
         self.clone()
@@ -58,15 +63,14 @@ impl MessageHold {
             hold: std::cell::OnceCell::new(),
         }
     }
-
-    pub fn offset(&self) -> i64 {
-        self.offset
-    }
 }
 
 impl Hold for MessageHold {
     fn partition(&self) -> u32 {
         self.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
     }
     fn hold(&self) -> Arc<OffsetHold> {
         self.hold
@@ -78,6 +82,16 @@ impl Hold for MessageHold {
             })
             .clone()
     }
+}
+
+/// Where a decided trace has spans in one partition, when that is more than one message. Until
+/// the commit offset passes `last`, a replay from the commit would see only the trace's later
+/// messages: [`PartitionOffsets::head_mark`] tells the next owner where to read its head from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecidedRange {
+    pub partition: u32,
+    pub first: i64,
+    pub last: i64,
 }
 
 /// Offsets of one assigned partition.
@@ -94,6 +108,13 @@ pub struct PartitionOffsets {
     /// Offsets below this were read before, by this group (restart or rebalance): traces kept
     /// from them may be duplicates in the output.
     pub replay_until: i64,
+    /// (first, last) of decided traces spread over several messages, until the commit offset
+    /// passes their last.
+    decided: Vec<(i64, i64)>,
+    /// The head mark computed at the previous commit.
+    last_head_mark: Option<i64>,
+    /// Last head mark committed.
+    pub head_marked: Option<i64>,
 }
 
 impl PartitionOffsets {
@@ -127,6 +148,40 @@ impl PartitionOffsets {
             Some(h) => Some(h.offset),
             None => self.next,
         }
+    }
+
+    /// Records a decided trace's range in this partition (see [`DecidedRange`]).
+    pub fn decided(&mut self, first: i64, last: i64) {
+        if first < last {
+            self.decided.push((first, last));
+        }
+    }
+
+    /// Where a replay from `commit` must start reading to see whole every decided trace it
+    /// would otherwise see only the end of: the lowest first offset of the decided traces that
+    /// straddle `commit`, or `commit` when none does. Undecided traces never straddle it: each
+    /// holds its first offset, so the commit offset is at or below it.
+    ///
+    /// The mark returned is the lower of this commit's and the previous one's, so that it
+    /// still covers the previous commit offset if the broker ends up keeping that one (commits
+    /// are asynchronous, and the two groups' commits are not atomic).
+    pub fn head_mark(&mut self, commit: i64) -> i64 {
+        self.decided.retain(|&(_, last)| last >= commit);
+        let now = self
+            .decided
+            .iter()
+            .filter(|&&(first, _)| first < commit)
+            .map(|&(first, _)| first)
+            .min()
+            .unwrap_or(commit);
+        let mark = self.last_head_mark.map_or(now, |prev| prev.min(now));
+        self.last_head_mark = Some(now);
+        mark
+    }
+
+    /// Decided ranges not yet passed by the commit offset.
+    pub fn decided_pending(&self) -> usize {
+        self.decided.len()
     }
 
     /// The offset after the last message read.
@@ -193,6 +248,37 @@ mod tests {
         assert_eq!(p.safe_offset(), Some(6), "held by the trace");
         drop(trace);
         assert_eq!(p.safe_offset(), Some(8));
+    }
+
+    #[test]
+    fn the_head_mark_is_the_first_offset_of_the_decided_traces_straddling_the_commit() {
+        let mut p = PartitionOffsets::default();
+        p.decided(3, 3); // one message: can never straddle
+        p.decided(4, 9);
+        p.decided(2, 6);
+        p.decided(7, 12);
+        assert_eq!(p.decided_pending(), 3);
+        assert_eq!(
+            p.head_mark(5),
+            2,
+            "(2,6) and (4,9) straddle 5; (7,12) starts after"
+        );
+        // Next commit at 8: (2,6) is passed and forgotten; (4,9) and (7,12) straddle. The mark
+        // still covers the previous commit offset (5) in case that one is what the broker keeps.
+        assert_eq!(p.head_mark(8), 2);
+        assert_eq!(p.decided_pending(), 2);
+        assert_eq!(
+            p.head_mark(8),
+            4,
+            "once both commits agree, only (4,9) and (7,12)"
+        );
+        assert_eq!(
+            p.head_mark(13),
+            4,
+            "the previous mark, for the previous commit"
+        );
+        assert_eq!(p.head_mark(13), 13, "nothing straddles: the commit itself");
+        assert_eq!(p.decided_pending(), 0);
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
             sink.clone(),
             config.kafka.max_message_bytes,
         )
-        .with_budget(budget),
+        .with_budget(budget)
+        .with_decided_ranges(),
     );
     sampler
         .orphan_services

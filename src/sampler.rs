@@ -13,9 +13,10 @@ use tokio::time::Instant;
 
 use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
 use crate::decision::{Decision, DecisionCache, Trigger};
+use crate::heads::Heads;
 use crate::memory::{stress, Budget};
 use crate::metrics as m;
-use crate::offsets::{Hold, Holds};
+use crate::offsets::{DecidedRange, Hold, Holds, OffsetHold};
 use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
 use crate::otlp::encode::{encode_trace, Messages};
 use crate::otlp::{SpanContext, TraceId};
@@ -144,6 +145,31 @@ pub struct Sampler {
     degraded: AtomicBool,
     /// The sample rate of degraded mode.
     stress_rate: AtomicU32,
+    /// Decided traces spread over several messages of a partition, for the ingest thread's
+    /// head marks (see [`crate::heads`]); `None` when nothing collects them.
+    decided_ranges: Option<Mutex<Vec<DecidedRange>>>,
+    /// Traces whose head, read back below the commit offset, joined their replayed tail.
+    pub heads_merged: AtomicU64,
+}
+
+/// A head message read back: its spans join the trace under the hold of the message that
+/// brought the trace's tail (offsets below the commit need no hold), but the trace's range
+/// starts at the head's offset.
+struct HeadHold<'a, H> {
+    tail: &'a H,
+    offset: i64,
+}
+
+impl<H: Hold> Hold for HeadHold<'_, H> {
+    fn partition(&self) -> u32 {
+        self.tail.partition()
+    }
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+    fn hold(&self) -> Arc<OffsetHold> {
+        self.tail.hold()
+    }
 }
 
 impl Sampler {
@@ -169,6 +195,22 @@ impl Sampler {
             orphan_services: crate::broken::ServiceLabels::default(),
             degraded: AtomicBool::new(false),
             stress_rate: AtomicU32::new(10),
+            decided_ranges: None,
+            heads_merged: AtomicU64::new(0),
+        }
+    }
+
+    /// Collects the offset ranges of decided traces for [`Sampler::take_decided_ranges`]; the
+    /// Kafka input turns this on, and must then take them regularly.
+    pub fn with_decided_ranges(mut self) -> Self {
+        self.decided_ranges = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// Moves the decided ranges collected since the last call into `out`.
+    pub fn take_decided_ranges(&self, out: &mut Vec<DecidedRange>) {
+        if let Some(r) = &self.decided_ranges {
+            out.append(&mut r.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }
 
@@ -251,6 +293,21 @@ impl Sampler {
         replayed: bool,
         now: Instant,
     ) -> Result<IngestSummary, DecodeError> {
+        self.ingest_with_heads(decoder, payload, hold, replayed, now, None)
+    }
+
+    /// As [`Sampler::ingest`], for a partition being replayed with the heads of the traces
+    /// that straddle its commit offset: a trace whose head is in `heads` gets it back before
+    /// its first replayed spans are buffered.
+    pub fn ingest_with_heads(
+        &self,
+        decoder: &mut Decoder,
+        payload: &[u8],
+        hold: &impl Hold,
+        replayed: bool,
+        now: Instant,
+        mut heads: Option<&mut Heads>,
+    ) -> Result<IngestSummary, DecodeError> {
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         let spans = match decoder.decode(payload) {
             Ok(n) => n,
@@ -267,6 +324,11 @@ impl Sampler {
         let mut full = Vec::new();
         let degraded = self.degraded.load(Ordering::Relaxed);
         for group in decoder.groups(payload) {
+            if let Some(h) = heads.as_deref_mut() {
+                if !degraded {
+                    self.join_head(h, &group.trace_id, hold, now, &mut full);
+                }
+            }
             let ingested = if degraded {
                 match self.buffer.ingest_existing(&group, hold, replayed, now) {
                     Some(i) => i,
@@ -317,6 +379,43 @@ impl Sampler {
             self.flush(tally);
         }
         Ok(summary)
+    }
+
+    /// Buffers the head of trace `id` from `heads`, if it has one there and was not decided
+    /// since (then its replayed spans simply follow that decision).
+    fn join_head(
+        &self,
+        heads: &mut Heads,
+        id: &TraceId,
+        tail: &impl Hold,
+        now: Instant,
+        full: &mut Vec<(TraceId, Trigger)>,
+    ) {
+        let Some(messages) = heads.take(id) else {
+            return;
+        };
+        if self.decisions.get(id).is_some() {
+            return;
+        }
+        for i in messages {
+            let Some((offset, payload, decoder)) = heads.message(i) else {
+                continue;
+            };
+            if decoder.decode(payload).is_err() {
+                continue; // it decoded when stored; cannot happen
+            }
+            let hold = HeadHold { tail, offset };
+            for group in decoder.groups(payload).filter(|g| g.trace_id == *id) {
+                match self
+                    .buffer
+                    .ingest(&group, &hold, true, now, &self.decisions)
+                {
+                    Ingested::Full(trigger) => full.push((*id, trigger)),
+                    Ingested::Buffered | Ingested::Late(_) => {}
+                }
+            }
+        }
+        self.heads_merged.fetch_add(1, Ordering::Relaxed);
     }
 
     fn forward_late(
@@ -408,6 +507,27 @@ impl Sampler {
             d
         })?;
         tally.decided(&decision, trigger);
+        if let Some(ranges) = &self.decided_ranges {
+            let spread = entry
+                .holds
+                .iter()
+                .zip(&entry.ranges)
+                .filter(|(_, r)| r.0 < r.1)
+                .map(|(h, r)| DecidedRange {
+                    partition: h.partition,
+                    first: r.0,
+                    last: r.1,
+                });
+            let mut spread = spread.peekable();
+            if spread.peek().is_some() {
+                // Before the holds are released (below, or on the produce's acknowledgement):
+                // the ingest thread reads the holds first, then these ranges.
+                ranges
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(spread);
+            }
+        }
         self.histograms
             .duration
             .record(entry.duration_nanos() as f64 / 1e9);
@@ -495,6 +615,8 @@ impl Sampler {
             .absolute(s.evicted_expired);
         metrics::gauge!(m::DECISION_CACHE_ENTRIES).set(s.entries as f64);
         metrics::gauge!(m::DECISION_CACHE_BYTES).set(s.bytes as f64);
+        metrics::counter!(m::REPLAY_HEADS_MERGED)
+            .absolute(self.heads_merged.load(Ordering::Relaxed));
     }
 
     /// Decides every trace that is complete at `now`. Returns how many were decided.

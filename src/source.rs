@@ -18,10 +18,11 @@ use rdkafka::ClientContext;
 use tokio::time::Instant;
 
 use crate::dead_letter::{DeadLetters, Letter};
+use crate::heads::{Heads, HEAD_MARK_GROUP_SUFFIX};
 use crate::lag::LagTracker;
 use crate::memory::Budget;
 use crate::metrics as m;
-use crate::offsets::{Hold, MessageHold, PartitionOffsets};
+use crate::offsets::{DecidedRange, Hold, MessageHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::Encoding;
 use crate::sampler::Sampler;
@@ -30,6 +31,9 @@ use crate::sampler::Sampler;
 /// to recognise replayed offsets after a crash or rebalance). Commit metadata would be the
 /// natural place, but not every Kafka-protocol broker keeps it; every broker keeps offsets.
 pub const READ_MARK_GROUP_SUFFIX: &str = ".read-mark";
+
+/// How long reading back the heads of straddling traces may take (see [`crate::heads`]).
+const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Shared flags between the ingest thread, the HTTP probes and the shutdown sequence.
 #[derive(Debug, Default)]
@@ -48,6 +52,11 @@ struct Assigned {
     topic: String,
     partition: i32,
     offsets: PartitionOffsets,
+    /// The head mark found on assignment: heads are read back from it up to the first offset
+    /// replayed, before that offset is ingested.
+    head_from: Option<i64>,
+    /// Heads read back, until the replay is past them.
+    heads: Option<Heads>,
 }
 
 #[derive(Default)]
@@ -59,6 +68,8 @@ struct Partitions {
     by_name: HashMap<String, HashMap<i32, u32>>,
     next_index: u32,
     recommit: bool,
+    /// Scratch for the decided ranges taken from the sampler at each commit.
+    ranges: Vec<DecidedRange>,
 }
 
 impl Partitions {
@@ -66,21 +77,41 @@ impl Partitions {
         self.by_name.get(topic)?.get(&partition).copied()
     }
 
-    /// Offsets to commit for the partitions chosen by `filter`, and the read marks.
+    /// Offsets to commit for the partitions chosen by `filter`, the read marks and the head
+    /// marks.
     fn commit_list(
         &mut self,
         filter: impl Fn(u32) -> bool,
         force: bool,
-    ) -> (TopicPartitionList, TopicPartitionList) {
+        sampler: &Sampler,
+    ) -> Commits {
         let mut tpl = TopicPartitionList::new();
         let mut marks = TopicPartitionList::new();
-        for (idx, a) in self.by_index.iter_mut() {
-            if !filter(*idx) {
-                continue;
+        let mut heads = TopicPartitionList::new();
+        let safe: Vec<(u32, i64)> = self
+            .by_index
+            .iter_mut()
+            .filter(|(idx, _)| filter(**idx))
+            .filter_map(|(idx, a)| Some((*idx, a.offsets.safe_offset()?)))
+            .collect();
+        // The ranges of traces whose holds were seen released above were recorded before the
+        // release (see `Sampler::decide_counted`): take them only now.
+        std::sync::atomic::fence(Ordering::Acquire);
+        sampler.take_decided_ranges(&mut self.ranges);
+        for r in self.ranges.drain(..) {
+            if let Some(a) = self.by_index.get_mut(&r.partition) {
+                a.offsets.decided(r.first, r.last);
             }
-            let Some(safe) = a.offsets.safe_offset() else {
+        }
+        for (idx, safe) in safe {
+            let Some(a) = self.by_index.get_mut(&idx) else {
                 continue;
             };
+            let head = a.offsets.head_mark(safe);
+            if force || a.offsets.head_marked != Some(head) {
+                let _ = heads.add_partition_offset(&a.topic, a.partition, Offset::Offset(head));
+                a.offsets.head_marked = Some(head);
+            }
             if force || a.offsets.committed != Some(safe) {
                 let _ = tpl.add_partition_offset(&a.topic, a.partition, Offset::Offset(safe));
                 a.offsets.committed = Some(safe);
@@ -91,13 +122,39 @@ impl Partitions {
                 a.offsets.marked = Some(read);
             }
         }
-        (tpl, marks)
+        Commits { tpl, marks, heads }
+    }
+}
+
+/// What one commit sends: the group's offsets, and the two companion groups' marks.
+struct Commits {
+    tpl: TopicPartitionList,
+    marks: TopicPartitionList,
+    heads: TopicPartitionList,
+}
+
+impl Commits {
+    /// Commits the marks (best effort: a lost read mark makes the replay count an
+    /// underestimate, a lost head mark leaves the previous, lower one in place).
+    fn commit_marks(&self, ctx: &SourceContext, mode: CommitMode) {
+        // Head marks first: the group's offset must never be ahead of them for long.
+        if self.heads.count() > 0 {
+            let _ = ctx.heads.commit(&self.heads, mode);
+            let _ = ctx.heads.poll(Duration::ZERO);
+        }
+        if self.marks.count() > 0 {
+            let _ = ctx.marks.commit(&self.marks, mode);
+            let _ = ctx.marks.poll(Duration::ZERO);
+        }
     }
 }
 
 pub struct SourceContext {
     /// A group-less client that commits read marks under `<group>.read-mark`.
     marks: BaseConsumer,
+    /// A group-less client that commits head marks under `<group>.head-mark` and reads heads
+    /// back (see [`crate::heads`]).
+    heads: BaseConsumer,
     sampler: Arc<Sampler>,
     health: Arc<Health>,
     parts: Mutex<Partitions>,
@@ -136,13 +193,13 @@ impl ConsumerContext for SourceContext {
             .filter_map(|e| parts.index(e.topic(), e.partition()))
             .collect();
         // Commit what is safe while the partitions are still ours.
-        let (commit, marks) = parts.commit_list(|i| revoked.contains(&i), false);
-        if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+        let commits = parts.commit_list(|i| revoked.contains(&i), false, &self.sampler);
+        commits.commit_marks(self, CommitMode::Sync);
+        if commits.tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&commits.tpl, CommitMode::Sync) {
                 metrics::counter!(m::COMMIT_FAILURES).increment(1);
                 tracing::warn!(error = %e, "commit on revoke failed; the next owner replays more");
             }
-            let _ = self.marks.commit(&marks, CommitMode::Sync);
         }
         for i in &revoked {
             if let Some(a) = parts.by_index.remove(i) {
@@ -182,16 +239,23 @@ impl ConsumerContext for SourceContext {
                     .marks
                     .committed_offsets((*tpl).clone(), Duration::from_secs(10))
                     .ok();
-                let mut parts = self.parts();
-                for e in tpl.elements() {
-                    let replay_until = read
-                        .as_ref()
+                // Where the heads of traces straddling the commit offset begin.
+                let heads = self
+                    .heads
+                    .committed_offsets((*tpl).clone(), Duration::from_secs(10))
+                    .ok();
+                let committed = |list: &Option<TopicPartitionList>, e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+                    list.as_ref()
                         .and_then(|c| c.find_partition(e.topic(), e.partition()))
                         .and_then(|c| match c.offset() {
                             Offset::Offset(n) => Some(n),
                             _ => None,
                         })
-                        .unwrap_or(-1);
+                };
+                let mut parts = self.parts();
+                for e in tpl.elements() {
+                    let replay_until = committed(&read, &e).unwrap_or(-1);
+                    let head_from = committed(&heads, &e);
                     let idx = parts.next_index;
                     parts.next_index += 1;
                     let old = parts
@@ -211,6 +275,8 @@ impl ConsumerContext for SourceContext {
                             topic: e.topic().to_string(),
                             partition: e.partition(),
                             offsets,
+                            head_from,
+                            heads: None,
                         },
                     );
                 }
@@ -249,14 +315,19 @@ pub fn consumer(
     sampler: Arc<Sampler>,
     health: Arc<Health>,
 ) -> Result<BaseConsumer<SourceContext>, KafkaError> {
-    let mut marks_config = config.clone();
     let group = config.get("group.id").unwrap_or("tailsift").to_string();
-    marks_config
-        .set("group.id", format!("{group}{READ_MARK_GROUP_SUFFIX}"))
-        .remove("group.instance.id")
-        .remove("statistics.interval.ms");
+    let companion = |suffix: &str| {
+        let mut c = config.clone();
+        c.set("group.id", format!("{group}{suffix}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .remove("group.instance.id")
+            .remove("statistics.interval.ms");
+        c
+    };
     let ctx = SourceContext {
-        marks: marks_config.create()?,
+        marks: companion(READ_MARK_GROUP_SUFFIX).create()?,
+        heads: companion(HEAD_MARK_GROUP_SUFFIX).create()?,
         sampler,
         health,
         parts: Mutex::new(Partitions::default()),
@@ -366,6 +437,21 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 let offset = msg.offset();
                 let payload = msg.payload().unwrap_or_default();
                 let replayed = offset < a.offsets.replay_until;
+                if let Some(from) = a.head_from.take() {
+                    if from < offset {
+                        let encoding = (settings.encodings)(msg.topic());
+                        let until = a.offsets.replay_until.max(offset);
+                        let max_bytes = (budget.max_bytes / 8) as usize;
+                        a.heads = Some(read_heads(
+                            &ctx.heads,
+                            (msg.topic(), msg.partition()),
+                            from..offset,
+                            until,
+                            encoding,
+                            max_bytes,
+                        ));
+                    }
+                }
                 let hold = MessageHold::new(idx, offset);
                 let counters = topic_counters.get(msg.topic(), &settings.encodings);
                 counters.messages.increment(1);
@@ -380,8 +466,14 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                             .fetch_add(1, Ordering::Relaxed);
                     })
                     .and_then(|proto| {
-                        let r =
-                            sampler.ingest(&mut decoder, proto, &hold, replayed, Instant::now());
+                        let r = sampler.ingest_with_heads(
+                            &mut decoder,
+                            proto,
+                            &hold,
+                            replayed,
+                            Instant::now(),
+                            a.heads.as_mut(),
+                        );
                         if let (Ok(_), Some(red)) = (&r, red.as_mut()) {
                             red.observe(&decoder, proto);
                         }
@@ -437,6 +529,12 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                     }
                 }
                 a.offsets.processed_message(hold);
+                if a.heads
+                    .as_ref()
+                    .is_some_and(|h| h.is_empty() || offset + 1 >= h.until)
+                {
+                    a.heads = None; // the replay is past every straddling trace
+                }
             }
             Some(Ok(_)) => {} // draining: fetched before the pause; replayed after restart
         }
@@ -492,7 +590,7 @@ fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
     let ctx = consumer.context();
     let mut parts = ctx.parts();
     let force = std::mem::take(&mut parts.recommit);
-    let (tpl, marks) = parts.commit_list(|_| true, force);
+    let commits = parts.commit_list(|_| true, force, &ctx.sampler);
     let held_back: i64 = parts
         .by_index
         .values_mut()
@@ -506,17 +604,95 @@ fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {
     );
     drop(parts);
     metrics::gauge!(m::OFFSETS_HELD_BACK).set(held_back as f64);
-    if tpl.count() > 0 {
+    commits.commit_marks(ctx, mode);
+    if commits.tpl.count() > 0 {
         metrics::counter!(m::COMMITS).increment(1);
-        if let Err(e) = consumer.commit(&tpl, mode) {
+        if let Err(e) = consumer.commit(&commits.tpl, mode) {
             metrics::counter!(m::COMMIT_FAILURES).increment(1);
             tracing::warn!(error = %e, "offset commit failed; will commit again");
             ctx.parts().recommit = true;
         }
     }
-    if marks.count() > 0 {
-        // Best effort: a lost read mark only makes the replay count an underestimate.
-        let _ = ctx.marks.commit(&marks, mode);
-        let _ = ctx.marks.poll(Duration::ZERO);
+}
+
+/// Reads the messages `range` of a partition back into a stash of heads (see
+/// [`crate::heads`]). Stops early, with what it has, past `max_bytes` or
+/// [`HEAD_READ_TIMEOUT`]: the traces whose heads it missed are then decided on what the replay
+/// shows, as they would be without head marks.
+fn read_heads(
+    client: &BaseConsumer,
+    (topic, partition): (&str, i32),
+    range: std::ops::Range<i64>,
+    until: i64,
+    encoding: Encoding,
+    max_bytes: usize,
+) -> Heads {
+    let started = std::time::Instant::now();
+    let mut heads = Heads::new(until);
+    let mut tpl = TopicPartitionList::new();
+    let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(range.start));
+    let mut scratch = Vec::new();
+    let mut complete = false;
+    let mut error = None;
+    if let Err(e) = client.assign(&tpl) {
+        error = Some(e.to_string());
     }
+    while error.is_none() && started.elapsed() < HEAD_READ_TIMEOUT {
+        match client.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                complete = true;
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "reading heads back");
+            }
+            Some(Ok(m)) => {
+                if m.offset() >= range.end {
+                    complete = true;
+                    break;
+                }
+                let payload = m.payload().unwrap_or_default();
+                if let Ok(proto) = encoding.as_proto(payload, &mut scratch) {
+                    // A message that does not decode was skipped the first time too.
+                    let _ = heads.add(m.offset(), proto);
+                }
+                if m.offset() + 1 >= range.end {
+                    complete = true;
+                    break;
+                }
+                if heads.bytes() > max_bytes {
+                    error = Some(format!("more than {max_bytes} bytes"));
+                }
+            }
+        }
+    }
+    let _ = client.unassign();
+    let result = if complete { "complete" } else { "incomplete" };
+    metrics::counter!(m::REPLAY_HEAD_READS, "result" => result).increment(1);
+    if complete {
+        tracing::info!(
+            topic,
+            partition,
+            from = range.start,
+            to = range.end,
+            messages = heads.messages(),
+            bytes = heads.bytes(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "read back the heads of traces straddling the commit offset"
+        );
+    } else {
+        let error = error.unwrap_or_else(|| format!("timed out after {HEAD_READ_TIMEOUT:?}"));
+        tracing::warn!(
+            topic,
+            partition,
+            from = range.start,
+            to = range.end,
+            messages = heads.messages(),
+            error,
+            "could not read back every head of the traces straddling the commit offset: \
+             those traces are decided on the part replayed"
+        );
+    }
+    heads
 }

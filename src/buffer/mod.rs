@@ -84,6 +84,11 @@ pub struct TraceEntry {
     pub groups: smallvec::SmallVec<[SpanGroup; 1]>,
     /// The offsets this trace keeps from being committed.
     pub holds: Holds,
+    /// Beside each hold, the first and last offsets this trace has spans at in that partition
+    /// (the first can be below the hold: a head read back after a replay, see
+    /// [`crate::heads`]). A decided trace whose range straddles the commit offset must be read
+    /// back whole by whoever replays the partition.
+    pub ranges: smallvec::SmallVec<[(i64, i64); 1]>,
     /// The deadline-index bucket that owns this trace.
     scheduled: u64,
 }
@@ -236,6 +241,7 @@ impl Buffer {
                     replayed,
                     groups: smallvec::SmallVec::new(),
                     holds: smallvec::smallvec![hold.hold()],
+                    ranges: smallvec::smallvec![(hold.offset(), hold.offset())],
                     scheduled: 0,
                 };
                 e.append(group, now);
@@ -278,8 +284,16 @@ impl Buffer {
         let added = e.append(group, now);
         self.bytes.fetch_add(added as i64, Ordering::Relaxed);
         e.replayed |= replayed;
-        if !e.holds.iter().any(|h| h.partition == hold.partition()) {
-            e.holds.push(hold.hold());
+        let offset = hold.offset();
+        match e.holds.iter().position(|h| h.partition == hold.partition()) {
+            Some(i) => {
+                let r = &mut e.ranges[i];
+                *r = (r.0.min(offset), r.1.max(offset));
+            }
+            None => {
+                e.holds.push(hold.hold());
+                e.ranges.push((offset, offset));
+            }
         }
         if let Some(trigger) = self.full(e) {
             return Ingested::Full(trigger);

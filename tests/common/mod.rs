@@ -227,3 +227,20 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
     f()
 }
+
+/// The offset `group` has committed for `topic`/`partition`, if any.
+pub fn committed(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+    match got.find_partition(topic, partition)?.offset() {
+        rdkafka::Offset::Offset(n) => Some(n),
+        _ => None,
+    }
+}
