@@ -188,34 +188,6 @@ impl Verdict {
         );
     }
 
-    /// The promise where an instance is SIGKILLed: as [`Self::assert_promise_kept`], except
-    /// that a few traces may carry two decisions. The commit offset is the first message an
-    /// undecided trace still holds; with traces interleaved in a partition it can fall inside
-    /// the offsets of a trace already decided and forwarded. The instance that replays after a
-    /// crash then sees only that trace's later messages and, without the lost in-memory
-    /// decision cache, decides them anew on that partial view. The README's Guarantees section
-    /// states this limit; this bounds it.
-    pub fn assert_promise_kept_across_crashes(&self, max_conflicting_rate: f64) {
-        let rate = self.conflicting.len() as f64 / self.kept_traces.max(1) as f64;
-        eprintln!(
-            "{} of {} kept traces carry two decisions (replayed partial views): rate {rate:.4}",
-            self.conflicting.len(),
-            self.kept_traces
-        );
-        assert!(
-            rate <= max_conflicting_rate,
-            "too many traces decided twice with different outcomes: {:?}",
-            self.conflicting
-        );
-        Verdict {
-            conflicting: Vec::new(),
-            missing: self.missing.clone(),
-            unexpected: self.unexpected.clone(),
-            ..*self
-        }
-        .assert_promise_kept();
-    }
-
     /// Duplicate spans per span of kept traces.
     pub fn duplicate_rate(&self) -> f64 {
         self.duplicate_spans as f64 / self.expected_spans.max(1) as f64
