@@ -113,6 +113,9 @@ pub struct PartitionOffsets {
     decided: Vec<(i64, i64)>,
     /// The head mark computed at the previous commit.
     last_head_mark: Option<i64>,
+    /// (head mark, offset) inherited from the previous owner: the head mark stays at or below
+    /// it until the commit offset reaches the offset (see [`Self::inherit_heads`]).
+    inherited: Option<(i64, i64)>,
     /// Last head mark committed.
     pub head_marked: Option<i64>,
 }
@@ -157,10 +160,19 @@ impl PartitionOffsets {
         }
     }
 
+    /// This partition was taken over with heads read back from `head_mark` (see
+    /// [`crate::heads`]), and the previous owner had read up to `until`. Until the commit
+    /// offset reaches `until`, traces whose head is below the commit may still be undecided
+    /// (joined to their head, or not yet met again): the head mark stays at `head_mark`.
+    pub fn inherit_heads(&mut self, head_mark: i64, until: i64) {
+        self.inherited = Some((head_mark, until));
+    }
+
     /// Where a replay from `commit` must start reading to see whole every decided trace it
     /// would otherwise see only the end of: the lowest first offset of the decided traces that
-    /// straddle `commit`, or `commit` when none does. Undecided traces never straddle it: each
-    /// holds its first offset, so the commit offset is at or below it.
+    /// straddle `commit`, or `commit` when none does. Undecided traces do not straddle it: each
+    /// holds its first offset, so the commit offset is at or below it; the exception, traces
+    /// whose head an earlier owner read, is covered by [`Self::inherit_heads`].
     ///
     /// The mark returned is the lower of this commit's and the previous one's, so that it
     /// still covers the previous commit offset if the broker ends up keeping that one (commits
@@ -174,6 +186,16 @@ impl PartitionOffsets {
             .map(|&(first, _)| first)
             .min()
             .unwrap_or(commit);
+        let now = match self.inherited {
+            Some((_, until)) if commit >= until => {
+                // Every trace met again is decided (its hold is below the commit), and its
+                // range is in `decided`.
+                self.inherited = None;
+                now
+            }
+            Some((head_mark, _)) => now.min(head_mark),
+            None => now,
+        };
         let mark = self.last_head_mark.map_or(now, |prev| prev.min(now));
         self.last_head_mark = Some(now);
         mark
@@ -279,6 +301,23 @@ mod tests {
         );
         assert_eq!(p.head_mark(13), 13, "nothing straddles: the commit itself");
         assert_eq!(p.decided_pending(), 0);
+    }
+
+    #[test]
+    fn inherited_heads_keep_the_head_mark_until_the_commit_passes_what_was_read_before() {
+        let mut p = PartitionOffsets::default();
+        p.inherit_heads(40, 60); // took over at 50 with heads from 40; 60 had been read
+        p.decided(52, 58);
+        assert_eq!(
+            p.head_mark(55),
+            40,
+            "a trace met again may be undecided still"
+        );
+        assert_eq!(p.head_mark(59), 40);
+        p.decided(45, 61); // the last trace joined to its head, decided
+        assert_eq!(p.head_mark(60), 40, "its own range now says so");
+        assert_eq!(p.head_mark(62), 45, "the previous commit's mark");
+        assert_eq!(p.head_mark(62), 62);
     }
 
     #[test]

@@ -442,6 +442,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                         let encoding = (settings.encodings)(msg.topic());
                         let until = a.offsets.replay_until.max(offset);
                         let max_bytes = (budget.max_bytes / 8) as usize;
+                        a.offsets.inherit_heads(from, until);
                         a.heads = Some(read_heads(
                             &ctx.heads,
                             (msg.topic(), msg.partition()),
@@ -647,6 +648,7 @@ fn read_heads(
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "reading heads back");
             }
+            Some(Ok(m)) if m.topic() != topic || m.partition() != partition => {}
             Some(Ok(m)) => {
                 if m.offset() >= range.end {
                     complete = true;

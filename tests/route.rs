@@ -7,6 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::instance::{start_command, Spec};
 use common::traffic::{self, RULES};
 use common::*;
 use prost::Message;
@@ -108,4 +109,118 @@ async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole()
     );
     sampler.shutdown().await.expect("sampler shutdown");
     router.shutdown().await.expect("route shutdown");
+}
+
+/// The `tailsift route` command, SIGKILLed while it routes and started again: every span of
+/// every trace still reaches the sampling topic, keyed by its trace id, each trace in one
+/// partition (at least once: the commit follows the produce acknowledgements).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_command_loses_no_span_across_a_sigkill() {
+    tokio::time::timeout(Duration::from_secs(180), route_across_a_sigkill())
+        .await
+        .expect("finishes within 3 minutes");
+}
+
+async fn route_across_a_sigkill() {
+    let (input, sampling) = (unique("raw"), unique("sampling"));
+    create_topic(&input, 3).await;
+    create_topic(&sampling, 4).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = rules_dir(&[("rules.yaml", RULES)]);
+    let text = format!(
+        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {sampling}\n  group_id: {}\n  commit_interval: 100ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\nrules:\n  dir: {}\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
+        brokers(),
+        unique("route-group"),
+        rules.path().display()
+    );
+    let spec = |name| Spec {
+        name,
+        instance_id: None,
+    };
+    let (run, n) = (5u64, 600u64);
+    // Batches of 10 traces' spans, under keys that are no trace's.
+    let batches: Vec<Vec<u8>> = (0..3)
+        .flat_map(|part| {
+            (0..n)
+                .collect::<Vec<_>>()
+                .chunks(10)
+                .map(move |chunk| {
+                    chunk
+                        .iter()
+                        .flat_map(|&i| traffic::trace(run, i).1[part].clone())
+                        .collect()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut first = start_command("route", dir.path(), &text, spec("first"), &[]);
+    first.wait_ready(Duration::from_secs(60)).await;
+    // Batches keep coming while the first router is killed and the second takes over.
+    let sender = {
+        let input = input.clone();
+        std::thread::spawn(move || {
+            let p = producer();
+            for (i, b) in batches.iter().enumerate() {
+                send(&p, &input, &format!("batch-{i}"), b);
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            flush(&p);
+        })
+    };
+    let mut keyed = Reader::new(&sampling);
+    assert!(
+        keyed.read_until(Duration::from_secs(30), |m| m.len() >= 100),
+        "the first router routes"
+    );
+    first.kill9();
+    let killed_after = keyed.messages.len();
+    let second = start_command("route", dir.path(), &text, spec("second"), &[]);
+    second.wait_ready(Duration::from_secs(60)).await;
+    sender.join().expect("sender");
+
+    let whole = |msgs: &[OutMsg]| {
+        let mut spans: BTreeMap<&str, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        for m in msgs {
+            for (_, s) in spans_of(&m.payload).unwrap_or_default() {
+                spans.entry(&m.key).or_default().insert(s.encode_to_vec());
+            }
+        }
+        (0..n).all(|i| {
+            let (t, _, all) = traffic::trace(run, i);
+            spans.get(TraceId(t).to_hex().as_str()) == Some(&all)
+        })
+    };
+    let all_there = keyed.read_until(Duration::from_secs(60), whole);
+    let mut partitions: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
+    for m in &keyed.messages {
+        partitions.entry(&m.key).or_default().insert(m.partition);
+        for (_, s) in spans_of(&m.payload).expect("OTLP") {
+            assert_eq!(
+                TraceId::from_slice(&s.trace_id)
+                    .map(|t| t.to_hex())
+                    .as_deref(),
+                Some(m.key.as_str()),
+                "a routed message holds only the trace it is keyed by"
+            );
+        }
+    }
+    assert!(
+        all_there,
+        "every span of every trace routed across the SIGKILL"
+    );
+    assert_eq!(partitions.len(), n as usize);
+    assert!(
+        partitions.values().all(|p| p.len() == 1),
+        "each trace lands in one partition, whichever router routed it"
+    );
+    let routed = keyed.messages.len() as f64;
+    let by_second = second.metric("tailsift_routed_traces_total", "");
+    eprintln!(
+        "route across a SIGKILL: {routed} messages routed for {} (batch, trace) pairs, {by_second} by the second router, {} before the kill",
+        3 * n, killed_after
+    );
+    assert!(
+        by_second >= (3 * n / 2) as f64,
+        "the second router routes the rest"
+    );
 }

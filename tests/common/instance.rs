@@ -41,6 +41,17 @@ pub fn start(
     spec: Spec<'_>,
     extra_env: &[(&str, &str)],
 ) -> Instance {
+    start_command("run", dir, config_text, spec, extra_env)
+}
+
+/// Starts `tailsift <command> --config` on `config_text`, as [`start`] does.
+pub fn start_command(
+    command: &str,
+    dir: &Path,
+    config_text: &str,
+    spec: Spec<'_>,
+    extra_env: &[(&str, &str)],
+) -> Instance {
     let addr = free_addr();
     let path: PathBuf = dir.join(format!("{}.yaml", spec.name));
     std::fs::write(&path, config_text.replace("{listen}", &addr.to_string()))
@@ -51,7 +62,7 @@ pub fn start(
         .open(dir.join(format!("{}.log", spec.name)))
         .expect("log file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailsift"));
-    cmd.args(["run", "--config"])
+    cmd.args([command, "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn,tailsift=info")
         .env_remove("TAILSIFT_BROKERS")
