@@ -54,8 +54,9 @@ impl Default for Completion {
 /// [`SpanGroup`]s: the entry, its key, its map slot at the map's usual load, its deadline-index
 /// entry, the spilled group list and the allocator's headers. Measured, not derived: with
 /// `cargo bench --bench memory` (traces of ~9 spans over ~6 services) resident memory exceeded
-/// the span and group bytes by 543 bytes per trace.
-pub const TRACE_OVERHEAD: usize = 544;
+/// the span and group bytes by 580 bytes per trace (544 before the entry carried its offset
+/// ranges for the head marks).
+pub const TRACE_OVERHEAD: usize = 580;
 
 /// Spans of one trace that arrived under one resource and scope.
 #[derive(Debug)]
