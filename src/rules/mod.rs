@@ -145,9 +145,23 @@ pub struct TraceView<'a> {
     pub has_error: bool,
 }
 
+/// A view's spans; each decider thread keeps one such vector to reuse from trace to trace.
+type Spans<'a> = Vec<(SpanView<'a>, ContextView<'a>)>;
+
+/// Spans kept for reuse at most: a giant trace's vector is not held on to.
+const REUSED_SPANS_MAX: usize = 4096;
+
+thread_local! {
+    /// The vector the last view on this thread gave back (empty), so that building a view
+    /// allocates nothing in the steady state.
+    static REUSED_SPANS: std::cell::Cell<Spans<'static>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl<'a> TraceView<'a> {
     pub fn new(id: TraceId, entry: &'a TraceEntry) -> Self {
-        let mut spans = Vec::with_capacity(entry.span_count as usize);
+        // An empty vector of any lifetime coerces to a shorter one.
+        let mut spans: Spans<'a> = REUSED_SPANS.try_with(|r| r.take()).unwrap_or_default();
+        spans.reserve(entry.span_count as usize);
         for g in &entry.groups {
             let ctx = ContextView::new(&g.ctx);
             for f in Fields::new(&g.spans) {
@@ -169,6 +183,20 @@ impl<'a> TraceView<'a> {
             span_count: entry.span_count,
             has_error: entry.has_error,
         }
+    }
+}
+
+impl Drop for TraceView<'_> {
+    fn drop(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        if spans.capacity() > REUSED_SPANS_MAX {
+            return;
+        }
+        spans.clear();
+        // Forget the lifetime of the (now empty) vector, keeping its allocation: collecting
+        // an emptied vector's iterator into one of the same layout reuses its buffer.
+        let spans: Spans<'static> = spans.into_iter().map(|_| unreachable!()).collect();
+        let _ = REUSED_SPANS.try_with(|r| r.set(spans));
     }
 }
 

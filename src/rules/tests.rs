@@ -567,3 +567,30 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_view_built_after_another_sees_only_its_own_spans() {
+    // Views reuse one vector per thread: the second trace must not see the first one's spans.
+    let big: Vec<Span> = (1..=40)
+        .map(|i| span(trace_id(71), i, Some(1), &format!("op-{i}"), 0, MS))
+        .collect();
+    let names = |t: &TraceView<'_>| -> Vec<String> {
+        t.spans
+            .iter()
+            .map(|(s, _)| String::from_utf8_lossy(s.name).into_owned())
+            .collect()
+    };
+    let first = with_trace(vec![("orders", big)], |t| (t.spans.len(), names(t)));
+    assert_eq!(first.0, 40);
+    let small = vec![
+        span(trace_id(72), 1, None, "root", 0, MS),
+        span(trace_id(72), 2, Some(1), "child", 0, MS),
+    ];
+    let second = with_trace(vec![("gateway", small)], |t| {
+        (t.spans.len(), names(t), t.root)
+    });
+    assert_eq!(
+        second,
+        (2, vec!["root".to_string(), "child".into()], Some(0))
+    );
+}
