@@ -18,6 +18,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tailsift::config::Config;
 
+pub mod broker;
 pub mod instance;
 pub mod traffic;
 
@@ -48,8 +49,21 @@ pub async fn create_topic(name: &str, partitions: i32) {
 }
 
 pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    create_topic_with(brokers, name, partitions, &[]).await
+}
+
+/// A client configuration for `brokers` with extra librdkafka properties (TLS...).
+pub fn client_config(brokers: &str, props: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
+}
+
+pub async fn create_topic_with(brokers: &str, name: &str, partitions: i32, props: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, props)
         .create()
         .expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -67,8 +81,14 @@ pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
 }
 
 pub fn producer_on(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    producer_with(brokers, &[])
+}
+
+pub fn producer_with(
+    brokers: &str,
+    props: &[(&str, &str)],
+) -> ThreadedProducer<DefaultProducerContext> {
+    client_config(brokers, props)
         .set("linger.ms", "2")
         .create()
         .expect("producer")
@@ -114,8 +134,11 @@ impl Reader {
     }
 
     pub fn on(brokers: &str, topic: &str) -> Self {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        Self::with(brokers, topic, &[])
+    }
+
+    pub fn with(brokers: &str, topic: &str, props: &[(&str, &str)]) -> Self {
+        let consumer: BaseConsumer = client_config(brokers, props)
             .set("group.id", unique("reader"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
