@@ -635,12 +635,20 @@ impl Sampler {
     /// If the buffer reached its budget (a burst fetched before back-pressure took effect),
     /// decides the oldest traces now, with trigger `memory`, until it is back under the high
     /// watermark. Returns how many were decided.
+    ///
+    /// While reading is paused for memory the completion clock stands still (see
+    /// [`Buffer::stop_clock`]): then the oldest traces, the likeliest to be complete, are
+    /// decided until the buffer is below the low watermark and reading resumes.
     pub fn relieve_memory(&self, now: Instant) -> usize {
         let bytes = self.buffer.bytes();
-        if bytes < self.budget.max_bytes {
+        let target = if bytes >= self.budget.max_bytes {
+            self.budget.pause_above
+        } else if self.buffer.clock_stopped() && bytes >= self.budget.resume_below {
+            self.budget.resume_below.saturating_sub(1)
+        } else {
             return 0;
-        }
-        let oldest = self.buffer.oldest(bytes - self.budget.pause_above);
+        };
+        let oldest = self.buffer.oldest(bytes - target);
         let mut tally = Tally::default();
         let mut n = 0;
         for id in &oldest {
@@ -650,12 +658,14 @@ impl Sampler {
             );
         }
         self.flush(tally);
-        tracing::warn!(
-            bytes,
-            budget = self.budget.max_bytes,
-            decided = n,
-            "buffer reached its memory budget: oldest traces decided early"
-        );
+        if n > 0 {
+            tracing::warn!(
+                bytes,
+                budget = self.budget.max_bytes,
+                decided = n,
+                "buffer at its memory budget, or reading paused: oldest traces decided early"
+            );
+        }
         n
     }
 

@@ -548,6 +548,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 a.count()
             });
             health.paused.store(true, Ordering::Relaxed);
+            sampler.buffer.stop_clock(Instant::now());
             metrics::gauge!(m::PAUSED).set(1.0);
             metrics::gauge!(m::PAUSED_PARTITIONS).set(n as f64);
             tracing::warn!(
@@ -561,6 +562,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 let _ = consumer.resume(&a);
             }
             health.paused.store(false, Ordering::Relaxed);
+            sampler.buffer.start_clock(Instant::now());
             metrics::gauge!(m::PAUSED).set(0.0);
             metrics::gauge!(m::PAUSED_PARTITIONS).set(0.0);
             tracing::info!(

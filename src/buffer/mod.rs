@@ -8,7 +8,7 @@
 
 mod deadline;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,6 +191,21 @@ pub struct Buffer {
     completion: Completion,
     origin: Instant,
     bytes: AtomicI64,
+    /// The completion clock: milliseconds since `origin` during which reading was not paused
+    /// for memory (see [`Buffer::stop_clock`]).
+    clock: Clock,
+}
+
+/// A clock that stands still while reading is paused: completion times (`decision_wait`,
+/// `root_grace`, `max_trace_age`) measure how long a trace's spans could have arrived, and
+/// while fetching is paused they could not.
+#[derive(Debug, Default)]
+struct Clock {
+    /// Milliseconds spent stopped before the current stop.
+    stopped: AtomicU64,
+    /// Real milliseconds since the origin when the current stop began, plus one; 0 when
+    /// running.
+    since: AtomicU64,
 }
 
 impl Buffer {
@@ -205,11 +220,55 @@ impl Buffer {
             completion,
             origin: Instant::now(),
             bytes: AtomicI64::new(0),
+            clock: Clock::default(),
         }
     }
 
-    fn ms(&self, at: Instant) -> u64 {
+    /// Real milliseconds since the origin.
+    fn real_ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    /// `at` on the completion clock.
+    fn ms(&self, at: Instant) -> u64 {
+        let real = self.real_ms(at);
+        let stopped = self.clock.stopped.load(Ordering::Acquire);
+        match self.clock.since.load(Ordering::Acquire) {
+            0 => real.saturating_sub(stopped),
+            since => (since - 1).saturating_sub(stopped),
+        }
+    }
+
+    /// Stops the completion clock: reading is paused for memory, so no trace can receive
+    /// spans, and none should be found complete for lack of them. While it stands, only
+    /// [`Buffer::oldest`] decisions (trigger `memory`) free the buffer.
+    pub fn stop_clock(&self, now: Instant) {
+        let real = self.real_ms(now);
+        let _ = self
+            .clock
+            .since
+            .compare_exchange(0, real + 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Starts the completion clock again (reading resumed).
+    pub fn start_clock(&self, now: Instant) {
+        let since = self.clock.since.swap(0, Ordering::AcqRel);
+        if since > 0 {
+            let real = self.real_ms(now);
+            self.clock
+                .stopped
+                .fetch_add(real.saturating_sub(since - 1), Ordering::AcqRel);
+        }
+    }
+
+    /// Whether the completion clock stands still.
+    pub fn clock_stopped(&self) -> bool {
+        self.clock.since.load(Ordering::Acquire) > 0
+    }
+
+    /// A time on the completion clock, as the real instant it stands for now.
+    fn instant(&self, ms: u64) -> Instant {
+        self.origin + Duration::from_millis(ms + self.clock.stopped.load(Ordering::Acquire))
     }
 
     /// Buffers a group of spans of one trace from the message `hold` stands for. A trace
@@ -357,7 +416,7 @@ impl Buffer {
             }
             let (deadline, trigger) = e.deadline(&self.completion);
             if deadline <= now {
-                out.push((id, trigger, self.origin + Duration::from_millis(deadline)));
+                out.push((id, trigger, self.instant(deadline)));
             } else {
                 e.scheduled = self.index.bucket(deadline);
                 self.index.schedule(id, e.scheduled);

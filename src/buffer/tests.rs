@@ -95,6 +95,34 @@ async fn root_trigger_fires_root_grace_after_the_root_arrived() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_completion_clock_stands_still_while_reading_is_paused() {
+    let (b, c) = (buffer(100), cache());
+    let t = trace_id(20);
+    ingest(&b, &c, &request("gw", vec![span(t, 1, None, "root", 0, 3)]));
+    advance(GRACE / 2).await;
+    b.stop_clock(Instant::now());
+    assert!(b.clock_stopped());
+    advance(GRACE * 10).await;
+    assert!(
+        due(&b).is_empty(),
+        "no trace completes while its spans cannot arrive"
+    );
+    b.start_clock(Instant::now());
+    assert!(!b.clock_stopped());
+    advance(GRACE / 2 - Duration::from_millis(100)).await;
+    assert!(due(&b).is_empty(), "the grace resumes where it stopped");
+    advance(Duration::from_millis(200)).await;
+    let mut out = Vec::new();
+    b.due(Instant::now(), &mut out);
+    assert_eq!(out.len(), 1, "then the root's grace is over");
+    let late = Instant::now() - out[0].2;
+    assert!(
+        late <= Duration::from_millis(200),
+        "the deadline maps back to real time, the pause included: {late:?} ago"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn max_age_trigger_fires_for_a_trace_that_never_goes_quiet() {
     let (b, c) = (buffer(1000), cache());
     let t = trace_id(3);

@@ -180,6 +180,62 @@ async fn at_the_budget_the_oldest_traces_are_decided_early_and_none_is_dropped()
 }
 
 #[tokio::test(start_paused = true)]
+async fn while_reading_is_paused_the_oldest_traces_make_room_not_the_timers() {
+    let completion = crate::buffer::Completion {
+        root_grace: std::time::Duration::from_secs(1),
+        decision_wait: std::time::Duration::from_secs(1),
+        ..crate::buffer::Completion::default()
+    };
+    let (s, out) = sampler(completion, Budget::new(20_000, 0.5, 0.25));
+    // About 8 KB: between the low (5 000) and high (10 000) watermarks.
+    for n in 0..4 {
+        ingest(&s, &message(n, 0, 5));
+        tokio::time::advance(std::time::Duration::from_millis(10)).await;
+    }
+    let before = s.buffer.bytes();
+    assert!(
+        (5_000..10_000).contains(&before),
+        "between the watermarks: {before}"
+    );
+    let now = tokio::time::Instant::now();
+    assert_eq!(s.decide_due(now), 0, "reading goes on: nothing to do yet");
+
+    // Reading pauses: the timers stop, and the oldest traces are decided until the buffer
+    // is below the low watermark (where reading resumes).
+    s.buffer.stop_clock(now);
+    tokio::time::advance(std::time::Duration::from_secs(5)).await;
+    let decided = s.decide_due(tokio::time::Instant::now());
+    assert!(decided > 0);
+    assert!(
+        s.buffer.bytes() < 5_000,
+        "below the low watermark: {}",
+        s.buffer.bytes()
+    );
+    let kept = out.0.lock().unwrap().clone();
+    for (i, (id, _, spans)) in kept.iter().enumerate() {
+        assert_eq!(
+            *id,
+            crate::otlp::TraceId(crate::otlp::build::trace_id(i as u64)),
+            "oldest first"
+        );
+        assert_eq!(*spans, 5, "whole");
+    }
+    assert!(
+        !s.buffer.is_empty(),
+        "the newest wait: their grace has not run while paused"
+    );
+    assert_eq!(s.decide_due(tokio::time::Instant::now()), 0);
+
+    // Reading resumes: the rest complete by their timers.
+    let waiting = s.buffer.len();
+    assert_eq!(decided + waiting, 4, "none dropped undecided");
+    s.buffer.start_clock(tokio::time::Instant::now());
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    assert_eq!(s.decide_due(tokio::time::Instant::now()), waiting);
+    assert!(s.buffer.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_trace_reaching_max_trace_bytes_is_decided_and_its_later_spans_follow() {
     let completion = crate::buffer::Completion {
         max_trace_bytes: 4_000,
