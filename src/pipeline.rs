@@ -347,6 +347,10 @@ impl Running {
             r.stop().await;
         }
         let _ = self.stop_deciders.send(true);
+        // A decider waiting for room in the producer's queue (output unreachable) gives up
+        // now, its trace's offsets left uncommitted, rather than holding shutdown past its
+        // bound.
+        self.sink.stop();
         for d in self.deciders {
             let _ = d.await;
         }

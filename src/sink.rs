@@ -88,8 +88,9 @@ type Refused<'a, C> = (
 
 /// Enqueues `record` on `producer`, waiting while librdkafka's queue is full (back-pressure:
 /// a slow or absent broker; the producer's thread serves delivery reports meanwhile, so the
-/// queue drains). Gives up quietly once `stopping` is set: the record is dropped unsent and
-/// the offsets it holds were never committed. Any other refusal is handed back.
+/// queue drains). Gives up once `stopping` is set (shutdown): the record is left unsent and
+/// its ticket is leaked on purpose, so that the offsets it holds stay held and the last
+/// commit cannot pass them; the next owner replays them. Any other refusal is handed back.
 // The refusal is `ThreadedProducer::send`'s own, handed back as it came, on a cold path.
 #[allow(clippy::result_large_err)]
 pub(crate) fn enqueue<'a, C: ProducerContext>(
@@ -102,6 +103,7 @@ pub(crate) fn enqueue<'a, C: ProducerContext>(
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 if stopping.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    std::mem::forget(r);
                     return Ok(());
                 }
                 record = r;
