@@ -165,9 +165,18 @@ async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
     let (input, output) = (unique("in"), unique("out"));
     create_topic(&input, 1).await;
     create_topic(&output, 1).await;
-    let mut config = config(&input, &output, Path::new("rules"));
-    // Traces that never complete in the test's time fill a small buffer: fetching pauses
-    // while more messages arrive, so lag grows and nothing is consumed.
+    // Every trace is kept, and the output's broker is unreachable: once the producer's queue
+    // is full, no decision can hand its trace over, the buffer stays over its high watermark,
+    // fetching stays paused while more messages arrive, so lag grows and nothing is consumed.
+    // (Undeliverable traces alone do not stall: while paused, the oldest are decided to make
+    // room, and that needs the producer.)
+    let rules = rules_dir(&[("all.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
+    let mut config = config(&input, &output, rules.path());
+    let unreachable = common::instance::free_addr().to_string();
+    config
+        .kafka
+        .producer_properties
+        .insert("bootstrap.servers".into(), unreachable);
     config.completion.decision_wait = Duration::from_secs(120);
     config.completion.max_trace_age = Duration::from_secs(120);
     config.buffer.max_bytes = Some(tailsift::config::ByteSize(1 << 20));
@@ -183,7 +192,7 @@ async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
             == 1)
         .await
     );
-    send_spans(&input, 0..40, 40_000); // 1.6 MB of spans
+    send_spans(&input, 0..160, 40_000); // 6.4 MB of spans
     assert!(
         eventually(Duration::from_secs(20), || running
             .health
@@ -204,7 +213,16 @@ async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
     let (_, body) = http_get(addr, "/readyz").expect("readyz");
     assert!(body.contains("fetching paused"), "{body}");
     assert!(running.health.lag.total().is_some_and(|l| l >= 20));
+    // Shutdown keeps its bound with the output unreachable: the deciders waiting for room
+    // give up, and what they held stays uncommitted.
+    let started = std::time::Instant::now();
     running.shutdown().await.expect("shutdown");
+    let bound = config.shutdown_timeout + Duration::from_secs(5);
+    assert!(
+        started.elapsed() <= bound,
+        "shutdown took {:?}, over its bound {bound:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
