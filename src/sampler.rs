@@ -637,13 +637,14 @@ impl Sampler {
     /// watermark. Returns how many were decided.
     ///
     /// While reading is paused for memory the completion clock stands still (see
-    /// [`Buffer::stop_clock`]): then the oldest traces, the likeliest to be complete, are
-    /// decided until the buffer is below the low watermark and reading resumes.
+    /// [`Buffer::stop_clock`]); once the pause has lasted `decision_wait` (as long as a trace is
+    /// awaited without spans), the oldest traces, the likeliest to be complete, are decided
+    /// until the buffer is below the low watermark and reading resumes.
     pub fn relieve_memory(&self, now: Instant) -> usize {
         let bytes = self.buffer.bytes();
         let target = if bytes >= self.budget.max_bytes {
             self.budget.pause_above
-        } else if self.buffer.clock_stopped() && bytes >= self.budget.resume_below {
+        } else if self.buffer.stopped_past_wait(now) && bytes >= self.budget.resume_below {
             self.budget.resume_below.saturating_sub(1)
         } else {
             return 0;

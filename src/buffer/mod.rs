@@ -241,7 +241,8 @@ impl Buffer {
 
     /// Stops the completion clock: reading is paused for memory, so no trace can receive
     /// spans, and none should be found complete for lack of them. While it stands, only
-    /// [`Buffer::oldest`] decisions (trigger `memory`) free the buffer.
+    /// [`Buffer::oldest`] decisions (trigger `memory`) free the buffer: at the budget, and once
+    /// the pause has lasted `decision_wait` (see [`Buffer::stopped_past_wait`]).
     pub fn stop_clock(&self, now: Instant) {
         let real = self.real_ms(now);
         let _ = self
@@ -264,6 +265,18 @@ impl Buffer {
     /// Whether the completion clock stands still.
     pub fn clock_stopped(&self) -> bool {
         self.clock.since.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether the completion clock has stood still for at least `decision_wait` at `now`:
+    /// reading has been paused as long as a trace is awaited without spans.
+    pub fn stopped_past_wait(&self, now: Instant) -> bool {
+        match self.clock.since.load(Ordering::Acquire) {
+            0 => false,
+            since => {
+                self.real_ms(now).saturating_sub(since - 1)
+                    >= self.completion.decision_wait.as_millis() as u64
+            }
+        }
     }
 
     /// A time on the completion clock, as the real instant it stands for now.

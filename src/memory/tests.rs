@@ -180,7 +180,7 @@ async fn at_the_budget_the_oldest_traces_are_decided_early_and_none_is_dropped()
 }
 
 #[tokio::test(start_paused = true)]
-async fn while_reading_is_paused_the_oldest_traces_make_room_not_the_timers() {
+async fn a_long_pause_makes_room_by_the_oldest_traces_not_by_the_timers() {
     let completion = crate::buffer::Completion {
         root_grace: std::time::Duration::from_secs(1),
         decision_wait: std::time::Duration::from_secs(1),
@@ -200,9 +200,15 @@ async fn while_reading_is_paused_the_oldest_traces_make_room_not_the_timers() {
     let now = tokio::time::Instant::now();
     assert_eq!(s.decide_due(now), 0, "reading goes on: nothing to do yet");
 
-    // Reading pauses: the timers stop, and the oldest traces are decided until the buffer
-    // is below the low watermark (where reading resumes).
+    // Reading pauses: the timers stop. Once the pause has lasted decision_wait, the oldest
+    // traces are decided until the buffer is below the low watermark (where reading resumes).
     s.buffer.stop_clock(now);
+    tokio::time::advance(std::time::Duration::from_millis(900)).await;
+    assert_eq!(
+        s.decide_due(tokio::time::Instant::now()),
+        0,
+        "a short pause decides nothing"
+    );
     tokio::time::advance(std::time::Duration::from_secs(5)).await;
     let decided = s.decide_due(tokio::time::Instant::now());
     assert!(decided > 0);
