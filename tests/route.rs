@@ -14,6 +14,32 @@ use prost::Message;
 use tailsift::otlp::build::spans_of;
 use tailsift::otlp::TraceId;
 
+/// Trace id hex -> partitions and spans of the routed messages, asserting that each message
+/// holds only the trace it is keyed by.
+type Routed<'a> = (
+    BTreeMap<&'a str, BTreeSet<i32>>,
+    BTreeMap<&'a str, BTreeSet<Vec<u8>>>,
+);
+
+fn routed(messages: &[OutMsg]) -> Routed<'_> {
+    let mut partitions: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
+    let mut spans: BTreeMap<&str, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for m in messages {
+        partitions.entry(&m.key).or_default().insert(m.partition);
+        for (_, s) in spans_of(&m.payload).expect("OTLP") {
+            assert_eq!(
+                TraceId::from_slice(&s.trace_id)
+                    .map(|t| t.to_hex())
+                    .as_deref(),
+                Some(m.key.as_str()),
+                "a routed message holds only the trace it is keyed by"
+            );
+            spans.entry(&m.key).or_default().insert(s.encode_to_vec());
+        }
+    }
+    (partitions, spans)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole() {
     let (input, sampling, output) = (unique("raw"), unique("sampling"), unique("out"));
@@ -56,21 +82,7 @@ async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole()
         "every (batch, trace) pair is routed: {} messages",
         keyed.messages.len()
     );
-    let mut partitions: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
-    let mut spans: BTreeMap<&str, BTreeSet<Vec<u8>>> = BTreeMap::new();
-    for m in &keyed.messages {
-        partitions.entry(&m.key).or_default().insert(m.partition);
-        for (_, s) in spans_of(&m.payload).expect("OTLP") {
-            assert_eq!(
-                TraceId::from_slice(&s.trace_id)
-                    .map(|t| t.to_hex())
-                    .as_deref(),
-                Some(m.key.as_str()),
-                "a routed message holds only the trace it is keyed by"
-            );
-            spans.entry(&m.key).or_default().insert(s.encode_to_vec());
-        }
-    }
+    let (partitions, spans) = routed(&keyed.messages);
     assert_eq!(spans.len(), n as usize, "every trace routed");
     assert!(
         partitions.values().all(|p| p.len() == 1),
@@ -191,19 +203,7 @@ async fn route_across_a_sigkill() {
         })
     };
     let all_there = keyed.read_until(Duration::from_secs(60), whole);
-    let mut partitions: BTreeMap<&str, BTreeSet<i32>> = BTreeMap::new();
-    for m in &keyed.messages {
-        partitions.entry(&m.key).or_default().insert(m.partition);
-        for (_, s) in spans_of(&m.payload).expect("OTLP") {
-            assert_eq!(
-                TraceId::from_slice(&s.trace_id)
-                    .map(|t| t.to_hex())
-                    .as_deref(),
-                Some(m.key.as_str()),
-                "a routed message holds only the trace it is keyed by"
-            );
-        }
-    }
+    let (partitions, _) = routed(&keyed.messages);
     assert!(
         all_there,
         "every span of every trace routed across the SIGKILL"
