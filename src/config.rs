@@ -102,6 +102,16 @@ pub struct KafkaConfig {
     /// source topic, partition, offset and error). Unset: they are only counted and logged.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// The decision log: every decision, on a compacted topic, so that a partition's next
+    /// owner (after a restart, a crash or a rebalance) follows the decisions made before.
+    /// `{topic}` is replaced by each input topic's name: one log per input topic (required
+    /// with several input topics). Created at start when absent (as many partitions as its
+    /// input topic, `cleanup.policy=compact,delete`, retention twice `decision_cache.ttl` and
+    /// at least 1h); one with fewer partitions than its input topic is an error. `""` turns the
+    /// log off: late spans then follow only the decisions of the instance that made them.
+    /// Default `<group_id>.decisions.{topic}`.
+    #[serde(default)]
+    pub decision_topic: Option<String>,
     /// Consumer group; every instance of one sampler shares it.
     #[serde(default = "default_group")]
     pub group_id: String,
@@ -157,6 +167,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("input_encodings", &self.input_encodings)
             .field("output_topic", &self.output_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("decision_topic", &self.decision_topic)
             .field("group_id", &self.group_id)
             .field("group_instance_id", &self.group_instance_id)
             .field("properties", &p)
@@ -324,9 +335,15 @@ pub struct DecisionCacheConfig {
     /// Optionally, also at most this many decisions. Default: no count limit.
     #[serde(default)]
     pub max_entries: Option<u64>,
-    /// How long a decision is remembered. Default 5m.
+    /// How long a decision is remembered. Default 5m. With the decision log, also how far
+    /// back a partition's next owner reads decisions.
     #[serde(default = "d_cache_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// With the decision log: how long reading a newly assigned partition's decisions back may
+    /// take before it is ingested anyway (the decisions not read by then are made anew).
+    /// Default 30s.
+    #[serde(default = "d_read_back_timeout", with = "humantime_serde")]
+    pub read_back_timeout: Duration,
 }
 
 impl Default for DecisionCacheConfig {
@@ -335,6 +352,7 @@ impl Default for DecisionCacheConfig {
             max_bytes: d_cache_bytes(),
             max_entries: None,
             ttl: d_cache_ttl(),
+            read_back_timeout: d_read_back_timeout(),
         }
     }
 }
@@ -586,6 +604,9 @@ fn d_cache_bytes() -> ByteSize {
 fn d_cache_ttl() -> Duration {
     Duration::from_secs(300)
 }
+fn d_read_back_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn d_lag_interval() -> Duration {
     Duration::from_secs(5)
 }
@@ -716,6 +737,42 @@ impl Config {
                     "kafka.dead_letter_topic",
                     format!("`{d}` must be a topic of its own (not empty, input or output)"),
                 ));
+            }
+        }
+        if let Some(t) = self.decision_log_topics() {
+            if k.input_topics.len() > 1
+                && !k
+                    .decision_topic
+                    .as_deref()
+                    .is_none_or(|d| d.contains(crate::decision_log::topics::TOPIC_PLACEHOLDER))
+            {
+                return Err(invalid(
+                    "kafka.decision_topic",
+                    "with several input topics it must contain `{topic}`: each input topic needs a log of its own".into(),
+                ));
+            }
+            for input in &k.input_topics {
+                let name = t.log_of(input);
+                if let Err(why) = crate::decision_log::topics::check_topic_name(&name) {
+                    let from = if k.decision_topic.is_none() {
+                        " (derived from kafka.group_id: set kafka.decision_topic)"
+                    } else {
+                        ""
+                    };
+                    return Err(invalid(
+                        "kafka.decision_topic",
+                        format!("not a valid topic name{from}: {why}"),
+                    ));
+                }
+                if k.input_topics.contains(&name)
+                    || name == k.output_topic
+                    || k.dead_letter_topic.as_deref() == Some(name.as_str())
+                {
+                    return Err(invalid(
+                        "kafka.decision_topic",
+                        format!("`{name}` must be a topic of its own (not an input, the output or the dead-letter topic)"),
+                    ));
+                }
             }
         }
         if k.max_message_bytes < 1024 {
@@ -878,6 +935,21 @@ impl Config {
         Ok(())
     }
 
+    /// The decision log's topic names, unless it is turned off (`kafka.decision_topic: ""`).
+    pub fn decision_log_topics(&self) -> Option<crate::decision_log::LogTopics> {
+        let k = &self.kafka;
+        let template = match &k.decision_topic {
+            Some(t) if t.trim().is_empty() => return None,
+            Some(t) => t.trim().to_string(),
+            None => format!(
+                "{}.decisions.{}",
+                k.group_id,
+                crate::decision_log::topics::TOPIC_PLACEHOLDER
+            ),
+        };
+        Some(crate::decision_log::LogTopics::new(&template))
+    }
+
     /// The encoding of input topic `topic`.
     pub fn encoding_of(&self, topic: &str) -> Encoding {
         let k = &self.kafka;
@@ -951,6 +1023,7 @@ impl Config {
                 input_encodings: BTreeMap::new(),
                 output_topic: output.into(),
                 dead_letter_topic: None,
+                decision_topic: None,
                 group_id: default_group(),
                 group_instance_id: None,
                 properties: BTreeMap::new(),

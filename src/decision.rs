@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 mod cache;
+pub mod record;
 
-pub use cache::{CacheStats, DecisionCache, CACHE_ENTRY_BYTES};
+pub use cache::{unix_ms, CacheStats, DecisionCache, Logged, Remembered, CACHE_ENTRY_BYTES};
 
 /// The outcome of the rules for one trace. The rule name travels with it: it feeds the
 /// metrics, the output headers and the late spans that follow.

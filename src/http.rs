@@ -56,6 +56,15 @@ pub fn readiness(h: &Health, stall_timeout: Duration) -> Result<String, String> 
     if let Some(e) = h.lag.broker_error() {
         return Err(format!("not ready: brokers unreachable: {e}\n"));
     }
+    let reading = h.reading_back.load(Ordering::Relaxed);
+    if reading > 0 {
+        return Err(format!(
+            "not ready: reading the decision log back for {reading} newly assigned partitions\n"
+        ));
+    }
+    if let Some(why) = h.decision_log.get().and_then(|l| l.stuck(stall_timeout)) {
+        return Err(format!("not ready: {why}\n"));
+    }
     let lag = h.lag.total();
     let idle = h.lag.since_progress();
     if lag.is_some_and(|l| l > 0) && idle >= stall_timeout {

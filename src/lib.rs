@@ -14,11 +14,15 @@
 //! - [`rules`]: rule files, compiled conditions, deterministic sampling.
 //! - [`memory`]: the byte budget (configured or from the container limit) and its watermarks.
 //! - [`broken`]: broken traces at decision time: orphan spans per service, missing roots.
-//! - [`decision`]: decisions, triggers, and the cache that late spans follow.
+//! - [`decision`]: decisions, triggers, the cache that late spans follow, and the decision
+//!   log's record format.
+//! - [`journal`]: which decision is recorded in the decision log, and when (Kafka-free).
 //! - [`offsets`]: which offsets are safe to commit (the at-least-once bookkeeping).
 //! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
 //! - [`source`]: the Kafka consumer thread: ingest, commit, rebalance, back-pressure.
 //! - [`sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
+//! - [`decision_log`]: every decision on a compacted Kafka topic, read back by a partition's
+//!   next owner before it ingests.
 //! - [`lag`]: consumer lag per partition and consumption progress, measured off the ingest
 //!   thread.
 //! - [`dead_letter`]: undecodable messages copied to a dead-letter topic before their offset
@@ -34,9 +38,11 @@ pub mod buffer;
 pub mod config;
 pub mod dead_letter;
 pub mod decision;
+pub mod decision_log;
 pub mod demo;
 pub mod heads;
 pub mod http;
+pub mod journal;
 pub mod lag;
 pub mod memory;
 pub mod metrics;

@@ -52,6 +52,14 @@ pub const RED_DURATION: &str = "tailsift_red_duration_seconds";
 pub const RED_OVERFLOW: &str = "tailsift_red_overflow_spans_total";
 pub const ORPHAN_SPANS: &str = "tailsift_orphan_spans_total";
 pub const TRACES_WITHOUT_ROOT: &str = "tailsift_traces_without_root_total";
+pub const DECISIONS_LOGGED: &str = "tailsift_decision_log_records_total";
+pub const DECISION_LOG_ERRORS: &str = "tailsift_decision_log_errors_total";
+pub const DECISION_LOG_BAD_RECORDS: &str = "tailsift_decision_log_bad_records_total";
+pub const DECISION_LOG_READ_BACKS: &str = "tailsift_decision_log_read_backs_total";
+pub const DECISION_LOG_READ_BACK_RECORDS: &str = "tailsift_decision_log_read_back_records_total";
+pub const DECISION_LOG_READ_BACK_SECONDS: &str = "tailsift_decision_log_read_back_seconds";
+pub const LOGGED_DECISION_SPANS: &str = "tailsift_logged_decision_spans_total";
+pub const SPANS_SKIPPED_FORWARDED: &str = "tailsift_spans_skipped_as_forwarded_total";
 
 /// Buckets of the RED duration histogram, in seconds.
 pub const RED_DURATION_BUCKETS: &[f64] = &[
@@ -254,6 +262,46 @@ pub fn describe() {
         Unit::Count,
         "Spans decided by trace id alone in degraded mode, by outcome (kept, dropped)."
     );
+    describe_counter!(
+        DECISIONS_LOGGED,
+        Unit::Count,
+        "Decision records acknowledged by the decision log, by outcome (kept, dropped); a kept trace forwarded again (late spans) is recorded again."
+    );
+    describe_counter!(
+        DECISION_LOG_ERRORS,
+        Unit::Count,
+        "Failed writes to the decision log; each is retried, the trace's offsets stay uncommitted meanwhile."
+    );
+    describe_counter!(
+        DECISION_LOG_BAD_RECORDS,
+        Unit::Count,
+        "Decision log records skipped on read-back because they do not decode, by kind (key, value, version)."
+    );
+    describe_counter!(
+        DECISION_LOG_READ_BACKS,
+        Unit::Count,
+        "Input partitions whose decisions were read back from the decision log on assignment, by result (complete; cut_short: more decisions than the cache holds, the newest read; incomplete: timed out or failed)."
+    );
+    describe_counter!(
+        DECISION_LOG_READ_BACK_RECORDS,
+        Unit::Count,
+        "Decisions read back from the decision log into the decision cache."
+    );
+    describe_histogram!(
+        DECISION_LOG_READ_BACK_SECONDS,
+        Unit::Seconds,
+        "Time each read-back of the decision log took (one per assignment)."
+    );
+    describe_counter!(
+        LOGGED_DECISION_SPANS,
+        Unit::Count,
+        "Spans of traces not buffered (late, or replayed after a crash or rebalance) that followed a decision read back from the decision log, by outcome (kept, dropped)."
+    );
+    describe_counter!(
+        SPANS_SKIPPED_FORWARDED,
+        Unit::Count,
+        "Replayed spans not forwarded again because the decision log says they already were."
+    );
 }
 
 /// Registers every series whose labels are known at start, at zero, so that `/metrics` shows
@@ -287,6 +335,14 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
     }
     for outcome in ["kept", "dropped"] {
         metrics::counter!(STRESS_SPANS, "outcome" => outcome).absolute(0);
+        metrics::counter!(DECISIONS_LOGGED, "outcome" => outcome).absolute(0);
+        metrics::counter!(LOGGED_DECISION_SPANS, "outcome" => outcome).absolute(0);
+    }
+    for kind in crate::decision::record::RecordError::KINDS {
+        metrics::counter!(DECISION_LOG_BAD_RECORDS, "kind" => *kind).absolute(0);
+    }
+    for result in ["complete", "cut_short", "incomplete"] {
+        metrics::counter!(DECISION_LOG_READ_BACKS, "result" => result).absolute(0);
     }
     for name in [
         INVALID_SPANS,
@@ -303,6 +359,9 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
         DEAD_LETTER_ERRORS,
         TRACES_WITHOUT_ROOT,
         ROUTED_TRACES,
+        DECISION_LOG_ERRORS,
+        DECISION_LOG_READ_BACK_RECORDS,
+        SPANS_SKIPPED_FORWARDED,
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -320,7 +379,12 @@ pub fn init_series(topics: &[String], rules: &[&str]) {
     ] {
         metrics::gauge!(name).set(0.0);
     }
-    for name in [DECISION_LATENCY, TRACE_DURATION, TRACE_SPANS] {
+    for name in [
+        DECISION_LATENCY,
+        TRACE_DURATION,
+        TRACE_SPANS,
+        DECISION_LOG_READ_BACK_SECONDS,
+    ] {
         let _ = metrics::histogram!(name);
     }
 }
@@ -350,7 +414,11 @@ pub fn init_rules(rules: &[&str]) {
 
 /// Histogram buckets per metric.
 fn builder() -> PrometheusBuilder {
-    let buckets: [(&str, &[f64]); 4] = [
+    let buckets: [(&str, &[f64]); 5] = [
+        (
+            DECISION_LOG_READ_BACK_SECONDS,
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        ),
         (RED_DURATION, RED_DURATION_BUCKETS),
         (
             DECISION_LATENCY,

@@ -18,6 +18,9 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
 use crate::decision::DecisionCache;
+use crate::decision_log::read_back::ReadBackSettings;
+use crate::decision_log::topics::{self, Ensured, Retention};
+use crate::decision_log::{DecisionLog, LogError, LogTopics};
 use crate::rules::RuleSet;
 use crate::sampler::Sampler;
 use crate::sink::KafkaSink;
@@ -105,6 +108,7 @@ pub struct Running {
     /// The HTTP server's address, once bound.
     pub http_addr: SocketAddr,
     sink: Arc<KafkaSink>,
+    decision_log: Option<Arc<DecisionLog>>,
     dead_letters: Option<Arc<DeadLetters>>,
     stop_deciders: watch::Sender<bool>,
     deciders: Vec<tokio::task::JoinHandle<()>>,
@@ -170,17 +174,26 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         "buffer memory budget"
     );
     metrics::gauge!(crate::metrics::BUFFER_BUDGET).set(budget.max_bytes as f64);
-    let sampler = Arc::new(
-        Sampler::new(
-            completion,
-            rules,
-            DecisionCache::with_max_bytes(config.decision_cache_bytes(), config.decision_cache.ttl),
-            sink.clone(),
-            config.kafka.max_message_bytes,
-        )
-        .with_budget(budget)
-        .with_decided_ranges(),
-    );
+    let decision_log = match config.decision_log_topics() {
+        Some(topics) => Some(start_decision_log(config, topics).await?),
+        None => {
+            tracing::info!("decision log off (kafka.decision_topic is empty): late spans follow only the decisions of the instance that made them");
+            None
+        }
+    };
+    let mut sampler = Sampler::new(
+        completion,
+        rules,
+        DecisionCache::with_max_bytes(config.decision_cache_bytes(), config.decision_cache.ttl),
+        sink.clone(),
+        config.kafka.max_message_bytes,
+    )
+    .with_budget(budget)
+    .with_decided_ranges();
+    if let Some(log) = &decision_log {
+        sampler = sampler.with_journal(log.clone());
+    }
+    let sampler = Arc::new(sampler);
     sampler
         .orphan_services
         .set_max(config.monitoring.max_services);
@@ -200,11 +213,22 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         consumer_config.get("auto.offset.reset"),
         Some("latest" | "largest" | "end")
     );
+    let log_side = decision_log.as_ref().map(|log| source::LogSide {
+        log: log.clone(),
+        consumer_config: consumer_config.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        settings: ReadBackSettings {
+            ttl: config.decision_cache.ttl,
+            timeout: config.decision_cache.read_back_timeout,
+            max_records: DecisionCache::capacity_for_bytes(config.decision_cache_bytes()),
+        },
+    });
     let consumer = source::consumer(
         &consumer_config,
         &config.kafka.input_topics,
         sampler.clone(),
         health.clone(),
+        log_side,
     )
     .with_context(|| format!("cannot create the Kafka consumer{TLS_HINT}"))?;
     crate::lag::spawn(
@@ -268,6 +292,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         health,
         http_addr,
         sink,
+        decision_log,
         dead_letters,
         stop_deciders,
         deciders,
@@ -276,6 +301,58 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         shutdown_timeout: config.shutdown_timeout,
         reloader: None,
     })
+}
+
+/// Creates the decision log's writer and makes sure the log topic of every input topic that
+/// exists is there, with enough partitions (an input topic created later gets its log when
+/// its partitions are first assigned).
+async fn start_decision_log(
+    config: &Config,
+    topics: LogTopics,
+) -> anyhow::Result<Arc<DecisionLog>> {
+    let client = producer_config(config);
+    for input in &config.kafka.input_topics {
+        let log = topics.log_of(input);
+        let checked = {
+            let (client, input, log) = (client.clone(), input.clone(), log.clone());
+            let retention = Retention {
+                ttl: config.decision_cache.ttl,
+            };
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let Some(partitions) = topics::partitions_of(&client, &input)? else {
+                    return Ok(None);
+                };
+                runtime
+                    .block_on(topics::ensure(
+                        &client, &log, &input, partitions, retention, false,
+                    ))
+                    .map(Some)
+            })
+            .await
+            .context("checking the decision log")?
+        };
+        match checked {
+            Ok(Some(Ensured::Created { partitions })) => {
+                tracing::info!(topic = %log, partitions, "decision log topic created")
+            }
+            Ok(Some(Ensured::Present { partitions } | Ensured::Grown { to: partitions, .. })) => {
+                tracing::info!(topic = %log, partitions, "decision log topic found")
+            }
+            Ok(None) => {
+                tracing::info!(input = %input, log = %log, "input topic not there yet: its decision log is checked when its partitions are assigned")
+            }
+            // No answer (the brokers are down): like the rest of tailsift, start anyway and
+            // check again when the partitions are assigned.
+            Err(e @ LogError::Kafka(_)) => {
+                tracing::warn!(error = %e, input = %input, log = %log, "cannot check the decision log topic now; checked again when partitions are assigned")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let log = DecisionLog::new(&producer_config(config), topics)
+        .with_context(|| format!("cannot create the decision log's producer{TLS_HINT}"))?;
+    Ok(log)
 }
 
 /// Watches the total consumer lag and switches stress relief's degraded mode on and off.
@@ -351,22 +428,33 @@ impl Running {
         // now, its trace's offsets left uncommitted, rather than holding shutdown past its
         // bound.
         self.sink.stop();
+        if let Some(log) = &self.decision_log {
+            log.stop();
+        }
         for d in self.deciders {
             let _ = d.await;
         }
         let sink = self.sink.clone();
         let dead_letters = self.dead_letters.clone();
+        let decision_log = self.decision_log.clone();
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let flushed = tokio::task::spawn_blocking(move || {
             let r = sink.flush(left);
             sink.stop();
+            // After the output: kept traces are recorded once their output is acknowledged.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let log = decision_log.as_ref().map_or(Ok(()), |l| {
+                let r = l.flush(left);
+                l.stop();
+                r
+            });
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let dl = dead_letters.as_ref().map_or(Ok(()), |d| {
                 let r = d.flush(left);
                 d.stop();
                 r
             });
-            r.and(dl)
+            r.and(log).and(dl)
         })
         .await;
         if !matches!(flushed, Ok(Ok(()))) {

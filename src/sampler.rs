@@ -12,8 +12,9 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
-use crate::decision::{Decision, DecisionCache, Trigger};
+use crate::decision::{unix_ms, Decision, DecisionCache, Remembered, Trigger};
 use crate::heads::Heads;
+use crate::journal::{Delivery, Forwards, Journal, JournalEntry};
 use crate::memory::{stress, Budget};
 use crate::metrics as m;
 use crate::offsets::{DecidedRange, Hold, Holds, OffsetHold};
@@ -31,6 +32,18 @@ pub struct Ticket {
     pub replayed_spans: u32,
     /// When the trace was due, for the decision-latency histogram.
     pub due: Instant,
+    /// With a decision log: the forward this message is part of, told of its acknowledgement.
+    pub delivery: Option<Arc<Delivery>>,
+}
+
+impl Ticket {
+    /// The broker acknowledged the message (or it was given up for good, as a span no broker
+    /// takes): tells the decision log's bookkeeping, then releases the offsets it held.
+    pub fn delivered(self) {
+        if let Some(d) = &self.delivery {
+            d.delivered();
+        }
+    }
 }
 
 /// Where kept traces go.
@@ -112,6 +125,16 @@ impl Tally {
     }
 }
 
+/// What goes with the messages of one forward.
+struct Shipment<'a> {
+    holds: &'a Holds,
+    spans: u32,
+    /// Spans read before by this group (a replay).
+    replayed: bool,
+    due: Instant,
+    delivery: Option<Arc<Delivery>>,
+}
+
 /// Per-trace histograms, registered once.
 struct Histograms {
     duration: metrics::Histogram,
@@ -128,6 +151,12 @@ pub struct IngestSummary {
     /// Spans decided by trace id alone in degraded mode (stress relief).
     pub stress_kept: usize,
     pub stress_dropped: usize,
+    /// Spans of traces not buffered that followed a decision read back from the decision log
+    /// (late spans, and spans replayed after a crash or rebalance), by outcome.
+    pub logged_kept: usize,
+    pub logged_dropped: usize,
+    /// Spans not forwarded again: the decision log says they already were (a replay).
+    pub skipped_forwarded: usize,
 }
 
 pub struct Sampler {
@@ -150,6 +179,8 @@ pub struct Sampler {
     decided_ranges: Option<Mutex<Vec<DecidedRange>>>,
     /// Traces whose head, read back below the commit offset, joined their replayed tail.
     pub heads_merged: AtomicU64,
+    /// Where decisions are recorded (the decision log), with the forwards in flight.
+    forwards: Option<Arc<Forwards>>,
 }
 
 /// A head message read back: its spans join the trace under the hold of the message that
@@ -197,7 +228,19 @@ impl Sampler {
             stress_rate: AtomicU32::new(10),
             decided_ranges: None,
             heads_merged: AtomicU64::new(0),
+            forwards: None,
         }
+    }
+
+    /// Records every decision in `journal` (the decision log): see [`crate::journal`].
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.forwards = Some(Forwards::new(journal));
+        self
+    }
+
+    /// Kept traces whose forwards are not all acknowledged yet (with a journal).
+    pub fn forwards_in_flight(&self) -> usize {
+        self.forwards.as_ref().map_or(0, |f| f.in_flight())
     }
 
     /// Collects the offset ranges of decided traces for [`Sampler::take_decided_ranges`]; the
@@ -244,7 +287,10 @@ impl Sampler {
     }
 
     /// A group of spans of a trace that is not buffered, in degraded mode: it follows an earlier
-    /// decision if there is one, else is decided by its trace id (and errors).
+    /// decision if there is one, else is decided by its trace id (and errors). Every decision
+    /// made here is remembered and recorded, so that the trace's other spans, here or at the
+    /// partition's next owner, follow it; a trace dropped by its id whose error span shows up
+    /// later is kept from then on (`stress-errors`), as before degraded mode remembered it.
     fn ingest_degraded(
         &self,
         group: &TraceGroup<'_>,
@@ -253,21 +299,39 @@ impl Sampler {
         now: Instant,
         summary: &mut IngestSummary,
     ) {
-        let decision = match self.decisions.get(&group.trace_id) {
-            Some(d) => d,
+        let remembered = self.decisions.lookup(&group.trace_id).filter(|r| {
+            r.decision.forwards()
+                || r.decision.rule() != stress::STRESS_RULE
+                || !group.spans().any(|s| s.facts.is_error)
+        });
+        let remembered = match remembered {
+            Some(r) => r,
             None => {
                 let rate = self.stress_rate.load(Ordering::Relaxed);
-                let d = stress::decide_by_trace_id(&self.rules.load(), group, rate);
-                if d.rule() == stress::STRESS_ERRORS_RULE {
-                    // Its later spans are kept too, whatever the trace id says.
-                    self.decisions.insert(group.trace_id, d.clone());
+                let decision = stress::decide_by_trace_id(&self.rules.load(), group, rate);
+                self.decisions.insert(group.trace_id, decision.clone());
+                let decided_at = unix_ms();
+                if let (Some(f), false) = (&self.forwards, decision.forwards()) {
+                    f.record_now(JournalEntry {
+                        trace_id: group.trace_id,
+                        decision: decision.clone(),
+                        decided_at,
+                        partitions: [(hold.partition(), None)].into_iter().collect(),
+                        holds: [hold.hold()].into_iter().collect(),
+                    });
                 }
-                d
+                Remembered {
+                    decision,
+                    decided_at,
+                    logged: None,
+                }
             }
         };
-        if decision.is_keep() {
+        if remembered.forwarded(hold.partition(), hold.offset()) {
+            summary.skipped_forwarded += group.len();
+        } else if remembered.decision.is_keep() {
             summary.stress_kept += group.len();
-            self.forward_late(group, &decision, hold, replayed, now);
+            self.forward_late(group, &remembered, hold, replayed, now);
         } else {
             summary.stress_dropped += group.len();
         }
@@ -344,10 +408,19 @@ impl Sampler {
             match ingested {
                 Ingested::Buffered => {}
                 Ingested::Full(trigger) => full.push((group.trace_id, trigger)),
-                Ingested::Late(decision) => {
-                    if decision.forwards() {
+                Ingested::Late(remembered) => {
+                    let forwards = remembered.decision.forwards();
+                    if remembered.logged.is_some() {
+                        match forwards {
+                            true => summary.logged_kept += group.len(),
+                            false => summary.logged_dropped += group.len(),
+                        }
+                    }
+                    if remembered.forwarded(hold.partition(), hold.offset()) {
+                        summary.skipped_forwarded += group.len();
+                    } else if forwards {
                         summary.late_kept += group.len();
-                        self.forward_late(&group, &decision, hold, replayed, now);
+                        self.forward_late(&group, &remembered, hold, replayed, now);
                     } else {
                         summary.late_dropped += group.len();
                     }
@@ -421,7 +494,7 @@ impl Sampler {
     fn forward_late(
         &self,
         group: &TraceGroup<'_>,
-        decision: &Decision,
+        remembered: &Remembered,
         hold: &impl Hold,
         replayed: bool,
         now: Instant,
@@ -437,33 +510,38 @@ impl Sampler {
                 None => chunks.push((span.context.clone(), span.field.to_vec())),
             }
         }
+        let decision = &remembered.decision;
         let spans = group.len() as u32;
         let messages =
             self.encode_marked(decision, chunks.iter().map(|(c, b)| (&**c, b.as_slice())));
         let holds: Holds = smallvec::smallvec![hold.hold()];
+        let delivery = self.forwards.as_ref().map(|f| {
+            f.begin(
+                group.trace_id,
+                decision,
+                remembered.decided_at,
+                smallvec::smallvec![(hold.partition(), hold.offset())],
+                holds.clone(),
+                messages.len() as u32,
+            )
+        });
         self.send(
             &group.trace_id,
             decision,
             messages,
-            &holds,
-            spans,
-            replayed,
-            now,
+            Shipment {
+                holds: &holds,
+                spans,
+                replayed,
+                due: now,
+                delivery,
+            },
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        id: &TraceId,
-        decision: &Decision,
-        messages: Messages,
-        holds: &Holds,
-        spans: u32,
-        replayed: bool,
-        due: Instant,
-    ) {
+    fn send(&self, id: &TraceId, decision: &Decision, messages: Messages, s: Shipment<'_>) {
         let count = messages.len().max(1) as u32;
+        let spans = s.spans;
         let with_tickets = messages
             .into_iter()
             .enumerate()
@@ -471,10 +549,11 @@ impl Sampler {
                 // Spans are spread over the messages; counts add up to the trace's.
                 let share = spans / count + u32::from((i as u32) < spans % count);
                 let ticket = Ticket {
-                    holds: holds.clone(),
+                    holds: s.holds.clone(),
                     spans: share,
-                    replayed_spans: if replayed { share } else { 0 },
-                    due,
+                    replayed_spans: if s.replayed { share } else { 0 },
+                    due: s.due,
+                    delivery: s.delivery.clone(),
                 };
                 (msg, ticket)
             })
@@ -535,8 +614,18 @@ impl Sampler {
         if decision.forwards() {
             tracing::debug!(trace_id = %id, rule = decision.rule(), trigger = trigger.as_str(), spans = entry.span_count, "trace forwarded");
             self.forward(id, &decision, entry, due);
+        } else if let Some(f) = &self.forwards {
+            // Its offsets stay held until the decision log has the decision.
+            f.record_now(JournalEntry {
+                trace_id: *id,
+                decision: decision.clone(),
+                decided_at: unix_ms(),
+                partitions: entry.holds.iter().map(|h| (h.partition, None)).collect(),
+                holds: entry.holds.clone(),
+            });
         }
-        // A dropped trace's holds are released here, as `entry` goes out of scope.
+        // A dropped trace's holds are released here, as `entry` goes out of scope (or by the
+        // decision log, once it has the decision).
         Some(decision)
     }
 
@@ -571,14 +660,33 @@ impl Sampler {
             decision,
             entry.groups.iter().map(|g| (&*g.ctx, g.spans.as_slice())),
         );
+        let delivery = self.forwards.as_ref().map(|f| {
+            let through = entry
+                .holds
+                .iter()
+                .zip(&entry.ranges)
+                .map(|(h, r)| (h.partition, r.1))
+                .collect();
+            f.begin(
+                *id,
+                decision,
+                unix_ms(),
+                through,
+                entry.holds.clone(),
+                messages.len() as u32,
+            )
+        });
         self.send(
             id,
             decision,
             messages,
-            &entry.holds,
-            entry.span_count,
-            entry.replayed,
-            due,
+            Shipment {
+                holds: &entry.holds,
+                spans: entry.span_count,
+                replayed: entry.replayed,
+                due,
+                delivery,
+            },
         );
     }
 
@@ -696,3 +804,6 @@ impl Sampler {
         (released, decided)
     }
 }
+
+#[cfg(test)]
+mod tests;

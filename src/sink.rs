@@ -52,7 +52,9 @@ impl ProducerContext for SinkContext {
                         .increment(u64::from(ticket.replayed_spans));
                 }
                 metrics::histogram!(m::DECISION_LATENCY).record(ticket.due.elapsed().as_secs_f64());
-                // Dropping the ticket releases the offsets it held.
+                // Releases the offsets it held (once the decision log has the decision, when
+                // there is one).
+                ticket.delivered();
             }
             Err((err, msg)) => {
                 metrics::counter!(m::PRODUCE_ERRORS).increment(1);
@@ -158,12 +160,13 @@ impl KafkaSink {
         // While the queue is full the deciders slow down and the buffer fills.
         match enqueue(&self.producer, record, Some(&self.stopping)) {
             Ok(()) => {}
-            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), r)) => {
                 // Only a single span larger than the limit gets here (traces are split):
                 // no broker would take it, and retrying would stall the partition forever.
                 metrics::counter!(m::PRODUCE_ERRORS).increment(1);
                 tracing::error!(error = %e, bytes = payload.len(),
                     "a span larger than kafka.max_message_bytes cannot be forwarded; dropped");
+                r.delivery_opaque.delivered();
             }
             Err((e, r)) => {
                 metrics::counter!(m::PRODUCE_ERRORS).increment(1);

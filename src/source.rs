@@ -18,6 +18,8 @@ use rdkafka::ClientContext;
 use tokio::time::Instant;
 
 use crate::dead_letter::{DeadLetters, Letter};
+use crate::decision_log::read_back::{read_back, Part, ReadBackSettings};
+use crate::decision_log::DecisionLog;
 use crate::heads::{Heads, HEAD_MARK_GROUP_SUFFIX};
 use crate::lag::LagTracker;
 use crate::memory::Budget;
@@ -32,6 +34,9 @@ use crate::sampler::Sampler;
 /// natural place, but not every Kafka-protocol broker keeps it; every broker keeps offsets.
 pub const READ_MARK_GROUP_SUFFIX: &str = ".read-mark";
 
+/// How long a revocation waits for the decision log's records in flight.
+const REVOKE_FLUSH: Duration = Duration::from_secs(2);
+
 /// How long reading back the heads of straddling traces may take (see [`crate::heads`]).
 const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -39,6 +44,10 @@ const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, Default)]
 pub struct Health {
     pub assigned: AtomicUsize,
+    /// Assigned partitions whose decisions are being read back from the decision log.
+    pub reading_back: AtomicUsize,
+    /// The decision log's state, when there is one.
+    pub decision_log: std::sync::OnceLock<Arc<crate::decision_log::LogHealth>>,
     /// Stop fetching (shutdown has begun); the thread keeps polling for callbacks.
     pub draining: AtomicBool,
     /// Commit what is safe and leave the group.
@@ -57,6 +66,45 @@ struct Assigned {
     head_from: Option<i64>,
     /// Heads read back, until the replay is past them.
     heads: Option<Heads>,
+    /// The read-back of its decisions from the decision log, until it is done: the partition
+    /// is paused meanwhile, and not ingested before.
+    read_back: Option<Arc<Job>>,
+}
+
+/// A read-back of the decision log running for newly assigned partitions.
+#[derive(Default)]
+struct Job {
+    done: Mutex<bool>,
+    finished: std::sync::Condvar,
+}
+
+impl Job {
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.finished.notify_all();
+    }
+
+    fn is_done(&self) -> bool {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the read-back (it is bounded by its own timeout).
+    fn wait(&self) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = self.finished.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// What the source needs of the decision log: the writer, and how to read it back.
+pub struct LogSide {
+    pub log: Arc<DecisionLog>,
+    /// The consumer's configuration, for the read-back's own client.
+    pub consumer_config: ClientConfig,
+    /// For the admin requests a read-back may make (creating a log topic).
+    pub runtime: tokio::runtime::Handle,
+    pub settings: ReadBackSettings,
 }
 
 #[derive(Default)]
@@ -158,6 +206,10 @@ pub struct SourceContext {
     sampler: Arc<Sampler>,
     health: Arc<Health>,
     parts: Mutex<Partitions>,
+    /// The decision log, unless it is off.
+    log: Option<LogSide>,
+    /// Read-backs started and not yet seen finished by the ingest thread.
+    read_backs: AtomicUsize,
 }
 
 impl SourceContext {
@@ -186,6 +238,11 @@ impl ConsumerContext for SourceContext {
             return;
         };
         metrics::counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+        if let Some(side) = &self.log {
+            // Decisions on their way to the log release their offsets once there: let them
+            // arrive, so that the commit below goes further and the next owner finds them.
+            let _ = side.log.flush(REVOKE_FLUSH);
+        }
         let mut parts = self.parts();
         let revoked: Vec<u32> = tpl
             .elements()
@@ -203,6 +260,9 @@ impl ConsumerContext for SourceContext {
         }
         for i in &revoked {
             if let Some(a) = parts.by_index.remove(i) {
+                if a.read_back.is_some() {
+                    self.health.reading_back.fetch_sub(1, Ordering::Relaxed);
+                }
                 self.health.lag.revoked(&a.topic, a.partition);
                 if let Some(t) = parts.by_name.get_mut(&a.topic) {
                     t.remove(&a.partition);
@@ -253,6 +313,8 @@ impl ConsumerContext for SourceContext {
                         })
                 };
                 let mut parts = self.parts();
+                let mut reading = Vec::new();
+                let job = self.log.as_ref().map(|_| Arc::new(Job::default()));
                 for e in tpl.elements() {
                     let replay_until = committed(&read, &e).unwrap_or(-1);
                     let head_from = committed(&heads, &e);
@@ -269,6 +331,14 @@ impl ConsumerContext for SourceContext {
                     let mut offsets = PartitionOffsets::default();
                     offsets.replay_until = replay_until;
                     self.health.lag.assigned(e.topic(), e.partition());
+                    if let Some(side) = &self.log {
+                        side.log.assign(idx, e.topic(), e.partition());
+                        reading.push(Part {
+                            idx,
+                            topic: e.topic().to_string(),
+                            partition: e.partition(),
+                        });
+                    }
                     parts.by_index.insert(
                         idx,
                         Assigned {
@@ -277,11 +347,41 @@ impl ConsumerContext for SourceContext {
                             offsets,
                             head_from,
                             heads: None,
+                            read_back: job.clone(),
                         },
                     );
                 }
                 let n = parts.by_index.len();
                 drop(parts);
+                if let (Some(side), Some(job)) = (&self.log, job) {
+                    // Not ingested before its decisions are back (a message fetched before the
+                    // pause took effect waits for the read-back: see `run`).
+                    let _ = consumer.pause(tpl);
+                    self.health
+                        .reading_back
+                        .fetch_add(reading.len(), Ordering::Relaxed);
+                    self.read_backs.fetch_add(1, Ordering::Relaxed);
+                    let (log, config, runtime, settings) = (
+                        side.log.clone(),
+                        side.consumer_config.clone(),
+                        side.runtime.clone(),
+                        side.settings.clone(),
+                    );
+                    let cache = self.sampler.decisions.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("tailsift-read-back".into())
+                        .spawn({
+                            let job = job.clone();
+                            move || {
+                                read_back(&log, &config, &runtime, &cache, &reading, &settings);
+                                job.finish();
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot start reading the decision log back; the partitions are ingested without it");
+                        job.finish();
+                    }
+                }
                 self.health.assigned.store(n, Ordering::Relaxed);
                 metrics::gauge!(m::ASSIGNED_PARTITIONS).set(n as f64);
                 tracing::info!(added = tpl.count(), assigned = n, "partitions assigned");
@@ -308,12 +408,14 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-/// Builds the consumer (manual commits, cooperative-sticky) and subscribes it.
+/// Builds the consumer (manual commits, cooperative-sticky) and subscribes it. With `log`,
+/// every newly assigned partition's decisions are read back before it is ingested.
 pub fn consumer(
     config: &ClientConfig,
     topics: &[String],
     sampler: Arc<Sampler>,
     health: Arc<Health>,
+    log: Option<LogSide>,
 ) -> Result<BaseConsumer<SourceContext>, KafkaError> {
     let group = config.get("group.id").unwrap_or("tailsift").to_string();
     let companion = |suffix: &str| {
@@ -325,12 +427,17 @@ pub fn consumer(
             .remove("statistics.interval.ms");
         c
     };
+    if let Some(side) = &log {
+        let _ = health.decision_log.set(side.log.health.clone());
+    }
     let ctx = SourceContext {
         marks: companion(READ_MARK_GROUP_SUFFIX).create()?,
         heads: companion(HEAD_MARK_GROUP_SUFFIX).create()?,
         sampler,
         health,
         parts: Mutex::new(Partitions::default()),
+        log,
+        read_backs: AtomicUsize::new(0),
     };
     let consumer: BaseConsumer<SourceContext> = config.create_with_context(ctx)?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -417,6 +524,9 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 metrics::gauge!(m::PAUSED_PARTITIONS).set(a.count() as f64);
             }
         }
+        if health.reading_back.load(Ordering::Relaxed) > 0 {
+            finish_read_backs(&consumer, drained);
+        }
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Err(e)) => {
@@ -426,6 +536,20 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 }
             }
             Some(Ok(msg)) if !drained => {
+                if health.reading_back.load(Ordering::Relaxed) > 0 {
+                    // Fetched before its pause took effect: its decisions first.
+                    let job = {
+                        let parts = ctx.parts();
+                        parts
+                            .index(msg.topic(), msg.partition())
+                            .and_then(|i| parts.by_index.get(&i))
+                            .and_then(|a| a.read_back.clone())
+                    };
+                    if let Some(job) = job {
+                        job.wait();
+                        finish_read_backs(&consumer, drained);
+                    }
+                }
                 let mut parts = ctx.parts();
                 let Some(idx) = parts.index(msg.topic(), msg.partition()) else {
                     continue; // a partition revoked meanwhile: its next owner reads it
@@ -502,6 +626,18 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                             metrics::counter!(m::STRESS_SPANS, "outcome" => "dropped")
                                 .increment(s.stress_dropped as u64);
                         }
+                        if s.logged_kept > 0 {
+                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => "kept")
+                                .increment(s.logged_kept as u64);
+                        }
+                        if s.logged_dropped > 0 {
+                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => "dropped")
+                                .increment(s.logged_dropped as u64);
+                        }
+                        if s.skipped_forwarded > 0 {
+                            metrics::counter!(m::SPANS_SKIPPED_FORWARDED)
+                                .increment(s.skipped_forwarded as u64);
+                        }
                     }
                     Err(e) => {
                         metrics::counter!(m::DECODE_FAILURES, "kind" => e.kind()).increment(1);
@@ -558,9 +694,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 "buffer above its high watermark: fetching paused"
             );
         } else if !drained && paused && bytes < budget.resume_below {
-            if let Ok(a) = consumer.assignment() {
-                let _ = consumer.resume(&a);
-            }
+            let _ = consumer.resume(&resumable(&ctx.parts()));
             health.paused.store(false, Ordering::Relaxed);
             sampler.buffer.start_clock(Instant::now());
             metrics::gauge!(m::PAUSED).set(0.0);
@@ -587,6 +721,35 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     }
     commit(&consumer, CommitMode::Sync);
     // Dropping the consumer leaves the group (the revoke callback runs once more).
+}
+
+/// The assigned partitions that may be fetched: all but those whose decisions are still being
+/// read back.
+fn resumable(parts: &Partitions) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for a in parts.by_index.values().filter(|a| a.read_back.is_none()) {
+        tpl.add_partition(&a.topic, a.partition);
+    }
+    tpl
+}
+
+/// Resumes the partitions whose read-back of the decision log has finished (unless fetching
+/// is paused for memory, or draining).
+fn finish_read_backs(consumer: &BaseConsumer<SourceContext>, drained: bool) {
+    let ctx = consumer.context();
+    let mut parts = ctx.parts();
+    let mut ready = TopicPartitionList::new();
+    for a in parts.by_index.values_mut() {
+        if a.read_back.as_ref().is_some_and(|j| j.is_done()) {
+            a.read_back = None;
+            ctx.health.reading_back.fetch_sub(1, Ordering::Relaxed);
+            ready.add_partition(&a.topic, a.partition);
+        }
+    }
+    drop(parts);
+    if ready.count() > 0 && !drained && !ctx.health.paused.load(Ordering::Relaxed) {
+        let _ = consumer.resume(&ready);
+    }
 }
 
 fn commit(consumer: &BaseConsumer<SourceContext>, mode: CommitMode) {

@@ -91,15 +91,18 @@ async fn crash_and_restart() {
 
 /// A trace already decided and forwarded whose messages straddle the commit offset (an
 /// undecided trace holds an offset between them) is decided whole, and the same way, by the
-/// instance that replays after `stop` (SIGKILL or SIGTERM): it reads back the trace's head.
-async fn straddling_trace_is_decided_the_same_after(stop: &str) {
+/// instance that replays after `stop` (SIGKILL or SIGTERM). Without the decision log
+/// (`log: false`) it reads back the trace's head and decides it again on its whole view; with
+/// it, the replayed tail follows the logged decision and is not forwarded twice.
+async fn straddling_trace_is_decided_the_same_after(stop: &str, log: bool) {
     let (input, output, group) = (unique("in"), unique("out"), unique("straddle-group"));
     create_topic(&input, 1).await;
     create_topic(&output, 1).await;
     let rules = rules_dir(&[("rules.yaml", RULES)]);
     let dir = tempfile::tempdir().expect("tempdir");
+    let decisions = if log { "" } else { "  decision_topic: \"\"\n" };
     let text = format!(
-        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {group}\n  commit_interval: 100ms\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 60s\n  root_grace: 200ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
+        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {group}\n{decisions}  commit_interval: 100ms\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 60s\n  root_grace: 200ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
         brokers(),
         rules.path().display()
     );
@@ -190,17 +193,43 @@ async fn straddling_trace_is_decided_the_same_after(stop: &str) {
         "after {stop}, A is decided again on its whole view, by the same rule"
     );
     v.assert_promise_kept();
-    assert!(
-        second.metric("tailsift_replay_heads_merged_total", "") >= 1.0,
-        "the replaying instance counts the head it joined to A's tail"
-    );
+    if log {
+        assert!(
+            second.metric("tailsift_logged_decision_spans_total", "outcome=\"kept\"") >= 1.0,
+            "A's replayed tail follows its logged decision"
+        );
+        assert_eq!(
+            second.metric("tailsift_replay_heads_merged_total", ""),
+            0.0,
+            "a trace whose decision is logged needs no re-decision"
+        );
+        assert_eq!(
+            v.duplicate_spans, 0,
+            "A's replayed spans were already forwarded"
+        );
+    } else {
+        assert!(
+            second.metric("tailsift_replay_heads_merged_total", "") >= 1.0,
+            "the replaying instance counts the head it joined to A's tail"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_straddling_the_commit_is_decided_the_same_after_a_sigkill() {
     tokio::time::timeout(
         Duration::from_secs(120),
-        straddling_trace_is_decided_the_same_after("SIGKILL"),
+        straddling_trace_is_decided_the_same_after("SIGKILL", false),
+    )
+    .await
+    .expect("finishes within 2 minutes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_straddling_the_commit_follows_its_logged_decision_after_a_sigkill() {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        straddling_trace_is_decided_the_same_after("SIGKILL", true),
     )
     .await
     .expect("finishes within 2 minutes");
@@ -210,7 +239,7 @@ async fn a_trace_straddling_the_commit_is_decided_the_same_after_a_sigkill() {
 async fn a_trace_straddling_the_commit_is_decided_the_same_after_a_graceful_stop() {
     tokio::time::timeout(
         Duration::from_secs(120),
-        straddling_trace_is_decided_the_same_after("SIGTERM"),
+        straddling_trace_is_decided_the_same_after("SIGTERM", false),
     )
     .await
     .expect("finishes within 2 minutes");

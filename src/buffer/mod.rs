@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 pub use deadline::DeadlineIndex;
 
-use crate::decision::{Decision, DecisionCache, Trigger};
+use crate::decision::{Decision, DecisionCache, Remembered, Trigger};
 use crate::offsets::{Hold, Holds};
 use crate::otlp::decode::TraceGroup;
 use crate::otlp::{SpanContext, TraceId};
@@ -181,7 +181,7 @@ pub enum Ingested {
     /// (`byte_limit`): decide it now.
     Full(Trigger),
     /// The trace was already decided: the spans follow that decision.
-    Late(Decision),
+    Late(Remembered),
 }
 
 /// The sharded map of undecided traces and their deadlines.
@@ -299,7 +299,7 @@ impl Buffer {
         match self.map.entry(group.trace_id) {
             Entry::Occupied(mut o) => self.append_to(o.get_mut(), group, hold, replayed, now),
             Entry::Vacant(v) => {
-                if let Some(decision) = decided.get(&group.trace_id) {
+                if let Some(decision) = decided.lookup(&group.trace_id) {
                     return Ingested::Late(decision);
                 }
                 let mut e = TraceEntry {

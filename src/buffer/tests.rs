@@ -187,7 +187,11 @@ async fn taken_traces_free_their_bytes_and_late_spans_find_the_decision() {
         &c,
         &request("a", vec![span(t, 2, Some(1), "late", 1, 2)]),
     );
-    assert_eq!(late, vec![Ingested::Late(keep)]);
+    let [Ingested::Late(followed)] = &late[..] else {
+        panic!("one late group: {late:?}");
+    };
+    assert_eq!(followed.decision, keep);
+    assert_eq!(followed.logged, None, "decided here, not read back");
     assert!(b.is_empty(), "late spans are not buffered");
 }
 

@@ -35,6 +35,50 @@ struct Slot {
     decision: Decision,
     /// When it was decided, in nanoseconds since the cache's origin.
     at: u64,
+    /// For a decision read back from the decision log: the ingest index of the partition it
+    /// was read for, else [`LOCAL`].
+    source: u32,
+    /// With `source`: the highest offset of that partition whose spans were forwarded under
+    /// this decision, else [`NOTHING_FORWARDED`]. (Two plain fields rather than an `Option`
+    /// of a pair: 16 bytes less per remembered decision.)
+    through: i64,
+}
+
+/// [`Slot::source`] of a decision made here.
+const LOCAL: u32 = u32::MAX;
+/// [`Slot::through`] when no offset is known to be forwarded.
+const NOTHING_FORWARDED: i64 = i64::MIN;
+
+/// A remembered decision, as a span of a trace that is not buffered finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub decision: Decision,
+    /// When the trace was decided, in Unix milliseconds.
+    pub decided_at: u64,
+    /// Set when the decision was read back from the decision log.
+    pub logged: Option<Logged>,
+}
+
+/// Where a decision read back from the decision log applies, and how far it was forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged {
+    /// The ingest index of the partition whose log it was read from.
+    pub partition: u32,
+    /// The highest offset of that partition whose spans were forwarded (acknowledged) under
+    /// the decision, if any.
+    pub through: Option<i64>,
+}
+
+impl Remembered {
+    /// Whether the spans of this trace in the message at `offset` of partition `partition`
+    /// were already forwarded under this decision (a replay after a crash or rebalance meets
+    /// them again): only a logged `through` says so, for its own partition.
+    pub fn forwarded(&self, partition: u32, offset: i64) -> bool {
+        self.decision.forwards()
+            && self
+                .logged
+                .is_some_and(|l| l.partition == partition && l.through.is_some_and(|t| offset <= t))
+    }
 }
 
 /// Bytes of one bucket of a shard's table: key, slot and the table's control byte.
@@ -72,7 +116,11 @@ pub struct DecisionCache {
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
+    /// A ttl before the cache was made (when the clock allows), so that a decision read back
+    /// from the decision log, made before this process started, keeps its own time.
     origin: Instant,
+    /// `origin` in Unix milliseconds.
+    origin_unix_ms: u64,
     ttl: u64,
 }
 
@@ -126,11 +174,15 @@ impl DecisionCache {
                 })
             })
             .collect();
+        let now = Instant::now();
+        let origin = now.checked_sub(ttl).unwrap_or(now);
+        let since_origin = now.duration_since(origin).as_millis() as u64;
         DecisionCache {
             inner: Arc::new(Inner {
                 shards,
                 hasher,
-                origin: Instant::now(),
+                origin,
+                origin_unix_ms: unix_ms().saturating_sub(since_origin),
                 ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
             }),
         }
@@ -143,12 +195,28 @@ impl DecisionCache {
 
     /// [`DecisionCache::get`] at the time `now`.
     pub fn get_at(&self, id: &TraceId, now: Instant) -> Option<Decision> {
+        self.lookup_at(id, now).map(|r| r.decision)
+    }
+
+    /// The decision for `id` with when it was made and, if it was read back from the decision
+    /// log, how far it was forwarded.
+    pub fn lookup(&self, id: &TraceId) -> Option<Remembered> {
+        self.lookup_at(id, Instant::now())
+    }
+
+    /// [`DecisionCache::lookup`] at the time `now`.
+    pub fn lookup_at(&self, id: &TraceId, now: Instant) -> Option<Remembered> {
         let now = self.inner.nanos(now);
         let mut shard = self.inner.shard(id);
         let found = match shard.map.get(id) {
-            Some(slot) if now.saturating_sub(slot.at) < self.inner.ttl => {
-                Some(slot.decision.clone())
-            }
+            Some(slot) if now.saturating_sub(slot.at) < self.inner.ttl => Some(Remembered {
+                decision: slot.decision.clone(),
+                decided_at: self.inner.origin_unix_ms + slot.at / 1_000_000,
+                logged: (slot.source != LOCAL).then_some(Logged {
+                    partition: slot.source,
+                    through: (slot.through != NOTHING_FORWARDED).then_some(slot.through),
+                }),
+            }),
             _ => None,
         };
         match found {
@@ -166,15 +234,63 @@ impl DecisionCache {
 
     /// [`DecisionCache::insert`] at the time `now`.
     pub fn insert_at(&self, id: TraceId, decision: Decision, now: Instant) {
+        let at = self.inner.nanos(now);
+        self.put(id, decision, at, at, LOCAL, NOTHING_FORWARDED);
+    }
+
+    /// Remembers a decision read back from the decision log: made at `decided_at` (Unix
+    /// milliseconds; it expires a ttl after that), for partition `logged.partition`. A
+    /// decision older than the ttl is not remembered.
+    pub fn insert_logged(&self, id: TraceId, decision: Decision, decided_at: u64, logged: Logged) {
+        self.insert_logged_at(id, decision, decided_at, logged, Instant::now())
+    }
+
+    /// [`DecisionCache::insert_logged`] at the time `now`.
+    pub fn insert_logged_at(
+        &self,
+        id: TraceId,
+        decision: Decision,
+        decided_at: u64,
+        logged: Logged,
+        now: Instant,
+    ) {
         let now = self.inner.nanos(now);
+        let at = decided_at
+            .saturating_sub(self.inner.origin_unix_ms)
+            .saturating_mul(1_000_000)
+            .min(now);
+        if now.saturating_sub(at) >= self.inner.ttl {
+            return;
+        }
+        let through = logged.through.unwrap_or(NOTHING_FORWARDED);
+        self.put(id, decision, at, now, logged.partition, through);
+    }
+
+    /// A decision read back goes to the ring's back with its own, older time `at`: a lookup
+    /// ignores it once that is a ttl ago, and it is cleaned up when its place reaches the front
+    /// (the ring is in insertion order; expiry stops at the first place that is not expired).
+    fn put(&self, id: TraceId, decision: Decision, at: u64, now: u64, source: u32, through: i64) {
         let mut shard = self.inner.shard(&id);
         shard.expire(now, self.inner.ttl);
         if shard.ring.len() == shard.capacity {
             shard.pop_front(Cause::Size);
         }
         shard.reserve();
-        shard.ring.push_back((id, now));
-        shard.map.insert(id, Slot { decision, at: now });
+        shard.ring.push_back((id, at));
+        shard.map.insert(
+            id,
+            Slot {
+                decision,
+                at,
+                source,
+                through,
+            },
+        );
+    }
+
+    /// The time `unix_ms` on this cache's clock, for decisions made elsewhere.
+    pub fn unix_ms(&self, at: Instant) -> u64 {
+        self.inner.origin_unix_ms + self.inner.nanos(at) / 1_000_000
     }
 
     /// Counters and sizes so far. Forgets the decisions older than the ttl first, so that
@@ -319,6 +435,13 @@ fn shards_for_bytes(bytes: u64) -> (usize, u64) {
         best = (1, (bytes / CACHE_ENTRY_BYTES).max(1));
     }
     best
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970: a broken clock is no reason to stop).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn to_usize(n: u64) -> usize {

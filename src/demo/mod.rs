@@ -112,6 +112,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     config.completion.root_grace = Duration::from_secs(1);
     config.http.listen = opts.listen;
     config.kafka.group_id = "tailsift-demo".into();
+    // The decision log, on a topic made here: the mock cluster does not create topics on
+    // request (nor find offsets by time, so a read-back there reads nothing: the demo's one
+    // instance never needs one).
+    if let Some(log) = config.decision_log_topics() {
+        cluster
+            .create_topic(&log.log_of(INPUT), 4, 1)
+            .context("cannot create the decision log topic")?;
+    }
     let running = crate::pipeline::start_with_rules(&config, rules).await?;
     println!(
         "tailsift demo: in-process Kafka at {brokers}, {} traces/s generated, rules from {source}\n\

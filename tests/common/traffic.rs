@@ -193,3 +193,93 @@ impl Verdict {
         self.duplicate_spans as f64 / self.expected_spans.max(1) as f64
     }
 }
+
+/// Whether trace `i` has a late span: a queue consumer's span that reaches Kafka 3–5 s after
+/// the trace's root (asynchronous work, longer than any `root_grace`). One trace in four.
+pub fn has_late_span(i: u64) -> bool {
+    i.is_multiple_of(4)
+}
+
+/// The late span of trace `i` of run `run` (see [`has_late_span`]): a CONSUMER span of the
+/// `worker` service, child of the payment span, never failing. Alone, the rules would decide
+/// it by `half`: a trace kept by `errors` whose late span is decided on its own loses it (or
+/// gets a second decision).
+pub fn late_span(run: u64, i: u64) -> ([u8; 16], Vec<u8>, Vec<u8>) {
+    let t = trace_id(run << 32 | i);
+    let base = 1_700_000_000_000_000_000 + i * 1_000_000;
+    let mut s = span(
+        t,
+        4,
+        Some(3),
+        "process payment.settled",
+        base + 20,
+        base + 40,
+    );
+    s.kind = SpanKind::Consumer as i32;
+    let encoded = s.encode_to_vec();
+    (t, request("worker", vec![s]), encoded)
+}
+
+/// [`send_interleaved`], plus the late spans of the traces that have one, each sent a random
+/// 3–5 s after its trace's root; returns once every late span is sent too.
+pub fn send_with_late_spans(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    run: u64,
+    range: std::ops::Range<u64>,
+    pace: Duration,
+) {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut late: std::collections::VecDeque<(std::time::Instant, u64)> = Default::default();
+    let send_due = |late: &mut std::collections::VecDeque<(std::time::Instant, u64)>, all: bool| {
+        while let Some(&(due, i)) = late.front() {
+            if !all && due > std::time::Instant::now() {
+                break;
+            }
+            if all {
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
+            let (t, msg, _) = late_span(run, i);
+            send(p, topic, &TraceId(t).to_hex(), &msg);
+            late.pop_front();
+        }
+    };
+    for s in range.start..range.end + 6 {
+        for (lag, part) in [(0u64, 0usize), (3, 1), (6, 2)] {
+            let Some(i) = s.checked_sub(lag) else {
+                continue;
+            };
+            if range.contains(&i) {
+                let (t, msgs, _) = trace(run, i);
+                send(p, topic, &TraceId(t).to_hex(), &msgs[part]);
+                if part == 2 && has_late_span(i) {
+                    let delay = Duration::from_millis(rng.random_range(3000..5000));
+                    late.push_back((std::time::Instant::now() + delay, i));
+                }
+            }
+        }
+        // Delays differ: keep the queue in due order.
+        late.make_contiguous().sort_by_key(|x| x.0);
+        send_due(&mut late, false);
+        std::thread::sleep(pace);
+    }
+    send_due(&mut late, true);
+    flush(p);
+}
+
+/// [`expected`], with the late spans of the kept traces that have one.
+pub fn expected_with_late_spans(
+    rules_dir: &Path,
+    run: u64,
+    range: std::ops::Range<u64>,
+) -> BTreeMap<String, BTreeSet<Vec<u8>>> {
+    let mut e = expected(rules_dir, run, range.clone());
+    for i in range.filter(|i| has_late_span(*i)) {
+        let (t, _, encoded) = late_span(run, i);
+        if let Some(spans) = e.get_mut(&TraceId(t).to_hex()) {
+            spans.insert(encoded);
+        }
+    }
+    e
+}

@@ -1,0 +1,344 @@
+//! The decision log on Kafka: every decision, written to a compacted topic so that it outlives
+//! the instance that made it.
+//!
+//! Each input topic has its own log topic (`kafka.decision_topic`, `{topic}` replaced by the
+//! input topic's name). The record of a trace goes to the log partition numbered like the
+//! input partition its spans came from, keyed by trace id (format: [`crate::decision::record`]).
+//! So whoever is assigned an input partition next (after a restart, a crash or a rebalance)
+//! reads exactly that partition's decisions back ([`read_back`]) before ingesting it: replayed
+//! spans of decided traces, and late spans, follow the logged decision instead of being decided
+//! again on a partial view.
+//!
+//! Ordering: a decision's record holds the offsets of its trace until the broker acknowledges
+//! it (see [`crate::journal`]), so a committed input offset never passes an unlogged decision.
+//! A failed write is retried, never given up, as the output's are: while the log is
+//! unreachable, commits stop, the buffer fills and back-pressure pauses fetching, and
+//! `/readyz` says why ([`LogHealth`]).
+//!
+//! - [`topics`]: the log topics' names, creation and validation.
+//! - [`read_back`]: reading a partition's decisions back on assignment.
+
+pub mod read_back;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::decision::record::{self, Record};
+use crate::journal::{Journal, JournalEntry};
+use crate::metrics as m;
+use crate::offsets::Holds;
+
+pub use topics::LogTopics;
+
+/// The value of every fence record.
+static FENCE_VALUE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(record::fence_value);
+/// Pause before a failed write is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Errors of the decision log's set-up and read-back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The cluster did not answer (or a client could not be made): try again later.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The cluster answered, and the answer needs an operator.
+    #[error("{0}")]
+    Topic(String),
+    #[error("the fence on {topic}/{partition} was not acknowledged: {why}")]
+    Fence {
+        topic: String,
+        partition: i32,
+        why: String,
+    },
+}
+
+/// Where the records of one input partition go.
+#[derive(Debug, Clone)]
+struct Target {
+    topic: Arc<str>,
+    partition: i32,
+}
+
+/// What a record in flight carries to its delivery report.
+pub enum Opaque {
+    /// A decision: its trace's offsets, released (dropped) when the broker has it.
+    Decision {
+        #[allow(dead_code)] // held, never read: dropping it is what counts
+        holds: Holds,
+        kept: bool,
+    },
+    /// A fence: whoever wrote it waits for its offset.
+    Fence(mpsc::SyncSender<Result<i64, String>>),
+}
+
+struct Retry {
+    topic: Arc<str>,
+    partition: i32,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    opaque: Box<Opaque>,
+}
+
+/// The decision log's state for `/readyz`: records written but not acknowledged, and since
+/// when none was.
+#[derive(Debug, Default)]
+pub struct LogHealth {
+    in_flight: AtomicI64,
+    /// Milliseconds since `origin` of the last acknowledgement (or of the first record in
+    /// flight after a quiet time).
+    last_ack_ms: AtomicU64,
+    origin: std::sync::OnceLock<Instant>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl LogHealth {
+    fn now_ms(&self) -> u64 {
+        self.origin.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    fn sent(&self) {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Nothing was waiting: the wait starts now.
+            self.last_ack_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn acknowledged(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.last_ack_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn failed(&self, why: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Why the log holds the pipeline back, if records have waited longer than `patience`
+    /// for an acknowledgement.
+    pub fn stuck(&self, patience: Duration) -> Option<String> {
+        let waiting = self.in_flight.load(Ordering::Acquire);
+        if waiting <= 0 {
+            return None;
+        }
+        let since = self
+            .now_ms()
+            .saturating_sub(self.last_ack_ms.load(Ordering::Relaxed));
+        if since < patience.as_millis() as u64 {
+            return None;
+        }
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        Some(format!(
+            "decision log: {waiting} records waiting for the broker's acknowledgement, none acknowledged for {}s{error}; offsets are not committed past them",
+            since / 1000
+        ))
+    }
+}
+
+pub struct LogContext {
+    retries: mpsc::Sender<Retry>,
+    health: Arc<LogHealth>,
+}
+
+impl ClientContext for LogContext {}
+
+impl ProducerContext for LogContext {
+    type DeliveryOpaque = Box<Opaque>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Opaque>) {
+        match (result, *opaque) {
+            (Ok(msg), Opaque::Fence(tx)) => {
+                let _ = tx.send(Ok(msg.offset()));
+            }
+            (Err((e, _)), Opaque::Fence(tx)) => {
+                let _ = tx.send(Err(e.to_string()));
+            }
+            (Ok(_), Opaque::Decision { kept, .. }) => {
+                self.health.acknowledged();
+                let outcome = if kept { "kept" } else { "dropped" };
+                metrics::counter!(m::DECISIONS_LOGGED, "outcome" => outcome).increment(1);
+                // Dropping the holds releases the trace's offsets.
+            }
+            (Err((e, msg)), opaque @ Opaque::Decision { .. }) => {
+                metrics::counter!(m::DECISION_LOG_ERRORS).increment(1);
+                self.health.failed(e.to_string());
+                tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(),
+                    "writing a decision to the decision log failed; retrying");
+                let retry = Retry {
+                    topic: Arc::from(msg.topic()),
+                    partition: msg.partition(),
+                    key: msg.key().unwrap_or_default().to_vec(),
+                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    opaque: Box::new(opaque),
+                };
+                // Without the retry thread (shutdown) the offsets stay uncommitted.
+                let _ = self.retries.send(retry);
+            }
+        }
+    }
+}
+
+/// The decision log's writer: a [`Journal`] for the sampler, fences for the read-back.
+pub struct DecisionLog {
+    producer: ThreadedProducer<LogContext>,
+    retries: mpsc::Sender<Retry>,
+    /// Ingest index of an input partition -> where its records go. Indexes are never reused;
+    /// one entry per assignment, kept for the records of traces decided after a revocation.
+    targets: RwLock<HashMap<u32, Target>>,
+    pub topics: LogTopics,
+    pub health: Arc<LogHealth>,
+    stopping: AtomicBool,
+}
+
+impl DecisionLog {
+    /// A writer with the producer settings `config` (the output's, see
+    /// `pipeline::producer_config`).
+    pub fn new(config: &ClientConfig, topics: LogTopics) -> Result<Arc<Self>, LogError> {
+        let (tx, rx) = mpsc::channel::<Retry>();
+        let mut config = config.clone();
+        // Small JSON records in batches: compression pays, unless the config says otherwise.
+        if config.get("compression.type").is_none() && config.get("compression.codec").is_none() {
+            config.set("compression.type", "lz4");
+        }
+        // Its topics are created by `topics::ensure`, with their input's partition count; never
+        // by a write (librdkafka's producers would create a missing one with the broker's
+        // default count).
+        config.set("allow.auto.create.topics", "false");
+        let health = Arc::new(LogHealth::default());
+        let producer: ThreadedProducer<LogContext> = config.create_with_context(LogContext {
+            retries: tx.clone(),
+            health: health.clone(),
+        })?;
+        let log = Arc::new(DecisionLog {
+            producer,
+            retries: tx,
+            targets: RwLock::new(HashMap::new()),
+            topics,
+            health,
+            stopping: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&log);
+        std::thread::Builder::new()
+            .name("tailsift-log-retry".into())
+            .spawn(move || {
+                while let Ok(r) = rx.recv() {
+                    std::thread::sleep(RETRY_PAUSE);
+                    let Some(log) = weak.upgrade() else { break };
+                    log.produce(&r.topic, r.partition, &r.key, &r.payload, r.opaque);
+                }
+            })
+            .map_err(|e| LogError::Topic(format!("cannot start the retry thread: {e}")))?;
+        Ok(log)
+    }
+
+    /// Input partition `partition` of `input_topic` is assigned under ingest index `idx`: its
+    /// decisions go to the log partition of the same number.
+    pub fn assign(&self, idx: u32, input_topic: &str, partition: i32) {
+        let topic: Arc<str> = Arc::from(self.topics.log_of(input_topic).as_str());
+        self.targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(idx, Target { topic, partition });
+    }
+
+    fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: &[u8],
+        opaque: Box<Opaque>,
+    ) {
+        let record = BaseRecord::with_opaque_to(topic, opaque)
+            .partition(partition)
+            .key(key)
+            .payload(payload);
+        if let Err((e, r)) = crate::sink::enqueue(&self.producer, record, Some(&self.stopping)) {
+            metrics::counter!(m::DECISION_LOG_ERRORS).increment(1);
+            self.health.failed(e.to_string());
+            tracing::warn!(error = %e, topic, partition, "cannot enqueue a decision record; retrying");
+            let _ = self.retries.send(Retry {
+                topic: Arc::from(topic),
+                partition,
+                key: key.to_vec(),
+                payload: payload.to_vec(),
+                opaque: r.delivery_opaque,
+            });
+        }
+    }
+
+    /// Writes a fence to log partition `partition` of `topic`; the receiver gets its offset
+    /// once acknowledged: every record written before it is below that offset.
+    pub fn send_fence(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<mpsc::Receiver<Result<i64, String>>, LogError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let record = BaseRecord::with_opaque_to(topic, Box::new(Opaque::Fence(tx)))
+            .partition(partition)
+            .key(record::FENCE_KEY.as_bytes())
+            .payload(&FENCE_VALUE[..]);
+        crate::sink::enqueue(&self.producer, record, Some(&self.stopping)).map_err(|(e, _)| {
+            LogError::Fence {
+                topic: topic.to_string(),
+                partition,
+                why: e.to_string(),
+            }
+        })?;
+        Ok(rx)
+    }
+
+    /// Waits for every record in flight to be acknowledged, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Stops retrying enqueues (shutdown): records not yet written leave their offsets
+    /// uncommitted.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Journal for DecisionLog {
+    fn record(&self, entry: JournalEntry) {
+        let key = entry.trace_id.to_hex();
+        let kept = entry.decision.is_keep();
+        let targets = self.targets.read().unwrap_or_else(|e| e.into_inner());
+        for &(idx, through) in &entry.partitions {
+            let Some(t) = targets.get(&idx).cloned() else {
+                // Not an input partition of this process (cannot happen in production).
+                tracing::debug!(idx, "a decision for a partition never assigned; not logged");
+                continue;
+            };
+            let value = Record {
+                decision: entry.decision.clone(),
+                decided_at: entry.decided_at,
+                through,
+            }
+            .to_vec();
+            self.health.sent();
+            let opaque = Box::new(Opaque::Decision {
+                holds: entry.holds.clone(),
+                kept,
+            });
+            self.produce(&t.topic, t.partition, key.as_bytes(), &value, opaque);
+        }
+    }
+}
