@@ -78,6 +78,15 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         timeout_secs: u64,
     },
+    /// Writes `decisions` decision records to a fresh one-partition log topic, then reads them
+    /// back as a newly assigned partition's owner does (`decision_log::read_back`), and prints
+    /// the time it took and the resident memory it added.
+    Readback {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        decisions: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,7 +117,116 @@ fn main() -> anyhow::Result<()> {
             spans,
             timeout_secs,
         } => watch(&metrics, pid, spans, Duration::from_secs(timeout_secs)),
+        Command::Readback { brokers, decisions } => readback(&brokers, decisions),
     }
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
+fn readback(brokers: &str, decisions: u64) -> anyhow::Result<()> {
+    use tailsift::decision::record::Record;
+    use tailsift::decision::{Decision, DecisionCache, CACHE_ENTRY_BYTES};
+    use tailsift::decision_log::read_back::{read_back, Part, ReadBackSettings};
+    use tailsift::decision_log::{DecisionLog, LogTopics};
+
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (input, log_topic) = (format!("rb-in-{run}"), format!("rb-log-{run}"));
+    create_topic(brokers, &input, 1)?;
+    create_topic(brokers, &log_topic, 1)?;
+    // The records, as tailsift writes them: one in four kept (the example rules' share).
+    let p = producer(brokers)?;
+    let now = tailsift::decision::unix_ms();
+    let rules: [std::sync::Arc<str>; 3] = ["errors".into(), "baseline".into(), "slow-checkout".into()];
+    let written = Instant::now();
+    for n in 0..decisions {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        id[8..].copy_from_slice(&(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
+        let rule = rules[(n % 3) as usize].clone();
+        let decision = if n % 4 == 0 {
+            Decision::Keep { rule, sample_rate: 1 }
+        } else {
+            Decision::Drop { rule }
+        };
+        let value = Record {
+            through: decision.forwards().then_some(n as i64),
+            decision,
+            decided_at: now,
+        }
+        .to_vec();
+        let key = hex::encode(id);
+        let mut record = BaseRecord::<str, [u8]>::to(&log_topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value);
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    p.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => bail!("produce: {e}"),
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    let write_secs = written.elapsed().as_secs_f64();
+
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers).set("group.id", format!("rb-{run}"));
+    let log = DecisionLog::new(&client, LogTopics::new(&log_topic))?;
+    let cache = DecisionCache::with_max_bytes(
+        decisions * CACHE_ENTRY_BYTES * 17 / 16 + (1 << 20),
+        Duration::from_secs(300),
+    );
+    let settings = ReadBackSettings {
+        ttl: Duration::from_secs(300),
+        timeout: Duration::from_secs(300),
+        max_records: DecisionCache::capacity_for_bytes(
+            decisions * CACHE_ENTRY_BYTES * 17 / 16 + (1 << 20),
+        ),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let before = rss_bytes();
+    let started = Instant::now();
+    let outcomes = read_back(
+        &log,
+        &client,
+        rt.handle(),
+        &cache,
+        &[Part {
+            idx: 0,
+            topic: input,
+            partition: 0,
+        }],
+        &settings,
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let grown = rss_bytes().saturating_sub(before);
+    let read = outcomes.iter().map(|o| o.decisions).sum::<u64>();
+    let entries = cache.stats().entries;
+    println!(
+        "{{\"decisions\":{decisions},\"read\":{read},\"cached\":{entries},\"result\":\"{}\",\"write_seconds\":{write_secs:.2},\"read_seconds\":{secs:.2},\"decisions_per_second\":{:.0},\"rss_grown\":{grown},\"rss_per_decision\":{:.0},\"cache_entry_bytes\":{CACHE_ENTRY_BYTES}}}",
+        outcomes.first().map_or("none", |o| o.ended.as_str()),
+        read as f64 / secs,
+        grown as f64 / read.max(1) as f64,
+    );
+    Ok(())
 }
 
 fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {

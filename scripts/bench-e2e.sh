@@ -65,20 +65,27 @@ LOADED_SPANS=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['spans
 
 for round in $(seq 1 "$ROUNDS"); do
   # Pass-through.
-  "$E2E" topics --brokers "$BROKERS" --partitions "$PARTITIONS" "e2e-pt-$RUN-$round" "e2e-ts-$RUN-$round"
+  "$E2E" topics --brokers "$BROKERS" --partitions "$PARTITIONS" "e2e-pt-$RUN-$round"
   PT=$("$E2E" passthrough --brokers "$BROKERS" --input "$INPUT" --output "e2e-pt-$RUN-$round" \
     --group "e2e-pt-$RUN-$round" --messages "$MESSAGES")
   echo "{\"kind\":\"passthrough\",\"round\":$round,\"result\":$PT}" >>"$OUT/results.jsonl"
   echo "round $round pass-through: $PT"
 
-  # tailsift with the example rules and default completion settings.
-  HTTP=$(free_port)
-  cat >"$OUT/tailsift-$round.yaml" <<YAML
+  # tailsift with the example rules and default completion settings, with the decision log
+  # (the default) and without it.
+  for variant in log nolog; do
+    HTTP=$(free_port)
+    NAME="e2e-ts-$RUN-$round-$variant"
+    DECISIONS=""
+    if [ "$variant" = nolog ]; then DECISIONS='  decision_topic: ""'; fi
+    "$E2E" topics --brokers "$BROKERS" --partitions "$PARTITIONS" "$NAME"
+    cat >"$OUT/tailsift-$round-$variant.yaml" <<YAML
 kafka:
   brokers: $BROKERS
   input_topics: [$INPUT]
-  output_topic: e2e-ts-$RUN-$round
-  group_id: e2e-ts-$RUN-$round
+  output_topic: $NAME
+  group_id: $NAME
+$DECISIONS
 rules:
   dir: rules
 buffer:
@@ -86,14 +93,15 @@ buffer:
 http:
   listen: 127.0.0.1:$HTTP
 YAML
-  "$BIN/tailsift" run --config "$OUT/tailsift-$round.yaml" >"$OUT/tailsift-$round.log" 2>&1 &
-  TS=$!
-  PIDS+=($TS)
-  W=$("$E2E" watch --metrics "127.0.0.1:$HTTP" --pid "$TS" --spans "$LOADED_SPANS")
-  kill -TERM "$TS"
-  wait "$TS" || true
-  echo "{\"kind\":\"tailsift\",\"round\":$round,\"result\":$W}" >>"$OUT/results.jsonl"
-  echo "round $round tailsift: $W"
+    "$BIN/tailsift" run --config "$OUT/tailsift-$round-$variant.yaml" >"$OUT/tailsift-$round-$variant.log" 2>&1 &
+    TS=$!
+    PIDS+=($TS)
+    W=$("$E2E" watch --metrics "127.0.0.1:$HTTP" --pid "$TS" --spans "$LOADED_SPANS")
+    kill -TERM "$TS"
+    wait "$TS" || true
+    echo "{\"kind\":\"tailsift\",\"variant\":\"$variant\",\"round\":$round,\"result\":$W}" >>"$OUT/results.jsonl"
+    echo "round $round tailsift ($variant): $W"
+  done
 done
 
 python3 - "$OUT/results.jsonl" <<'PY'
@@ -102,7 +110,8 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 load = next(r["result"] for r in rows if r["kind"] == "load")
 spans = load["spans"]
 pt = [spans / r["result"]["seconds"] for r in rows if r["kind"] == "passthrough"]
-ts = [r["result"] for r in rows if r["kind"] == "tailsift"]
+ts = [r["result"] for r in rows if r["kind"] == "tailsift" and r.get("variant", "log") == "log"]
+nolog = [r["result"] for r in rows if r["kind"] == "tailsift" and r.get("variant") == "nolog"]
 tsr = [spans / r["seconds"] for r in ts]
 print()
 print(f"input: {spans} spans, {load['traces']} traces, {load['messages']} messages, "
@@ -111,6 +120,13 @@ for i, (p, t) in enumerate(zip(pt, tsr), 1):
     print(f"round {i}: pass-through {p:,.0f} spans/s, tailsift {t:,.0f} spans/s, ratio {t / p:.2f}")
 print(f"median: pass-through {statistics.median(pt):,.0f} spans/s, tailsift {statistics.median(tsr):,.0f} "
       f"spans/s, ratio {statistics.median(tsr) / statistics.median(pt):.2f} (target >= 0.8)")
+if nolog:
+    nl = [spans / r["seconds"] for r in nolog]
+    for i, (t, n) in enumerate(zip(tsr, nl), 1):
+        print(f"round {i}: tailsift with the decision log {t:,.0f} spans/s, without {n:,.0f} spans/s: "
+              f"the log costs {100 * (1 - t / n):.1f}% of throughput")
+    print(f"median: with the log {statistics.median(tsr):,.0f} spans/s, without {statistics.median(nl):,.0f} "
+          f"spans/s: cost {100 * (1 - statistics.median(tsr) / statistics.median(nl)):.1f}% (target <= 5%)")
 for i, r in enumerate(ts, 1):
     per_span = load["span_bytes"] / spans
     traces = r["traces_at_peak"]
