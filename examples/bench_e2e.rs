@@ -147,7 +147,8 @@ fn readback(brokers: &str, decisions: u64) -> anyhow::Result<()> {
     // The records, as tailsift writes them: one in four kept (the example rules' share).
     let p = producer(brokers)?;
     let now = tailsift::decision::unix_ms();
-    let rules: [std::sync::Arc<str>; 3] = ["errors".into(), "baseline".into(), "slow-checkout".into()];
+    let rules: [std::sync::Arc<str>; 3] =
+        ["errors".into(), "baseline".into(), "slow-checkout".into()];
     let written = Instant::now();
     for n in 0..decisions {
         let mut id = [0u8; 16];
@@ -155,7 +156,10 @@ fn readback(brokers: &str, decisions: u64) -> anyhow::Result<()> {
         id[8..].copy_from_slice(&(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
         let rule = rules[(n % 3) as usize].clone();
         let decision = if n % 4 == 0 {
-            Decision::Keep { rule, sample_rate: 1 }
+            Decision::Keep {
+                rule,
+                sample_rate: 1,
+            }
         } else {
             Decision::Drop { rule }
         };
@@ -185,7 +189,9 @@ fn readback(brokers: &str, decisions: u64) -> anyhow::Result<()> {
     let write_secs = written.elapsed().as_secs_f64();
 
     let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", brokers).set("group.id", format!("rb-{run}"));
+    client
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("rb-{run}"));
     let log = DecisionLog::new(&client, LogTopics::new(&log_topic))?;
     let cache = DecisionCache::with_max_bytes(
         decisions * CACHE_ENTRY_BYTES * 17 / 16 + (1 << 20),

@@ -311,6 +311,8 @@ async fn start_decision_log(
     topics: LogTopics,
 ) -> anyhow::Result<Arc<DecisionLog>> {
     let client = producer_config(config);
+    let writer = DecisionLog::new(&producer_config(config), topics.clone())
+        .with_context(|| format!("cannot create the decision log's producer{TLS_HINT}"))?;
     for input in &config.kafka.input_topics {
         let log = topics.log_of(input);
         let checked = {
@@ -327,16 +329,22 @@ async fn start_decision_log(
                     .block_on(topics::ensure(
                         &client, &log, &input, partitions, retention, false,
                     ))
-                    .map(Some)
+                    .map(|e| Some((e, partitions)))
             })
             .await
             .context("checking the decision log")?
         };
+        if let Ok(Some((_, partitions))) = &checked {
+            writer.ensured(input, *partitions);
+        }
         match checked {
-            Ok(Some(Ensured::Created { partitions })) => {
+            Ok(Some((Ensured::Created { partitions }, _))) => {
                 tracing::info!(topic = %log, partitions, "decision log topic created")
             }
-            Ok(Some(Ensured::Present { partitions } | Ensured::Grown { to: partitions, .. })) => {
+            Ok(Some((
+                Ensured::Present { partitions } | Ensured::Grown { to: partitions, .. },
+                _,
+            ))) => {
                 tracing::info!(topic = %log, partitions, "decision log topic found")
             }
             Ok(None) => {
@@ -350,9 +358,7 @@ async fn start_decision_log(
             Err(e) => return Err(e.into()),
         }
     }
-    let log = DecisionLog::new(&producer_config(config), topics)
-        .with_context(|| format!("cannot create the decision log's producer{TLS_HINT}"))?;
-    Ok(log)
+    Ok(writer)
 }
 
 /// Watches the total consumer lag and switches stress relief's degraded mode on and off.

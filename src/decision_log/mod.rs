@@ -203,6 +203,8 @@ pub struct DecisionLog {
     pub topics: LogTopics,
     pub health: Arc<LogHealth>,
     stopping: AtomicBool,
+    /// Input topic -> partitions its log is known to have (checked or created).
+    ensured: Mutex<HashMap<String, i32>>,
 }
 
 impl DecisionLog {
@@ -231,6 +233,7 @@ impl DecisionLog {
             topics,
             health,
             stopping: AtomicBool::new(false),
+            ensured: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&log);
         std::thread::Builder::new()
@@ -244,6 +247,22 @@ impl DecisionLog {
             })
             .map_err(|e| LogError::Topic(format!("cannot start the retry thread: {e}")))?;
         Ok(log)
+    }
+
+    /// The log of `input` is known to have at least `partitions` partitions.
+    pub fn ensured(&self, input: &str, partitions: i32) {
+        let mut e = self.ensured.lock().unwrap_or_else(|e| e.into_inner());
+        let n = e.entry(input.to_string()).or_default();
+        *n = (*n).max(partitions);
+    }
+
+    /// Whether the log of `input` is known to have a partition numbered `partition`.
+    pub fn has_partition(&self, input: &str, partition: i32) -> bool {
+        self.ensured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(input)
+            .is_some_and(|n| partition < *n)
     }
 
     /// Input partition `partition` of `input_topic` is assigned under ingest index `idx`: its

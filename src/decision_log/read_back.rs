@@ -109,12 +109,17 @@ pub fn read_back(
         ended: Ended::Incomplete { why },
     };
 
-    // The log topics exist, with a partition for each input partition.
+    // The log topics exist, with a partition for each input partition (checked once per
+    // input topic, and again when a partition beyond the known ones shows up).
     let mut ensured: HashMap<&str, Result<(), String>> = HashMap::new();
     for part in parts {
+        let known = log.has_partition(&part.topic, part.partition);
         let ok = ensured
             .entry(part.topic.as_str())
-            .or_insert_with(|| ensure(log, consumer, runtime, &part.topic, settings.ttl))
+            .or_insert_with(|| match known {
+                true => Ok(()),
+                false => ensure(log, consumer, runtime, &part.topic, settings.ttl),
+            })
             .clone();
         if let Err(why) = ok {
             outcomes.push(failed(part, why));
@@ -206,6 +211,9 @@ fn ensure(
         Retention { ttl },
         true,
     ));
+    if ensured.is_ok() {
+        log.ensured(input, partitions);
+    }
     match ensured {
         Ok(topics::Ensured::Created { partitions }) => {
             tracing::info!(topic = %log_topic, partitions, "decision log topic created");
