@@ -397,3 +397,70 @@ async fn undecodable_log_records_are_counted_and_skipped_on_read_back() {
     );
     running.shutdown().await.expect("shutdown");
 }
+
+/// The log becoming unwritable (its topic deleted) holds commits back and makes the instance
+/// unready, saying why; once it is back, everything is logged, committed and forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_log_holds_commits_back_and_is_reported_then_recovers_losing_nothing() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let rules = rules_dir(&[("rules.yaml", RULES)]);
+    let mut config = common::config(&input, &output, rules.path());
+    config.monitoring.lag_interval = Duration::from_millis(200);
+    config.monitoring.stall_timeout = Duration::from_secs(3);
+    let log_topic = config.decision_log_topics().expect("on").log_of(&input);
+    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let addr = running.http_addr;
+    assert!(
+        eventually(Duration::from_secs(30), || http_get(addr, "/readyz")
+            .is_ok_and(|(s, _)| s == 200))
+        .await,
+        "ready"
+    );
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config(&brokers(), &[]).create().expect("admin");
+    for r in admin
+        .delete_topics(&[&log_topic], &AdminOptions::new())
+        .await
+        .expect("delete request")
+    {
+        r.unwrap_or_else(|(t, e)| panic!("delete {t}: {e}"));
+    }
+    let p = producer();
+    traffic::send_interleaved(&p, &input, 9, 0..40, Duration::from_millis(2));
+    let unready = eventually(Duration::from_secs(90), || {
+        http_get(addr, "/readyz").is_ok_and(|(s, b)| s == 503 && b.contains("decision log"))
+    })
+    .await;
+    let (_, why) = http_get(addr, "/readyz").expect("readyz");
+    assert!(unready, "unready because of the decision log: {why}");
+    assert!(why.contains("records waiting"), "{why}");
+    eprintln!("unwritable log: /readyz said: {}", why.trim());
+    let group = config.kafka.group_id.clone();
+    assert!(
+        committed(&group, &input, 0).unwrap_or(0) < 40,
+        "no commit past an unlogged decision"
+    );
+
+    create_topic(&log_topic, 1).await;
+    let expected = traffic::expected(rules.path(), 9, 0..40);
+    let mut out = Reader::new(&output);
+    assert!(out.read_until(Duration::from_secs(90), |m| traffic::complete(&expected, m)));
+    let messages = 40 * 3;
+    assert!(
+        eventually(Duration::from_secs(90), || committed(&group, &input, 0)
+            == Some(messages))
+        .await,
+        "everything committed once logged (committed: {:?})",
+        committed(&group, &input, 0)
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || http_get(addr, "/readyz")
+            .is_ok_and(|(s, _)| s == 200))
+        .await,
+        "ready again"
+    );
+    running.shutdown().await.expect("shutdown");
+}
