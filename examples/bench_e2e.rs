@@ -152,7 +152,7 @@ fn readback(brokers: &str, decisions: u64) -> anyhow::Result<()> {
     let written = Instant::now();
     for n in 0..decisions {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&n.to_be_bytes());
+        id[..8].copy_from_slice(&(n + 1).to_be_bytes()); // never the invalid all-zero id
         id[8..].copy_from_slice(&(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
         let rule = rules[(n % 3) as usize].clone();
         let decision = if n % 4 == 0 {

@@ -926,6 +926,12 @@ impl Config {
         if st.sample_rate == 0 {
             return Err(invalid("stress.sample_rate", "must be at least 1".into()));
         }
+        if dc.read_back_timeout.is_zero() {
+            return Err(invalid(
+                "decision_cache.read_back_timeout",
+                "must be above 0".into(),
+            ));
+        }
         if dc.max_entries == Some(0) {
             return Err(invalid(
                 "decision_cache.max_entries",

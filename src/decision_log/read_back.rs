@@ -246,6 +246,14 @@ fn read(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // Records are ~130 bytes: fetch many per round trip (librdkafka's default is 1MiB),
+        // and fetch again soon once the local queue has room (its default waits 1 s: most of
+        // a million decisions' read-back was spent waiting, see `pipeline::consumer_config`).
+        .set("max.partition.fetch.bytes", "16777216")
+        .set(
+            "fetch.queue.backoff.ms",
+            crate::pipeline::FETCH_QUEUE_BACKOFF_MS,
+        )
         .remove("group.instance.id")
         .remove("statistics.interval.ms");
     let client: BaseConsumer = config.create()?;
@@ -263,6 +271,10 @@ fn read(
             .as_ref()
             .and_then(|s| s.find_partition(topic, *partition))
             .map(|e| e.offset());
+        let by_time = match start {
+            Some(Offset::Offset(n)) => Some(n),
+            _ => None,
+        };
         let start = match start {
             Some(Offset::Offset(n)) => n,
             // No record since then: nothing to read.
@@ -275,6 +287,18 @@ fn read(
             r.cut = floor - start;
         }
         let start = start.max(floor);
+        // The last ttl begins at the log's very first record, and records before it are gone:
+        // some of them may have been decisions of the last ttl (retention shorter than the
+        // ttl, or a truncated partition). What is left is read.
+        if let Some(n) = by_time.filter(|n| *n > 0) {
+            if let Ok((low, _)) = client.fetch_watermarks(topic, *partition, Duration::from_secs(5))
+            {
+                if n <= low {
+                    tracing::warn!(topic = %topic, partition, first = low,
+                        "the decision log may no longer hold every decision of the last ttl (retention shorter than decision_cache.ttl, or truncated): reading what is left");
+                }
+            }
+        }
         if start >= r.until {
             r.ended = Some(Ended::Complete);
             continue;
