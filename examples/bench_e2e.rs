@@ -78,6 +78,18 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         timeout_secs: u64,
     },
+    /// Records `decisions` decisions through the decision log's writer (as the deciders do:
+    /// the journal of the sampler) into a fresh log topic of `partitions` partitions, waits
+    /// for every acknowledgement, and prints the CPU time it took, this process's and the
+    /// broker's (`TAILSIFT_E2E_BROKER_PID`).
+    Logwrite {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        decisions: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+    },
     /// Writes `decisions` decision records to a fresh one-partition log topic, then reads them
     /// back as a newly assigned partition's owner does (`decision_log::read_back`), and prints
     /// the time it took and the resident memory it added.
@@ -118,6 +130,11 @@ fn main() -> anyhow::Result<()> {
             timeout_secs,
         } => watch(&metrics, pid, spans, Duration::from_secs(timeout_secs)),
         Command::Readback { brokers, decisions } => readback(&brokers, decisions),
+        Command::Logwrite {
+            brokers,
+            decisions,
+            partitions,
+        } => logwrite(&brokers, decisions, partitions),
     }
 }
 
@@ -130,6 +147,78 @@ fn rss_bytes() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kib| kib << 10)
+}
+
+fn logwrite(brokers: &str, decisions: u64, partitions: i32) -> anyhow::Result<()> {
+    use tailsift::decision::Decision;
+    use tailsift::decision_log::{DecisionLog, LogTopics};
+    use tailsift::journal::{Journal, JournalEntry};
+
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let log_topic = format!("lw-log-{run}");
+    create_topic(brokers, &log_topic, partitions)?;
+    // The output's producer settings (pipeline::producer_config).
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("acks", "all");
+    let log = DecisionLog::new(&client, LogTopics::new(&log_topic))?;
+    for p in 0..partitions {
+        log.assign(p as u32, "input", p);
+    }
+    let rules: [std::sync::Arc<str>; 3] = [
+        "errors".into(),
+        "baseline".into(),
+        "drop-health-checks".into(),
+    ];
+    let broker = std::env::var("TAILSIFT_E2E_BROKER_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
+    let (cpu0, broker0) = (
+        cpu_seconds(std::process::id()),
+        broker.map_or(0.0, cpu_seconds),
+    );
+    let started = Instant::now();
+    let now = tailsift::decision::unix_ms();
+    for n in 0..decisions {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(n + 1).to_be_bytes());
+        id[8..].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        let rule = rules[(n % 3) as usize].clone();
+        let (decision, through) = if n % 5 == 0 {
+            (
+                Decision::Keep {
+                    rule,
+                    sample_rate: 1,
+                },
+                Some(n as i64),
+            )
+        } else {
+            (Decision::Drop { rule }, None)
+        };
+        log.record(JournalEntry {
+            trace_id: tailsift::otlp::TraceId(id),
+            decision,
+            decided_at: now,
+            partitions: [((n % partitions as u64) as u32, through)]
+                .into_iter()
+                .collect(),
+            holds: Default::default(),
+        });
+    }
+    log.flush(Duration::from_secs(300))?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(std::process::id()) - cpu0;
+    let broker_cpu = broker.map_or(0.0, cpu_seconds) - broker0;
+    println!(
+        "{{\"decisions\":{decisions},\"seconds\":{secs:.2},\"cpu_seconds\":{cpu:.3},\"cpu_us_per_decision\":{:.2},\"broker_cpu_seconds\":{broker_cpu:.3},\"broker_cpu_us_per_decision\":{:.2}}}",
+        cpu / decisions as f64 * 1e6,
+        broker_cpu / decisions as f64 * 1e6,
+    );
+    Ok(())
 }
 
 fn readback(brokers: &str, decisions: u64) -> anyhow::Result<()> {
@@ -333,6 +422,7 @@ fn passthrough(
     let p = producer(brokers)?;
     let mut copied = 0u64;
     let mut first = None;
+    let mut cpu_first = 0.0;
     let mut last_commit = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(900);
     while copied < messages {
@@ -341,7 +431,10 @@ fn passthrough(
         }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
-                first.get_or_insert_with(Instant::now);
+                if first.is_none() {
+                    first = Some(Instant::now());
+                    cpu_first = cpu_seconds(std::process::id());
+                }
                 send(
                     &p,
                     output,
@@ -361,7 +454,8 @@ fn passthrough(
     p.flush(Duration::from_secs(300))
         .context("flushing the copied messages")?;
     let seconds = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    println!("{{\"messages\":{copied},\"seconds\":{seconds:.3}}}");
+    let cpu = cpu_seconds(std::process::id()) - cpu_first;
+    println!("{{\"messages\":{copied},\"seconds\":{seconds:.3},\"cpu_seconds\":{cpu:.3}}}");
     Ok(())
 }
 
@@ -391,6 +485,27 @@ fn sum(metrics: &[(String, f64)], name: &str) -> f64 {
         .filter(|(s, _)| s == name || s.starts_with(&format!("{name}{{")))
         .map(|(_, v)| v)
         .sum()
+}
+
+/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), so 11 and 12 after the state field.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 fn rss(pid: u32) -> u64 {
@@ -464,6 +579,10 @@ fn watch(addr: &str, pid: u32, spans: u64, timeout: Duration) -> anyhow::Result<
         std::thread::sleep(Duration::from_millis(20));
     };
     let (mut first, mut done) = (None, None);
+    let (mut cpu_first, mut broker_first) = (0.0, 0.0);
+    let broker = std::env::var("TAILSIFT_E2E_BROKER_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
     let (mut peak_rss, mut peak_traces, mut peak_bytes) = (0u64, 0.0f64, 0.0f64);
     let mut max_traces = 0.0f64;
     let start = Instant::now();
@@ -474,8 +593,10 @@ fn watch(addr: &str, pid: u32, spans: u64, timeout: Duration) -> anyhow::Result<
         let m = scrape(addr)?;
         let received = sum(&m, "tailsift_spans_received_total");
         let now = start.elapsed().as_secs_f64();
-        if received > 0.0 {
-            first.get_or_insert(now);
+        if received > 0.0 && first.is_none() {
+            first = Some(now);
+            cpu_first = cpu_seconds(pid);
+            broker_first = broker.map_or(0.0, cpu_seconds);
         }
         let traces = sum(&m, "tailsift_traces_buffered");
         let bytes = sum(&m, "tailsift_buffered_bytes");
@@ -491,8 +612,10 @@ fn watch(addr: &str, pid: u32, spans: u64, timeout: Duration) -> anyhow::Result<
             let buckets = latency_buckets(&m);
             let ms = |p| percentile(&buckets, p).map_or(-1.0, |s| s * 1e3);
             let (first, done) = (first.unwrap_or(0.0), done.unwrap_or(0.0));
+            let cpu = cpu_seconds(pid) - cpu_first;
+            let broker_cpu = broker.map_or(0.0, cpu_seconds) - broker_first;
             println!(
-                "{{\"spans\":{spans},\"seconds\":{:.3},\"latency_p50_ms\":{:.1},\"latency_p99_ms\":{:.1},\"decided_traces\":{},\"rss_baseline\":{baseline},\"rss_peak\":{peak_rss},\"traces_at_peak\":{peak_traces},\"buffered_bytes_at_peak\":{peak_bytes},\"max_traces_buffered\":{max_traces}}}",
+                "{{\"spans\":{spans},\"cpu_seconds\":{cpu:.3},\"broker_cpu_seconds\":{broker_cpu:.3},\"seconds\":{:.3},\"latency_p50_ms\":{:.1},\"latency_p99_ms\":{:.1},\"decided_traces\":{},\"rss_baseline\":{baseline},\"rss_peak\":{peak_rss},\"traces_at_peak\":{peak_traces},\"buffered_bytes_at_peak\":{peak_bytes},\"max_traces_buffered\":{max_traces}}}",
                 done - first,
                 ms(0.5),
                 ms(0.99),

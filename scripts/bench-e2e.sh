@@ -48,6 +48,8 @@ PORT=$(free_port)
   --advertised-listener-url "tcp://127.0.0.1:$PORT" \
   --storage-engine memory://nisshi/ --group-initial-rebalance-delay 100ms >"$OUT/nisshi.log" 2>&1 &
 PIDS+=($!)
+# The watcher reports the broker's CPU time alongside tailsift's.
+export TAILSIFT_E2E_BROKER_PID=$!
 BROKERS="127.0.0.1:$PORT"
 for _ in $(seq 1 100); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
@@ -118,6 +120,11 @@ print(f"input: {spans} spans, {load['traces']} traces, {load['messages']} messag
       f"{load['bytes'] / 2**20:.0f} MiB ({load['span_bytes'] / spans:.0f} encoded bytes/span)")
 for i, (p, t) in enumerate(zip(pt, tsr), 1):
     print(f"round {i}: pass-through {p:,.0f} spans/s, tailsift {t:,.0f} spans/s, ratio {t / p:.2f}")
+ptc = [r["result"].get("cpu_seconds") for r in rows if r["kind"] == "passthrough"]
+for i, (p, t) in enumerate(zip(ptc, ts), 1):
+    if p and "cpu_seconds" in t:
+        print(f"round {i}: CPU per span: pass-through {p / spans * 1e6:.2f} us, tailsift {t['cpu_seconds'] / spans * 1e6:.2f} us, "
+              f"ratio {t['cpu_seconds'] / p:.2f}")
 print(f"median: pass-through {statistics.median(pt):,.0f} spans/s, tailsift {statistics.median(tsr):,.0f} "
       f"spans/s, ratio {statistics.median(tsr) / statistics.median(pt):.2f} (target >= 0.8)")
 if nolog:
@@ -127,6 +134,11 @@ if nolog:
               f"the log costs {100 * (1 - t / n):.1f}% of throughput")
     print(f"median: with the log {statistics.median(tsr):,.0f} spans/s, without {statistics.median(nl):,.0f} "
           f"spans/s: cost {100 * (1 - statistics.median(tsr) / statistics.median(nl)):.1f}% (target <= 5%)")
+    for i, (t, n) in enumerate(zip(ts, nolog), 1):
+        if "cpu_seconds" in t:
+            print(f"round {i}: tailsift CPU {t['cpu_seconds']:.2f} s with the log, {n['cpu_seconds']:.2f} s without "
+                  f"({100 * (t['cpu_seconds'] / n['cpu_seconds'] - 1):+.1f}%); broker CPU {t['broker_cpu_seconds']:.2f} s "
+                  f"and {n['broker_cpu_seconds']:.2f} s")
 for i, r in enumerate(ts, 1):
     per_span = load["span_bytes"] / spans
     traces = r["traces_at_peak"]

@@ -26,7 +26,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::Decision;
 
@@ -80,58 +80,72 @@ impl RecordError {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// The value's fields, as read (see [`Record::encode`] for writing).
+#[derive(Deserialize)]
 struct Value<'a> {
     v: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     fence: Option<bool>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default)]
     decision: Option<Cow<'a, str>>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default)]
     rule: Option<Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     sample_rate: Option<u32>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     shadow: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     decided_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     through: Option<i64>,
 }
 
 impl Record {
-    /// Appends the record's value to `out`.
+    /// Appends the record's value to `out`: the JSON of [`Value`], written directly (serde's
+    /// writer made many tiny writes; this runs once per decided trace).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let (decision, sample_rate, shadow) = match &self.decision {
-            Decision::Keep { sample_rate, .. } => ("keep", Some(*sample_rate), false),
-            Decision::Drop { .. } => ("drop", None, false),
+        let (keep, sample_rate, shadow) = match &self.decision {
+            Decision::Keep { sample_rate, .. } => (true, *sample_rate, false),
+            Decision::Drop { .. } => (false, 1, false),
             Decision::Shadow {
                 keep, sample_rate, ..
-            } => {
-                if *keep {
-                    ("keep", Some(*sample_rate), true)
-                } else {
-                    ("drop", None, true)
-                }
-            }
+            } => (*keep, *sample_rate, true),
         };
-        let value = Value {
-            v: VERSION,
-            fence: None,
-            decision: Some(Cow::Borrowed(decision)),
-            rule: Some(Cow::Borrowed(self.decision.rule())),
-            sample_rate,
-            shadow,
-            decided_at: Some(self.decided_at),
-            through: self.through.filter(|_| self.decision.forwards()),
-        };
-        // Writing plain strings and numbers into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &value);
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"v\":");
+        out.extend_from_slice(n.format(VERSION).as_bytes());
+        out.extend_from_slice(match keep {
+            true => b",\"decision\":\"keep\",\"rule\":".as_slice(),
+            false => b",\"decision\":\"drop\",\"rule\":".as_slice(),
+        });
+        let rule = self.decision.rule();
+        if rule.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            out.push(b'"');
+            out.extend_from_slice(rule.as_bytes());
+            out.push(b'"');
+        } else {
+            // Writing a string into memory cannot fail.
+            let _ = serde_json::to_writer(&mut *out, rule);
+        }
+        if keep {
+            out.extend_from_slice(b",\"sample_rate\":");
+            out.extend_from_slice(n.format(sample_rate).as_bytes());
+        }
+        if shadow {
+            out.extend_from_slice(b",\"shadow\":true");
+        }
+        out.extend_from_slice(b",\"decided_at\":");
+        out.extend_from_slice(n.format(self.decided_at).as_bytes());
+        if let Some(t) = self.through.filter(|_| self.decision.forwards()) {
+            out.extend_from_slice(b",\"through\":");
+            out.extend_from_slice(n.format(t).as_bytes());
+        }
+        out.push(b'}');
     }
 
     /// The record's value, as bytes.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(96);
+        let mut out = Vec::with_capacity(112);
         self.encode(&mut out);
         out
     }
