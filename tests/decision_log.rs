@@ -237,21 +237,44 @@ async fn the_log_is_a_public_interface_a_plain_consumer_joins_on_trace_id() {
     log.subscribe(&[&log_topic]).expect("subscribe");
     let mut decisions: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
     let mut partitions = std::collections::BTreeSet::new();
+    let mut drop_lists = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while decisions.len() < n as usize && std::time::Instant::now() < deadline {
         let Some(Ok(m)) = log.poll(Duration::from_millis(100)) else {
             continue;
         };
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        if key.len() != 32 {
-            assert_eq!(key, "tailsift.fence", "the only other records are fences");
-            continue;
-        }
         let value: serde_json::Value =
             serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
-        partitions.insert(m.partition());
-        decisions.insert(key, value);
+        if key.len() == 32 {
+            // A single decision (a kept trace), keyed by its trace id.
+            partitions.insert(m.partition());
+            decisions.insert(key, value);
+        } else if key.starts_with("tailsift.drops.") {
+            // A drop list: each trace with the index of its rule and when it was decided.
+            drop_lists += 1;
+            partitions.insert(m.partition());
+            let rules = value["rules"].as_array().expect("rules").clone();
+            for t in value["traces"].as_array().expect("traces") {
+                let id = t[0].as_str().expect("trace id").to_string();
+                let rule = &rules[t[1].as_u64().expect("rule index") as usize];
+                decisions.insert(
+                    id,
+                    serde_json::json!({"v": value["v"], "decision": "drop", "rule": rule, "decided_at": t[2]}),
+                );
+            }
+        } else {
+            assert_eq!(key, "tailsift.fence", "the only other records are fences");
+        }
     }
+    eprintln!(
+        "public log: {} decisions, {drop_lists} drop lists",
+        decisions.len()
+    );
+    assert!(
+        drop_lists > 0 && drop_lists < n,
+        "dropped traces come in lists"
+    );
     assert_eq!(
         decisions.len(),
         n as usize,

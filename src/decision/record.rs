@@ -2,9 +2,16 @@
 //! any other pipeline) reads back. A public interface, documented in the README ("The decision
 //! log"); change it only compatibly, or with a new `v`.
 //!
-//! - **Key**: the trace id as 32 lowercase hex characters, like the output topic's keys. A key
-//!   that is not a trace id is one of tailsift's own markers ([`FENCE_KEY`]): skip it.
-//! - **Value**: a small JSON object (tens of bytes):
+//! A kept trace's decision is a record of its own, keyed by trace id, which compaction keeps
+//! up to date (`through` grows with late spans). Dropped traces, most of them, come in *drop
+//! lists*: one record for up to [`DROP_LIST_MAX`] traces of a partition decided within a few
+//! milliseconds. A record per dropped trace cost the writer and the broker their per-record
+//! work five times over for what a list says as well (see BENCHMARKS.md).
+//!
+//! - **Key**: the trace id as 32 lowercase hex characters, like the output topic's keys; a drop
+//!   list's key starts with [`DROP_LIST_KEY_PREFIX`] (unique per list); a fence's is
+//!   [`FENCE_KEY`]. Any key that is not a trace id is not a single decision.
+//! - **Value** of a single decision: a small JSON object (tens of bytes):
 //!   `{"v":1,"decision":"keep","rule":"errors","sample_rate":1,"decided_at":1764347990123,"through":5312}`
 //!   - `v`: the format version, 1. Fields may be added within a version; a reader ignores the
 //!     ones it does not know. A different meaning gets another `v`, which a reader refuses.
@@ -19,6 +26,9 @@
 //!     the trace have been forwarded and acknowledged under this decision. A trace's later
 //!     forwards (late spans) write the record again with a higher `through`; compaction keeps
 //!     the last.
+//! - **Value** of a drop list: `{"v":1,"decision":"drop","rules":["baseline","drop-health-checks"],
+//!   "traces":[["4bf92f3577b34da6a3ce929d0e0e4736",0,1764347990123],...]}`: each trace as its
+//!   id, the index of its rule in `rules`, and `decided_at`.
 //!
 //! The format is JSON rather than protobuf or a packed binary so that a log pipeline in any
 //! language joins on it with a stock JSON reader; Kafka batches the small records together.
@@ -37,6 +47,13 @@ pub const VERSION: u32 = 1;
 /// `decision_log`). Not a trace id, so a reader joining on trace ids never matches it.
 pub const FENCE_KEY: &str = "tailsift.fence";
 
+/// How a drop list's key begins; the first trace id of the list follows, so that compaction,
+/// which keeps the last record per key, never merges two lists.
+pub const DROP_LIST_KEY_PREFIX: &str = "tailsift.drops.";
+
+/// The most dropped traces in one drop list (about 50 bytes each).
+pub const DROP_LIST_MAX: usize = 512;
+
 /// One decision, as logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -51,6 +68,8 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Decision(Record),
+    /// Dropped traces, each with its decision.
+    Drops(Vec<(crate::otlp::TraceId, Record)>),
     /// A fence, to be skipped.
     Fence,
 }
@@ -98,6 +117,10 @@ struct Value<'a> {
     decided_at: Option<u64>,
     #[serde(default)]
     through: Option<i64>,
+    #[serde(borrow, default)]
+    rules: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    traces: Option<Vec<(Cow<'a, str>, usize, u64)>>,
 }
 
 impl Record {
@@ -151,15 +174,106 @@ impl Record {
     }
 }
 
+/// Dropped traces of one partition, gathered into one record (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct DropList {
+    rules: Vec<std::sync::Arc<str>>,
+    /// Trace, index in `rules`, decided at.
+    traces: Vec<(crate::otlp::TraceId, u16, u64)>,
+}
+
+impl DropList {
+    /// Adds a dropped trace decided by `rule` at `decided_at`.
+    pub fn push(&mut self, id: crate::otlp::TraceId, rule: &std::sync::Arc<str>, decided_at: u64) {
+        let i = match self
+            .rules
+            .iter()
+            .position(|r| std::sync::Arc::ptr_eq(r, rule) || r == rule)
+        {
+            Some(i) => i,
+            None => {
+                self.rules.push(rule.clone());
+                self.rules.len() - 1
+            }
+        };
+        self.traces.push((id, i as u16, decided_at));
+    }
+
+    pub fn len(&self) -> usize {
+        self.traces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.traces.is_empty()
+    }
+
+    /// The list's key: [`DROP_LIST_KEY_PREFIX`] and its first trace id.
+    pub fn key(&self) -> String {
+        let first = self
+            .traces
+            .first()
+            .map(|t| t.0.to_hex())
+            .unwrap_or_default();
+        format!("{DROP_LIST_KEY_PREFIX}{first}")
+    }
+
+    /// The list's value, written directly (as [`Record::encode`]).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"v\":");
+        out.extend_from_slice(n.format(VERSION).as_bytes());
+        out.extend_from_slice(b",\"decision\":\"drop\",\"rules\":[");
+        for (i, r) in self.rules.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(r, out);
+        }
+        out.extend_from_slice(b"],\"traces\":[");
+        let mut hex = [0u8; 32];
+        for (i, (id, rule, at)) in self.traces.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = hex::encode_to_slice(id.0, &mut hex);
+            out.extend_from_slice(b"[\"");
+            out.extend_from_slice(&hex);
+            out.extend_from_slice(b"\",");
+            out.extend_from_slice(n.format(*rule).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(n.format(*at).as_bytes());
+            out.push(b']');
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    /// Empties the list for reuse.
+    pub fn clear(&mut self) {
+        self.rules.clear();
+        self.traces.clear();
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into memory cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
 /// The value of a fence record.
 pub fn fence_value() -> Vec<u8> {
     format!("{{\"v\":{VERSION},\"fence\":true}}").into_bytes()
 }
 
-/// Reads a record's key as a trace id, or `None` for a fence (any key that is not one is one
-/// of tailsift's markers).
+/// Reads a record's key as a trace id, or `None` for a fence or a drop list.
 pub fn trace_id_of(key: &[u8]) -> Result<Option<crate::otlp::TraceId>, RecordError> {
-    if key == FENCE_KEY.as_bytes() {
+    if key == FENCE_KEY.as_bytes() || key.starts_with(DROP_LIST_KEY_PREFIX.as_bytes()) {
         return Ok(None);
     }
     let mut id = [0u8; 16];
@@ -179,6 +293,33 @@ pub fn decode(value: &[u8], rules: &mut RuleNames) -> Result<Entry, RecordError>
     }
     if v.fence == Some(true) {
         return Ok(Entry::Fence);
+    }
+    if let Some(traces) = v.traces {
+        let names: Vec<Arc<str>> = v
+            .rules
+            .unwrap_or_default()
+            .iter()
+            .map(|r| rules.get(r))
+            .collect();
+        let mut out = Vec::with_capacity(traces.len());
+        for (hex, rule, decided_at) in traces {
+            let id = match trace_id_of(hex.as_bytes())? {
+                Some(id) => id,
+                None => return Err(RecordError::Key),
+            };
+            let rule = names
+                .get(rule)
+                .ok_or_else(|| RecordError::Value(format!("rule index {rule} out of range")))?;
+            out.push((
+                id,
+                Record {
+                    decision: Decision::Drop { rule: rule.clone() },
+                    decided_at,
+                    through: None,
+                },
+            ));
+        }
+        return Ok(Entry::Drops(out));
     }
     let missing = |field: &str| RecordError::Value(format!("missing field `{field}`"));
     let rule = rules.get(&v.rule.ok_or_else(|| missing("rule"))?);
@@ -351,6 +492,51 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_list_carries_each_trace_with_its_rule_and_time() {
+        let (a, b): (Arc<str>, Arc<str>) = ("baseline".into(), "a \"quoted\" rule".into());
+        let mut list = DropList::default();
+        let ids: Vec<_> = (1..=3u8).map(|n| crate::otlp::TraceId([n; 16])).collect();
+        list.push(ids[0], &a, 10);
+        list.push(ids[1], &b, 11);
+        list.push(ids[2], &a, 12);
+        assert_eq!(list.key(), format!("tailsift.drops.{}", ids[0].to_hex()));
+        assert_eq!(
+            trace_id_of(list.key().as_bytes()),
+            Ok(None),
+            "not a trace id"
+        );
+        let mut value = Vec::new();
+        list.encode(&mut value);
+        let text = String::from_utf8(value.clone()).expect("utf-8");
+        assert!(text.starts_with(r#"{"v":1,"decision":"drop","rules":["baseline","a \"quoted\" rule"],"traces":[["0101"#), "{text}");
+        let Ok(Entry::Drops(got)) = decode(&value, &mut RuleNames::default()) else {
+            panic!("a drop list: {text}");
+        };
+        let want: Vec<_> = [(0, &a, 10), (1, &b, 11), (2, &a, 12)]
+            .iter()
+            .map(|(i, r, at)| {
+                (
+                    ids[*i],
+                    Record {
+                        decision: Decision::Drop { rule: (*r).clone() },
+                        decided_at: *at,
+                        through: None,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+        for bad in [
+            &br#"{"v":1,"decision":"drop","rules":["r"],"traces":[["00",0,1]]}"#[..],
+            br#"{"v":1,"decision":"drop","rules":["r"],"traces":[["0101010101010101010101010101010101",0,1]]}"#,
+            br#"{"v":1,"decision":"drop","rules":[],"traces":[["01010101010101010101010101010101",0,1]]}"#,
+            br#"{"v":1,"decision":"drop","rules":["r"],"traces":[["01010101010101010101010101010101","x",1]]}"#,
+        ] {
+            assert!(decode(bad, &mut RuleNames::default()).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn rule_names_read_back_share_one_allocation() {
         let mut names = RuleNames::default();
         let r = Record {
@@ -361,7 +547,7 @@ mod tests {
         .to_vec();
         let rule = |e: Entry| match e {
             Entry::Decision(r) => r.decision.rule_arc().clone(),
-            Entry::Fence => panic!("not a fence"),
+            other => panic!("a decision, not {other:?}"),
         };
         let a = rule(decode(&r, &mut names).expect("decodes"));
         let b = rule(decode(&r, &mut names).expect("decodes"));

@@ -356,6 +356,20 @@ fn read(
                     },
                 );
             }
+            Ok((None, Entry::Drops(drops))) => {
+                r.decisions += drops.len() as u64;
+                for (id, rec) in drops {
+                    cache.insert_logged(
+                        id,
+                        rec.decision,
+                        rec.decided_at,
+                        Logged {
+                            partition: r.idx,
+                            through: None,
+                        },
+                    );
+                }
+            }
             Ok(_) => {} // a fence
             Err(e) => {
                 metrics::counter!(m::DECISION_LOG_BAD_RECORDS, "kind" => e.kind()).increment(1);
