@@ -246,10 +246,6 @@ impl DecisionLog {
         // No compression unless the config asks for it: LZ4 took a ninth of the writer's
         // instructions (callgrind, `bench_e2e logwrite`) to save ~100 bytes per decided trace,
         // against the ~3.5 KB of spans each brought in.
-        // A kept trace's record is written once its output is acknowledged; a crash between
-        // the two replays the trace, which is then forwarded twice. Lingering 1 ms rather than
-        // the output's 5 ms shortens that window; records still batch while one is in flight.
-        config.set("linger.ms", "1");
         // Its topics are created by `topics::ensure`, with their input's partition count; never
         // by a write (librdkafka's producers would create a missing one with the broker's
         // default count).
