@@ -74,8 +74,11 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "round $round pass-through: $PT"
 
   # tailsift with the example rules and default completion settings, with the decision log
-  # (the default) and without it.
-  for variant in log nolog; do
+  # (the default) and without it; which goes first alternates, so that neither always runs
+  # right after the pass-through.
+  VARIANTS="log nolog"
+  if [ $((round % 2)) -eq 0 ]; then VARIANTS="nolog log"; fi
+  for variant in $VARIANTS; do
     HTTP=$(free_port)
     NAME="e2e-ts-$RUN-$round-$variant"
     DECISIONS=""

@@ -329,7 +329,7 @@ impl Default for BufferConfig {
 #[serde(deny_unknown_fields)]
 pub struct DecisionCacheConfig {
     /// Memory the remembered decisions may take, in bytes (each costs
-    /// `decision::CACHE_ENTRY_BYTES`, 136). The oldest are evicted first. Default 64MiB.
+    /// `decision::CACHE_ENTRY_BYTES`, 173). The oldest are evicted first. Default 64MiB.
     #[serde(default = "d_cache_bytes")]
     pub max_bytes: ByteSize,
     /// Optionally, also at most this many decisions. Default: no count limit.
