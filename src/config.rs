@@ -31,11 +31,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{}{}{source}", path.display(), if source.line > 0 { ":" } else { ": " })]
     Parse {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: crate::yaml::YamlError,
     },
     #[error("{path}: `{key}`: {message}")]
     Invalid {
@@ -537,16 +537,30 @@ impl std::str::FromStr for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as 512MiB, or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{n} is not a size (sizes are not negative)")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<ByteSize, E> {
+                Err(E::custom(format!(
+                    "{n} is not a size: a whole number of bytes, or a size such as 512MiB"
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -682,7 +696,7 @@ impl Config {
 
     /// Parses and checks config text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config: Config = crate::yaml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
@@ -817,6 +831,18 @@ impl Config {
                 "must be at least the smaller of decision_wait and root_grace".into(),
             ));
         }
+        if c.root_grace > c.max_trace_age {
+            return Err(invalid(
+                "completion.root_grace",
+                format!(
+                    "{} is longer than completion.max_trace_age ({}): every trace would be \
+                     decided by its age before its root's grace ran out; make it at most \
+                     max_trace_age",
+                    humantime_serde::re::humantime::format_duration(c.root_grace),
+                    humantime_serde::re::humantime::format_duration(c.max_trace_age)
+                ),
+            ));
+        }
         if c.max_spans_per_trace == 0 {
             return Err(invalid(
                 "completion.max_spans_per_trace",
@@ -930,6 +956,14 @@ impl Config {
             return Err(invalid(
                 "decision_cache.read_back_timeout",
                 "must be above 0".into(),
+            ));
+        }
+        if dc.ttl.is_zero() {
+            return Err(invalid(
+                "decision_cache.ttl",
+                "must be above 0 (0s would forget every decision at once, and late spans would \
+                 start new traces); the default is 5m"
+                    .into(),
             ));
         }
         if dc.max_entries == Some(0) {
@@ -1102,10 +1136,10 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_bad_values_naming_the_key() {
         let cases = [
-            (format!("{MINIMAL}bogus: 1\n"), "unknown field `bogus`"),
+            (format!("{MINIMAL}bogus: 1\n"), "5:1: `bogus`: unknown key `bogus`"),
             (
                 format!("{MINIMAL}completion:\n  decison_wait: 5s\n"),
-                "unknown field `decison_wait`",
+                "`completion.decison_wait`: unknown key `decison_wait`, did you mean `decision_wait`?",
             ),
             (
                 format!("{MINIMAL}completion:\n  decision_wait: soon\n"),
@@ -1133,7 +1167,7 @@ mod tests {
             ),
             (
                 format!("{MINIMAL}  input_encoding: json\n"),
-                "unknown variant `json`, expected `otlp_proto` or `otlp_json`",
+                "unknown value `json` (supported: otlp_proto, otlp_json)",
             ),
             (
                 format!("{MINIMAL}  input_encodings:\n    other: otlp_json\n"),
@@ -1191,7 +1225,7 @@ mod tests {
             ),
             (
                 format!("{MINIMAL}log:\n  format: xml\n"),
-                "unknown variant `xml`, expected `text` or `json`",
+                "unknown value `xml` (supported: text, json)",
             ),
         ];
         for (text, want) in cases {
@@ -1335,9 +1369,9 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("rules.marking"), "{err}");
         let err = parse(&format!("{MINIMAL}rules:\n  mode: dry\n")).unwrap_err();
-        assert!(err.contains("unknown variant `dry`"), "{err}");
+        assert!(err.contains("unknown value `dry`"), "{err}");
         let err = parse(&format!("{MINIMAL}rules:\n  marking:\n    rule_attr: x\n")).unwrap_err();
-        assert!(err.contains("unknown field `rule_attr`"), "{err}");
+        assert!(err.contains("unknown key `rule_attr`"), "{err}");
     }
 
     #[test]

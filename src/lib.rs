@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: `tailsift.yaml`, parsed and checked into runtime settings.
+//! - [`yaml`]: the one YAML parser and its limits (aliases, duplicate keys, documents), for
+//!   the configuration, rule files and case files.
 //! - [`secrets`]: `${env:..}`/`${file:..}` property values, and their redaction in logs.
 //! - [`otlp`]: the wire format: decode requests into per-trace span groups, read spans for the
 //!   rules, encode kept traces from the spans' original bytes.
@@ -56,3 +58,4 @@ pub mod sampler;
 pub mod secrets;
 pub mod sink;
 pub mod source;
+pub mod yaml;

@@ -20,7 +20,7 @@ const BASE: u64 = 1_700_000_000_000 * MS;
 type Producer = rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
 
 fn marking() -> MarkingConfig {
-    serde_yaml::from_str("{}").expect("default marking")
+    tailsift::yaml::from_str("{}").expect("default marking")
 }
 
 /// A root span named `name` lasting `ms`, with attributes.

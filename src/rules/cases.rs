@@ -26,7 +26,7 @@ use crate::offsets::OffsetHold;
 use crate::otlp::decode::Decoder;
 use crate::otlp::TraceId;
 
-/// A case file that cannot be used, with the reason (serde_yaml's include the line).
+/// A case file that cannot be used, with the reason (and its line, when it has one).
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
 pub struct CaseError {
@@ -109,10 +109,10 @@ pub struct CaseSpan {
     #[serde(default, with = "humantime_serde")]
     pub duration: Option<Duration>,
     #[serde(default)]
-    pub attributes: BTreeMap<String, serde_yaml::Value>,
+    pub attributes: BTreeMap<String, AttrValue>,
     /// Resource attributes besides `service.name`.
     #[serde(default)]
-    pub resource: BTreeMap<String, serde_yaml::Value>,
+    pub resource: BTreeMap<String, AttrValue>,
     #[serde(default)]
     pub scope: Option<CaseScope>,
     /// This many copies of the span (distinct ids), for large traces. Default 1.
@@ -128,33 +128,64 @@ pub struct CaseScope {
     #[serde(default)]
     pub version: String,
     #[serde(default)]
-    pub attributes: BTreeMap<String, serde_yaml::Value>,
+    pub attributes: BTreeMap<String, AttrValue>,
 }
 
-fn any_value(v: &serde_yaml::Value) -> Result<any_value::Value, String> {
-    use serde_yaml::Value as Y;
-    Ok(match v {
-        Y::String(s) => any_value::Value::StringValue(s.clone()),
-        Y::Bool(b) => any_value::Value::BoolValue(*b),
-        Y::Number(n) => match n.as_i64() {
-            Some(i) => any_value::Value::IntValue(i),
-            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
-        },
-        other => {
-            return Err(format!(
-                "attribute values are strings, numbers or booleans, got {other:?}"
-            ))
+/// An attribute value in a case file: a string, a number or a boolean.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+}
+
+impl<'de> Deserialize<'de> for AttrValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AttrValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AttrValue, E> {
+                Ok(AttrValue::Str(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<AttrValue, E> {
+                Ok(AttrValue::Bool(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<AttrValue, E> {
+                Ok(AttrValue::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<AttrValue, E> {
+                i64::try_from(v)
+                    .map(AttrValue::Int)
+                    .map_err(|_| E::custom(format!("{v} is too large for an int attribute")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<AttrValue, E> {
+                Ok(AttrValue::Double(v))
+            }
         }
-    })
+        d.deserialize_any(V)
+    }
 }
 
-fn attrs(m: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<KeyValue>, String> {
+fn any_value(v: &AttrValue) -> any_value::Value {
+    match v {
+        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
+        AttrValue::Int(i) => any_value::Value::IntValue(*i),
+        AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
+    }
+}
+
+fn attrs(m: &BTreeMap<String, AttrValue>) -> Result<Vec<KeyValue>, String> {
     m.iter()
         .map(|(k, v)| {
             Ok(KeyValue {
                 key: k.clone(),
                 value: Some(AnyValue {
-                    value: Some(any_value(v).map_err(|e| format!("`{k}`: {e}"))?),
+                    value: Some(any_value(v)),
                 }),
                 ..KeyValue::default()
             })
@@ -331,7 +362,7 @@ pub fn load(path: &Path) -> Result<Vec<Case>, CaseError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let file: CaseFile = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let file: CaseFile = crate::yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
     Ok(file.cases)
 }
 
@@ -426,13 +457,7 @@ fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String
         }
     }
     with_trace(case, base_dir, |t| {
-        // Each case on fresh state: a rate limit has its budget, throughput keys are new.
-        let fresh = set.clone();
-        let now = Instant::now();
-        for _ in 0..case.after {
-            fresh.verdict(t, now);
-        }
-        let v = fresh.verdict(t, now);
+        let v = explain::case_verdict(set, t, case.after);
         let rule = &set.rules()[v.rule];
         let ok = e.rule.as_deref().is_none_or(|r| r == &*rule.name)
             && e.outcome.is_none_or(|o| (o == Expected::Keep) == v.keep)
@@ -517,7 +542,7 @@ pub fn explain_file(set: &RuleSet, file: &Path, only: Option<&str>) -> Result<St
     for case in cases.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
         n += 1;
         let _ = writeln!(out, "case `{}`", case.name);
-        match with_trace(case, base, |t| explain::explain(set, t)) {
+        match with_trace(case, base, |t| explain::explain(set, t, case.after)) {
             Ok(text) => out.push_str(&text),
             Err(e) => {
                 let _ = writeln!(out, "  cannot build the trace: {e}");

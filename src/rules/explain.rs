@@ -6,7 +6,7 @@ use std::fmt::Write;
 use tokio::time::Instant;
 
 use super::condition::{Cond, SpanCond, SpanField, TraceField, Val};
-use super::{Outcome, Rule, RuleSet, TraceView};
+use super::{Outcome, Rule, RuleSet, TraceView, Verdict};
 use crate::otlp::view::{ContextView, SpanView};
 
 fn mark(held: bool) -> &'static str {
@@ -228,14 +228,30 @@ pub fn rule(r: &Rule, t: &TraceView<'_>, depth: usize, out: &mut String) -> bool
     }
 }
 
-/// Explains the whole rule set for a trace, rule by rule, up to the deciding rule. The set's
-/// stateful outcomes are evaluated on a fresh copy (a rate limit has its budget, throughput
-/// keys are new).
-pub fn explain(set: &RuleSet, t: &TraceView<'_>) -> String {
+/// The verdict a case gets: on a fresh copy of the set's state (a rate limit has its budget,
+/// throughput keys are new), after `after` copies of the trace were decided at the same
+/// instant. `rules test` and `rules explain` both decide through this, so they agree.
+pub fn case_verdict(set: &RuleSet, t: &TraceView<'_>, after: u32) -> Verdict {
     let fresh = set.clone();
-    let verdict = fresh.verdict(t, Instant::now());
+    let now = Instant::now();
+    for _ in 0..after {
+        fresh.verdict(t, now);
+    }
+    fresh.verdict(t, now)
+}
+
+/// Explains the whole rule set for a trace, rule by rule, up to the deciding rule, as
+/// [`case_verdict`] decides it (`after` copies first).
+pub fn explain(set: &RuleSet, t: &TraceView<'_>, after: u32) -> String {
+    let verdict = case_verdict(set, t, after);
     let mut out = summary(t);
     out.push('\n');
+    if after > 0 {
+        let _ = writeln!(
+            out,
+            "(decided after {after} copies of this trace at the same instant: `after: {after}`)"
+        );
+    }
     for (i, r) in set.rules().iter().enumerate() {
         let _ = writeln!(
             out,

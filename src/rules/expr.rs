@@ -180,25 +180,37 @@ pub(crate) fn parse_duration(s: &str) -> Option<u64> {
     Some((n * scale) as u64)
 }
 
-fn parse_raw(s: &str) -> Raw {
+fn quoted(s: &str) -> Option<&str> {
+    ['"', '\'']
+        .into_iter()
+        .find_map(|q| s.strip_prefix(q).and_then(|r| r.strip_suffix(q)))
+}
+
+fn parse_raw(s: &str) -> Result<Raw, String> {
     let s = s.trim();
-    for q in ['"', '\''] {
-        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
-            return Raw::Str(inner.to_string());
-        }
+    if let Some(inner) = quoted(s) {
+        return Ok(Raw::Str(inner.to_string()));
     }
     match s {
-        "true" => return Raw::Bool(true),
-        "false" => return Raw::Bool(false),
+        "true" => return Ok(Raw::Bool(true)),
+        "false" => return Ok(Raw::Bool(false)),
         _ => {}
     }
-    if let Ok(n) = s.parse::<f64>() {
-        return Raw::Num(n, s.to_string());
+    // Rust reads `nan`, `inf` and `1e400` (infinity) as numbers: no attribute equals them and
+    // no comparison with them means anything, so they are refused rather than half-accepted.
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() => return Ok(Raw::Num(n, s.to_string())),
+        Ok(_) => {
+            return Err(format!(
+                "`{s}` is not a finite number; quote it ('{s}') to compare with that text"
+            ))
+        }
+        Err(_) => {}
     }
     if let Some(d) = parse_duration(s) {
-        return Raw::Dur(d);
+        return Ok(Raw::Dur(d));
     }
-    Raw::Str(s.to_string())
+    Ok(Raw::Str(s.to_string()))
 }
 
 fn parse_list(s: &str) -> Result<Vec<Raw>, String> {
@@ -220,12 +232,12 @@ fn parse_list(s: &str) -> Result<Vec<Raw>, String> {
                 quote = None;
                 cur.push(c);
             }
-            (None, ',') => items.push(parse_raw(&std::mem::take(&mut cur))),
+            (None, ',') => items.push(parse_raw(&std::mem::take(&mut cur))?),
             _ => cur.push(c),
         }
     }
     if !cur.trim().is_empty() {
-        items.push(parse_raw(&cur));
+        items.push(parse_raw(&cur)?);
     }
     Ok(items)
 }
@@ -295,7 +307,7 @@ fn number(ty: Ty, raw: Raw, op: &str) -> Result<f64, String> {
 
 fn op(ty: Ty, name: &str, value: Option<&str>) -> Result<Op, String> {
     let need = || value.ok_or_else(|| format!("`{name}` needs a value"));
-    let one = || need().map(parse_raw);
+    let one = || need().and_then(parse_raw);
     Ok(match name {
         "=" => Op::Eq(literal(ty, one()?)?),
         "!=" => Op::Ne(literal(ty, one()?)?),
@@ -317,6 +329,12 @@ fn op(ty: Ty, name: &str, value: Option<&str>) -> Result<Op, String> {
                 .into_iter()
                 .map(|r| literal(ty, r))
                 .collect::<Result<Vec<_>, _>>()?;
+            if items.is_empty() {
+                return Err(format!(
+                    "`{name} []` is an empty list: `in []` holds for no trace and `not-in []` \
+                     for every one; list at least one value"
+                ));
+            }
             if name == "in" {
                 Op::In(items)
             } else {
@@ -357,6 +375,14 @@ fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
     })?;
     let value = parts.next().map(str::trim).filter(|v| !v.is_empty());
     let (f, ty) = field(name)?;
+    // A condition compares a field with a literal; an unquoted field name on the right would
+    // silently be compared as text.
+    if let Some(v) = value.filter(|v| quoted(v).is_none() && field(v).is_ok()) {
+        return Err(format!(
+            "`{expr}`: `{v}` is a field name, but a condition compares a field with a value, \
+             not with another field; quote it ('{v}') to compare with that text"
+        ));
+    }
     let op = op(ty, op_name, value).map_err(|e| format!("`{expr}`: {e}"))?;
     let label: Arc<str> = expr.trim().into();
     Ok(match (f, scope) {
@@ -397,8 +423,17 @@ fn span_cond(v: &Node, errs: &mut Vec<Located>) -> Option<SpanCond> {
     }
 }
 
+/// Why an empty list of conditions is refused.
+pub(crate) const EMPTY_LIST: &str = "an empty list of conditions: `[]` and `all: []` would hold \
+    for every trace and `any: []` for none; write at least one condition (a rule that should \
+    match every trace is the default rule: leave out `conditions`)";
+
 fn list(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Vec<Parsed>> {
     match &v.kind {
+        Kind::Seq(items) if items.is_empty() => {
+            errs.push((v.line, EMPTY_LIST.into()));
+            None
+        }
         Kind::Seq(items) => {
             let parsed: Vec<_> = items.iter().map(|i| cond(i, scope, errs)).collect();
             parsed.into_iter().collect()
@@ -442,7 +477,7 @@ fn combine(items: Vec<Parsed>, scope: Scope, any: bool) -> Parsed {
 fn cond(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Parsed> {
     let line = v.line;
     match &v.kind {
-        Kind::Scalar { .. } if v.is_null() => {
+        Kind::Null => {
             errs.push((line, "expected a condition, got nothing".into()));
             None
         }

@@ -56,6 +56,12 @@ impl Errors<'_> {
 }
 
 fn positive(v: &Node, what: &str) -> Result<f64, String> {
+    if v.is_non_finite() {
+        return Err(format!(
+            "{} is not a finite number: expected {what} greater than 0",
+            v.describe()
+        ));
+    }
     v.as_f64()
         .filter(|n| *n > 0.0)
         .ok_or_else(|| format!("expected {what} greater than 0, got {}", v.describe()))
@@ -84,6 +90,15 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         );
         return None;
     };
+    let mut dups = Vec::new();
+    yaml::duplicate_keys(v, true, &mut dups);
+    for (line, key, first) in dups {
+        err.push(
+            line,
+            key.trim_matches('`'),
+            format!("{key} is given twice (first on line {first}): each key may appear once"),
+        );
+    }
     let outcome_name = v.get("outcome").and_then(Node::as_str);
     for (k, _) in m {
         let key = k.as_str().unwrap_or("?");
@@ -127,7 +142,15 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         .map(str::to_string);
     let condition = match v.get("conditions") {
         None => None,
-        Some(c) if c.is_null() => None,
+        Some(c) if c.is_null() => {
+            err.push(
+                c.line,
+                "conditions",
+                "`conditions:` is empty; to make this the default rule (it matches every \
+                 trace) leave `conditions` out, otherwise list at least one condition",
+            );
+            None
+        }
         Some(c) => {
             let mut errs = Vec::new();
             let parsed = expr::trace_cond(c, &mut errs);
@@ -328,6 +351,15 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
             errors.push(top_err(k.line, key, unknown("key", key, &["rules"])));
         }
     }
+    let mut dups = Vec::new();
+    yaml::duplicate_keys(&doc, false, &mut dups);
+    for (line, key, first) in dups {
+        errors.push(top_err(
+            line,
+            key.trim_matches('`'),
+            format!("{key} is given twice (first on line {first}): a file has one `rules:` list"),
+        ));
+    }
     let items = match doc.get("rules").map(|r| (r, &r.kind)) {
         Some((_, Kind::Seq(items))) => items,
         Some((r, _)) => {
@@ -359,48 +391,101 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
     }
 }
 
-/// The rule files of `dir`: `*.yaml`/`*.yml`, in lexical order. Hidden files (such as the
-/// `..data` entries of a Kubernetes ConfigMap volume) are skipped; symlinks are followed.
-pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Whether a file name is a rule file's: `*.yaml` or `*.yml`, in any case.
+fn is_rule_file(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// The visible files of `dir`, sorted. Hidden files (such as the `..data` entries of a
+/// Kubernetes ConfigMap volume) are skipped; symlinks are followed.
+fn visible_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     Ok(files)
 }
 
-/// The files of a rules directory, read: (path, text).
-pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<RuleError>> {
-    let io_err = |file: &Path, e: std::io::Error| {
-        vec![RuleError {
-            file: file.display().to_string(),
-            line: 0,
-            rule: "-".into(),
-            field: "-".into(),
-            message: e.to_string(),
-        }]
-    };
-    let files = rule_files(dir).map_err(|e| io_err(dir, e))?;
-    files
+/// The rule files of `dir`: `*.yaml`/`*.yml` (any case), in lexical order.
+pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(visible_files(dir)?
         .into_iter()
-        .map(|p| match std::fs::read_to_string(&p) {
-            Ok(t) => Ok((p, t)),
-            Err(e) => Err(io_err(&p, e)),
-        })
+        .filter(|p| is_rule_file(p))
+        .collect())
+}
+
+/// The visible files of `dir` that are not rule files (and so are not read), for warnings.
+pub fn skipped_files(dir: &Path) -> Vec<PathBuf> {
+    visible_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !is_rule_file(p))
         .collect()
 }
 
-/// Compiles the read files of a directory and checks the whole set.
-pub fn parse_files(dir: &Path, files: &[(PathBuf, String)]) -> Result<Vec<Rule>, Vec<RuleError>> {
+/// A rule file as read: its bytes, or why it could not be read.
+pub type ReadFile = (PathBuf, Result<Vec<u8>, String>);
+
+/// Reads the rule files of a directory. Only a directory that cannot be listed is an error
+/// here; a file that cannot be read is reported with the others' errors by [`parse_files`].
+pub fn read_dir(dir: &Path) -> Result<Vec<ReadFile>, Vec<RuleError>> {
+    let files = rule_files(dir).map_err(|e| {
+        vec![RuleError {
+            file: dir.display().to_string(),
+            line: 0,
+            rule: "-".into(),
+            field: "rules.dir".into(),
+            message: format!("cannot read the rules directory: {e}"),
+        }]
+    })?;
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).map_err(|e| format!("cannot read the file: {e}"));
+            (p, bytes)
+        })
+        .collect())
+}
+
+/// A file's text, or an error naming the line of its first byte that is not UTF-8.
+fn text_of(file: &str, bytes: &Result<Vec<u8>, String>) -> Result<String, RuleError> {
+    let err = |line: usize, message: String| RuleError {
+        file: file.to_string(),
+        line,
+        rule: "-".into(),
+        field: "-".into(),
+        message,
+    };
+    let bytes = bytes.as_ref().map_err(|e| err(0, e.clone()))?;
+    String::from_utf8(bytes.clone()).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        err(
+            line,
+            format!(
+                "not UTF-8 (byte 0x{:02x} at offset {at}): rule files are UTF-8 text",
+                bytes[at]
+            ),
+        )
+    })
+}
+
+/// Compiles the read files of a directory and checks the whole set. Every file is checked,
+/// whatever the others' errors.
+pub fn parse_files(dir: &Path, files: &[ReadFile]) -> Result<Vec<Rule>, Vec<RuleError>> {
     let mut rules = Vec::new();
     let mut errors = Vec::new();
-    for (path, text) in files {
-        match parse_file(&path.display().to_string(), text) {
-            Ok(r) => rules.extend(r),
-            Err(e) => errors.extend(e),
+    for (path, bytes) in files {
+        let name = path.display().to_string();
+        match text_of(&name, bytes).map(|text| parse_file(&name, &text)) {
+            Ok(Ok(r)) => rules.extend(r),
+            Ok(Err(e)) => errors.extend(e),
+            Err(e) => errors.push(e),
         }
     }
     // With rules left out for their errors, only the name check still says something true
@@ -423,18 +508,22 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<RuleError>> {
     parse_files(dir, &read_dir(dir)?)
 }
 
-/// A short hash of a rules directory's content (file names and texts): the rules' version.
-pub fn version(files: &[(PathBuf, String)]) -> String {
+/// A short hash of a rules directory's content (file names and bytes): the rules' version.
+pub fn version(files: &[ReadFile]) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (p, t) in files {
+    for (p, bytes) in files {
         let name = p
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
+        let bytes = match bytes {
+            Ok(b) => b.as_slice(),
+            Err(e) => e.as_bytes(),
+        };
         h.update(&(name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
-        h.update(&(t.len() as u64).to_le_bytes());
-        h.update(t.as_bytes());
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
     }
     format!("{:012x}", h.digest() >> 16)
 }
@@ -455,13 +544,29 @@ pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
         }
     }
     match rules.last() {
-        None => errors.push(RuleError {
-            file: dir.display().to_string(),
-            line: 0,
-            rule: "-".into(),
-            field: "-".into(),
-            message: "no rules found: add at least a default rule (one without conditions)".into(),
-        }),
+        None => {
+            let skipped: Vec<String> = skipped_files(dir)
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            errors.push(RuleError {
+                file: dir.display().to_string(),
+                line: 0,
+                rule: "-".into(),
+                field: "-".into(),
+                message: format!(
+                    "no rules found: add at least a default rule (one without conditions){}",
+                    if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; only files named *.yaml or *.yml are read, not {}",
+                            skipped.join(", ")
+                        )
+                    }
+                ),
+            })
+        }
         Some(last) if last.condition.is_some() => errors.push(RuleError {
             file: last.file.clone(),
             line: last.line,

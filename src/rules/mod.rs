@@ -33,7 +33,10 @@ use tokio::time::Instant;
 
 pub use condition::{Cond, KeyField, SpanCond};
 pub use dynamic::{RateLimiter, Throughput};
-pub use file::{check_set, load_dir, parse_file, read_dir, rule_files, version};
+pub(crate) use expr::did_you_mean;
+pub use file::{
+    check_set, load_dir, parse_file, read_dir, rule_files, skipped_files, version, ReadFile,
+};
 
 use crate::buffer::TraceEntry;
 use crate::decision::Decision;

@@ -256,6 +256,79 @@ fn load_errors_name_file_line_rule_field_and_what_is_accepted() {
             "unknown condition group `every`",
             3,
         ),
+        // Conditions that would silently match everything (or nothing).
+        (
+            "  - name: a\n    conditions:\n    outcome: keep\n",
+            "conditions: `conditions:` is empty; to make this the default rule",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: ~\n    outcome: keep\n",
+            "`conditions:` is empty",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: []\n    outcome: keep\n",
+            "an empty list of conditions",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: {any: []}\n    outcome: keep\n",
+            "an empty list of conditions: `[]` and `all: []` would hold for every trace and `any: []` for none",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions:\n      - span:\n          all: []\n    outcome: keep\n",
+            "an empty list of conditions",
+            5,
+        ),
+        (
+            "  - name: a\n    conditions: span.attr.region in []\n    outcome: keep\n",
+            "`in []` is an empty list",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: span.attr.region not-in [ ]\n    outcome: keep\n",
+            "`not-in []` is an empty list",
+            3,
+        ),
+        // Repeated keys: YAML would keep one of them without a word.
+        (
+            "  - name: a\n    outcome: keep\n    outcome: drop\n",
+            "outcome: `outcome` is given twice (first on line 3)",
+            4,
+        ),
+        (
+            "  - name: a\n    conditions:\n      span: [span.kind = server]\n      span: [span.kind = client]\n    outcome: keep\n",
+            "`span` is given twice (first on line 4)",
+            5,
+        ),
+        // Numbers that are not numbers, and a field where a value belongs.
+        (
+            "  - name: a\n    conditions: span.attr.ratio = nan\n    outcome: keep\n",
+            "`nan` is not a finite number; quote it ('nan')",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: trace.span_count > 1e400\n    outcome: keep\n",
+            "`1e400` is not a finite number",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: span.attr.ratio in [1, inf]\n    outcome: keep\n",
+            "`inf` is not a finite number",
+            3,
+        ),
+        (
+            "  - name: a\n    outcome: rate_limit\n    traces_per_second: .nan\n",
+            "is not a finite number",
+            4,
+        ),
+        (
+            "  - name: a\n    conditions: span.attr.a = span.attr.b\n    outcome: keep\n",
+            "`span.attr.b` is a field name, but a condition compares a field with a value, not with another field; quote it ('span.attr.b')",
+            3,
+        ),
     ];
     for (body, want, line) in cases {
         let text = format!("rules:\n{body}");
@@ -291,6 +364,100 @@ fn every_error_of_a_file_is_reported() {
     assert_eq!(errs[2].rule, "`b`");
     assert_eq!(errs[2].field, "limit");
     assert_eq!(errs[3].field, "outcome");
+}
+
+#[test]
+fn a_repeated_rules_list_and_a_second_document_are_refused_not_ignored() {
+    let twice = "rules:\n  - name: a\n    outcome: keep\nrules:\n  - name: b\n    outcome: drop\n";
+    let errs = parse_file("f.yaml", twice).unwrap_err();
+    assert_eq!(
+        (errs[0].line, errs[0].field.as_str()),
+        (4, "rules"),
+        "{errs:?}"
+    );
+    assert!(errs[0].message.contains("given twice"), "{errs:?}");
+    let two_docs =
+        "rules:\n  - name: a\n    outcome: keep\n---\nrules:\n  - name: b\n    outcome: drop\n";
+    let errs = parse_file("f.yaml", two_docs).unwrap_err();
+    assert_eq!(errs[0].line, 4, "{errs:?}");
+    assert!(
+        errs[0].message.contains("a second YAML document"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn an_alias_bomb_is_refused_in_milliseconds_and_small_aliases_still_work() {
+    let started = std::time::Instant::now();
+    let errs = parse_file("bomb.yaml", &crate::yaml::tests::alias_bomb()).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(errs[0].message.contains("aliases"), "{errs:?}");
+    assert!(errs[0].line > 1, "{errs:?}");
+    let shared = "rules:\n  - name: a\n    conditions: &errs [trace.error = true]\n    outcome: keep\n  - name: b\n    conditions: {not: *errs}\n    outcome: drop\n";
+    assert_eq!(parse_file("f.yaml", shared).expect("aliases").len(), 2);
+}
+
+#[test]
+fn a_bom_upper_case_extensions_and_other_files_of_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-a.YAML"),
+        "\u{feff}rules:\n  - name: a\n    conditions: trace.error = true\n    outcome: keep\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("90-default.Yml"),
+        "rules:\n  - name: rest\n    outcome: drop\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("README.txt"), "not rules").unwrap();
+    let rules = load_dir(dir.path()).expect("both files read, the BOM skipped");
+    let names: Vec<&str> = rules.iter().map(|r| &*r.name).collect();
+    assert_eq!(names, ["a", "rest"]);
+    let skipped = crate::rules::skipped_files(dir.path());
+    assert_eq!(skipped, [dir.path().join("README.txt")]);
+
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("rules.json"), "{}").unwrap();
+    let errs = load_dir(empty.path()).unwrap_err();
+    assert!(
+        errs[0]
+            .message
+            .contains("only files named *.yaml or *.yml are read, not rules.json"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_utf8_does_not_hide_the_other_files_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-latin1.yaml"),
+        b"rules:\n  - name: caf\xe9\n    outcome: keep\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("20-b.yaml"),
+        "rules:\n  - name: b\n    outcome: kep\n",
+    )
+    .unwrap();
+    let errs = load_dir(dir.path()).unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].file.ends_with("10-latin1.yaml"), "{errs:?}");
+    assert_eq!(errs[0].line, 2);
+    assert!(errs[0].message.contains("not UTF-8 (byte 0xe9"), "{errs:?}");
+    assert!(errs[1].file.ends_with("20-b.yaml"), "{errs:?}");
+    assert!(errs[1].message.contains("did you mean `keep`"), "{errs:?}");
+}
+
+#[test]
+fn a_missing_rules_directory_is_named() {
+    let errs = load_dir(std::path::Path::new("/nonexistent/rules")).unwrap_err();
+    let msg = RulesError(errs).to_string();
+    assert!(
+        msg.starts_with("/nonexistent/rules: rule -: rules.dir: cannot read the rules directory"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -519,10 +686,38 @@ fn shadow_mode_decides_as_enforce_would_but_forwards_everything() {
 }
 
 #[test]
+fn explain_and_test_agree_on_a_spent_rate_limit() {
+    let rules = set(
+        "rules:\n  - name: limited\n    conditions: trace.error = true\n    outcome: rate_limit\n    traces_per_second: 2\n  - name: rest\n    outcome: drop\n",
+        RuleOptions::default(),
+    );
+    for (after, decider) in [(0, "limited"), (1, "limited"), (2, "rest"), (5, "rest")] {
+        with_trace(checkout(trace_id(7), 100, true, "free"), |v| {
+            let verdict = explain::case_verdict(&rules, v, after);
+            assert_eq!(&*rules.rules()[verdict.rule].name, decider, "after {after}");
+            let text = explain::explain(&rules, v, after);
+            let over = text.contains("=> conditions held, but over the rate limit: next rule");
+            assert_eq!(over, decider == "rest", "after {after}: {text}");
+            let last_rule = text
+                .lines()
+                .rfind(|l| l.starts_with("rule `"))
+                .expect("a rule");
+            assert!(
+                last_rule.starts_with(&format!("rule `{decider}`")),
+                "after {after}: {text}"
+            );
+            if after > 0 {
+                assert!(text.contains(&format!("`after: {after}`")), "{text}");
+            }
+        });
+    }
+}
+
+#[test]
 fn explain_shows_each_rule_and_which_conditions_held() {
     let rules = RuleSet::load(std::path::Path::new("rules"), None).unwrap();
     let text = with_trace(checkout(trace_id(3), 2500, false, "free"), |v| {
-        explain::explain(&rules, v)
+        explain::explain(&rules, v, 0)
     });
     assert!(text.contains("rule `errors`"), "{text}");
     assert!(text.contains("✗ trace.error = true   (is false)"), "{text}");
