@@ -33,6 +33,8 @@
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric's name and description.
+//! - [`logs`]: log output (text or JSON, colour only on a terminal), librdkafka's repeats
+//!   rate-limited.
 //! - [`demo`]: the embedded default: in-process Kafka, trace generator, live summary.
 
 pub mod broken;
@@ -46,6 +48,7 @@ pub mod heads;
 pub mod http;
 pub mod journal;
 pub mod lag;
+pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod offsets;

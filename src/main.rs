@@ -48,9 +48,10 @@ enum Command {
         /// Traces generated per second.
         #[arg(long, default_value_t = 2000)]
         rate: u32,
-        /// Rules directory (the embedded example rules if it does not exist).
-        #[arg(long, default_value = "rules")]
-        rules: PathBuf,
+        /// Rules directory. Default: `rules` if it exists here, else the example rules
+        /// compiled into the binary. A directory given here must exist.
+        #[arg(long)]
+        rules: Option<PathBuf>,
         /// Where /metrics, /healthz and /readyz are served.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -69,7 +70,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a configuration file as `run` would load it (environment overrides included),
+    /// Validate a configuration file as `run` would load it (environment overrides included)
+    /// and the rules directory it names,
     /// without connecting to Kafka; exits non-zero with the error.
     Check { file: PathBuf },
 }
@@ -111,29 +113,54 @@ fn load_rules(dir: &std::path::Path, salt: Option<&str>) -> Result<RuleSet, Exit
     })
 }
 
+/// Writes `text` to stdout. A reader that went away (`tailsift ... | head -1`) ends the
+/// output quietly: that is how a pipe says "enough", not an error worth a panic.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Notes the files of a rules directory that are not read (not `*.yaml` / `*.yml`).
+fn note_skipped(dir: &std::path::Path) {
+    for f in tailsift::rules::skipped_files(dir) {
+        eprintln!(
+            "note: {} is not read: rule files are named *.yaml or *.yml",
+            f.display()
+        );
+    }
+}
+
 fn rules_command(command: RulesCommand) -> ExitCode {
     match command {
-        RulesCommand::Check { dir } => match load_rules(&dir, None) {
-            Ok(rules) => {
-                println!(
-                    "{}: {} rules OK (version {})",
+        RulesCommand::Check { dir } => {
+            note_skipped(&dir);
+            match load_rules(&dir, None) {
+                Ok(rules) => print_out(&format!(
+                    "{}: {} rules OK (version {})\n",
                     dir.display(),
                     rules.rules().len(),
                     rules.version()
-                );
-                ExitCode::SUCCESS
+                )),
+                Err(code) => code,
             }
-            Err(code) => code,
-        },
+        }
         RulesCommand::Test { dir, cases, salt } => {
             let rules = match load_rules(&dir, salt.as_deref()) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
             let report = tailsift::rules::cases::run(&rules, &cases);
-            print!("{}", report.text);
+            let printed = print_out(&report.text);
             if report.failed == 0 && report.passed > 0 {
-                ExitCode::SUCCESS
+                printed
             } else {
                 ExitCode::FAILURE
             }
@@ -149,10 +176,7 @@ fn rules_command(command: RulesCommand) -> ExitCode {
                 Err(code) => return code,
             };
             match tailsift::rules::cases::explain_file(&rules, &trace, case.as_deref()) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => print_out(&text),
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::FAILURE
@@ -162,16 +186,34 @@ fn rules_command(command: RulesCommand) -> ExitCode {
     }
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// `tailsift config check`: the file as `run` loads it, and the rules directory it names.
+fn config_check(file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = &config.rules.dir;
+    note_skipped(dir);
+    match RuleSet::load_with(dir, &config.rule_options()) {
+        Ok(rules) => print_out(&format!(
+            "{}: OK ({} rules from {}, version {})\n",
+            file.display(),
+            rules.rules().len(),
+            dir.display(),
+            rules.version()
+        )),
+        Err(e) => {
+            eprintln!(
+                "{}: `rules.dir` ({}): the rules do not load:\n{e}",
+                file.display(),
+                dir.display()
+            );
+            eprintln!("{} error(s)", e.0.len());
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -194,21 +236,12 @@ fn main() -> ExitCode {
             Some(tailsift::config::LogFormat::Json) => LogFormat::Json,
             _ => LogFormat::Text,
         });
-    init_logs(format);
+    tailsift::logs::init(matches!(format, LogFormat::Json));
     match cli.command {
         Command::Rules { command } => rules_command(command),
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: OK", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => config_check(&file),
         command => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -126,7 +126,7 @@ fn type_words(ty: &str) -> Cow<'static, str> {
         "string" => "a string".into(),
         "sequence" => "a list".into(),
         "map" | "mapping" => "a map".into(),
-        other => Cow::Owned(other.to_string()),
+        _ => Cow::Owned(ty.to_string()),
     }
 }
 

@@ -163,3 +163,153 @@ fn explain_walks_the_rules_up_to_the_deciding_one() {
     assert!(!out.status.success());
     assert!(text(&out).contains("no case named `nope`"));
 }
+
+/// Nine levels of nine aliases each: 9^9 nodes once expanded, from 500 bytes.
+fn alias_bomb() -> String {
+    let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        s.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    s
+}
+
+#[test]
+fn an_alias_bomb_under_a_memory_limit_is_refused_at_once_with_its_line() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("bomb.yaml"), alias_bomb()).expect("write");
+    std::fs::write(
+        dir.path().join("rest.yaml"),
+        "rules:\n  - name: rest\n    outcome: drop\n",
+    )
+    .expect("write");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailsift"));
+    cmd.args(["rules", "check", &dir.path().display().to_string()])
+        .env("RUST_LOG", "off");
+    // SAFETY: setrlimit is async-signal-safe; it only limits the child about to exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 512 << 20,
+                rlim_max: 512 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = std::time::Instant::now();
+    let out = cmd.output().expect("run tailsift");
+    let took = started.elapsed();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "an error, not an abort: {t}");
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "took {took:?}: {t}"
+    );
+    let bomb = dir.path().join("bomb.yaml").display().to_string();
+    assert!(t.contains(&format!("{bomb}:")), "{t}");
+    assert!(t.contains("aliases (`*name`) expand to more than"), "{t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("memory allocation"),
+        "{t}"
+    );
+}
+
+#[test]
+fn check_notes_files_it_does_not_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("10-a.YAML"),
+        "rules:\n  - name: a\n    outcome: keep\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("20-b.json"), "{}").expect("write");
+    let out = tailsift(&["rules", "check", &dir.path().display().to_string()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("1 rules OK"), "{t}");
+    assert!(
+        t.contains("20-b.json is not read: rule files are named *.yaml or *.yml"),
+        "{t}"
+    );
+}
+
+/// Runs tailsift with its stdout a pipe whose reader has already gone (`... | head -1`).
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run tailsift")
+}
+
+#[test]
+fn a_closed_pipe_ends_explain_and_the_demo_without_a_panic() {
+    let out = with_closed_stdout(&["rules", "explain", "rules", "rules/cases/30-latency.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+
+    let out = with_closed_stdout(&[
+        "demo",
+        "--duration",
+        "30",
+        "--rate",
+        "50",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn the_demo_refuses_a_rules_directory_that_does_not_exist() {
+    let out = tailsift(&[
+        "demo",
+        "--rules",
+        "/nonexistent/rules",
+        "--duration",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("invalid rules in /nonexistent/rules")
+            && t.contains("cannot read the rules directory"),
+        "{t}"
+    );
+}
+
+#[test]
+fn explain_honours_after_as_test_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        "cases:\n  - name: the third explosion in a second\n    after: 2\n    expect: { rule: span-explosion-drop }\n    spans:\n      - { name: batch, count: 2100 }\n",
+    )
+    .expect("write");
+    let out = tailsift(&["rules", "test", "rules", &cases.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = tailsift(&["rules", "explain", "rules", &cases.display().to_string()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("rule `span-explosion-sample`")
+            && t.contains("=> conditions held, but over the rate limit: next rule"),
+        "{t}"
+    );
+    assert!(t.contains("rule `span-explosion-drop`"), "{t}");
+    assert!(t.contains("=> matched: DROP"), "{t}");
+}

@@ -69,8 +69,9 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     /// Traces generated per second.
     pub rate: u32,
-    /// Rules directory; the embedded rules when it does not exist.
-    pub rules: PathBuf,
+    /// Rules directory, which must exist; `None`: `rules` when it is a directory here, else
+    /// the embedded rules.
+    pub rules: Option<PathBuf>,
     /// Where `/metrics` is served.
     pub listen: std::net::SocketAddr,
 }
@@ -100,14 +101,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .context("cannot create the output topic")?;
     let brokers = cluster.bootstrap_servers();
 
-    let (rules, source) = if opts.rules.is_dir() {
-        let r = RuleSet::load(&opts.rules, None)
-            .with_context(|| format!("invalid rules in {}", opts.rules.display()))?;
-        (r, opts.rules.display().to_string())
-    } else {
-        (embedded_rules()?, "embedded example rules".to_string())
+    // Only the default directory falls back to the embedded rules: a directory given by name
+    // that does not exist is a mistake to report, not to paper over.
+    let dir = match opts.rules {
+        Some(d) => Some(d),
+        None => Some(PathBuf::from("rules")).filter(|d| d.is_dir()),
     };
-    let mut config = Config::for_brokers(&brokers, INPUT, OUTPUT, &opts.rules);
+    let (rules, source) = match &dir {
+        Some(dir) => {
+            let r = RuleSet::load(dir, None)
+                .with_context(|| format!("invalid rules in {}", dir.display()))?;
+            (r, dir.display().to_string())
+        }
+        None => (embedded_rules()?, "embedded example rules".to_string()),
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from("rules"));
+    let mut config = Config::for_brokers(&brokers, INPUT, OUTPUT, &dir);
     config.completion.decision_wait = Duration::from_secs(3);
     config.completion.root_grace = Duration::from_secs(1);
     config.http.listen = opts.listen;
@@ -121,11 +130,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .context("cannot create the decision log topic")?;
     }
     let running = crate::pipeline::start_with_rules(&config, rules).await?;
-    println!(
+    let mut reading = say(&format!(
         "tailsift demo: in-process Kafka at {brokers}, {} traces/s generated, rules from {source}\n\
          metrics: http://{}/metrics  (joining the consumer group takes ~3 s)",
         opts.rate, running.http_addr
-    );
+    ));
 
     // The mock cluster keeps only the last few MiB per partition: generate once the sampler
     // has joined the group (its first join waits ~3 s), or the backlog would be evicted.
@@ -165,13 +174,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mut last_spans = 0;
     let ctrl_c = crate::pipeline::signal();
     tokio::pin!(ctrl_c);
-    loop {
+    // Until the reader of the output goes away (`tailsift demo | head -1`): then the demo
+    // stops as after its duration.
+    while reading {
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = tick.tick() => {}
         }
         let spans = running.sampler.stats.spans_in.load(Ordering::Relaxed);
-        println!("{}", summary(&running.sampler, &out, spans - last_spans));
+        reading = say(&summary(&running.sampler, &out, spans - last_spans));
         last_spans = spans;
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
@@ -185,7 +196,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let _ = reader.join();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let spans = sampler.stats.spans_in.load(Ordering::Relaxed);
-    println!(
+    say(&format!(
         "final: {} traces generated, {spans} spans read ({:.0} spans/s), {} traces kept, {} dropped, \
          {} undecided at exit (left uncommitted), {} messages / {} spans on {OUTPUT}",
         generated.load(Ordering::Relaxed),
@@ -195,14 +206,24 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         undecided,
         out.messages.load(Ordering::Relaxed),
         out.spans.load(Ordering::Relaxed),
-    );
+    ));
     for (rule, kept, dropped) in sampler.stats.by_rule() {
-        println!("  rule {rule:<24} kept {kept:>8}  dropped {dropped:>8}");
+        say(&format!(
+            "  rule {rule:<24} kept {kept:>8}  dropped {dropped:>8}"
+        ));
     }
     // The sampler's producer goes before the in-process broker does.
     drop(sampler);
     drop(cluster);
     Ok(())
+}
+
+/// Prints a line; false once stdout's reader has gone away (a closed pipe), which is not a
+/// reason to panic.
+fn say(line: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
 }
 
 fn summary(s: &crate::sampler::Sampler, out: &OutputCount, spans_per_s: u64) -> String {
