@@ -156,6 +156,34 @@ impl KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// The Kafka settings on one line, secrets redacted, for the start line of the log:
+    /// `brokers=a:9092 group=g commit_interval=1s properties={security.protocol=SSL, ...}`.
+    pub fn settings_line(&self) -> String {
+        let mut line = format!(
+            "brokers={} group={}{} commit_interval={} max_message_bytes={}",
+            self.brokers,
+            self.group_id,
+            self.group_instance_id
+                .as_ref()
+                .map(|i| format!(" group_instance_id={i}"))
+                .unwrap_or_default(),
+            humantime_serde::re::humantime::format_duration(self.commit_interval),
+            self.max_message_bytes
+        );
+        if let Some(d) = &self.dead_letter_topic {
+            line.push_str(&format!(" dead_letter_topic={d}"));
+        }
+        for (name, map) in self.redacted_properties() {
+            if !map.is_empty() {
+                let kv: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                line.push_str(&format!(" {name}={{{}}}", kv.join(", ")));
+            }
+        }
+        line
+    }
+}
+
 /// Prints property maps redacted: a config can be logged whole without leaking secrets.
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1372,6 +1400,21 @@ mod tests {
         assert!(err.contains("unknown value `dry`"), "{err}");
         let err = parse(&format!("{MINIMAL}rules:\n  marking:\n    rule_attr: x\n")).unwrap_err();
         assert!(err.contains("unknown key `rule_attr`"), "{err}");
+    }
+
+    #[test]
+    fn the_kafka_settings_line_is_readable_and_redacted() {
+        let mut c = parse(&format!(
+            "{MINIMAL}  properties:\n    security.protocol: SASL_SSL\n    sasl.password: hunter2\n"
+        ))
+        .unwrap();
+        c.kafka.resolved_secrets.insert("sasl.password".into());
+        let line = c.kafka.settings_line();
+        assert_eq!(
+            line,
+            "brokers=b:9092 group=tailsift commit_interval=1s max_message_bytes=1000000 \
+             properties={sasl.password=<redacted>, security.protocol=SASL_SSL}"
+        );
     }
 
     #[test]

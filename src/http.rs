@@ -51,6 +51,13 @@ pub fn readiness(h: &Health, stall_timeout: Duration) -> Result<String, String> 
     }
     let assigned = h.assigned.load(Ordering::Relaxed);
     if assigned == 0 {
+        let missing = h.lag.missing_topics();
+        if !missing.is_empty() {
+            return Err(format!(
+                "not ready: waiting for input topic `{}` to exist (no partitions assigned)\n",
+                missing.join("`, `")
+            ));
+        }
         return Err("not ready: no partitions assigned (joining the group, or more instances than partitions)\n".into());
     }
     if let Some(e) = h.lag.broker_error() {
@@ -121,6 +128,13 @@ mod tests {
         let h = Health::default();
         let not = |h: &Health| readiness(h, stall).expect_err("not ready");
         assert!(not(&h).contains("no partitions assigned"));
+        h.lag.set_missing_topics(vec!["spans".into()]);
+        assert!(
+            not(&h).contains("waiting for input topic `spans` to exist"),
+            "{}",
+            not(&h)
+        );
+        h.lag.set_missing_topics(Vec::new());
         h.assigned.store(2, Ordering::Relaxed);
         h.lag.assigned("in", 0);
         let ok = readiness(&h, stall).expect("ready once assigned");

@@ -50,6 +50,10 @@ pub struct LagTracker {
     last_progress_ms: AtomicU64,
     /// Why the last measurement failed, if it did.
     broker_error: Mutex<Option<String>>,
+    /// The input topics, looked up while no partition is assigned ([`LagTracker::expect_topics`]).
+    topics: Mutex<Vec<String>>,
+    /// Those of them the brokers do not know (yet), for `/readyz`.
+    missing: Mutex<Vec<String>>,
 }
 
 impl Default for LagTracker {
@@ -60,6 +64,8 @@ impl Default for LagTracker {
             origin: Instant::now(),
             last_progress_ms: AtomicU64::new(0),
             broker_error: Mutex::new(None),
+            topics: Mutex::new(Vec::new()),
+            missing: Mutex::new(Vec::new()),
         }
     }
 }
@@ -106,6 +112,23 @@ impl LagTracker {
     /// Why the last lag measurement failed (broker unreachable...), if it did.
     pub fn broker_error(&self) -> Option<String> {
         lock(&self.broker_error).clone()
+    }
+
+    /// The input topics: while no partition is assigned, each measurement round asks the
+    /// brokers which of them exist, so that `/readyz` can name the one it waits for.
+    pub fn expect_topics(&self, topics: &[String]) {
+        *lock(&self.topics) = topics.to_vec();
+    }
+
+    /// The input topics the brokers did not know at the last look (only looked up while no
+    /// partition is assigned).
+    pub fn missing_topics(&self) -> Vec<String> {
+        lock(&self.missing).clone()
+    }
+
+    /// Records which input topics are missing.
+    pub fn set_missing_topics(&self, missing: Vec<String>) {
+        *lock(&self.missing) = missing;
     }
 
     /// The ingest thread consumed messages since its last report.
@@ -262,6 +285,28 @@ pub fn spawn(
         .map_err(|e| KafkaError::ClientCreation(format!("cannot start the lag thread: {e}")))
 }
 
+/// Asks the brokers which input topics exist (nothing assigned yet: perhaps the topic is not
+/// created yet, as in a fresh deployment started before its producers). An unanswered query
+/// changes nothing: an unreachable broker is reported by the lag queries.
+fn look_for_topics(client: &BaseConsumer, tracker: &LagTracker, timeout: Duration) {
+    let topics = lock(&tracker.topics).clone();
+    let mut missing = Vec::new();
+    for topic in topics {
+        match client.fetch_metadata(Some(&topic), timeout) {
+            Ok(md) => {
+                let known = md.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+                if !known {
+                    missing.push(topic);
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    tracker.set_missing_topics(missing);
+}
+
 /// One measurement round: every assigned partition's high watermark (and, for partitions not
 /// read yet, where reading starts). Stops at the first failure: the broker is unreachable.
 pub fn measure(client: &BaseConsumer, tracker: &LagTracker, settings: &LagSettings) {
@@ -269,6 +314,11 @@ pub fn measure(client: &BaseConsumer, tracker: &LagTracker, settings: &LagSettin
         .interval
         .clamp(Duration::from_secs(1), Duration::from_secs(5));
     let targets = tracker.targets();
+    if targets.is_empty() {
+        look_for_topics(client, tracker, timeout);
+    } else {
+        tracker.set_missing_topics(Vec::new());
+    }
     let unstarted: Vec<_> = targets.iter().filter(|t| t.2).collect();
     let mut committed = None;
     if !unstarted.is_empty() {

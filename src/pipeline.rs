@@ -48,6 +48,10 @@ pub fn kafka_queue_bytes(c: &Config) -> u64 {
 /// (`fetch.queue.backoff.ms`), in milliseconds: the decider's tick.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// How often librdkafka refreshes the input topics' metadata (`topic.metadata.refresh.interval.ms`),
+/// in milliseconds: a topic created after the start is picked up within this.
+pub const TOPIC_REFRESH_MS: &str = "3000";
+
 /// librdkafka settings for the consumer.
 pub fn consumer_config(c: &Config) -> ClientConfig {
     let k = &c.kafka;
@@ -61,6 +65,10 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
     // had drained the queue: end to end, 290 000 spans/s instead of 620 000-730 000 (see
     // BENCHMARKS.md). The queue's bound, and so the memory, is the same either way.
     cc.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    // A subscribed topic that does not exist yet is looked for again at each metadata refresh:
+    // librdkafka's default (5 min) left a fresh deployment, started before its topic was
+    // created, idle for exactly 300 s. Refreshing every few seconds costs one small request.
+    cc.set("topic.metadata.refresh.interval.ms", TOPIC_REFRESH_MS);
     cc.set("bootstrap.servers", &k.brokers)
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
@@ -231,6 +239,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         log_side,
     )
     .with_context(|| format!("cannot create the Kafka consumer{TLS_HINT}"))?;
+    health.lag.expect_topics(&config.kafka.input_topics);
     crate::lag::spawn(
         &consumer_config,
         health.clone(),
@@ -284,7 +293,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         output = %config.kafka.output_topic,
         group = %config.kafka.group_id,
         http = %http_addr,
-        kafka = ?config.kafka,
+        kafka = %config.kafka.settings_line(),
         "tailsift running (kafka settings logged with secrets redacted)"
     );
     Ok(Running {

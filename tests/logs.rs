@@ -73,6 +73,19 @@ async fn logs_are_text_by_default_json_by_config_and_never_one_line_per_span() {
         "text by default: {text}"
     );
     assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a log file: {text:?}"
+    );
+    let start_line = text
+        .lines()
+        .find(|l| l.contains("tailsift running"))
+        .expect("start line");
+    assert!(
+        start_line.contains(&format!("brokers={}", brokers()))
+            && !start_line.contains("KafkaConfig {"),
+        "the Kafka settings are readable: {start_line}"
+    );
     drop(text_run);
 
     let (_json_run, json_dir) = start(&input, &output, "log:\n  format: json\n");
@@ -111,5 +124,48 @@ async fn logs_are_text_by_default_json_by_config_and_never_one_line_per_span() {
         lines.len() - before < 10,
         "{} lines logged for 300 spans at info:\n{json}",
         lines.len() - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_librdkafka_errors_are_rate_limited() {
+    // Nothing listens there: every client of tailsift fails to connect, again and again.
+    let dead = common::instance::free_addr();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tailsift.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: {dead}\n  input_topics: [in]\n  output_topic: out\n\
+             rules:\n  dir: {}/rules\nmonitoring:\n  lag_interval: 500ms\nhttp:\n  listen: 127.0.0.1:0\n",
+            env!("CARGO_MANIFEST_DIR"),
+        ),
+    )
+    .expect("config");
+    let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("TAILSIFT_LOG_FORMAT")
+        .env_remove("TAILSIFT_BROKERS")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start tailsift");
+    let _run = Killed(child);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let text = log_text(&dir);
+    let librdkafka: Vec<&str> = text.lines().filter(|l| l.contains("librdkafka")).collect();
+    println!(
+        "broker down for 20 s: {} librdkafka lines, {} lines in all",
+        librdkafka.len(),
+        text.lines().count()
+    );
+    assert!(!librdkafka.is_empty(), "the outage is logged: {text}");
+    assert!(
+        librdkafka.len() <= 60,
+        "{} librdkafka lines in 20 s:\n{text}",
+        librdkafka.len()
     );
 }
