@@ -51,6 +51,16 @@ const KEEP_ALL: &str = "rules:\n  - name: reload-keep-all\n    outcome: keep\n";
 const BAD: &str =
     "rules:\n  - name: reload-bad\n    conditions: span.nmae = x\n    outcome: keep\n";
 
+/// 500 bytes of nested aliases: 9^9 nodes once expanded (it aborted the process before).
+fn alias_bomb() -> String {
+    let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        s.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
     let (input, output) = (unique("in"), unique("out"));
@@ -118,11 +128,17 @@ async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
         "reload-keep-all"
     );
 
-    // A bad update: the old rules stay, the failure is counted, the version does not move.
+    // A bad update (a mistake and an alias bomb): the old rules stay, the failure is
+    // counted, the version does not move, the process lives.
+    let bomb = alias_bomb();
     publish(
         dir.path(),
         "v3",
-        &[("rules.yaml", KEEP_ALL), ("zz-bad.yaml", BAD)],
+        &[
+            ("rules.yaml", KEEP_ALL),
+            ("zz-bad.yaml", BAD),
+            ("zz-bomb.yaml", &bomb),
+        ],
     );
     assert!(
         eventually(Duration::from_secs(20), || metric(

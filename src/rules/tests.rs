@@ -789,3 +789,47 @@ fn a_view_built_after_another_sees_only_its_own_spans() {
         (2, vec!["root".to_string(), "child".into()], Some(0))
     );
 }
+
+#[test]
+fn a_bad_reload_an_alias_bomb_included_keeps_the_rules_in_use() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "rules:\n  - name: keep-all\n    outcome: keep\n",
+    )
+    .unwrap();
+    let first = RuleSet::load(dir.path(), None).unwrap();
+    let v1 = first.version().to_string();
+    let in_use = Arc::new(Mutex::new(Arc::new(first)));
+    let slot = in_use.clone();
+    let swap: reload::Swap =
+        Arc::new(move |new| std::mem::replace(&mut *slot.lock().unwrap(), new));
+    let mut loader = reload::Loader::new(dir.path(), RuleOptions::default(), &v1, swap);
+
+    std::fs::write(dir.path().join("b.yaml"), crate::yaml::tests::alias_bomb()).unwrap();
+    let started = std::time::Instant::now();
+    let got = loader.reload(false);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    match got {
+        reload::Reloaded::Failed(e) => {
+            assert!(e.contains("b.yaml:") && e.contains("aliases"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(in_use.lock().unwrap().version(), v1, "the old rules stay");
+    assert_eq!(
+        loader.reload(false),
+        reload::Reloaded::Unchanged,
+        "not re-read until changed"
+    );
+
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "rules:\n  - name: drop-all\n    outcome: drop\n",
+    )
+    .unwrap();
+    assert!(matches!(loader.reload(false), reload::Reloaded::Swapped(_)));
+    assert_eq!(&*in_use.lock().unwrap().rules()[0].name, "drop-all");
+}
