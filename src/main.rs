@@ -73,7 +73,16 @@ enum ConfigCommand {
     /// Validate a configuration file as `run` would load it (environment overrides included)
     /// and the rules directory it names,
     /// without connecting to Kafka; exits non-zero with the error.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Check the rules of this directory instead of the config's `rules.dir` (for a
+        /// config rendered for another machine, such as the Helm chart's).
+        #[arg(long, conflicts_with = "no_rules")]
+        rules: Option<PathBuf>,
+        /// Check the configuration only (its rules are checked elsewhere).
+        #[arg(long)]
+        no_rules: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,7 +196,7 @@ fn rules_command(command: RulesCommand) -> ExitCode {
 }
 
 /// `tailsift config check`: the file as `run` loads it, and the rules directory it names.
-fn config_check(file: &std::path::Path) -> ExitCode {
+fn config_check(file: &std::path::Path, rules: Option<PathBuf>, no_rules: bool) -> ExitCode {
     let config = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -195,7 +204,10 @@ fn config_check(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let dir = &config.rules.dir;
+    if no_rules {
+        return print_out(&format!("{}: OK (rules not checked)\n", file.display()));
+    }
+    let dir = rules.as_ref().unwrap_or(&config.rules.dir);
     note_skipped(dir);
     match RuleSet::load_with(dir, &config.rule_options()) {
         Ok(rules) => print_out(&format!(
@@ -240,8 +252,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Rules { command } => rules_command(command),
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => config_check(&file),
+            command:
+                ConfigCommand::Check {
+                    file,
+                    rules,
+                    no_rules,
+                },
+        } => config_check(&file, rules, no_rules),
         command => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
