@@ -19,6 +19,19 @@ fi
 NISSHI="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
 # The broker-outage test starts (and freezes) a broker of its own from this binary.
 export TAILSIFT_NISSHI="${TAILSIFT_NISSHI:-$NISSHI}"
+# The SASL test (tests/sasl.rs) needs nisshi's PostgreSQL storage engine, where it keeps SCRAM
+# users, and a PostgreSQL server (Debian's `postgresql`; .ci/run installs it): another build
+# of the same version with that engine, sharing the build directory (~8 more minutes, once).
+NISSHI_PG="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION-postgres/bin/nisshi"
+export TAILSIFT_NISSHI_PG="${TAILSIFT_NISSHI_PG:-$NISSHI_PG}"
+if ! "$TAILSIFT_NISSHI_PG" --version >/dev/null 2>&1; then
+  echo "installing nisshi $NISSHI_VERSION with its PostgreSQL engine (for the SASL test; once)"
+  mkdir -p "$TAILSIFT_TOOLS"
+  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+    --no-default-features --features postgres \
+    --root "$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION-postgres" \
+    --target-dir "$TAILSIFT_TOOLS/nisshi-build"
+fi
 
 if [ -z "${TAILSIFT_TEST_BROKERS:-}" ]; then
   if ! "$NISSHI" --version >/dev/null 2>&1; then

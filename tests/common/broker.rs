@@ -26,8 +26,29 @@ impl Broker {
             "this test starts its own nisshi: run scripts/test.sh (it sets \
              TAILSIFT_NISSHI) or set TAILSIFT_NISSHI to the nisshi binary; {bin} is missing"
         );
-        let addr = free_addr().to_string();
-        let log = std::fs::File::create(dir.join("nisshi.log")).expect("log");
+        Self::start_from(
+            dir,
+            &bin,
+            "memory://nisshi/",
+            &free_addr().to_string(),
+            args,
+        )
+    }
+
+    /// A broker from the nisshi binary `bin`, on `addr`, with the given storage engine.
+    pub fn start_from(
+        dir: &std::path::Path,
+        bin: &str,
+        storage: &str,
+        addr: &str,
+        args: &[&str],
+    ) -> Self {
+        let addr = addr.to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("nisshi.log"))
+            .expect("log");
         let child = Command::new(bin)
             .args(["broker", "--listener-url"])
             .arg(format!("tcp://{addr}"))
@@ -35,7 +56,7 @@ impl Broker {
             .arg(format!("tcp://{addr}"))
             .args([
                 "--storage-engine",
-                "memory://nisshi/",
+                storage,
                 "--group-initial-rebalance-delay",
                 "100ms",
             ])
