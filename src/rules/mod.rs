@@ -35,7 +35,8 @@ pub use condition::{Cond, KeyField, SpanCond};
 pub use dynamic::{RateLimiter, Throughput};
 pub(crate) use expr::did_you_mean;
 pub use file::{
-    check_set, load_dir, parse_file, read_dir, rule_files, skipped_files, version, ReadFile,
+    check_set, load_dir, parse_file, parse_files, read_dir, rule_files, skipped_files, version,
+    ReadFile,
 };
 
 use crate::buffer::TraceEntry;
