@@ -43,7 +43,7 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
 /// Ready, or why not (the `/readyz` body, one line).
 ///
 /// Not ready while shutting down; before the group gave this instance partitions (or when it
-/// has none: more instances than partitions); while the brokers do not answer lag queries;
+/// has none: more instances than partitions; naming an input topic that does not exist yet); while the brokers do not answer lag queries;
 /// and when stuck: lag behind the partitions' end and nothing consumed for `stall_timeout`.
 pub fn readiness(h: &Health, stall_timeout: Duration) -> Result<String, String> {
     if h.draining.load(Ordering::Relaxed) {
