@@ -209,7 +209,7 @@ fn config_check(file: &std::path::Path, rules: Option<PathBuf>, no_rules: bool) 
     }
     let dir = rules.as_ref().unwrap_or(&config.rules.dir);
     note_skipped(dir);
-    match RuleSet::load_with(dir, &config.rule_options()) {
+    match RuleSet::load_with(dir, &config.settings().rule_options) {
         Ok(rules) => print_out(&format!(
             "{}: OK ({} rules from {}, version {})\n",
             file.display(),

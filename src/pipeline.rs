@@ -129,7 +129,7 @@ pub struct Running {
 
 /// Starts the pipeline described by `config`, with rules loaded from its rules directory.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let options = config.rule_options();
+    let options = config.settings().rule_options;
     let rules = RuleSet::load_with(&config.rules.dir, &options)
         .with_context(|| format!("invalid rules in {}", config.rules.dir.display()))?;
     let version = rules.version().to_string();
@@ -150,6 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
 /// Starts the pipeline with the given rules.
 pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result<Running> {
+    let settings = config.settings();
     let handle = crate::metrics::install();
     let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
     crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
@@ -160,7 +161,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)
         .with_context(|| format!("cannot create the Kafka producer{TLS_HINT}"))?;
     let (budget, source) = config.budget();
-    let mut completion = config.completion();
+    let mut completion = settings.completion;
     // One trace may take at most half the budget (checked at load when the budget is set;
     // a budget derived from a small container lowers the limit instead).
     let trace_cap = (budget.max_bytes / 2).min(u64::from(u32::MAX)) as u32;
@@ -182,7 +183,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         "buffer memory budget"
     );
     metrics::gauge!(crate::metrics::BUFFER_BUDGET).set(budget.max_bytes as f64);
-    let decision_log = match config.decision_log_topics() {
+    let decision_log = match settings.decision_log {
         Some(topics) => Some(start_decision_log(config, topics).await?),
         None => {
             tracing::info!("decision log off (kafka.decision_topic is empty): late spans follow only the decisions of the instance that made them");
@@ -192,7 +193,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     let mut sampler = Sampler::new(
         completion,
         rules,
-        DecisionCache::with_max_bytes(config.decision_cache_bytes(), config.decision_cache.ttl),
+        DecisionCache::with_max_bytes(settings.decision_cache_bytes, config.decision_cache.ttl),
         sink.clone(),
         config.kafka.max_message_bytes,
     )
@@ -228,7 +229,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         settings: ReadBackSettings {
             ttl: config.decision_cache.ttl,
             timeout: config.decision_cache.read_back_timeout,
-            max_records: DecisionCache::capacity_for_bytes(config.decision_cache_bytes()),
+            max_records: DecisionCache::capacity_for_bytes(config.settings().decision_cache_bytes),
         },
     });
     let consumer = source::consumer(
