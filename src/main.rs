@@ -87,8 +87,14 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum RulesCommand {
-    /// Validate a rules directory; exits non-zero and lists every error.
-    Check { dir: PathBuf },
+    /// Validate a rules directory; exits non-zero and lists every error. Also warns about
+    /// rules that load but cannot do what they say (shadowed rules, `!=` at trace scope...).
+    Check {
+        dir: PathBuf,
+        /// Exit non-zero on warnings too (for CI).
+        #[arg(long)]
+        strict: bool,
+    },
     /// Run case files (traces with the outcome each should get) against a rules directory;
     /// exits non-zero when a case fails.
     Test {
@@ -149,15 +155,30 @@ fn note_skipped(dir: &std::path::Path) {
 
 fn rules_command(command: RulesCommand) -> ExitCode {
     match command {
-        RulesCommand::Check { dir } => {
+        RulesCommand::Check { dir, strict } => {
             note_skipped(&dir);
             match load_rules(&dir, None) {
-                Ok(rules) => print_out(&format!(
-                    "{}: {} rules OK (version {})\n",
-                    dir.display(),
-                    rules.rules().len(),
-                    rules.version()
-                )),
+                Ok(rules) => {
+                    let warnings = rules.warnings();
+                    for w in &warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    let noted = match warnings.len() {
+                        0 => String::new(),
+                        n => format!(", {n} warning(s)"),
+                    };
+                    let printed = print_out(&format!(
+                        "{}: {} rules OK{noted} (version {})\n",
+                        dir.display(),
+                        rules.rules().len(),
+                        rules.version()
+                    ));
+                    if strict && !warnings.is_empty() {
+                        ExitCode::FAILURE
+                    } else {
+                        printed
+                    }
+                }
                 Err(code) => code,
             }
         }

@@ -313,3 +313,55 @@ fn explain_honours_after_as_test_does() {
     assert!(t.contains("rule `span-explosion-drop`"), "{t}");
     assert!(t.contains("=> matched: DROP"), "{t}");
 }
+
+#[test]
+fn check_warns_about_shadowed_rules_and_strict_fails_on_warnings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: payment-errors\n    conditions: [trace.error = true, span.service = payment]\n    outcome: drop\n  - name: not-payment\n    conditions: span.service != payment\n    outcome: drop\n  - name: rest\n    outcome: keep\n",
+    )
+    .expect("write");
+    let d = dir.path().display().to_string();
+    let a = dir.path().join("a.yaml").display().to_string();
+    let out = tailsift(&["rules", "check", &d]);
+    let t = text(&out);
+    assert!(out.status.success(), "warnings do not fail a check: {t}");
+    assert!(t.contains(&format!("warning: {a}:5: rule `payment-errors`: conditions: this rule never decides a trace: rule `errors` ({a}:2) comes first")), "{t}");
+    assert!(
+        t.contains(&format!(
+            "warning: {a}:9: rule `not-payment`: conditions: `span.service != payment` on its own"
+        )),
+        "{t}"
+    );
+    assert!(t.contains("4 rules OK, 2 warning(s)"), "{t}");
+    let strict = tailsift(&["rules", "check", "--strict", &d]);
+    assert!(!strict.status.success(), "{}", text(&strict));
+    let clean = tailsift(&["rules", "check", "--strict", "rules"]);
+    assert!(clean.status.success(), "{}", text(&clean));
+}
+
+#[test]
+fn a_duplicate_rule_name_points_at_the_first_definition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "rules:\n  - name: errors\n    outcome: keep\n",
+    )
+    .expect("write");
+    let out = tailsift(&["rules", "check", &dir.path().display().to_string()]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    let a = dir.path().join("a.yaml").display().to_string();
+    assert!(
+        t.contains(&format!(
+            "rule names must be unique across all rule files; `errors` is first defined at {a}:2"
+        )),
+        "{t}"
+    );
+}

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use regex::bytes::Regex;
 
-use super::condition::{
-    Cond, KeyField, Literal, Op, SpanCond, SpanField, TraceField, KINDS, STATUSES,
-};
+use super::condition::{Cond, Literal, Op, SpanCond};
+use super::field::{field, Field, Ty};
 use super::yaml::{Kind, Node};
 
 const GROUP_KEYS: [&str; 5] = ["all", "any", "not", "span", "root"];
@@ -28,24 +27,6 @@ const OPS: [&str; 15] = [
     "not-exists",
     "matches",
 ];
-const FIELDS: [&str; 15] = [
-    "trace.duration",
-    "trace.span_count",
-    "trace.error",
-    "trace.root",
-    "trace.service_count",
-    "span.name",
-    "span.kind",
-    "span.status",
-    "span.duration",
-    "span.service",
-    "span.attr.<key>",
-    "resource.attr.<key>",
-    "scope.name",
-    "scope.version",
-    "scope.attr.<key>",
-];
-
 /// Suggests the closest of `options` to `got`, for "did you mean".
 pub(crate) fn did_you_mean<'a>(got: &str, options: &[&'a str]) -> Option<&'a str> {
     options
@@ -64,84 +45,6 @@ pub(crate) fn unknown(what: &str, got: &str, options: &[&str]) -> String {
         "unknown {what} `{got}`{hint} (supported: {})",
         options.join(", ")
     )
-}
-
-/// The type a field's values have, which decides the operators and values it accepts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Ty {
-    Duration,
-    Number,
-    Bool,
-    Str,
-    Enum(&'static [&'static str]),
-    /// Attributes: typed by their value at run time, so the literal decides the comparison.
-    Attr,
-}
-
-impl Ty {
-    fn name(self) -> &'static str {
-        match self {
-            Ty::Duration => "a duration",
-            Ty::Number => "a number",
-            Ty::Bool => "a boolean",
-            Ty::Str => "a string",
-            Ty::Enum(_) => "one of a fixed set of names",
-            Ty::Attr => "an attribute",
-        }
-    }
-}
-
-enum Field {
-    Trace(TraceField),
-    Span(SpanField),
-    Root(SpanField),
-}
-
-fn span_field(rest: &str) -> Option<(SpanField, Ty)> {
-    Some(match rest {
-        "name" => (SpanField::Name, Ty::Str),
-        "kind" => (SpanField::Kind, Ty::Enum(&KINDS)),
-        "status" => (SpanField::Status, Ty::Enum(&STATUSES)),
-        "duration" => (SpanField::Duration, Ty::Duration),
-        "service" => (SpanField::Service, Ty::Str),
-        _ => {
-            let key = rest.strip_prefix("attr.").filter(|k| !k.is_empty())?;
-            (SpanField::Attr(key.as_bytes().to_vec()), Ty::Attr)
-        }
-    })
-}
-
-fn field(name: &str) -> Result<(Field, Ty), String> {
-    let found = match name.split_once('.') {
-        Some(("trace", f)) => match f {
-            "duration" => Some((Field::Trace(TraceField::Duration), Ty::Duration)),
-            "span_count" => Some((Field::Trace(TraceField::SpanCount), Ty::Number)),
-            "error" => Some((Field::Trace(TraceField::Error), Ty::Bool)),
-            "root" => Some((Field::Trace(TraceField::RootPresent), Ty::Bool)),
-            "service_count" => Some((Field::Trace(TraceField::ServiceCount), Ty::Number)),
-            _ => None,
-        },
-        Some(("span", f)) => span_field(f).map(|(f, t)| (Field::Span(f), t)),
-        Some(("root", f)) => span_field(f).map(|(f, t)| (Field::Root(f), t)),
-        Some(("resource", f)) => f.strip_prefix("attr.").filter(|k| !k.is_empty()).map(|k| {
-            (
-                Field::Span(SpanField::ResourceAttr(k.as_bytes().to_vec())),
-                Ty::Attr,
-            )
-        }),
-        Some(("scope", f)) => match f {
-            "name" => Some((Field::Span(SpanField::ScopeName), Ty::Str)),
-            "version" => Some((Field::Span(SpanField::ScopeVersion), Ty::Str)),
-            _ => f.strip_prefix("attr.").filter(|k| !k.is_empty()).map(|k| {
-                (
-                    Field::Span(SpanField::ScopeAttr(k.as_bytes().to_vec())),
-                    Ty::Attr,
-                )
-            }),
-        },
-        _ => None,
-    };
-    found.ok_or_else(|| unknown("field", name, &FIELDS))
 }
 
 /// A value as written after the operator, before it meets its field's type.
@@ -258,11 +161,19 @@ fn literal(ty: Ty, raw: Raw) -> Result<Literal, String> {
         (Ty::Enum(names), Raw::Str(s)) if names.contains(&s.to_lowercase().as_str()) => {
             Ok(Literal::Str(s.to_lowercase().into_bytes()))
         }
-        (Ty::Enum(names), other) => Err(format!(
-            "expected one of {}, got {}",
-            names.join(", "),
-            other.describe()
-        )),
+        (Ty::Enum(names), other) => {
+            let hint = match &other {
+                Raw::Str(s) => did_you_mean(&s.to_lowercase(), names)
+                    .map(|o| format!(", did you mean `{o}`?"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            Err(format!(
+                "expected one of {}, got {}{hint}",
+                names.join(", "),
+                other.describe()
+            ))
+        }
         (Ty::Str, Raw::Str(s) | Raw::Num(_, s)) => Ok(Literal::Str(s.into_bytes())),
         (Ty::Str, other) => Err(format!("expected a string, got {}", other.describe())),
         (Ty::Attr, Raw::Str(s)) => Ok(Literal::Str(s.into_bytes())),
@@ -367,7 +278,19 @@ enum Parsed {
     Span(SpanCond),
 }
 
-fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
+/// The positive twin of a negative operator (`!=` of `=`...), for messages.
+fn positive_twin(op: &str) -> Option<&'static str> {
+    match op {
+        "!=" => Some("="),
+        "not-in" => Some("in"),
+        "not-contains" => Some("contains"),
+        "not-exists" => Some("exists"),
+        _ => None,
+    }
+}
+
+/// Parses one comparison; the second part is a lint about it, if any.
+fn predicate(expr: &str, scope: Scope) -> Result<(Parsed, Option<String>), String> {
     let mut parts = expr.trim().splitn(3, char::is_whitespace);
     let name = parts.next().unwrap_or_default();
     let op_name = parts.next().ok_or_else(|| {
@@ -385,7 +308,19 @@ fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
     }
     let op = op(ty, op_name, value).map_err(|e| format!("`{expr}`: {e}"))?;
     let label: Arc<str> = expr.trim().into();
-    Ok(match (f, scope) {
+    let mut lint = None;
+    if let (Field::Span(_), Scope::Trace, Some(twin)) = (&f, scope, positive_twin(op_name)) {
+        let positive = format!(
+            "{name} {twin}{}",
+            value.map(|v| format!(" {v}")).unwrap_or_default()
+        );
+        lint = Some(format!(
+            "`{label}` on its own tests every span and holds when *some* span passes it (here: \
+             some span is not like that), which is nearly every trace; to say that no span is, \
+             write `not: {positive}`; for one span with several conditions, use `span: [...]`"
+        ));
+    }
+    let parsed = match (f, scope) {
         (Field::Trace(t), Scope::Trace) => Parsed::Trace(Cond::Trace(t, op, label)),
         (Field::Trace(_), Scope::Span) => {
             return Err(format!(
@@ -402,21 +337,36 @@ fn predicate(expr: &str, scope: Scope) -> Result<Parsed, String> {
                 "`{name}`: inside a span/root group use `span.` fields"
             ))
         }
-    })
+    };
+    Ok((parsed, lint))
 }
 
-/// A condition error: the line it is on, and what is wrong.
+/// A condition error or warning: the line it is on, and what is wrong.
 pub(crate) type Located = (usize, String);
 
+/// What parsing a rule's conditions found: errors (the rule is refused) and warnings (it
+/// loads, and `rules check` says what looks wrong).
+#[derive(Debug, Default)]
+pub(crate) struct Diags {
+    pub errors: Vec<Located>,
+    pub warnings: Vec<Located>,
+}
+
+impl Diags {
+    fn push(&mut self, e: Located) {
+        self.errors.push(e);
+    }
+}
+
 /// Parses the `conditions` of a rule (a trace-level condition). Errors go to `errs`.
-pub(crate) fn trace_cond(v: &Node, errs: &mut Vec<Located>) -> Option<Cond> {
+pub(crate) fn trace_cond(v: &Node, errs: &mut Diags) -> Option<Cond> {
     match cond(v, Scope::Trace, errs)? {
         Parsed::Trace(c) => Some(c),
         Parsed::Span(_) => None,
     }
 }
 
-fn span_cond(v: &Node, errs: &mut Vec<Located>) -> Option<SpanCond> {
+fn span_cond(v: &Node, errs: &mut Diags) -> Option<SpanCond> {
     match cond(v, Scope::Span, errs)? {
         Parsed::Span(c) => Some(c),
         Parsed::Trace(_) => None,
@@ -428,7 +378,7 @@ pub(crate) const EMPTY_LIST: &str = "an empty list of conditions: `[]` and `all:
     for every trace and `any: []` for none; write at least one condition (a rule that should \
     match every trace is the default rule: leave out `conditions`)";
 
-fn list(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Vec<Parsed>> {
+fn list(v: &Node, scope: Scope, errs: &mut Diags) -> Option<Vec<Parsed>> {
     match &v.kind {
         Kind::Seq(items) if items.is_empty() => {
             errs.push((v.line, EMPTY_LIST.into()));
@@ -474,7 +424,7 @@ fn combine(items: Vec<Parsed>, scope: Scope, any: bool) -> Parsed {
 /// Parses a condition: a string (one comparison), a list (all of them), or a one-key map
 /// (`all`, `any`, `not`, `span`, `root`). Errors go to `errs`; `None` when any occurred.
 /// Every item of a list is parsed even after an error, so that all errors are reported.
-fn cond(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Parsed> {
+fn cond(v: &Node, scope: Scope, errs: &mut Diags) -> Option<Parsed> {
     let line = v.line;
     match &v.kind {
         Kind::Null => {
@@ -482,7 +432,12 @@ fn cond(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Parsed> {
             None
         }
         Kind::Scalar { text, .. } => match predicate(text, scope) {
-            Ok(p) => Some(p),
+            Ok((p, lint)) => {
+                if let Some(w) = lint {
+                    errs.warnings.push((line, w));
+                }
+                Some(p)
+            }
             Err(e) => {
                 errs.push((line, e));
                 None
@@ -530,23 +485,5 @@ fn cond(v: &Node, scope: Scope, errs: &mut Vec<Located>) -> Option<Parsed> {
             ));
             None
         }
-    }
-}
-
-/// Parses a throughput key: a trace field or a root-span field (one value per trace).
-pub(crate) fn key_field(name: &str) -> Result<KeyField, String> {
-    match field(name)? {
-        (Field::Trace(f), _) => Ok(KeyField::Trace(f)),
-        (Field::Root(f), _) => Ok(KeyField::Root(f)),
-        (Field::Span(_), _) => Err(format!(
-            "`{name}` has one value per span, but a key needs one value per trace: use a \
-             `trace.` field or the root span's (`root.{}`)",
-            name.split_once('.')
-                .map_or(name, |(scope, rest)| if scope == "span" {
-                    rest
-                } else {
-                    name
-                })
-        )),
     }
 }

@@ -1,7 +1,7 @@
 //! Rule files: YAML in, compiled rules out. Every mistake of every file is reported, each
 //! with its file, line, rule and field, and what would have been accepted.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -136,6 +136,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             None
         }
     };
+    let mut warnings = Vec::new();
     let description = v
         .get("description")
         .and_then(Node::as_str)
@@ -152,10 +153,19 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             None
         }
         Some(c) => {
-            let mut errs = Vec::new();
-            let parsed = expr::trace_cond(c, &mut errs);
-            for (line, e) in errs {
+            let mut diags = expr::Diags::default();
+            let parsed = expr::trace_cond(c, &mut diags);
+            for (line, e) in diags.errors {
                 err.push(line, "conditions", e);
+            }
+            for (line, w) in diags.warnings {
+                warnings.push(RuleError {
+                    file: file.to_string(),
+                    line,
+                    rule: err.rule.clone(),
+                    field: "conditions".into(),
+                    message: w,
+                });
             }
             parsed
         }
@@ -228,6 +238,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         outcome: outcome?,
         file: file.to_string(),
         line: v.line,
+        warnings,
     })
 }
 
@@ -273,7 +284,7 @@ fn throughput(
             } else {
                 let mut out = Vec::new();
                 for item in items {
-                    match item.as_str().map(|s| expr::key_field(s.trim())) {
+                    match item.as_str().map(|s| super::field::key_field(s.trim())) {
                         Some(Ok(f)) => out.push(f),
                         Some(Err(e)) => err.push(item.line, "keys", e),
                         None => err.push(
@@ -531,16 +542,22 @@ pub fn version(files: &[ReadFile]) -> String {
 /// Checks what no single file can: unique names, and a default rule closing the set.
 pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
     let mut errors = Vec::new();
-    let mut seen = HashSet::new();
+    let mut seen: HashMap<&str, &Rule> = HashMap::new();
     for r in rules {
-        if !seen.insert(&r.name) {
+        if let Some(first) = seen.get(&*r.name) {
             errors.push(RuleError {
                 file: r.file.clone(),
                 line: r.line,
                 rule: format!("`{}`", r.name),
                 field: "name".into(),
-                message: "rule names must be unique across all rule files".into(),
+                message: format!(
+                    "rule names must be unique across all rule files; `{}` is first defined at \
+                     {}:{}",
+                    r.name, first.file, first.line
+                ),
             });
+        } else {
+            seen.insert(&r.name, r);
         }
     }
     match rules.last() {

@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //! - `yaml`: a YAML tree that keeps line numbers, for error messages.
+//! - `field`: the fields conditions and sampler keys name, and their types.
 //! - `expr`: condition expressions (`FIELD OPERATOR VALUE`, groups), type-checked at load.
 //! - `file`: rule files and directories: rules, outcomes, every error located.
+//! - `lint`: what `rules check` warns about (shadowed rules, trace-scope negations).
 //! - `condition`: compiled conditions and their evaluation.
 //! - `dynamic`: the stateful outcomes (rate limit, throughput target).
 //! - `explain`: which conditions held, rule by rule (`tailsift rules explain`, test failures).
@@ -19,7 +21,9 @@ mod condition;
 mod dynamic;
 pub mod explain;
 mod expr;
+mod field;
 mod file;
+mod lint;
 pub mod reload;
 mod yaml;
 
@@ -136,6 +140,16 @@ pub struct Rule {
     /// The file the rule came from and the line it starts on, for messages.
     pub file: String,
     pub line: usize,
+    /// What `rules check` warns about in this rule alone (see [`lint`] for the whole set).
+    pub warnings: Vec<RuleError>,
+}
+
+impl Rule {
+    /// Whether the rule decides every trace its conditions match (no trace falls through to
+    /// the next rule): what makes the rules after it that it covers unreachable.
+    pub fn always_decides(&self) -> bool {
+        !matches!(self.outcome, Outcome::RateLimit { .. })
+    }
 }
 
 /// A trace as the rules see it: every span parsed once, with its resource and scope.
@@ -368,6 +382,11 @@ impl RuleSet {
     /// own randomness.
     pub fn salted(&self) -> bool {
         self.salt.is_some()
+    }
+
+    /// What `rules check` warns about: rules that load but cannot do what they say.
+    pub fn warnings(&self) -> Vec<RuleError> {
+        lint::lint(&self.rules)
     }
 
     /// The first rule whose conditions hold (the stateful outcomes are not consulted).

@@ -195,6 +195,16 @@ fn load_errors_name_file_line_rule_field_and_what_is_accepted() {
             3,
         ),
         (
+            "  - name: a\n    conditions: span.kind = consumr\n    outcome: keep\n",
+            "got the string `consumr`, did you mean `consumer`?",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: root.status in [ok, eror]\n    outcome: keep\n",
+            "did you mean `error`?",
+            3,
+        ),
+        (
             "  - name: a\n    conditions: span.name matches '(unclosed'\n    outcome: keep\n",
             "invalid regex",
             3,
@@ -505,7 +515,10 @@ fn a_rule_set_needs_unique_names_and_a_closing_default() {
     let err = RuleSet::new(vec![r("a", false), r("a", false)], None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unique"), "{err}");
+    assert!(
+        err.contains("unique across all rule files; `a` is first defined at f.yaml:2"),
+        "{err}"
+    );
     assert!(RuleSet::new(vec![r("a", true), r("b", false)], None).is_ok());
 }
 
