@@ -197,8 +197,8 @@ fn rules_command(command: RulesCommand) -> ExitCode {
 
 /// `tailsift config check`: the file as `run` loads it, and the rules directory it names.
 fn config_check(file: &std::path::Path, rules: Option<PathBuf>, no_rules: bool) -> ExitCode {
-    let config = match Config::load(file) {
-        Ok(c) => c,
+    let (config, settings) = match Config::load(file).and_then(|c| Ok((c.validate()?, c))) {
+        Ok((settings, c)) => (c, settings),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
@@ -209,7 +209,7 @@ fn config_check(file: &std::path::Path, rules: Option<PathBuf>, no_rules: bool) 
     }
     let dir = rules.as_ref().unwrap_or(&config.rules.dir);
     note_skipped(dir);
-    match RuleSet::load_with(dir, &config.settings().rule_options) {
+    match RuleSet::load_with(dir, &settings.rule_options) {
         Ok(rules) => print_out(&format!(
             "{}: OK ({} rules from {}, version {})\n",
             file.display(),

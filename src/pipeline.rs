@@ -129,7 +129,7 @@ pub struct Running {
 
 /// Starts the pipeline described by `config`, with rules loaded from its rules directory.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let options = config.settings().rule_options;
+    let options = config.validate()?.rule_options;
     let rules = RuleSet::load_with(&config.rules.dir, &options)
         .with_context(|| format!("invalid rules in {}", config.rules.dir.display()))?;
     let version = rules.version().to_string();
@@ -150,7 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
 /// Starts the pipeline with the given rules.
 pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result<Running> {
-    let settings = config.settings();
+    let settings = config.validate()?;
     let handle = crate::metrics::install();
     let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
     crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
@@ -229,7 +229,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         settings: ReadBackSettings {
             ttl: config.decision_cache.ttl,
             timeout: config.decision_cache.read_back_timeout,
-            max_records: DecisionCache::capacity_for_bytes(config.settings().decision_cache_bytes),
+            max_records: DecisionCache::capacity_for_bytes(settings.decision_cache_bytes),
         },
     });
     let consumer = source::consumer(

@@ -124,7 +124,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // The decision log, on a topic made here: the mock cluster does not create topics on
     // request (nor find offsets by time, so a read-back there reads nothing: the demo's one
     // instance never needs one).
-    if let Some(log) = config.settings().decision_log {
+    if let Some(log) = config.validate()?.decision_log {
         cluster
             .create_topic(&log.log_of(INPUT), 4, 1)
             .context("cannot create the decision log topic")?;
