@@ -25,7 +25,7 @@ struct AppState {
 
 async fn render_metrics(State(s): State<AppState>) -> String {
     let mut body = s.metrics.render();
-    crate::metrics::render_rules_info(&mut body);
+    crate::telemetry::render_rules_info(&mut body);
     body
 }
 

@@ -29,12 +29,12 @@ use rdkafka::ClientContext;
 
 use crate::config::Config;
 use crate::dead_letter::{DeadLetters, Letter};
-use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::encode::encode_trace;
 use crate::otlp::SpanContext;
 use crate::source::Health;
+use crate::telemetry as m;
 
 /// One re-keyed message; holds its input offset until acknowledged.
 struct Outgoing {
@@ -188,7 +188,7 @@ pub struct Router {
 
 /// Starts routing `config.kafka.input_topics` to `config.kafka.output_topic`.
 pub async fn start(config: &Config) -> anyhow::Result<Router> {
-    let handle = crate::metrics::install();
+    let handle = crate::telemetry::install();
     let mut pc = crate::pipeline::producer_config(config);
     if !config.kafka.properties.contains_key("partitioner")
         && !config.kafka.producer_properties.contains_key("partitioner")

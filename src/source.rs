@@ -23,11 +23,11 @@ use crate::decision_log::DecisionLog;
 use crate::heads::{Heads, HEAD_MARK_GROUP_SUFFIX};
 use crate::lag::LagTracker;
 use crate::memory::Budget;
-use crate::metrics as m;
 use crate::offsets::{DecidedRange, Hold, MessageHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::Encoding;
 use crate::sampler::Sampler;
+use crate::telemetry as m;
 
 /// Suffix of the consumer group under which tailsift records how far it has read (used only
 /// to recognise replayed offsets after a crash or rebalance). Commit metadata would be the
@@ -495,7 +495,7 @@ pub struct IngestSettings {
     /// Where undecodable messages are copied, if anywhere.
     pub dead_letters: Option<Arc<DeadLetters>>,
     /// RED metrics from every span, unless turned off.
-    pub red: Option<crate::red::RedLimits>,
+    pub red: Option<crate::telemetry::red::RedLimits>,
 }
 
 /// The ingest thread's body: poll, ingest, commit, until told to stop.
@@ -512,7 +512,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     // Messages read since the last tick, for the progress that `/readyz` watches.
     let mut consumed: u64 = 0;
     let budget = settings.budget;
-    let mut red = settings.red.map(crate::red::Red::new);
+    let mut red = settings.red.map(crate::telemetry::red::Red::new);
     loop {
         if health.stop.load(Ordering::Relaxed) {
             break;

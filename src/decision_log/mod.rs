@@ -37,8 +37,8 @@ use crate::decision::record::DropList;
 use crate::decision::record::{self, Record};
 use crate::decision::Decision;
 use crate::journal::{Journal, JournalEntry};
-use crate::metrics as m;
 use crate::offsets::{Holds, OffsetHold};
+use crate::telemetry as m;
 
 pub use topics::LogTopics;
 

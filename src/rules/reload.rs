@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{read_dir, version, Mode, RuleOptions, RuleSet};
-use crate::metrics as m;
+use crate::telemetry as m;
 
 /// Quiet time after a file event before reloading, so that a multi-file update (or an
 /// editor's write-rename dance) is read once, complete.

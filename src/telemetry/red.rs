@@ -14,11 +14,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::metrics as m;
 use crate::otlp::decode::Decoder;
 use crate::otlp::view::ContextView;
 use crate::otlp::wire::{Fields, Value};
 use crate::otlp::SpanContext;
+use crate::telemetry as m;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 

@@ -78,6 +78,9 @@ const RULES_INFO_HELP: &str =
     "The loaded rules: version (a hash of the rule files' names and contents) and mode (enforce, shadow). One series, value 1.";
 
 /// Registers descriptions and units with the installed recorder.
+pub mod broken;
+pub mod red;
+
 pub fn describe() {
     describe_counter!(
         MESSAGES_RECEIVED,
