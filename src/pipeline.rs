@@ -151,8 +151,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// Starts the pipeline with the given rules.
 pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result<Running> {
     let handle = crate::telemetry::install();
-    let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
-    crate::telemetry::init_series(&config.kafka.input_topics, &rule_names);
+    crate::telemetry::init_series(&config.kafka.input_topics, rules.rules());
     crate::telemetry::set_rules_info(
         rules.version(),
         crate::rules::reload::mode_name(rules.options().mode),

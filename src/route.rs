@@ -138,7 +138,7 @@ impl ConsumerContext for RouteConsumerContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        metrics::counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+        metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Revoke).increment(1);
         // Whatever is in flight for these partitions is acknowledged before their commit, so
         // the next owner replays as little as possible.
         let _ = self.producer.producer.flush(Duration::from_secs(10));
@@ -166,7 +166,7 @@ impl ConsumerContext for RouteConsumerContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+            metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Assign).increment(1);
             let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
             for e in tpl.elements() {
                 table

@@ -706,7 +706,7 @@ impl Sampler {
         for ((rule, kept, trigger), n) in tally.decided {
             metrics::counter!(m::TRACES_DECIDED,
                 "rule" => rule.to_string(),
-                "outcome" => if kept { "kept" } else { "dropped" },
+                "outcome" => m::Outcome::kept(kept),
                 "trigger" => trigger.as_str())
             .increment(n);
             *by_rule.entry((rule, kept)).or_default() += n;
@@ -717,10 +717,13 @@ impl Sampler {
     /// periodically, off the hot path.
     pub fn publish_metrics(&self) {
         let s = self.decisions.stats();
-        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => "hit").absolute(s.hits);
-        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => "miss").absolute(s.misses);
-        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => "size").absolute(s.evicted_size);
-        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => "expired")
+        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => m::CacheLookup::Hit)
+            .absolute(s.hits);
+        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => m::CacheLookup::Miss)
+            .absolute(s.misses);
+        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => m::Eviction::Size)
+            .absolute(s.evicted_size);
+        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => m::Eviction::Expired)
             .absolute(s.evicted_expired);
         metrics::gauge!(m::DECISION_CACHE_ENTRIES).set(s.entries as f64);
         metrics::gauge!(m::DECISION_CACHE_BYTES).set(s.bytes as f64);

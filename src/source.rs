@@ -237,7 +237,7 @@ impl ConsumerContext for SourceContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        metrics::counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+        metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Revoke).increment(1);
         if let Some(side) = &self.log {
             // Decisions on their way to the log release their offsets once there: let them
             // arrive, so that the commit below goes further and the next owner finds them.
@@ -292,7 +292,7 @@ impl ConsumerContext for SourceContext {
         // (The read marks come from the companion client, not from `consumer`.)
         match rebalance {
             Rebalance::Assign(tpl) => {
-                metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+                metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Assign).increment(1);
                 // What this group had read before: spans below it may already be in the
                 // output (a crash or rebalance replays them).
                 let read = self
@@ -611,27 +611,27 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                             metrics::counter!(m::INVALID_SPANS).increment(s.invalid_spans as u64);
                         }
                         if s.late_kept > 0 {
-                            metrics::counter!(m::LATE_SPANS, "outcome" => "kept")
+                            metrics::counter!(m::LATE_SPANS, "outcome" => m::Outcome::Kept)
                                 .increment(s.late_kept as u64);
                         }
                         if s.late_dropped > 0 {
-                            metrics::counter!(m::LATE_SPANS, "outcome" => "dropped")
+                            metrics::counter!(m::LATE_SPANS, "outcome" => m::Outcome::Dropped)
                                 .increment(s.late_dropped as u64);
                         }
                         if s.stress_kept > 0 {
-                            metrics::counter!(m::STRESS_SPANS, "outcome" => "kept")
+                            metrics::counter!(m::STRESS_SPANS, "outcome" => m::Outcome::Kept)
                                 .increment(s.stress_kept as u64);
                         }
                         if s.stress_dropped > 0 {
-                            metrics::counter!(m::STRESS_SPANS, "outcome" => "dropped")
+                            metrics::counter!(m::STRESS_SPANS, "outcome" => m::Outcome::Dropped)
                                 .increment(s.stress_dropped as u64);
                         }
                         if s.logged_kept > 0 {
-                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => "kept")
+                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => m::Outcome::Kept)
                                 .increment(s.logged_kept as u64);
                         }
                         if s.logged_dropped > 0 {
-                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => "dropped")
+                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => m::Outcome::Dropped)
                                 .increment(s.logged_dropped as u64);
                         }
                         if s.skipped_forwarded > 0 {
@@ -835,8 +835,8 @@ fn read_heads(
         }
     }
     let _ = client.unassign();
-    let result = if complete { "complete" } else { "incomplete" };
-    metrics::counter!(m::REPLAY_HEAD_READS, "result" => result).increment(1);
+    metrics::counter!(m::REPLAY_HEAD_READS, "result" => m::HeadRead::complete(complete))
+        .increment(1);
     if complete {
         tracing::info!(
             topic,

@@ -1,5 +1,6 @@
 //! `/metrics` after known traffic on a real broker: the counters equal what was sent, and the
-//! catalog in docs/metrics.md matches what is exposed, both ways.
+//! catalog in docs/metrics.md (generated from src/telemetry/catalog.rs, which a unit test
+//! checks) matches what is exposed, both ways.
 //!
 //! One test in this binary: the metrics recorder is global to the process, so the counts
 //! seen are exactly this test's traffic.

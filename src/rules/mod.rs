@@ -232,7 +232,11 @@ struct Counts {
     spans: [AtomicU64; 3],
 }
 
-const RESULTS: [&str; 3] = ["matched", "kept", "dropped"];
+const RESULTS: [m::RuleResult; 3] = [
+    m::RuleResult::Matched,
+    m::RuleResult::Kept,
+    m::RuleResult::Dropped,
+];
 const MATCHED: usize = 0;
 const KEPT: usize = 1;
 const DROPPED: usize = 2;

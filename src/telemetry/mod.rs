@@ -1,474 +1,252 @@
-//! Every metric tailsift exposes, in one place: name, kind, unit, description.
+//! The process's own telemetry: every metric tailsift exposes, in one catalog, and the parts
+//! that compute the less simple ones.
+//!
+//! - [`catalog`]: one row per metric (name, kind, unit, help, labels, histogram buckets). The
+//!   descriptions given to the recorder ([`describe`]), the series registered at zero at start
+//!   ([`init_series`], [`init_rules`]), the histogram buckets ([`install`]), the `# HELP` of the
+//!   series rendered at scrape time ([`render`]) and the table in docs/metrics.md all derive
+//!   from it; callers use its name constants (`telemetry::TRACES_DECIDED`).
+//! - [`labels`]: the fixed label values as enums (`Outcome::Kept`), never string literals.
+//! - [`red`]: rate, errors and duration per service and operation from every span.
+//! - [`broken`]: broken traces at decision time: orphan spans per service, missing roots.
 //!
 //! Labels come from small fixed sets (topic names from the config, rule names from the rule
-//! files, trigger and outcome names from this crate), never from trace data. Counting happens
-//! in bulk: per message, per decider tick, per produced message; never per span.
+//! files, the words of [`labels`]; services and operations capped), never from trace data.
+//! Counting happens in bulk: per message, per decider tick, per produced message; never per
+//! span.
 
+use std::fmt::Write;
 use std::sync::OnceLock;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const MESSAGES_RECEIVED: &str = "tailsift_messages_received_total";
-pub const SPANS_RECEIVED: &str = "tailsift_spans_received_total";
-pub const BYTES_RECEIVED: &str = "tailsift_bytes_received_total";
-pub const DECODE_FAILURES: &str = "tailsift_decode_failures_total";
-pub const INVALID_SPANS: &str = "tailsift_invalid_spans_total";
-pub const TRACES_BUFFERED: &str = "tailsift_traces_buffered";
-pub const BYTES_BUFFERED: &str = "tailsift_buffered_bytes";
-pub const TRACES_DECIDED: &str = "tailsift_traces_decided_total";
-pub const SPANS_FORWARDED: &str = "tailsift_spans_forwarded_total";
-pub const MESSAGES_PRODUCED: &str = "tailsift_messages_produced_total";
-pub const PRODUCE_ERRORS: &str = "tailsift_produce_errors_total";
-pub const LATE_SPANS: &str = "tailsift_late_spans_total";
-pub const REPLAYED_SPANS_FORWARDED: &str = "tailsift_replayed_spans_forwarded_total";
-pub const DECISION_LATENCY: &str = "tailsift_decision_latency_seconds";
-pub const TRACES_RELEASED: &str = "tailsift_traces_released_total";
-pub const REPLAY_HEAD_READS: &str = "tailsift_replay_head_reads_total";
-pub const REPLAY_HEADS_MERGED: &str = "tailsift_replay_heads_merged_total";
-pub const ASSIGNED_PARTITIONS: &str = "tailsift_assigned_partitions";
-pub const REBALANCES: &str = "tailsift_rebalances_total";
-pub const PAUSED: &str = "tailsift_consumption_paused";
-pub const COMMITS: &str = "tailsift_commits_total";
-pub const COMMIT_FAILURES: &str = "tailsift_commit_failures_total";
-pub const OFFSETS_HELD_BACK: &str = "tailsift_offsets_held_back";
-pub const CONSUMER_ERRORS: &str = "tailsift_consumer_errors_total";
-pub const CONSUMER_LAG: &str = "tailsift_consumer_lag";
-pub const LAG_QUERY_FAILURES: &str = "tailsift_lag_query_failures_total";
-pub const ROUTED_TRACES: &str = "tailsift_routed_traces_total";
-pub const DEAD_LETTERS: &str = "tailsift_dead_letters_total";
-pub const DEAD_LETTER_ERRORS: &str = "tailsift_dead_letter_errors_total";
-pub const PAUSED_PARTITIONS: &str = "tailsift_paused_partitions";
-pub const TRACE_DURATION: &str = "tailsift_trace_duration_seconds";
-pub const TRACE_SPANS: &str = "tailsift_trace_spans";
-pub const BUFFER_BUDGET: &str = "tailsift_buffer_budget_bytes";
-pub const DECISION_CACHE_LOOKUPS: &str = "tailsift_decision_cache_lookups_total";
-pub const DECISION_CACHE_EVICTIONS: &str = "tailsift_decision_cache_evictions_total";
-pub const DECISION_CACHE_ENTRIES: &str = "tailsift_decision_cache_entries";
-pub const DECISION_CACHE_BYTES: &str = "tailsift_decision_cache_bytes";
-pub const RED_REQUESTS: &str = "tailsift_red_requests_total";
-pub const RED_ERRORS: &str = "tailsift_red_errors_total";
-pub const RED_DURATION: &str = "tailsift_red_duration_seconds";
-pub const RED_OVERFLOW: &str = "tailsift_red_overflow_spans_total";
-pub const ORPHAN_SPANS: &str = "tailsift_orphan_spans_total";
-pub const TRACES_WITHOUT_ROOT: &str = "tailsift_traces_without_root_total";
-pub const DECISIONS_LOGGED: &str = "tailsift_decision_log_records_total";
-pub const DECISION_LOG_ERRORS: &str = "tailsift_decision_log_errors_total";
-pub const DECISION_LOG_BAD_RECORDS: &str = "tailsift_decision_log_bad_records_total";
-pub const DECISION_LOG_READ_BACKS: &str = "tailsift_decision_log_read_backs_total";
-pub const DECISION_LOG_READ_BACK_RECORDS: &str = "tailsift_decision_log_read_back_records_total";
-pub const DECISION_LOG_READ_BACK_SECONDS: &str = "tailsift_decision_log_read_back_seconds";
-pub const LOGGED_DECISION_SPANS: &str = "tailsift_logged_decision_spans_total";
-pub const SPANS_SKIPPED_FORWARDED: &str = "tailsift_spans_skipped_as_forwarded_total";
-
-/// Buckets of the RED duration histogram, in seconds.
-pub const RED_DURATION_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-pub const STRESS_MODE: &str = "tailsift_stress_mode";
-pub const STRESS_SPANS: &str = "tailsift_stress_spans_total";
-
-pub const RULE_TRACES: &str = "tailsift_rule_traces_total";
-pub const RULE_SPANS: &str = "tailsift_rule_spans_total";
-pub const RULES_RELOADS: &str = "tailsift_rules_reloads_total";
-/// Rendered by [`render_rules_info`], not through the recorder: it has one series at a time,
-/// whose `version` label changes on reload, and the recorder cannot retire a series.
-pub const RULES_INFO: &str = "tailsift_rules_info";
-const RULES_INFO_HELP: &str =
-    "The loaded rules: version (a hash of the rule files' names and contents) and mode (enforce, shadow). One series, value 1.";
-
-/// Registers descriptions and units with the installed recorder.
 pub mod broken;
+pub mod catalog;
+pub mod labels;
 pub mod red;
 
+pub use catalog::*;
+pub use labels::*;
+
+/// The Prometheus type of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+impl Kind {
+    /// The name in a `# TYPE` line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// How a metric reaches `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposed {
+    /// Recorded through the `metrics` recorder.
+    Recorder,
+    /// Written into the text at each scrape by [`render`]: a series the recorder cannot retire
+    /// (the rules' version on reload).
+    Scrape,
+}
+
+/// The values a label takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// A fixed set of words: every one is registered at zero at start.
+    Fixed(&'static [&'static str]),
+    /// The input topics of the configuration (registered at start).
+    Topics,
+    /// The names of the loaded rules (registered at start and on reload).
+    Rules,
+    /// Values met at run time (partitions, services, operations, versions): the series
+    /// appears when first recorded. The note says what they are, for the docs.
+    Seen(&'static str),
+}
+
+/// One label of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Label {
+    /// The label's name.
+    pub name: &'static str,
+    /// The values it takes.
+    pub values: Values,
+}
+
+impl Label {
+    /// A label whose values are the given words.
+    pub const fn fixed(name: &'static str, words: &'static [&'static str]) -> Self {
+        Label {
+            name,
+            values: Values::Fixed(words),
+        }
+    }
+
+    /// A label whose values are the input topics.
+    pub const fn topics(name: &'static str) -> Self {
+        Label {
+            name,
+            values: Values::Topics,
+        }
+    }
+
+    /// A label whose values are the rule names.
+    pub const fn rules(name: &'static str) -> Self {
+        Label {
+            name,
+            values: Values::Rules,
+        }
+    }
+
+    /// A label whose values are met at run time; `note` says what they are.
+    pub const fn seen(name: &'static str, note: &'static str) -> Self {
+        Label {
+            name,
+            values: Values::Seen(note),
+        }
+    }
+}
+
+/// A metric: one row of [`CATALOG`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricDef {
+    /// The full name, `tailsift_` prefixed.
+    pub name: &'static str,
+    /// Its Prometheus type.
+    pub kind: Kind,
+    /// Its unit.
+    pub unit: Unit,
+    /// Its labels, in the order of the docs.
+    pub labels: &'static [Label],
+    /// The bucket bounds of a histogram (the exporter's defaults if `None`).
+    pub buckets: Option<&'static [f64]>,
+    /// How it reaches `/metrics`.
+    pub exposed: Exposed,
+    /// Its description: the `# HELP` line and the docs.
+    pub help: &'static str,
+}
+
+/// The catalog row of `name`.
+pub fn def(name: &str) -> Option<&'static MetricDef> {
+    CATALOG.iter().find(|d| d.name == name)
+}
+
+/// Registers descriptions and units with the installed recorder.
 pub fn describe() {
-    describe_counter!(
-        MESSAGES_RECEIVED,
-        Unit::Count,
-        "Kafka messages read, by topic."
-    );
-    describe_counter!(SPANS_RECEIVED, Unit::Count, "Spans read, by topic.");
-    describe_counter!(
-        BYTES_RECEIVED,
-        Unit::Bytes,
-        "Message payload bytes read, by topic."
-    );
-    describe_counter!(
-        DECODE_FAILURES,
-        Unit::Count,
-        "Messages skipped because they do not decode, by kind (malformed_protobuf, malformed_json, empty)."
-    );
-    describe_counter!(
-        INVALID_SPANS,
-        Unit::Count,
-        "Spans skipped because their trace id is missing or invalid."
-    );
-    describe_gauge!(
-        TRACES_BUFFERED,
-        Unit::Count,
-        "Undecided traces in the buffer."
-    );
-    describe_gauge!(
-        BYTES_BUFFERED,
-        Unit::Bytes,
-        "Bytes counted against buffer.max_bytes: span data plus per-trace overhead."
-    );
-    describe_counter!(
-        TRACES_DECIDED,
-        Unit::Count,
-        "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, byte_limit, max_age, memory, stress, rebalance)."
-    );
-    describe_counter!(
-        SPANS_FORWARDED,
-        Unit::Count,
-        "Spans written to the output topic (acknowledged)."
-    );
-    describe_counter!(
-        MESSAGES_PRODUCED,
-        Unit::Count,
-        "Messages written to the output topic (acknowledged)."
-    );
-    describe_counter!(
-        PRODUCE_ERRORS,
-        Unit::Count,
-        "Failed deliveries to the output topic; each is retried, its offsets stay uncommitted meanwhile."
-    );
-    describe_counter!(
-        LATE_SPANS,
-        Unit::Count,
-        "Spans that arrived after their trace was decided, by outcome (kept: forwarded at once, dropped)."
-    );
-    describe_counter!(
-        REPLAYED_SPANS_FORWARDED,
-        Unit::Count,
-        "Spans forwarded from offsets this group had read before (after a crash or rebalance): an estimate of duplicates in the output."
-    );
-    describe_histogram!(
-        DECISION_LATENCY,
-        Unit::Seconds,
-        "Time from a trace's completion deadline (or a late span's arrival) to the acknowledgement of its output."
-    );
-    describe_counter!(
-        REPLAY_HEAD_READS,
-        Unit::Count,
-        "Partitions taken over whose replay needed the heads of traces straddling the commit offset read back, by result (complete, incomplete: cut short by time or memory)."
-    );
-    describe_counter!(
-        REPLAY_HEADS_MERGED,
-        Unit::Count,
-        "Replayed traces whose head, read back from below the commit offset, joined their tail, so that they were decided on their whole view."
-    );
-    describe_counter!(
-        TRACES_RELEASED,
-        Unit::Count,
-        "Undecided traces handed back to Kafka uncommitted (partition revoked): the next owner replays them."
-    );
-    describe_gauge!(
-        ASSIGNED_PARTITIONS,
-        Unit::Count,
-        "Input partitions assigned to this instance."
-    );
-    describe_counter!(
-        REBALANCES,
-        Unit::Count,
-        "Partition assignment changes, by kind (assign, revoke)."
-    );
-    describe_gauge!(
-        PAUSED,
-        Unit::Count,
-        "1 while fetching is paused because the buffer is above its high watermark, else 0."
-    );
-    describe_counter!(COMMITS, Unit::Count, "Offset commits sent.");
-    describe_counter!(
-        COMMIT_FAILURES,
-        Unit::Count,
-        "Offset commits the broker refused."
-    );
-    describe_gauge!(
-        OFFSETS_HELD_BACK,
-        Unit::Count,
-        "Offsets read but not yet safe to commit (held by undecided traces or produces in flight), summed over partitions."
-    );
-    describe_counter!(
-        ROUTED_TRACES,
-        Unit::Count,
-        "tailsift route: per-trace span groups re-keyed by trace id and sent to the sampling topic."
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        Unit::Count,
-        "Undecodable messages written to kafka.dead_letter_topic (acknowledged), by kind."
-    );
-    describe_counter!(
-        DEAD_LETTER_ERRORS,
-        Unit::Count,
-        "Failed writes to the dead-letter topic; each is retried, the source offset stays uncommitted meanwhile."
-    );
-    describe_counter!(
-        CONSUMER_ERRORS,
-        Unit::Count,
-        "Errors reported by the Kafka consumer."
-    );
-    describe_gauge!(
-        CONSUMER_LAG,
-        Unit::Count,
-        "Messages between this instance's read position and the end of the partition, by topic and partition (0 once the partition left this instance)."
-    );
-    describe_counter!(
-        LAG_QUERY_FAILURES,
-        Unit::Count,
-        "Lag measurements that failed because the brokers did not answer."
-    );
-    describe_gauge!(
-        PAUSED_PARTITIONS,
-        Unit::Count,
-        "Assigned partitions whose fetching is paused (buffer over budget, or shutting down)."
-    );
-    describe_histogram!(
-        TRACE_DURATION,
-        Unit::Seconds,
-        "Duration of each decided trace, from its earliest span start to its latest span end."
-    );
-    describe_histogram!(TRACE_SPANS, Unit::Count, "Spans of each decided trace.");
-    describe_gauge!(
-        BUFFER_BUDGET,
-        Unit::Bytes,
-        "The buffer's memory budget (buffer.max_bytes, or derived from the container limit)."
-    );
-    describe_counter!(
-        DECISION_CACHE_LOOKUPS,
-        Unit::Count,
-        "Decision cache lookups for spans of traces not buffered, by result (hit: a late span, miss: a new trace)."
-    );
-    describe_counter!(
-        DECISION_CACHE_EVICTIONS,
-        Unit::Count,
-        "Decisions removed from the cache, by cause (size: pushed out by decision_cache.max_bytes, expired: older than decision_cache.ttl)."
-    );
-    describe_gauge!(
-        DECISION_CACHE_ENTRIES,
-        Unit::Count,
-        "Decisions in the cache."
-    );
-    describe_gauge!(
-        DECISION_CACHE_BYTES,
-        Unit::Bytes,
-        "Bytes counted against decision_cache.max_bytes."
-    );
-    describe_gauge!(
-        STRESS_MODE,
-        Unit::Count,
-        "1 while stress relief's degraded mode is on (new traces decided by trace id alone, without buffering), else 0."
-    );
-    describe_counter!(
-        STRESS_SPANS,
-        Unit::Count,
-        "Spans decided by trace id alone in degraded mode, by outcome (kept, dropped)."
-    );
-    describe_counter!(
-        DECISIONS_LOGGED,
-        Unit::Count,
-        "Decision records acknowledged by the decision log, by outcome (kept, dropped); a kept trace forwarded again (late spans) is recorded again."
-    );
-    describe_counter!(
-        DECISION_LOG_ERRORS,
-        Unit::Count,
-        "Failed writes to the decision log; each is retried, the trace's offsets stay uncommitted meanwhile."
-    );
-    describe_counter!(
-        DECISION_LOG_BAD_RECORDS,
-        Unit::Count,
-        "Decision log records skipped on read-back because they do not decode, by kind (key, value, version)."
-    );
-    describe_counter!(
-        DECISION_LOG_READ_BACKS,
-        Unit::Count,
-        "Input partitions whose decisions were read back from the decision log on assignment, by result (complete; cut_short: more decisions than the cache holds, the newest read; incomplete: timed out or failed)."
-    );
-    describe_counter!(
-        DECISION_LOG_READ_BACK_RECORDS,
-        Unit::Count,
-        "Decisions read back from the decision log into the decision cache."
-    );
-    describe_histogram!(
-        DECISION_LOG_READ_BACK_SECONDS,
-        Unit::Seconds,
-        "Time each read-back of the decision log took (one per assignment)."
-    );
-    describe_counter!(
-        LOGGED_DECISION_SPANS,
-        Unit::Count,
-        "Spans of traces not buffered (late, or replayed after a crash or rebalance) that followed a decision read back from the decision log, by outcome (kept, dropped)."
-    );
-    describe_counter!(
-        SPANS_SKIPPED_FORWARDED,
-        Unit::Count,
-        "Replayed spans not forwarded again because the decision log says they already were."
-    );
+    for d in CATALOG.iter().filter(|d| d.exposed == Exposed::Recorder) {
+        match d.kind {
+            Kind::Counter => describe_counter!(d.name, d.unit, d.help),
+            Kind::Gauge => describe_gauge!(d.name, d.unit, d.help),
+            Kind::Histogram => describe_histogram!(d.name, d.unit, d.help),
+        }
+    }
 }
 
 /// Registers every series whose labels are known at start, at zero, so that `/metrics` shows
-/// the whole catalog from the first scrape (and `rate()` has a starting point). Series
-/// labelled by partition, service or operation appear when those are first seen.
-pub fn init_series(topics: &[String], rules: &[&str]) {
-    for t in topics {
-        for name in [MESSAGES_RECEIVED, SPANS_RECEIVED, BYTES_RECEIVED] {
-            metrics::counter!(name, "topic" => t.clone()).absolute(0);
+/// the whole catalog from the first scrape and `rate()` has a starting point (a counter that
+/// appears at its first increment hides that increment from `rate()`). Series labelled by
+/// partition, service or operation appear when those are first seen; the per-rule series are
+/// [`init_rules`]'.
+pub fn init_series(topics: &[String], rules: &[crate::rules::Rule]) {
+    for d in CATALOG.iter().filter(|d| d.exposed == Exposed::Recorder) {
+        let mut sets: Vec<Vec<(&'static str, String)>> = vec![Vec::new()];
+        for l in d.labels {
+            let values: Vec<String> = match l.values {
+                Values::Fixed(words) => words.iter().map(|w| w.to_string()).collect(),
+                Values::Topics => topics.to_vec(),
+                Values::Rules | Values::Seen(_) => Vec::new(),
+            };
+            sets = sets
+                .iter()
+                .flat_map(|set| {
+                    values.iter().map(move |v| {
+                        let mut s = set.clone();
+                        s.push((l.name, v.clone()));
+                        s
+                    })
+                })
+                .collect();
         }
-    }
-    for kind in crate::otlp::decode::DecodeError::KINDS {
-        metrics::counter!(DECODE_FAILURES, "kind" => *kind).absolute(0);
-        metrics::counter!(DEAD_LETTERS, "kind" => *kind).absolute(0);
+        for labels in &sets {
+            register(d, labels);
+        }
     }
     init_rules(rules);
-    for outcome in ["kept", "dropped"] {
-        metrics::counter!(LATE_SPANS, "outcome" => outcome).absolute(0);
-    }
-    for result in ["complete", "incomplete"] {
-        metrics::counter!(REPLAY_HEAD_READS, "result" => result).absolute(0);
-    }
-    for kind in ["assign", "revoke"] {
-        metrics::counter!(REBALANCES, "kind" => kind).absolute(0);
-    }
-    for result in ["hit", "miss"] {
-        metrics::counter!(DECISION_CACHE_LOOKUPS, "result" => result).absolute(0);
-    }
-    for cause in ["size", "expired"] {
-        metrics::counter!(DECISION_CACHE_EVICTIONS, "cause" => cause).absolute(0);
-    }
-    for outcome in ["kept", "dropped"] {
-        metrics::counter!(STRESS_SPANS, "outcome" => outcome).absolute(0);
-        metrics::counter!(DECISIONS_LOGGED, "outcome" => outcome).absolute(0);
-        metrics::counter!(LOGGED_DECISION_SPANS, "outcome" => outcome).absolute(0);
-    }
-    for kind in crate::decision::record::RecordError::KINDS {
-        metrics::counter!(DECISION_LOG_BAD_RECORDS, "kind" => *kind).absolute(0);
-    }
-    for result in ["complete", "cut_short", "incomplete"] {
-        metrics::counter!(DECISION_LOG_READ_BACKS, "result" => result).absolute(0);
-    }
-    for name in [
-        INVALID_SPANS,
-        SPANS_FORWARDED,
-        MESSAGES_PRODUCED,
-        PRODUCE_ERRORS,
-        REPLAYED_SPANS_FORWARDED,
-        TRACES_RELEASED,
-        REPLAY_HEADS_MERGED,
-        COMMITS,
-        COMMIT_FAILURES,
-        CONSUMER_ERRORS,
-        LAG_QUERY_FAILURES,
-        DEAD_LETTER_ERRORS,
-        TRACES_WITHOUT_ROOT,
-        ROUTED_TRACES,
-        DECISION_LOG_ERRORS,
-        DECISION_LOG_READ_BACK_RECORDS,
-        SPANS_SKIPPED_FORWARDED,
-    ] {
-        metrics::counter!(name).absolute(0);
-    }
-    for name in [
-        TRACES_BUFFERED,
-        BYTES_BUFFERED,
-        ASSIGNED_PARTITIONS,
-        PAUSED,
-        PAUSED_PARTITIONS,
-        OFFSETS_HELD_BACK,
-        BUFFER_BUDGET,
-        DECISION_CACHE_ENTRIES,
-        DECISION_CACHE_BYTES,
-        STRESS_MODE,
-    ] {
-        metrics::gauge!(name).set(0.0);
-    }
-    for name in [
-        DECISION_LATENCY,
-        TRACE_DURATION,
-        TRACE_SPANS,
-        DECISION_LOG_READ_BACK_SECONDS,
-    ] {
-        let _ = metrics::histogram!(name);
+}
+
+/// Registers one series at zero.
+fn register(d: &MetricDef, labels: &[(&'static str, String)]) {
+    match d.kind {
+        Kind::Counter => metrics::counter!(d.name, labels).increment(0),
+        Kind::Gauge => metrics::gauge!(d.name, labels).set(0.0),
+        Kind::Histogram => {
+            let _ = metrics::histogram!(d.name, labels);
+        }
     }
 }
 
-/// Registers the per-rule series of a (re)loaded rule set at zero.
-pub fn init_rules(rules: &[&str]) {
-    use crate::decision::Trigger;
-    for result in ["success", "failure"] {
-        metrics::counter!(RULES_RELOADS, "result" => result).absolute(0);
+/// The outcomes a rule can give, hence its only `outcome` (and `result`) series: a drop rule
+/// never keeps; a rule keeping every trace (sample rate 1) or a rate limit (whose traces over
+/// the limit fall through to the next rule, counted there) never drops. In shadow mode the
+/// outcome counted is still the rule's verdict.
+pub fn outcomes(rule: &crate::rules::Rule) -> &'static [Outcome] {
+    use crate::rules::Outcome as Rule;
+    match rule.outcome {
+        Rule::Drop => &[Outcome::Dropped],
+        Rule::Keep { sample_rate } if sample_rate <= 1 => &[Outcome::Kept],
+        Rule::RateLimit { .. } => &[Outcome::Kept],
+        Rule::Keep { .. } | Rule::Throughput(_) => &[Outcome::Kept, Outcome::Dropped],
     }
+}
+
+/// Registers the per-rule series of a (re)loaded rule set at zero: for each rule, the
+/// outcomes it can give ([`outcomes`]) by every trigger, and its matches.
+pub fn init_rules(rules: &[crate::rules::Rule]) {
     for rule in rules {
-        for result in ["matched", "kept", "dropped"] {
-            metrics::counter!(RULE_TRACES, "rule" => rule.to_string(), "result" => result)
-                .increment(0);
-            metrics::counter!(RULE_SPANS, "rule" => rule.to_string(), "result" => result)
-                .increment(0);
-        }
-        for outcome in ["kept", "dropped"] {
-            for trigger in Trigger::ALL {
+        let name = rule.name.to_string();
+        for &outcome in outcomes(rule) {
+            for trigger in crate::decision::Trigger::ALL {
                 metrics::counter!(TRACES_DECIDED,
-                    "rule" => rule.to_string(), "outcome" => outcome, "trigger" => trigger.as_str())
-                .absolute(0);
+                    "rule" => name.clone(), "outcome" => outcome, "trigger" => trigger.as_str())
+                .increment(0);
             }
         }
+        let results =
+            std::iter::once(RuleResult::Matched).chain(outcomes(rule).iter().map(|o| match o {
+                Outcome::Kept => RuleResult::Kept,
+                Outcome::Dropped => RuleResult::Dropped,
+            }));
+        for result in results {
+            metrics::counter!(RULE_TRACES, "rule" => name.clone(), "result" => result).increment(0);
+            metrics::counter!(RULE_SPANS, "rule" => name.clone(), "result" => result).increment(0);
+        }
     }
 }
 
-/// Histogram buckets per metric.
+/// The recorder's builder, with the catalog's histogram buckets.
 fn builder() -> PrometheusBuilder {
-    let buckets: [(&str, &[f64]); 5] = [
-        (
-            DECISION_LOG_READ_BACK_SECONDS,
-            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
-        ),
-        (RED_DURATION, RED_DURATION_BUCKETS),
-        (
-            DECISION_LATENCY,
-            &[
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
-        ),
-        (
-            TRACE_DURATION,
-            &[
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ],
-        ),
-        (
-            TRACE_SPANS,
-            &[
-                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 10000.0,
-            ],
-        ),
-    ];
     let mut b = PrometheusBuilder::new();
-    for (name, le) in buckets {
-        // Fails only on an empty bucket list, which these are not.
-        b = match b.set_buckets_for_metric(Matcher::Full(name.into()), le) {
-            Ok(next) => next,
-            Err(_) => PrometheusBuilder::new(),
-        };
+    for d in CATALOG {
+        if let Some(le) = d.buckets {
+            // Fails only on an empty bucket list, which a unit test rules out.
+            b = match b.set_buckets_for_metric(Matcher::Full(d.name.into()), le) {
+                Ok(next) => next,
+                Err(_) => PrometheusBuilder::new(),
+            };
+        }
     }
     b
-}
-
-pub fn describe_rules() {
-    describe_counter!(
-        RULE_TRACES,
-        Unit::Count,
-        "Traces per rule, by result: matched (the rule's conditions held; a rate_limit counts its fall-throughs here too), kept, dropped (the rule decided). In shadow mode, what the rules would have done."
-    );
-    describe_counter!(
-        RULE_SPANS,
-        Unit::Count,
-        "Spans of the traces counted in tailsift_rule_traces_total, by rule and result."
-    );
-    describe_counter!(
-        RULES_RELOADS,
-        Unit::Count,
-        "Rule reloads, by result: success (new rules in use), failure (invalid; the old rules stay)."
-    );
 }
 
 static RULES_INFO_VALUE: std::sync::Mutex<Option<(String, &'static str)>> =
@@ -479,16 +257,37 @@ pub fn set_rules_info(version: &str, mode: &'static str) {
     *RULES_INFO_VALUE.lock().unwrap_or_else(|e| e.into_inner()) = Some((version.to_string(), mode));
 }
 
-/// Appends the [`RULES_INFO`] series to a Prometheus text body.
-pub fn render_rules_info(out: &mut String) {
-    use std::fmt::Write;
-    let v = RULES_INFO_VALUE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((version, mode)) = v.as_ref() {
+/// Writes the `# HELP` and `# TYPE` lines of a catalogued metric.
+fn write_header(out: &mut String, name: &str) {
+    if let Some(d) = def(name) {
         let _ = write!(
             out,
-            "# HELP {RULES_INFO} {RULES_INFO_HELP}\n# TYPE {RULES_INFO} gauge\n{RULES_INFO}{{version=\"{version}\",mode=\"{mode}\"}} 1\n"
+            "# HELP {name} {}\n# TYPE {name} {}\n",
+            d.help,
+            d.kind.as_str()
         );
     }
+}
+
+/// Appends the [`RULES_INFO`] series: rendered here, not through the recorder, because it has
+/// one series at a time whose `version` label changes on reload, and the recorder cannot
+/// retire a series.
+fn render_rules_info(out: &mut String) {
+    let v = RULES_INFO_VALUE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((version, mode)) = v.as_ref() {
+        write_header(out, RULES_INFO);
+        let _ = writeln!(
+            out,
+            "{RULES_INFO}{{version=\"{version}\",mode=\"{mode}\"}} 1"
+        );
+    }
+}
+
+/// The `/metrics` body: what the recorder holds, then the series rendered at scrape time.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut body = handle.render();
+    render_rules_info(&mut body);
+    body
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -511,9 +310,11 @@ pub fn install() -> PrometheusHandle {
             // renders nothing, which the tests would show.
             let _ = metrics::set_global_recorder(recorder);
             describe();
-            describe_rules();
             handle.run_upkeep(); // publishes the descriptions
             handle
         })
         .clone()
 }
+
+#[cfg(test)]
+mod tests;
