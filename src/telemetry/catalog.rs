@@ -5,7 +5,7 @@
 //!
 //! Rows are in the order of docs/metrics.md: intake, buffer and decisions, output, replay and
 //! rebalance, memory, decision cache and log, commits and lag, route and dead letters, RED,
-//! broken traces, rules.
+//! broken traces, rules, build and process.
 
 use metrics::Unit;
 
@@ -373,5 +373,49 @@ catalog! {
         ],
         exposed: Scrape,
         help: "The loaded rules: version (a hash of the rule files' names and contents) and mode (enforce, shadow). One series, value 1.",
+    }
+    BUILD_INFO: Gauge "tailsift_build_info" {
+        unit: Count,
+        labels: [
+            Label::seen("version", "the crate version"),
+            Label::seen("commit", "TAILSIFT_GIT_COMMIT at build time, else unknown"),
+        ],
+        help: "The running build: version and git commit. One series, value 1.",
+    }
+    PROCESS_CPU_SECONDS: Counter "process_cpu_seconds_total" {
+        unit: Seconds,
+        labels: [],
+        exposed: Scrape,
+        help: "User and system CPU time of the process, in seconds (Linux).",
+    }
+    PROCESS_RESIDENT_MEMORY: Gauge "process_resident_memory_bytes" {
+        unit: Bytes,
+        labels: [],
+        exposed: Scrape,
+        help: "Resident memory of the process, in bytes (Linux).",
+    }
+    PROCESS_VIRTUAL_MEMORY: Gauge "process_virtual_memory_bytes" {
+        unit: Bytes,
+        labels: [],
+        exposed: Scrape,
+        help: "Virtual memory of the process, in bytes (Linux).",
+    }
+    PROCESS_OPEN_FDS: Gauge "process_open_fds" {
+        unit: Count,
+        labels: [],
+        exposed: Scrape,
+        help: "Open file descriptors of the process (Linux).",
+    }
+    PROCESS_MAX_FDS: Gauge "process_max_fds" {
+        unit: Count,
+        labels: [],
+        exposed: Scrape,
+        help: "The process's limit of open file descriptors (the soft RLIMIT_NOFILE; Linux).",
+    }
+    PROCESS_START_TIME: Gauge "process_start_time_seconds" {
+        unit: Seconds,
+        labels: [],
+        exposed: Scrape,
+        help: "Start time of the process, in seconds since the Unix epoch (Linux).",
     }
 }

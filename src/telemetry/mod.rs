@@ -9,6 +9,7 @@
 //! - [`labels`]: the fixed label values as enums (`Outcome::Kept`), never string literals.
 //! - [`red`]: rate, errors and duration per service and operation from every span.
 //! - [`broken`]: broken traces at decision time: orphan spans per service, missing roots.
+//! - [`process`]: the standard `process_*` metrics, read from `/proc` at scrape time.
 //!
 //! Labels come from small fixed sets (topic names from the config, rule names from the rule
 //! files, the words of [`labels`]; services and operations capped), never from trace data.
@@ -24,6 +25,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub mod broken;
 pub mod catalog;
 pub mod labels;
+pub mod process;
 pub mod red;
 
 pub use catalog::*;
@@ -56,8 +58,8 @@ impl Kind {
 pub enum Exposed {
     /// Recorded through the `metrics` recorder.
     Recorder,
-    /// Written into the text at each scrape by [`render`]: a series the recorder cannot retire
-    /// (the rules' version on reload).
+    /// Written into the text at each scrape by [`render`]: a value the recorder cannot hold
+    /// (fractional CPU seconds) or a series it cannot retire (the rules' version on reload).
     Scrape,
 }
 
@@ -121,7 +123,7 @@ impl Label {
 /// A metric: one row of [`CATALOG`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MetricDef {
-    /// The full name, `tailsift_` prefixed.
+    /// The full name, `tailsift_` prefixed (`process_` for the standard process metrics).
     pub name: &'static str,
     /// Its Prometheus type.
     pub kind: Kind,
@@ -287,8 +289,16 @@ fn render_rules_info(out: &mut String) {
 pub fn render(handle: &PrometheusHandle) -> String {
     let mut body = handle.render();
     render_rules_info(&mut body);
+    process::render(&mut body);
     body
 }
+
+/// The git commit of this build: `TAILSIFT_GIT_COMMIT` in the environment of the build (the
+/// Dockerfile's build argument of that name), else `unknown`.
+pub const GIT_COMMIT: &str = match option_env!("TAILSIFT_GIT_COMMIT") {
+    Some(c) if !c.is_empty() => c,
+    _ => "unknown",
+};
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -310,6 +320,9 @@ pub fn install() -> PrometheusHandle {
             // renders nothing, which the tests would show.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            metrics::gauge!(BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"), "commit" => GIT_COMMIT)
+            .set(1.0);
             handle.run_upkeep(); // publishes the descriptions
             handle
         })

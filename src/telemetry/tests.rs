@@ -71,7 +71,11 @@ fn every_metric_is_named_described_and_bucketed_once() {
     let mut names = BTreeSet::new();
     for d in CATALOG {
         assert!(names.insert(d.name), "{} is in the catalog twice", d.name);
-        assert!(d.name.starts_with("tailsift_"), "{}: prefix", d.name);
+        assert!(
+            d.name.starts_with("tailsift_") || d.name.starts_with("process_"),
+            "{}: prefix",
+            d.name
+        );
         assert_eq!(
             d.name.ends_with("_total"),
             d.kind == Kind::Counter,
@@ -242,7 +246,7 @@ fn label_values_convert_to_the_strings_of_the_catalog() {
 }
 
 #[test]
-fn rules_info_is_rendered_with_the_catalog_help() {
+fn rules_info_and_process_metrics_are_rendered_with_the_catalog_help() {
     let recorder = PrometheusBuilder::new().build_recorder();
     set_rules_info("abc", "shadow");
     let body = render(&recorder.handle());
@@ -251,4 +255,13 @@ fn rules_info_is_rendered_with_the_catalog_help() {
         "# HELP {RULES_INFO} {}\n# TYPE {RULES_INFO} gauge\n{RULES_INFO}{{version=\"abc\",mode=\"shadow\"}} 1\n",
         rules.help
     )));
+    if cfg!(target_os = "linux") {
+        for d in CATALOG.iter().filter(|d| d.name.starts_with("process_")) {
+            assert!(
+                body.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())),
+                "{} rendered",
+                d.name
+            );
+        }
+    }
 }
