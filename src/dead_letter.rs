@@ -18,8 +18,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::metrics as m;
 use crate::offsets::OffsetHold;
+use crate::telemetry as m;
 
 /// Header: the topic the message was read from.
 pub const SOURCE_TOPIC_HEADER: &str = "tailsift.source.topic";

@@ -24,9 +24,7 @@ struct AppState {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> String {
-    let mut body = s.metrics.render();
-    crate::metrics::render_rules_info(&mut body);
-    body
+    crate::telemetry::render(&s.metrics)
 }
 
 async fn healthz() -> &'static str {

@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::metrics as m;
+use crate::telemetry as m;
 
 /// `total` while no measurement has succeeded yet.
 const UNKNOWN: i64 = -1;

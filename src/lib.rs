@@ -12,10 +12,8 @@
 //! - [`otlp`]: the wire format: decode requests into per-trace span groups, read spans for the
 //!   rules, encode kept traces from the spans' original bytes.
 //! - [`buffer`]: the sharded trace map and its deadline index; completion triggers.
-//! - [`red`]: rate, errors and duration per service and operation from every span.
 //! - [`rules`]: rule files, compiled conditions, deterministic sampling.
 //! - [`memory`]: the byte budget (configured or from the container limit) and its watermarks.
-//! - [`broken`]: broken traces at decision time: orphan spans per service, missing roots.
 //! - [`decision`]: decisions, triggers, the cache that late spans follow, and the decision
 //!   log's record format.
 //! - [`journal`]: which decision is recorded in the decision log, and when (Kafka-free).
@@ -32,12 +30,13 @@
 //! - [`route`]: `tailsift route`: split unkeyed OTLP batches per trace, re-key by trace id.
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`metrics`]: every metric's name and description.
+//! - [`telemetry`]: the catalog of every metric (one table: name, kind, unit, help, labels,
+//!   buckets), RED metrics from every span ([`telemetry::red`]), broken traces
+//!   ([`telemetry::broken`]), build and process metrics.
 //! - [`logs`]: log output (text or JSON, colour only on a terminal), librdkafka's repeats
 //!   rate-limited.
 //! - [`demo`]: the embedded default: in-process Kafka, trace generator, live summary.
 
-pub mod broken;
 pub mod buffer;
 pub mod config;
 pub mod dead_letter;
@@ -50,15 +49,14 @@ pub mod journal;
 pub mod lag;
 pub mod logs;
 pub mod memory;
-pub mod metrics;
 pub mod offsets;
 pub mod otlp;
 pub mod pipeline;
-pub mod red;
 pub mod route;
 pub mod rules;
 pub mod sampler;
 pub mod secrets;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod yaml;

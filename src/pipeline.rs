@@ -151,10 +151,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// Starts the pipeline with the given rules.
 pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result<Running> {
     let settings = config.validate()?;
-    let handle = crate::metrics::install();
-    let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
-    crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
-    crate::metrics::set_rules_info(
+    let handle = crate::telemetry::install();
+    crate::telemetry::init_series(&config.kafka.input_topics, rules.rules());
+    crate::telemetry::set_rules_info(
         rules.version(),
         crate::rules::reload::mode_name(rules.options().mode),
     );
@@ -182,7 +181,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         source = ?source,
         "buffer memory budget"
     );
-    metrics::gauge!(crate::metrics::BUFFER_BUDGET).set(budget.max_bytes as f64);
+    metrics::gauge!(crate::telemetry::BUFFER_BUDGET).set(budget.max_bytes as f64);
     let decision_log = match settings.decision_log {
         Some(topics) => Some(start_decision_log(config, topics).await?),
         None => {
@@ -264,7 +263,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         red: config
             .monitoring
             .red_metrics
-            .then_some(crate::red::RedLimits {
+            .then_some(crate::telemetry::red::RedLimits {
                 max_services: config.monitoring.max_services,
                 max_operations: config.monitoring.max_operations_per_service,
             }),
@@ -382,7 +381,7 @@ pub async fn stress_relief(
     let mut relief = crate::memory::stress::StressRelief::new(config.settings());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    metrics::gauge!(crate::metrics::STRESS_MODE).set(0.0);
+    metrics::gauge!(crate::telemetry::STRESS_MODE).set(0.0);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -392,7 +391,7 @@ pub async fn stress_relief(
         let Some(on) = relief.observe(lag, std::time::Instant::now()) else {
             continue;
         };
-        metrics::gauge!(crate::metrics::STRESS_MODE).set(if on { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::telemetry::STRESS_MODE).set(if on { 1.0 } else { 0.0 });
         let s = sampler.clone();
         let rate = config.sample_rate;
         let decided = tokio::task::spawn_blocking(move || s.set_degraded(on, rate, Instant::now()))

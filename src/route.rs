@@ -29,12 +29,12 @@ use rdkafka::ClientContext;
 
 use crate::config::Config;
 use crate::dead_letter::{DeadLetters, Letter};
-use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::encode::encode_trace;
 use crate::otlp::SpanContext;
 use crate::source::Health;
+use crate::telemetry as m;
 
 /// One re-keyed message; holds its input offset until acknowledged.
 struct Outgoing {
@@ -138,7 +138,7 @@ impl ConsumerContext for RouteConsumerContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        metrics::counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+        metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Revoke).increment(1);
         // Whatever is in flight for these partitions is acknowledged before their commit, so
         // the next owner replays as little as possible.
         let _ = self.producer.producer.flush(Duration::from_secs(10));
@@ -166,7 +166,7 @@ impl ConsumerContext for RouteConsumerContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+            metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Assign).increment(1);
             let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
             for e in tpl.elements() {
                 table
@@ -188,7 +188,7 @@ pub struct Router {
 
 /// Starts routing `config.kafka.input_topics` to `config.kafka.output_topic`.
 pub async fn start(config: &Config) -> anyhow::Result<Router> {
-    let handle = crate::metrics::install();
+    let handle = crate::telemetry::install();
     let mut pc = crate::pipeline::producer_config(config);
     if !config.kafka.properties.contains_key("partitioner")
         && !config.kafka.producer_properties.contains_key("partitioner")

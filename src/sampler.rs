@@ -16,12 +16,12 @@ use crate::decision::{unix_ms, Decision, DecisionCache, Remembered, Trigger};
 use crate::heads::Heads;
 use crate::journal::{Delivery, Forwards, Journal, JournalEntry};
 use crate::memory::{stress, Budget};
-use crate::metrics as m;
 use crate::offsets::{DecidedRange, Hold, Holds, OffsetHold};
 use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
 use crate::otlp::encode::{encode_trace, Messages};
 use crate::otlp::{SpanContext, TraceId};
 use crate::rules::{RuleSet, TraceView};
+use crate::telemetry as m;
 
 /// What a produced message must release once acknowledged, and what to count then.
 #[derive(Debug)]
@@ -169,7 +169,7 @@ pub struct Sampler {
     histograms: Histograms,
     budget: Budget,
     /// Service labels of the orphan-span counter (capped).
-    pub orphan_services: crate::broken::ServiceLabels,
+    pub orphan_services: crate::telemetry::broken::ServiceLabels,
     /// Stress relief's degraded mode: new traces are decided by trace id, not buffered.
     degraded: AtomicBool,
     /// The sample rate of degraded mode.
@@ -223,7 +223,7 @@ impl Sampler {
                 spans: metrics::histogram!(m::TRACE_SPANS),
             },
             budget: Budget::default(),
-            orphan_services: crate::broken::ServiceLabels::default(),
+            orphan_services: crate::telemetry::broken::ServiceLabels::default(),
             degraded: AtomicBool::new(false),
             stress_rate: AtomicU32::new(10),
             decided_ranges: None,
@@ -582,7 +582,8 @@ impl Sampler {
             let view = TraceView::new(*id, entry);
             let d = rules.decide(&view);
             self.decisions.insert(*id, d.clone());
-            tally.without_root += u64::from(crate::broken::inspect(&view, &mut tally.orphans));
+            tally.without_root +=
+                u64::from(crate::telemetry::broken::inspect(&view, &mut tally.orphans));
             d
         })?;
         tally.decided(&decision, trigger);
@@ -705,7 +706,7 @@ impl Sampler {
         for ((rule, kept, trigger), n) in tally.decided {
             metrics::counter!(m::TRACES_DECIDED,
                 "rule" => rule.to_string(),
-                "outcome" => if kept { "kept" } else { "dropped" },
+                "outcome" => m::Outcome::kept(kept),
                 "trigger" => trigger.as_str())
             .increment(n);
             *by_rule.entry((rule, kept)).or_default() += n;
@@ -716,10 +717,13 @@ impl Sampler {
     /// periodically, off the hot path.
     pub fn publish_metrics(&self) {
         let s = self.decisions.stats();
-        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => "hit").absolute(s.hits);
-        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => "miss").absolute(s.misses);
-        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => "size").absolute(s.evicted_size);
-        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => "expired")
+        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => m::CacheLookup::Hit)
+            .absolute(s.hits);
+        metrics::counter!(m::DECISION_CACHE_LOOKUPS, "result" => m::CacheLookup::Miss)
+            .absolute(s.misses);
+        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => m::Eviction::Size)
+            .absolute(s.evicted_size);
+        metrics::counter!(m::DECISION_CACHE_EVICTIONS, "cause" => m::Eviction::Expired)
             .absolute(s.evicted_expired);
         metrics::gauge!(m::DECISION_CACHE_ENTRIES).set(s.entries as f64);
         metrics::gauge!(m::DECISION_CACHE_BYTES).set(s.bytes as f64);

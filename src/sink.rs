@@ -17,9 +17,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 
 use crate::decision::Decision;
-use crate::metrics as m;
 use crate::otlp::TraceId;
 use crate::sampler::{Output, Ticket};
+use crate::telemetry as m;
 
 /// Header naming the rule that kept the trace.
 pub const RULE_HEADER: &str = "tailsift.rule";

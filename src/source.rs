@@ -23,11 +23,11 @@ use crate::decision_log::DecisionLog;
 use crate::heads::{Heads, HEAD_MARK_GROUP_SUFFIX};
 use crate::lag::LagTracker;
 use crate::memory::Budget;
-use crate::metrics as m;
 use crate::offsets::{DecidedRange, Hold, MessageHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::Encoding;
 use crate::sampler::Sampler;
+use crate::telemetry as m;
 
 /// Suffix of the consumer group under which tailsift records how far it has read (used only
 /// to recognise replayed offsets after a crash or rebalance). Commit metadata would be the
@@ -237,7 +237,7 @@ impl ConsumerContext for SourceContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        metrics::counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+        metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Revoke).increment(1);
         if let Some(side) = &self.log {
             // Decisions on their way to the log release their offsets once there: let them
             // arrive, so that the commit below goes further and the next owner finds them.
@@ -292,7 +292,7 @@ impl ConsumerContext for SourceContext {
         // (The read marks come from the companion client, not from `consumer`.)
         match rebalance {
             Rebalance::Assign(tpl) => {
-                metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+                metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Assign).increment(1);
                 // What this group had read before: spans below it may already be in the
                 // output (a crash or rebalance replays them).
                 let read = self
@@ -495,7 +495,7 @@ pub struct IngestSettings {
     /// Where undecodable messages are copied, if anywhere.
     pub dead_letters: Option<Arc<DeadLetters>>,
     /// RED metrics from every span, unless turned off.
-    pub red: Option<crate::red::RedLimits>,
+    pub red: Option<crate::telemetry::red::RedLimits>,
 }
 
 /// The ingest thread's body: poll, ingest, commit, until told to stop.
@@ -512,7 +512,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
     // Messages read since the last tick, for the progress that `/readyz` watches.
     let mut consumed: u64 = 0;
     let budget = settings.budget;
-    let mut red = settings.red.map(crate::red::Red::new);
+    let mut red = settings.red.map(crate::telemetry::red::Red::new);
     loop {
         if health.stop.load(Ordering::Relaxed) {
             break;
@@ -611,27 +611,27 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                             metrics::counter!(m::INVALID_SPANS).increment(s.invalid_spans as u64);
                         }
                         if s.late_kept > 0 {
-                            metrics::counter!(m::LATE_SPANS, "outcome" => "kept")
+                            metrics::counter!(m::LATE_SPANS, "outcome" => m::Outcome::Kept)
                                 .increment(s.late_kept as u64);
                         }
                         if s.late_dropped > 0 {
-                            metrics::counter!(m::LATE_SPANS, "outcome" => "dropped")
+                            metrics::counter!(m::LATE_SPANS, "outcome" => m::Outcome::Dropped)
                                 .increment(s.late_dropped as u64);
                         }
                         if s.stress_kept > 0 {
-                            metrics::counter!(m::STRESS_SPANS, "outcome" => "kept")
+                            metrics::counter!(m::STRESS_SPANS, "outcome" => m::Outcome::Kept)
                                 .increment(s.stress_kept as u64);
                         }
                         if s.stress_dropped > 0 {
-                            metrics::counter!(m::STRESS_SPANS, "outcome" => "dropped")
+                            metrics::counter!(m::STRESS_SPANS, "outcome" => m::Outcome::Dropped)
                                 .increment(s.stress_dropped as u64);
                         }
                         if s.logged_kept > 0 {
-                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => "kept")
+                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => m::Outcome::Kept)
                                 .increment(s.logged_kept as u64);
                         }
                         if s.logged_dropped > 0 {
-                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => "dropped")
+                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => m::Outcome::Dropped)
                                 .increment(s.logged_dropped as u64);
                         }
                         if s.skipped_forwarded > 0 {
@@ -835,8 +835,8 @@ fn read_heads(
         }
     }
     let _ = client.unassign();
-    let result = if complete { "complete" } else { "incomplete" };
-    metrics::counter!(m::REPLAY_HEAD_READS, "result" => result).increment(1);
+    metrics::counter!(m::REPLAY_HEAD_READS, "result" => m::HeadRead::complete(complete))
+        .increment(1);
     if complete {
         tracing::info!(
             topic,

@@ -37,8 +37,8 @@ use crate::decision::record::DropList;
 use crate::decision::record::{self, Record};
 use crate::decision::Decision;
 use crate::journal::{Journal, JournalEntry};
-use crate::metrics as m;
 use crate::offsets::{Holds, OffsetHold};
+use crate::telemetry as m;
 
 pub use topics::LogTopics;
 
@@ -254,8 +254,8 @@ impl DecisionLog {
         let producer: ThreadedProducer<LogContext> = config.create_with_context(LogContext {
             retries: tx.clone(),
             health: health.clone(),
-            logged_kept: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => "kept"),
-            logged_dropped: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => "dropped"),
+            logged_kept: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => m::Outcome::Kept),
+            logged_dropped: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => m::Outcome::Dropped),
             errors: metrics::counter!(m::DECISION_LOG_ERRORS),
         })?;
         let log = Arc::new(DecisionLog {

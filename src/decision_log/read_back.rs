@@ -26,7 +26,7 @@ use super::topics::{self, Retention};
 use super::{DecisionLog, LogError};
 use crate::decision::record::{self, Entry, RuleNames};
 use crate::decision::{unix_ms, DecisionCache, Logged};
-use crate::metrics as m;
+use crate::telemetry as m;
 
 /// An input partition to read the decisions of.
 #[derive(Debug, Clone, PartialEq, Eq)]
