@@ -3,6 +3,8 @@
 //! [`Output`] and journal stand for the producer and the decision log.
 //!
 //! - [`log`]: what is recorded in the decision log and when; spans following logged decisions.
+//! - [`late`]: late spans following a cached decision; stress relief's degraded mode.
+//! - [`rebalance`]: the head join of a replay; revoked partitions.
 //! - [`memory`]: memory relief: the oldest traces decided at the budget or during a pause;
 //!   the per-trace byte limit.
 
@@ -21,8 +23,10 @@ use crate::otlp::build::*;
 use crate::otlp::decode::Decoder;
 use crate::rules::parse_file;
 
+mod late;
 mod log;
 mod memory;
+mod rebalance;
 
 /// Keeps traces with an error, drops the rest.
 const RULES: &str = "rules:
