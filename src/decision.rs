@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::otlp::mark::Mark;
+
 mod cache;
 pub mod record;
 
@@ -26,6 +28,7 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The name of the rule that decided.
     pub fn rule(&self) -> &str {
         match self {
             Decision::Keep { rule, .. }
@@ -65,6 +68,29 @@ impl Decision {
         }
     }
 
+    /// What a forwarded trace is marked with: the rule, the sample rate, and in shadow mode
+    /// the rules' verdict. `None` for a dropped trace (nothing forwarded, nothing marked).
+    pub fn mark(&self) -> Option<Mark<'_>> {
+        match self {
+            Decision::Keep { rule, sample_rate } => Some(Mark {
+                rule,
+                sample_rate: *sample_rate,
+                shadow: None,
+            }),
+            Decision::Shadow {
+                rule,
+                keep,
+                sample_rate,
+            } => Some(Mark {
+                rule,
+                sample_rate: *sample_rate,
+                shadow: Some(*keep),
+            }),
+            Decision::Drop { .. } => None,
+        }
+    }
+
+    /// The outcome label of the metrics: `kept` or `dropped` (what the rules said).
     pub fn outcome(&self) -> &'static str {
         if self.is_keep() {
             "kept"
@@ -109,6 +135,7 @@ impl Trigger {
         Trigger::Rebalance,
     ];
 
+    /// The trigger label of the metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Idle => "idle",
@@ -119,6 +146,47 @@ impl Trigger {
             Trigger::Memory => "memory",
             Trigger::Stress => "stress",
             Trigger::Rebalance => "rebalance",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_decisions_are_marked_with_their_rule_and_rate_and_dropped_ones_not() {
+        let keep = Decision::Keep {
+            rule: "slow".into(),
+            sample_rate: 10,
+        };
+        let shadow = Decision::Shadow {
+            rule: "baseline".into(),
+            keep: false,
+            sample_rate: 4,
+        };
+        let drop = Decision::Drop { rule: "x".into() };
+        let cases: [(&Decision, Option<Mark<'_>>); 3] = [
+            (
+                &keep,
+                Some(Mark {
+                    rule: "slow",
+                    sample_rate: 10,
+                    shadow: None,
+                }),
+            ),
+            (
+                &shadow,
+                Some(Mark {
+                    rule: "baseline",
+                    sample_rate: 4,
+                    shadow: Some(false),
+                }),
+            ),
+            (&drop, None),
+        ];
+        for (decision, want) in cases {
+            assert_eq!(decision.mark(), want, "{decision:?}");
         }
     }
 }

@@ -151,7 +151,8 @@ impl Sampler {
         let rules = self.rules.load();
         let Some(marks) = rules
             .marking()
-            .and_then(|m| m.marks(decision, rules.salted()))
+            .zip(decision.mark())
+            .and_then(|(m, mark)| m.marks(mark, rules.salted()))
         else {
             return encode_trace(chunks, self.max_message_bytes);
         };
