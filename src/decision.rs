@@ -15,14 +15,25 @@ pub use cache::{unix_ms, CacheStats, DecisionCache, Logged, Remembered, CACHE_EN
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Forward the trace; it stands for `sample_rate` traces like it (1 in N kept).
-    Keep { rule: Arc<str>, sample_rate: u32 },
+    Keep {
+        /// The rule that kept it.
+        rule: Arc<str>,
+        /// N of 1-in-N.
+        sample_rate: u32,
+    },
     /// Do not forward.
-    Drop { rule: Arc<str> },
+    Drop {
+        /// The rule that dropped it.
+        rule: Arc<str>,
+    },
     /// Shadow mode: forward the trace whatever the rules said; `keep` and `sample_rate` are
     /// what they said (counted and marked as such).
     Shadow {
+        /// The rule that decided.
         rule: Arc<str>,
+        /// Whether the rules kept it.
         keep: bool,
+        /// The rules' N of 1-in-N.
         sample_rate: u32,
     },
 }

@@ -1,6 +1,6 @@
 //! Decide: a buffered trace taken out and run through the rules, when its time has come
 //! (completion), when the buffer reached its memory budget (oldest first), or when its
-//! partition left this instance. Kept traces go on to [`super::forward`]; dropped ones are
+//! partition left this instance. Kept traces go on to `forward`; dropped ones are
 //! recorded in the decision log, if there is one.
 
 use tokio::time::Instant;

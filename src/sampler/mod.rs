@@ -6,9 +6,11 @@
 //! It takes the time as an argument, so it is tested in paused time, without Kafka.
 //!
 //! By step:
-//! - [`ingest`](self::ingest): a message in; late spans, degraded mode, the head join.
-//! - [`decide`](self::decide): completion, memory relief, revoked partitions.
-//! - [`forward`](self::forward): kept traces encoded, marked and handed on with their tickets.
+//! - `ingest`: a message in ([`Sampler::ingest`]); late spans, degraded mode
+//!   ([`Sampler::set_degraded`]), the head join of a replay.
+//! - `decide`: completion ([`Sampler::decide_due`]), memory relief, revoked partitions
+//!   ([`Sampler::partitions_revoked`]).
+//! - `forward`: kept traces encoded, marked and handed on with their [`Ticket`]s.
 //! - [`tally`]: what is counted, once per event: [`Counts`], which Prometheus shows.
 
 use std::sync::atomic::{AtomicBool, AtomicU32};

@@ -4,8 +4,8 @@
 //! Each event is counted once, by one call that adds to the count and increments its
 //! Prometheus counter together (see [`Count`]): in a process with one sampler, as in
 //! production and in the demo, a scrape shows exactly these numbers. Counting stays in bulk:
-//! one call per message for what a message brought ([`MessageTally`]), one per decider tick
-//! for what a batch of decisions made ([`Tally`], recorded by `Sampler::flush`).
+//! one call per message for what a message brought (`MessageTally`), one per decider tick
+//! for what a batch of decisions made (`Tally`, recorded by `Sampler::flush`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
