@@ -138,7 +138,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut running = start_with_rules(config, rules).await?;
     if config.rules.reload {
         let sampler = running.sampler.clone();
-        let swap: crate::rules::reload::Swap = Arc::new(move |new| sampler.rules.swap(new));
+        let swap: crate::rules::reload::Swap = Arc::new(move |new| sampler.swap_rules(new));
         let loader = crate::rules::reload::Loader::new(&config.rules.dir, options, &version, swap);
         running.reloader = Some(crate::rules::reload::Reloader::spawn(
             loader,
@@ -483,7 +483,7 @@ impl Running {
         let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
         self.http.abort();
         tracing::info!(
-            undecided = self.sampler.buffer.len(),
+            undecided = self.sampler.buffered_traces(),
             "tailsift stopped; undecided traces will be replayed by the next owner"
         );
         Ok(())

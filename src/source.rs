@@ -26,7 +26,7 @@ use crate::memory::Budget;
 use crate::offsets::{DecidedRange, Hold, MessageHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::Encoding;
-use crate::sampler::Sampler;
+use crate::sampler::{Counts, Sampler, TopicCounts};
 use crate::telemetry as m;
 
 /// Suffix of the consumer group under which tailsift records how far it has read (used only
@@ -367,7 +367,7 @@ impl ConsumerContext for SourceContext {
                         side.runtime.clone(),
                         side.settings.clone(),
                     );
-                    let cache = self.sampler.decisions.clone();
+                    let cache = self.sampler.decision_cache().clone();
                     let spawned = std::thread::Builder::new()
                         .name("tailsift-read-back".into())
                         .spawn({
@@ -457,30 +457,30 @@ impl LogOnce {
     }
 }
 
-/// Per-topic counters, registered once per topic instead of looked up per message.
+/// Per-topic counts (the sampler's), looked up once per topic instead of per message.
 #[derive(Default)]
 struct TopicCounters(HashMap<String, Arc<TopicCounter>>);
 
 struct TopicCounter {
     encoding: Encoding,
-    messages: metrics::Counter,
-    bytes: metrics::Counter,
-    spans: metrics::Counter,
+    counts: Arc<TopicCounts>,
 }
 
 impl TopicCounters {
-    fn get(&mut self, topic: &str, encodings: &impl Fn(&str) -> Encoding) -> Arc<TopicCounter> {
+    fn get(
+        &mut self,
+        topic: &str,
+        encodings: &impl Fn(&str) -> Encoding,
+        counts: &Counts,
+    ) -> Arc<TopicCounter> {
         if let Some(c) = self.0.get(topic) {
             return c.clone();
         }
-        let t = topic.to_string();
         let c = Arc::new(TopicCounter {
             encoding: encodings(topic),
-            messages: metrics::counter!(m::MESSAGES_RECEIVED, "topic" => t.clone()),
-            bytes: metrics::counter!(m::BYTES_RECEIVED, "topic" => t.clone()),
-            spans: metrics::counter!(m::SPANS_RECEIVED, "topic" => t.clone()),
+            counts: counts.topic(topic),
         });
-        self.0.insert(t, c.clone());
+        self.0.insert(topic.to_string(), c.clone());
         c
     }
 }
@@ -578,18 +578,14 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                     }
                 }
                 let hold = MessageHold::new(idx, offset);
-                let counters = topic_counters.get(msg.topic(), &settings.encodings);
-                counters.messages.increment(1);
-                counters.bytes.increment(payload.len() as u64);
+                let counters =
+                    topic_counters.get(msg.topic(), &settings.encodings, sampler.counts());
+                counters.counts.messages.add(1);
+                counters.counts.bytes.add(payload.len() as u64);
                 let ingested = counters
                     .encoding
                     .as_proto(payload, &mut scratch)
-                    .inspect_err(|_| {
-                        sampler
-                            .stats
-                            .decode_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                    })
+                    .inspect_err(|e| sampler.counts().decode_failed(e))
                     .and_then(|proto| {
                         let r = sampler.ingest_with_heads(
                             &mut decoder,
@@ -605,42 +601,9 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                         r
                     });
                 match ingested {
-                    Ok(s) => {
-                        counters.spans.increment(s.spans as u64);
-                        if s.invalid_spans > 0 {
-                            metrics::counter!(m::INVALID_SPANS).increment(s.invalid_spans as u64);
-                        }
-                        if s.late_kept > 0 {
-                            metrics::counter!(m::LATE_SPANS, "outcome" => m::Outcome::Kept)
-                                .increment(s.late_kept as u64);
-                        }
-                        if s.late_dropped > 0 {
-                            metrics::counter!(m::LATE_SPANS, "outcome" => m::Outcome::Dropped)
-                                .increment(s.late_dropped as u64);
-                        }
-                        if s.stress_kept > 0 {
-                            metrics::counter!(m::STRESS_SPANS, "outcome" => m::Outcome::Kept)
-                                .increment(s.stress_kept as u64);
-                        }
-                        if s.stress_dropped > 0 {
-                            metrics::counter!(m::STRESS_SPANS, "outcome" => m::Outcome::Dropped)
-                                .increment(s.stress_dropped as u64);
-                        }
-                        if s.logged_kept > 0 {
-                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => m::Outcome::Kept)
-                                .increment(s.logged_kept as u64);
-                        }
-                        if s.logged_dropped > 0 {
-                            metrics::counter!(m::LOGGED_DECISION_SPANS, "outcome" => m::Outcome::Dropped)
-                                .increment(s.logged_dropped as u64);
-                        }
-                        if s.skipped_forwarded > 0 {
-                            metrics::counter!(m::SPANS_SKIPPED_FORWARDED)
-                                .increment(s.skipped_forwarded as u64);
-                        }
-                    }
+                    Ok(spans) => counters.counts.spans.add(spans as u64),
                     Err(e) => {
-                        metrics::counter!(m::DECODE_FAILURES, "kind" => e.kind()).increment(1);
+                        // Counted where it failed (the sampler's counts).
                         if log.should_log(e.kind()) {
                             tracing::warn!(
                                 topic = msg.topic(),
@@ -676,7 +639,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
             Some(Ok(_)) => {} // draining: fetched before the pause; replayed after restart
         }
         // Back-pressure: the buffer is near its budget, let Kafka hold the backlog.
-        let bytes = sampler.buffer.bytes();
+        let bytes = sampler.buffered_bytes();
         let paused = health.paused.load(Ordering::Relaxed);
         if !drained && !paused && bytes > budget.pause_above {
             let n = consumer.assignment().map_or(0, |a| {
@@ -684,7 +647,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 a.count()
             });
             health.paused.store(true, Ordering::Relaxed);
-            sampler.buffer.stop_clock(Instant::now());
+            sampler.reading_paused(Instant::now());
             metrics::gauge!(m::PAUSED).set(1.0);
             metrics::gauge!(m::PAUSED_PARTITIONS).set(n as f64);
             tracing::warn!(
@@ -696,7 +659,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
         } else if !drained && paused && bytes < budget.resume_below {
             let _ = consumer.resume(&resumable(&ctx.parts()));
             health.paused.store(false, Ordering::Relaxed);
-            sampler.buffer.start_clock(Instant::now());
+            sampler.reading_resumed(Instant::now());
             metrics::gauge!(m::PAUSED).set(0.0);
             metrics::gauge!(m::PAUSED_PARTITIONS).set(0.0);
             tracing::info!(
@@ -714,8 +677,6 @@ pub fn run(consumer: BaseConsumer<SourceContext>, settings: IngestSettings) {
                 red.flush();
             }
             commit(&consumer, CommitMode::Async);
-            metrics::gauge!(m::TRACES_BUFFERED).set(sampler.buffer.len() as f64);
-            metrics::gauge!(m::BYTES_BUFFERED).set(sampler.buffer.bytes() as f64);
             sampler.publish_metrics();
         }
     }

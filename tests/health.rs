@@ -244,8 +244,8 @@ async fn red_metrics_can_be_turned_off() {
     );
     flush(&p);
     assert!(
-        eventually(Duration::from_secs(20), || running.sampler.stats.kept()
-            + running.sampler.stats.dropped()
+        eventually(Duration::from_secs(20), || running.sampler.counts().kept()
+            + running.sampler.counts().dropped()
             == 1)
         .await,
         "the trace is decided"
