@@ -427,9 +427,9 @@ impl Default for StressConfig {
 
 impl StressConfig {
     /// The thresholds as the stress-relief state machine takes them.
-    pub fn settings(&self) -> crate::memory::stress::StressSettings {
+    pub fn settings(&self) -> crate::stress::StressSettings {
         let lag = |v: u64| v.min(i64::MAX as u64) as i64;
-        crate::memory::stress::StressSettings {
+        crate::stress::StressSettings {
             enter_lag: lag(self.enter_lag),
             enter_after: self.enter_after,
             exit_lag: lag(self.exit_lag),
@@ -783,10 +783,9 @@ impl Config {
         }
         if let Some(t) = self.decision_log_topics() {
             if k.input_topics.len() > 1
-                && !k
-                    .decision_topic
-                    .as_deref()
-                    .is_none_or(|d| d.contains(crate::decision_log::topics::TOPIC_PLACEHOLDER))
+                && !k.decision_topic.as_deref().is_none_or(|d| {
+                    d.contains(crate::kafka::decision_log::topics::TOPIC_PLACEHOLDER)
+                })
             {
                 return Err(invalid(
                     "kafka.decision_topic",
@@ -795,7 +794,7 @@ impl Config {
             }
             for input in &k.input_topics {
                 let name = t.log_of(input);
-                if let Err(why) = crate::decision_log::topics::check_topic_name(&name) {
+                if let Err(why) = crate::kafka::decision_log::topics::check_topic_name(&name) {
                     let from = if k.decision_topic.is_none() {
                         " (derived from kafka.group_id: set kafka.decision_topic)"
                     } else {
@@ -1004,7 +1003,7 @@ impl Config {
     }
 
     /// The decision log's topic names, unless it is turned off (`kafka.decision_topic: ""`).
-    pub fn decision_log_topics(&self) -> Option<crate::decision_log::LogTopics> {
+    pub fn decision_log_topics(&self) -> Option<crate::kafka::decision_log::LogTopics> {
         let k = &self.kafka;
         let template = match &k.decision_topic {
             Some(t) if t.trim().is_empty() => return None,
@@ -1012,10 +1011,10 @@ impl Config {
             None => format!(
                 "{}.decisions.{}",
                 k.group_id,
-                crate::decision_log::topics::TOPIC_PLACEHOLDER
+                crate::kafka::decision_log::topics::TOPIC_PLACEHOLDER
             ),
         };
-        Some(crate::decision_log::LogTopics::new(&template))
+        Some(crate::kafka::decision_log::LogTopics::new(&template))
     }
 
     /// The encoding of input topic `topic`.

@@ -14,7 +14,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::source::Health;
+use crate::kafka::consume::Health;
 
 #[derive(Clone)]
 struct AppState {

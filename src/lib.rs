@@ -21,15 +21,15 @@
 //! - [`journal`]: which decision is recorded in the decision log, and when (Kafka-free).
 //! - [`offsets`]: which offsets are safe to commit (the at-least-once bookkeeping).
 //! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
-//! - [`source`]: the Kafka consumer thread: ingest, commit, rebalance, back-pressure.
-//! - [`sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
-//! - [`decision_log`]: every decision on a compacted Kafka topic, read back by a partition's
+//! - [`kafka::consume`]: the Kafka consumer thread: ingest, commit, rebalance, back-pressure.
+//! - [`kafka::sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
+//! - [`kafka::decision_log`]: every decision on a compacted Kafka topic, read back by a partition's
 //!   next owner before it ingests.
-//! - [`lag`]: consumer lag per partition and consumption progress, measured off the ingest
+//! - [`kafka::lag`]: consumer lag per partition and consumption progress, measured off the ingest
 //!   thread.
-//! - [`dead_letter`]: undecodable messages copied to a dead-letter topic before their offset
+//! - [`kafka::dead_letter`]: undecodable messages copied to a dead-letter topic before their offset
 //!   is released.
-//! - [`route`]: `tailsift route`: split unkeyed OTLP batches per trace, re-key by trace id.
+//! - [`kafka::route`]: `tailsift route`: split unkeyed OTLP batches per trace, re-key by trace id.
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric's name and description.
@@ -40,14 +40,12 @@
 pub mod broken;
 pub mod buffer;
 pub mod config;
-pub mod dead_letter;
 pub mod decision;
-pub mod decision_log;
 pub mod demo;
 pub mod heads;
 pub mod http;
 pub mod journal;
-pub mod lag;
+pub mod kafka;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
@@ -55,10 +53,8 @@ pub mod offsets;
 pub mod otlp;
 pub mod pipeline;
 pub mod red;
-pub mod route;
 pub mod rules;
 pub mod sampler;
 pub mod secrets;
-pub mod sink;
-pub mod source;
+pub mod stress;
 pub mod yaml;

@@ -307,7 +307,7 @@ async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
         }
         Command::Route { config } => {
             let config = Config::load(&config)?;
-            let router = tailsift::route::start(&config).await?;
+            let router = tailsift::kafka::route::start(&config).await?;
             tailsift::pipeline::signal().await;
             tracing::info!("signal received: shutting down");
             let bound = config.shutdown_timeout + Duration::from_secs(5);

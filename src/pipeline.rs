@@ -16,15 +16,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::dead_letter::DeadLetters;
 use crate::decision::DecisionCache;
-use crate::decision_log::read_back::ReadBackSettings;
-use crate::decision_log::topics::{self, Ensured, Retention};
-use crate::decision_log::{DecisionLog, LogError, LogTopics};
+use crate::kafka::consume::{self, Health, IngestSettings};
+use crate::kafka::dead_letter::DeadLetters;
+use crate::kafka::decision_log::read_back::ReadBackSettings;
+use crate::kafka::decision_log::topics::{self, Ensured, Retention};
+use crate::kafka::decision_log::{DecisionLog, LogError, LogTopics};
+use crate::kafka::sink::KafkaSink;
 use crate::rules::RuleSet;
 use crate::sampler::Sampler;
-use crate::sink::KafkaSink;
-use crate::source::{self, Health, IngestSettings};
 
 /// Appended to client-creation errors: what a TLS or SCRAM setting needs in a build without
 /// the `tls` feature.
@@ -221,7 +221,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         consumer_config.get("auto.offset.reset"),
         Some("latest" | "largest" | "end")
     );
-    let log_side = decision_log.as_ref().map(|log| source::LogSide {
+    let log_side = decision_log.as_ref().map(|log| consume::LogSide {
         log: log.clone(),
         consumer_config: consumer_config.clone(),
         runtime: tokio::runtime::Handle::current(),
@@ -231,7 +231,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
             max_records: DecisionCache::capacity_for_bytes(config.decision_cache_bytes()),
         },
     });
-    let consumer = source::consumer(
+    let consumer = consume::consumer(
         &consumer_config,
         &config.kafka.input_topics,
         sampler.clone(),
@@ -240,10 +240,10 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     )
     .with_context(|| format!("cannot create the Kafka consumer{TLS_HINT}"))?;
     health.lag.expect_topics(&config.kafka.input_topics);
-    crate::lag::spawn(
+    crate::kafka::lag::spawn(
         &consumer_config,
         health.clone(),
-        crate::lag::LagSettings {
+        crate::kafka::lag::LagSettings {
             interval: config.monitoring.lag_interval,
             reset_to_latest,
         },
@@ -274,7 +274,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
     };
     let ingest = std::thread::Builder::new()
         .name("tailsift-ingest".into())
-        .spawn(move || source::run(consumer, settings))
+        .spawn(move || consume::run(consumer, settings))
         .context("cannot start the ingest thread")?;
 
     let (stop_deciders, stop_rx) = watch::channel(false);
@@ -378,7 +378,7 @@ pub async fn stress_relief(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut relief = crate::memory::stress::StressRelief::new(config.settings());
+    let mut relief = crate::stress::StressRelief::new(config.settings());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metrics::gauge!(crate::metrics::STRESS_MODE).set(0.0);

@@ -15,13 +15,14 @@ use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
 use crate::decision::{unix_ms, Decision, DecisionCache, Remembered, Trigger};
 use crate::heads::Heads;
 use crate::journal::{Delivery, Forwards, Journal, JournalEntry};
-use crate::memory::{stress, Budget};
+use crate::memory::Budget;
 use crate::metrics as m;
 use crate::offsets::{DecidedRange, Hold, Holds, OffsetHold};
 use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
 use crate::otlp::encode::{encode_trace, Messages};
 use crate::otlp::{SpanContext, TraceId};
 use crate::rules::{RuleSet, TraceView};
+use crate::stress;
 
 /// What a produced message must release once acknowledged, and what to count then.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use tailsift::lag::{measure, LagSettings, LagTracker};
+use tailsift::kafka::lag::{measure, LagSettings, LagTracker};
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
 

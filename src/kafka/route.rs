@@ -28,13 +28,13 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::config::Config;
-use crate::dead_letter::{DeadLetters, Letter};
+use crate::kafka::consume::Health;
+use crate::kafka::dead_letter::{DeadLetters, Letter};
 use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::encode::encode_trace;
 use crate::otlp::SpanContext;
-use crate::source::Health;
 
 /// One re-keyed message; holds its input offset until acknowledged.
 struct Outgoing {
@@ -105,7 +105,7 @@ impl RouteProducer {
         let record = BaseRecord::with_opaque_to(&self.topic, out)
             .key(key.as_bytes())
             .payload(payload.as_slice());
-        match crate::sink::enqueue(&self.producer, record, None) {
+        match crate::kafka::sink::enqueue(&self.producer, record, None) {
             Ok(()) => {}
             Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
                 // Only a single span over the limit gets here: no broker takes it.

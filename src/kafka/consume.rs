@@ -17,11 +17,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::time::Instant;
 
-use crate::dead_letter::{DeadLetters, Letter};
-use crate::decision_log::read_back::{read_back, Part, ReadBackSettings};
-use crate::decision_log::DecisionLog;
 use crate::heads::{Heads, HEAD_MARK_GROUP_SUFFIX};
-use crate::lag::LagTracker;
+use crate::kafka::dead_letter::{DeadLetters, Letter};
+use crate::kafka::decision_log::read_back::{read_back, Part, ReadBackSettings};
+use crate::kafka::decision_log::DecisionLog;
+use crate::kafka::lag::LagTracker;
 use crate::memory::Budget;
 use crate::metrics as m;
 use crate::offsets::{DecidedRange, Hold, MessageHold, PartitionOffsets};
@@ -47,13 +47,13 @@ pub struct Health {
     /// Assigned partitions whose decisions are being read back from the decision log.
     pub reading_back: AtomicUsize,
     /// The decision log's state, when there is one.
-    pub decision_log: std::sync::OnceLock<Arc<crate::decision_log::LogHealth>>,
+    pub decision_log: std::sync::OnceLock<Arc<crate::kafka::decision_log::LogHealth>>,
     /// Stop fetching (shutdown has begun); the thread keeps polling for callbacks.
     pub draining: AtomicBool,
     /// Commit what is safe and leave the group.
     pub stop: AtomicBool,
     pub paused: AtomicBool,
-    /// Consumer lag and consumption progress (see [`crate::lag`]).
+    /// Consumer lag and consumption progress (see [`crate::kafka::lag`]).
     pub lag: LagTracker,
 }
 

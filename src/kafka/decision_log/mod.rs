@@ -329,7 +329,9 @@ impl DecisionLog {
             .partition(partition)
             .key(key)
             .payload(payload);
-        if let Err((e, r)) = crate::sink::enqueue(&self.producer, record, Some(&self.stopping)) {
+        if let Err((e, r)) =
+            crate::kafka::sink::enqueue(&self.producer, record, Some(&self.stopping))
+        {
             metrics::counter!(m::DECISION_LOG_ERRORS).increment(1);
             self.health.failed(e.to_string());
             tracing::warn!(error = %e, topic, partition, "cannot enqueue a decision record; retrying");
@@ -355,13 +357,13 @@ impl DecisionLog {
             .partition(partition)
             .key(record::FENCE_KEY.as_bytes())
             .payload(&FENCE_VALUE[..]);
-        crate::sink::enqueue(&self.producer, record, Some(&self.stopping)).map_err(|(e, _)| {
-            LogError::Fence {
+        crate::kafka::sink::enqueue(&self.producer, record, Some(&self.stopping)).map_err(
+            |(e, _)| LogError::Fence {
                 topic: topic.to_string(),
                 partition,
                 why: e.to_string(),
-            }
-        })?;
+            },
+        )?;
         Ok(rx)
     }
 

@@ -261,7 +261,7 @@ pub struct LagSettings {
 /// offsets but never joins the group.
 pub fn spawn(
     config: &ClientConfig,
-    health: Arc<crate::source::Health>,
+    health: Arc<crate::kafka::consume::Health>,
     settings: LagSettings,
 ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
     let mut config = config.clone();

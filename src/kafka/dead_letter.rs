@@ -155,7 +155,9 @@ impl DeadLetters {
             record = record.key(k.as_slice());
         }
         // Once stopping, an unsent letter's offset was never committed.
-        if let Err((e, r)) = crate::sink::enqueue(&self.producer, record, Some(&self.stopping)) {
+        if let Err((e, r)) =
+            crate::kafka::sink::enqueue(&self.producer, record, Some(&self.stopping))
+        {
             // Any other refusal: the offset stays held and the letter is tried again; an
             // operator sees the errors.
             metrics::counter!(m::DEAD_LETTER_ERRORS).increment(1);

@@ -10,7 +10,7 @@
 //! are decided at once through the rules (trigger `stress`), so that the buffer empties and
 //! paused partitions resume. Nothing is dropped undecided.
 //!
-//! [`StressRelief`] is the mode's state machine, fed with the total lag (see [`crate::lag`]);
+//! [`StressRelief`] is the mode's state machine, fed with the total lag (see [`crate::kafka::lag`]);
 //! it is pure logic, driven by a task in the pipeline.
 
 use std::sync::{Arc, OnceLock};
