@@ -14,7 +14,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::kafka::consume::Health;
+use crate::health::Health;
 
 #[derive(Clone)]
 struct AppState {

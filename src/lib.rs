@@ -43,6 +43,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod heads;
+pub mod health;
 pub mod http;
 pub mod journal;
 pub mod kafka;

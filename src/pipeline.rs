@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::decision::DecisionCache;
-use crate::kafka::consume::{self, Health, IngestSettings};
+use crate::health::Health;
+use crate::kafka::consume::{self, IngestSettings};
 use crate::kafka::dead_letter::DeadLetters;
 use crate::kafka::decision_log::read_back::ReadBackSettings;
 use crate::kafka::decision_log::topics::{self, Ensured, Retention};

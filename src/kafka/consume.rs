@@ -5,7 +5,7 @@
 //! (librdkafka runs the callbacks inside `poll`), so the table needs no real locking.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,10 +18,10 @@ use rdkafka::ClientContext;
 use tokio::time::Instant;
 
 use crate::heads::{Heads, HEAD_MARK_GROUP_SUFFIX};
+use crate::health::Health;
 use crate::kafka::dead_letter::{DeadLetters, Letter};
 use crate::kafka::decision_log::read_back::{read_back, Part, ReadBackSettings};
 use crate::kafka::decision_log::DecisionLog;
-use crate::kafka::lag::LagTracker;
 use crate::memory::Budget;
 use crate::metrics as m;
 use crate::offsets::{DecidedRange, Hold, MessageHold, PartitionOffsets};
@@ -39,23 +39,6 @@ const REVOKE_FLUSH: Duration = Duration::from_secs(2);
 
 /// How long reading back the heads of straddling traces may take (see [`crate::heads`]).
 const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Shared flags between the ingest thread, the HTTP probes and the shutdown sequence.
-#[derive(Debug, Default)]
-pub struct Health {
-    pub assigned: AtomicUsize,
-    /// Assigned partitions whose decisions are being read back from the decision log.
-    pub reading_back: AtomicUsize,
-    /// The decision log's state, when there is one.
-    pub decision_log: std::sync::OnceLock<Arc<crate::kafka::decision_log::LogHealth>>,
-    /// Stop fetching (shutdown has begun); the thread keeps polling for callbacks.
-    pub draining: AtomicBool,
-    /// Commit what is safe and leave the group.
-    pub stop: AtomicBool,
-    pub paused: AtomicBool,
-    /// Consumer lag and consumption progress (see [`crate::kafka::lag`]).
-    pub lag: LagTracker,
-}
 
 struct Assigned {
     topic: String,

@@ -28,7 +28,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::config::Config;
-use crate::kafka::consume::Health;
+use crate::health::Health;
 use crate::kafka::dead_letter::{DeadLetters, Letter};
 use crate::metrics as m;
 use crate::offsets::{OffsetHold, PartitionOffsets};

@@ -13,7 +13,7 @@
 //! it (see [`crate::journal`]), so a committed input offset never passes an unlogged decision.
 //! A failed write is retried, never given up, as the output's are: while the log is
 //! unreachable, commits stop, the buffer fills and back-pressure pauses fetching, and
-//! `/readyz` says why ([`LogHealth`]).
+//! `/readyz` says why ([`crate::health::LogHealth`]).
 //!
 //! - [`topics`]: the log topics' names, creation and validation.
 //! - [`read_back`]: reading a partition's decisions back on assignment.
@@ -22,10 +22,10 @@ pub mod read_back;
 pub mod topics;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -36,6 +36,7 @@ use rdkafka::ClientContext;
 use crate::decision::record::DropList;
 use crate::decision::record::{self, Record};
 use crate::decision::Decision;
+use crate::health::LogHealth;
 use crate::journal::{Journal, JournalEntry};
 use crate::metrics as m;
 use crate::offsets::{Holds, OffsetHold};
@@ -106,65 +107,6 @@ struct Retry {
     key: Vec<u8>,
     payload: Vec<u8>,
     opaque: Box<Opaque>,
-}
-
-/// The decision log's state for `/readyz`: records written but not acknowledged, and whether
-/// acknowledgements still come. Counted per record with two atomic adds; time is read only
-/// when a probe asks.
-#[derive(Debug, Default)]
-pub struct LogHealth {
-    in_flight: AtomicI64,
-    acknowledged: AtomicU64,
-    /// (acknowledgements seen by the last probe, when that count last changed).
-    probed: Mutex<Option<(u64, Instant)>>,
-    last_error: Mutex<Option<String>>,
-}
-
-impl LogHealth {
-    fn sent(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn acknowledged(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.acknowledged.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn failed(&self, why: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    /// Why the log holds the pipeline back: records wait, and no acknowledgement came for
-    /// `patience` (measured between calls: `/readyz` probes call it regularly).
-    pub fn stuck(&self, patience: Duration) -> Option<String> {
-        let acks = self.acknowledged.load(Ordering::Relaxed);
-        let waiting = self.in_flight.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let mut probed = self.probed.lock().unwrap_or_else(|e| e.into_inner());
-        let since = match *probed {
-            Some((seen, at)) if seen == acks && waiting > 0 => at,
-            _ => {
-                *probed = Some((acks, now));
-                return None;
-            }
-        };
-        drop(probed);
-        let idle = now.duration_since(since);
-        if idle < patience {
-            return None;
-        }
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .map(|e| format!(" (last error: {e})"))
-            .unwrap_or_default();
-        Some(format!(
-            "decision log: {waiting} records waiting for the broker's acknowledgement, none acknowledged for {}s{error}; offsets are not committed past them",
-            idle.as_secs()
-        ))
-    }
 }
 
 pub struct LogContext {
