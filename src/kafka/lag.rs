@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::SetupError;
 use crate::health::{Health, LagTracker};
 use crate::metrics as m;
 
@@ -33,26 +33,25 @@ pub fn spawn(
     config: &ClientConfig,
     health: Arc<Health>,
     settings: LagSettings,
-) -> Result<std::thread::JoinHandle<()>, KafkaError> {
+) -> Result<std::thread::JoinHandle<()>, SetupError> {
     let mut config = config.clone();
     config
         .remove("group.instance.id")
         .remove("statistics.interval.ms");
-    let client: BaseConsumer = config.create()?;
-    std::thread::Builder::new()
-        .name("tailsift-lag".into())
-        .spawn(move || {
-            let step = Duration::from_millis(100).min(settings.interval);
-            let mut next = Instant::now();
-            while !health.stop.load(Ordering::Relaxed) {
-                if Instant::now() >= next {
-                    measure(&client, &health.lag, &settings);
-                    next = Instant::now() + settings.interval;
-                }
-                std::thread::sleep(step);
+    let client: BaseConsumer = config
+        .create()
+        .map_err(SetupError::client("Kafka client that measures lag"))?;
+    super::spawn("tailsift-lag", move || {
+        let step = Duration::from_millis(100).min(settings.interval);
+        let mut next = Instant::now();
+        while !health.stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                measure(&client, &health.lag, &settings);
+                next = Instant::now() + settings.interval;
             }
-        })
-        .map_err(|e| KafkaError::ClientCreation(format!("cannot start the lag thread: {e}")))
+            std::thread::sleep(step);
+        }
+    })
 }
 
 /// Asks the brokers which input topics exist (nothing assigned yet: perhaps the topic is not
