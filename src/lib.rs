@@ -20,16 +20,17 @@
 //!   log's record format.
 //! - [`journal`]: which decision is recorded in the decision log, and when (Kafka-free).
 //! - [`offsets`]: which offsets are safe to commit (the at-least-once bookkeeping).
+//! - [`heads`]: the heads of traces that straddle the commit offset, read back on assignment
+//!   (Kafka-free).
 //! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
-//! - [`kafka::consume`]: the Kafka consumer thread: ingest, commit, rebalance, back-pressure.
-//! - [`kafka::sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
-//! - [`kafka::decision_log`]: every decision on a compacted Kafka topic, read back by a partition's
-//!   next owner before it ingests.
-//! - [`kafka::lag`]: consumer lag per partition and consumption progress, measured off the ingest
-//!   thread.
-//! - [`kafka::dead_letter`]: undecodable messages copied to a dead-letter topic before their offset
-//!   is released.
-//! - [`kafka::route`]: `tailsift route`: split unkeyed OTLP batches per trace, re-key by trace id.
+//! - [`health`]: readiness flags, the decision log's acknowledgements and the lag tracker,
+//!   shared by the Kafka edge, `/readyz` and stress relief.
+//! - [`kafka`]: the Kafka edge, one file per stage: [`kafka::consume`] (poll loop,
+//!   decode-or-dead-letter, back-pressure), [`kafka::rebalance`], [`kafka::partitions`],
+//!   [`kafka::commit`], [`kafka::replay`] (decisions and heads read back on assignment),
+//!   [`kafka::lag`], [`kafka::producer`] (the one retrying producer), [`kafka::sink`],
+//!   [`kafka::dead_letter`], [`kafka::decision_log`], [`kafka::route`] (`tailsift route`).
+//! - [`stress`]: stress relief: degraded mode switched on and off by consumer lag.
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: every metric's name and description.
