@@ -103,7 +103,7 @@ pub struct PartitionOffsets {
     next: Option<i64>,
     /// Last offset committed, to skip commits that would not move.
     pub committed: Option<i64>,
-    /// Last read mark committed (see `source::READ_MARK_GROUP_SUFFIX`).
+    /// Last read mark committed (see `kafka::commit::READ_MARK_GROUP_SUFFIX`).
     pub marked: Option<i64>,
     /// Offsets below this were read before, by this group (restart or rebalance): traces kept
     /// from them may be duplicates in the output.

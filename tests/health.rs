@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use tailsift::lag::{measure, LagSettings, LagTracker};
+use tailsift::health::LagTracker;
+use tailsift::kafka::lag::{measure, LagSettings};
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::{ByteSize, Config, ConfigError, KafkaConfig, RulesMode};
 use crate::buffer::Completion;
 use crate::decision::{DecisionCache, CACHE_ENTRY_BYTES};
-use crate::decision_log::topics::{check_topic_name, TOPIC_PLACEHOLDER};
-use crate::decision_log::LogTopics;
+use crate::kafka::decision_log::topics::{check_topic_name, TOPIC_PLACEHOLDER};
+use crate::kafka::decision_log::LogTopics;
 use crate::memory::{resolve_budget, Budget, BudgetSource};
 use crate::rules::{Mode, RuleOptions};
 

@@ -8,8 +8,6 @@
 //! decide the oldest traces early, with trigger `memory`, until it is back under the high
 //! watermark. Nothing is ever dropped undecided.
 
-pub mod stress;
-
 use std::path::Path;
 
 /// Fraction of the container's memory limit given to the trace buffer when `buffer.max_bytes`

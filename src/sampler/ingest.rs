@@ -11,10 +11,10 @@ use crate::buffer::Ingested;
 use crate::decision::{unix_ms, Remembered, Trigger};
 use crate::heads::Heads;
 use crate::journal::JournalEntry;
-use crate::memory::stress;
 use crate::offsets::{Hold, OffsetHold};
 use crate::otlp::decode::{DecodeError, Decoder, TraceGroup};
 use crate::otlp::TraceId;
+use crate::stress;
 
 use super::tally::{MessageTally, Tally};
 use super::Sampler;

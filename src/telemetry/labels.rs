@@ -81,7 +81,7 @@ label_values! {
     }
 
     /// `result` of `tailsift_decision_log_read_backs_total`: the label of
-    /// [`crate::decision_log::read_back::Ended`] (a unit test holds the two together).
+    /// [`crate::kafka::decision_log::read_back::Ended`] (a unit test holds the two together).
     ReadBack {
         /// Every decision of the last ttl was read.
         Complete = "complete",

@@ -121,7 +121,7 @@ fn label_lists_written_out_are_the_values_the_code_records() {
         }
     };
     assert_eq!(label(TRACES_DECIDED, "trigger"), triggers);
-    use crate::decision_log::read_back::Ended;
+    use crate::kafka::decision_log::read_back::Ended;
     let ended = [
         Ended::Complete,
         Ended::CutShort { left_out: 1 },

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::decision::Trigger;
-use crate::memory::stress;
+use crate::stress;
 
 /// A span of trace `n` arriving after its trace was decided.
 fn late_span(n: u64, span_id: u64) -> Vec<u8> {

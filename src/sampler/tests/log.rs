@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::decision::Logged;
-use crate::memory::stress;
+use crate::stress;
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_trace_is_logged_at_once_and_holds_its_offsets_until_the_log_has_it() {
