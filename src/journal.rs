@@ -176,8 +176,8 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-/// A journal that keeps what it is given, for tests: entries in order, holds released when
-/// [`Collected::acknowledge`] says so.
+/// A journal that keeps what it is given, for tests: entries in order, each holding its
+/// offsets until the test drops it (after [`Collected::take`]).
 #[derive(Default)]
 pub struct Collected {
     /// Every entry recorded and not yet taken, in order.
@@ -185,7 +185,7 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// The entries so far, without their holds (which are released).
+    /// Moves the entries so far out; their holds are released when the caller drops them.
     pub fn take(&self) -> Vec<JournalEntry> {
         std::mem::take(&mut *self.entries.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -293,7 +293,7 @@ impl DecisionCache {
         );
     }
 
-    /// The time `unix_ms` on this cache's clock, for decisions made elsewhere.
+    /// `at` in Unix milliseconds, by this cache's clock (the one its `decided_at` values use).
     pub fn unix_ms(&self, at: Instant) -> u64 {
         self.inner.origin_unix_ms + self.inner.nanos(at) / 1_000_000
     }

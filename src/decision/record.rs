@@ -130,8 +130,9 @@ struct Value<'a> {
 }
 
 impl Record {
-    /// Appends the record's value to `out`: the JSON of [`Value`], written directly (serde's
-    /// writer made many tiny writes; this runs once per decided trace).
+    /// Appends the record's value to `out`: the JSON object of the module's documentation,
+    /// written directly (serde's writer made many tiny writes; this runs once per decided
+    /// trace). `through` is written only for a decision that forwards.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (keep, sample_rate, shadow) = match &self.decision {
             Decision::Keep { sample_rate, .. } => (true, *sample_rate, false),
