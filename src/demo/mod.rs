@@ -64,6 +64,7 @@ pub fn embedded_rules() -> Result<RuleSet, RulesError> {
     RuleSet::new(rules, None)
 }
 
+/// `tailsift demo`'s command-line options.
 pub struct DemoOptions {
     /// Stop after this long; run until Ctrl-C when `None`.
     pub duration: Option<Duration>,
@@ -91,6 +92,10 @@ struct OutputCount {
     spans: AtomicU64,
 }
 
+/// Runs the demo: starts the in-process Kafka, the pipeline and the generator, prints a summary
+/// line every second to stdout, and on Ctrl-C, after `duration`, or once stdout's reader has
+/// gone, shuts down in order and prints the final counts. An error is a failure to set
+/// something up (the in-process Kafka, the rules, the pipeline) or to shut the pipeline down.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1).context("cannot start the in-process Kafka")?;
     cluster

@@ -48,6 +48,8 @@ impl Default for ServiceLabels {
 }
 
 impl ServiceLabels {
+    /// Sets the cap (`monitoring.max_services`; 100 until set), once at start: services
+    /// already labelled keep their label.
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);
     }

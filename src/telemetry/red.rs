@@ -72,7 +72,10 @@ const CONSUMER: u8 = 5;
 /// The caps.
 #[derive(Debug, Clone, Copy)]
 pub struct RedLimits {
+    /// Services with their own label (`monitoring.max_services`); the rest count as `other`.
     pub max_services: usize,
+    /// Operations with their own label per service (`monitoring.max_operations_per_service`);
+    /// the rest count as `other`.
     pub max_operations: usize,
 }
 
@@ -212,6 +215,7 @@ impl Service {
 }
 
 impl Red {
+    /// Empty counts; nothing is recorded into the metrics before [`Red::flush`].
     pub fn new(limits: RedLimits) -> Self {
         Red {
             limits,

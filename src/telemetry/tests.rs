@@ -1,3 +1,6 @@
+//! The catalog held against docs/metrics.md and /metrics, and the label values the code
+//! records held against the catalog.
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
