@@ -14,6 +14,9 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 ARG FEATURES=tls
+# The commit `tailsift_build_info` reports: --build-arg TAILSIFT_GIT_COMMIT=$(git rev-parse HEAD).
+# An ARG is in the environment of the RUN below, where the crate reads it at compile time.
+ARG TAILSIFT_GIT_COMMIT=unknown
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

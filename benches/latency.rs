@@ -103,7 +103,7 @@ fn main() {
         let _ = sampler.ingest(&mut d, m, &hold, false, Instant::now());
     }
     let after = rss();
-    let traces = sampler.buffer.len() as u64;
+    let traces = sampler.buffered_traces() as u64;
     let grown = after.saturating_sub(before);
     println!(
         "filled: {traces} traces, {spans} spans, {:.0} encoded bytes/span",
@@ -131,7 +131,7 @@ fn main() {
             while !stop.load(Ordering::Relaxed) {
                 let tick = std::time::Instant::now();
                 due.clear();
-                s.buffer.due(Instant::now(), &mut due);
+                s.due(Instant::now(), &mut due);
                 for (id, trigger, at) in due.drain(..) {
                     if s.decide(&id, trigger, at).is_some() {
                         latencies.push(Instant::now().saturating_duration_since(at));
@@ -169,7 +169,7 @@ fn main() {
     latencies.sort();
     println!(
         "measured: {fed} traces fed at {rate}/s for {seconds} s with {} traces buffered; {} decided",
-        sampler.buffer.len(),
+        sampler.buffered_traces(),
         latencies.len()
     );
     println!(

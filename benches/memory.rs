@@ -101,9 +101,9 @@ fn main() {
     }
     trim();
     let after = rss();
-    assert_eq!(sampler.buffer.len(), traces, "every trace is buffered");
+    assert_eq!(sampler.buffered_traces(), traces, "every trace is buffered");
     let resident = after.saturating_sub(before);
-    let counted = sampler.buffer.bytes();
+    let counted = sampler.buffered_bytes();
     let n = traces as f64;
     let target = 1.3 * span_bytes as f64 + 100.0 * n;
     println!(

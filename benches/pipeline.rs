@@ -130,7 +130,7 @@ fn sampler(c: &mut Criterion<CpuTime>) {
                         let _ = s.ingest(&mut d, m, &hold, false, now);
                     }
                     let decided = s.decide_due(now + Duration::from_secs(3600));
-                    assert_eq!(s.buffer.len(), 0);
+                    assert_eq!(s.buffered_traces(), 0);
                     assert_eq!(decided as u64, t.traces);
                     s
                 },

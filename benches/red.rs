@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tailsift::otlp::decode::Decoder;
-use tailsift::red::{Red, RedLimits};
+use tailsift::telemetry::red::{Red, RedLimits};
 
 use common::traffic;
 

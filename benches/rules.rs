@@ -93,7 +93,9 @@ fn rules(c: &mut Criterion) {
         rule: "baseline".into(),
         sample_rate: 10,
     };
-    let marks = marking.marks(&decision, false).expect("marks");
+    let marks = marking
+        .marks(decision.mark().expect("forwarded"), false)
+        .expect("marks");
     let mut g = c.benchmark_group("Marks");
     g.throughput(Throughput::Elements(traces.len() as u64));
     g.bench_function("mark_spans", |b| {

@@ -151,8 +151,8 @@ fn rss_bytes() -> u64 {
 
 fn logwrite(brokers: &str, decisions: u64, partitions: i32) -> anyhow::Result<()> {
     use tailsift::decision::Decision;
-    use tailsift::decision_log::{DecisionLog, LogTopics};
     use tailsift::journal::{Journal, JournalEntry};
+    use tailsift::kafka::decision_log::{DecisionLog, LogTopics};
 
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -224,8 +224,8 @@ fn logwrite(brokers: &str, decisions: u64, partitions: i32) -> anyhow::Result<()
 fn readback(brokers: &str, decisions: u64) -> anyhow::Result<()> {
     use tailsift::decision::record::Record;
     use tailsift::decision::{Decision, DecisionCache, CACHE_ENTRY_BYTES};
-    use tailsift::decision_log::read_back::{read_back, Part, ReadBackSettings};
-    use tailsift::decision_log::{DecisionLog, LogTopics};
+    use tailsift::kafka::decision_log::read_back::{read_back, Part, ReadBackSettings};
+    use tailsift::kafka::decision_log::{DecisionLog, LogTopics};
 
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

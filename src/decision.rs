@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::otlp::mark::Mark;
+
 mod cache;
 pub mod record;
 
@@ -13,19 +15,31 @@ pub use cache::{unix_ms, CacheStats, DecisionCache, Logged, Remembered, CACHE_EN
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Forward the trace; it stands for `sample_rate` traces like it (1 in N kept).
-    Keep { rule: Arc<str>, sample_rate: u32 },
+    Keep {
+        /// The rule that kept it.
+        rule: Arc<str>,
+        /// N of 1-in-N.
+        sample_rate: u32,
+    },
     /// Do not forward.
-    Drop { rule: Arc<str> },
+    Drop {
+        /// The rule that dropped it.
+        rule: Arc<str>,
+    },
     /// Shadow mode: forward the trace whatever the rules said; `keep` and `sample_rate` are
     /// what they said (counted and marked as such).
     Shadow {
+        /// The rule that decided.
         rule: Arc<str>,
+        /// Whether the rules kept it.
         keep: bool,
+        /// The rules' N of 1-in-N.
         sample_rate: u32,
     },
 }
 
 impl Decision {
+    /// The name of the rule that decided.
     pub fn rule(&self) -> &str {
         match self {
             Decision::Keep { rule, .. }
@@ -65,6 +79,29 @@ impl Decision {
         }
     }
 
+    /// What a forwarded trace is marked with: the rule, the sample rate, and in shadow mode
+    /// the rules' verdict. `None` for a dropped trace (nothing forwarded, nothing marked).
+    pub fn mark(&self) -> Option<Mark<'_>> {
+        match self {
+            Decision::Keep { rule, sample_rate } => Some(Mark {
+                rule,
+                sample_rate: *sample_rate,
+                shadow: None,
+            }),
+            Decision::Shadow {
+                rule,
+                keep,
+                sample_rate,
+            } => Some(Mark {
+                rule,
+                sample_rate: *sample_rate,
+                shadow: Some(*keep),
+            }),
+            Decision::Drop { .. } => None,
+        }
+    }
+
+    /// The outcome label of the metrics: `kept` or `dropped` (what the rules said).
     pub fn outcome(&self) -> &'static str {
         if self.is_keep() {
             "kept"
@@ -109,6 +146,7 @@ impl Trigger {
         Trigger::Rebalance,
     ];
 
+    /// The trigger label of the metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Idle => "idle",
@@ -119,6 +157,47 @@ impl Trigger {
             Trigger::Memory => "memory",
             Trigger::Stress => "stress",
             Trigger::Rebalance => "rebalance",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_decisions_are_marked_with_their_rule_and_rate_and_dropped_ones_not() {
+        let keep = Decision::Keep {
+            rule: "slow".into(),
+            sample_rate: 10,
+        };
+        let shadow = Decision::Shadow {
+            rule: "baseline".into(),
+            keep: false,
+            sample_rate: 4,
+        };
+        let drop = Decision::Drop { rule: "x".into() };
+        let cases: [(&Decision, Option<Mark<'_>>); 3] = [
+            (
+                &keep,
+                Some(Mark {
+                    rule: "slow",
+                    sample_rate: 10,
+                    shadow: None,
+                }),
+            ),
+            (
+                &shadow,
+                Some(Mark {
+                    rule: "baseline",
+                    sample_rate: 4,
+                    shadow: Some(false),
+                }),
+            ),
+            (&drop, None),
+        ];
+        for (decision, want) in cases {
+            assert_eq!(decision.mark(), want, "{decision:?}");
         }
     }
 }

@@ -38,6 +38,7 @@ pub struct Heads {
 }
 
 impl Heads {
+    /// An empty stash, done with once the replay reaches `until` (see [`Heads::until`]).
     pub fn new(until: i64) -> Self {
         Heads {
             messages: Vec::new(),

@@ -14,7 +14,8 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::source::Health;
+use crate::config::Config;
+use crate::health::Health;
 
 #[derive(Clone)]
 struct AppState {
@@ -24,9 +25,7 @@ struct AppState {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> String {
-    let mut body = s.metrics.render();
-    crate::metrics::render_rules_info(&mut body);
-    body
+    crate::telemetry::render(&s.metrics)
 }
 
 async fn healthz() -> &'static str {
@@ -92,16 +91,42 @@ pub fn readiness(h: &Health, stall_timeout: Duration) -> Result<String, String> 
     })
 }
 
-/// Binds the listener (so a bad address fails at start) and returns the address bound and
-/// the server future.
-pub async fn bind(
-    addr: SocketAddr,
+/// The HTTP port could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct ListenError {
+    /// The address asked for (`http.listen`).
+    pub addr: SocketAddr,
+    /// The operating system's refusal.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The HTTP server, running.
+pub struct Server {
+    /// The address bound.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `http.listen` (so a bad address fails at start) and serves `/metrics`, `/healthz`
+/// and `/readyz` on a task of its own.
+pub async fn start(
+    config: &Config,
     metrics: PrometheusHandle,
     health: Arc<Health>,
-    stall_timeout: Duration,
-) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+) -> Result<Server, ListenError> {
+    let addr = config.http.listen;
+    let failed = |source| ListenError { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
@@ -109,13 +134,14 @@ pub async fn bind(
         .with_state(AppState {
             metrics,
             health,
-            stall_timeout,
+            stall_timeout: config.monitoring.stall_timeout,
         });
-    Ok((local, async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
-    }))
+    });
+    Ok(Server { addr: local, task })
 }
 
 #[cfg(test)]

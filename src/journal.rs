@@ -32,7 +32,9 @@ pub type Through = SmallVec<[(u32, Option<i64>); 1]>;
 /// One decision to record.
 #[derive(Debug)]
 pub struct JournalEntry {
+    /// The trace decided: the record's key.
     pub trace_id: TraceId,
+    /// What was decided, by which rule.
     pub decision: Decision,
     /// When the trace was decided, Unix milliseconds.
     pub decided_at: u64,
@@ -45,6 +47,9 @@ pub struct JournalEntry {
 /// Where decisions are recorded: the decision log on Kafka in production, a collector in
 /// tests.
 pub trait Journal: Send + Sync {
+    /// Takes one entry to record, from a decider thread (a drop) or a producer's delivery
+    /// callback (a kept trace's last acknowledgement), so it should return quickly. The
+    /// entry's holds are to be dropped only once every record of it is stored.
     fn record(&self, entry: JournalEntry);
 }
 
@@ -65,6 +70,7 @@ pub struct Forwards {
 }
 
 impl Forwards {
+    /// No forward in flight yet; records go to `journal`. Shared: every [`Delivery`] holds it.
     pub fn new(journal: Arc<dyn Journal>) -> Arc<Self> {
         Arc::new(Forwards {
             journal,
@@ -170,15 +176,16 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-/// A journal that keeps what it is given, for tests: entries in order, holds released when
-/// [`Collected::acknowledge`] says so.
+/// A journal that keeps what it is given, for tests: entries in order, each holding its
+/// offsets until the test drops it (after [`Collected::take`]).
 #[derive(Default)]
 pub struct Collected {
+    /// Every entry recorded and not yet taken, in order.
     pub entries: std::sync::Mutex<Vec<JournalEntry>>,
 }
 
 impl Collected {
-    /// The entries so far, without their holds (which are released).
+    /// Moves the entries so far out; their holds are released when the caller drops them.
     pub fn take(&self) -> Vec<JournalEntry> {
         std::mem::take(&mut *self.entries.lock().unwrap_or_else(|e| e.into_inner()))
     }

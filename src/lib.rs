@@ -12,53 +12,49 @@
 //! - [`otlp`]: the wire format: decode requests into per-trace span groups, read spans for the
 //!   rules, encode kept traces from the spans' original bytes.
 //! - [`buffer`]: the sharded trace map and its deadline index; completion triggers.
-//! - [`red`]: rate, errors and duration per service and operation from every span.
 //! - [`rules`]: rule files, compiled conditions, deterministic sampling.
 //! - [`memory`]: the byte budget (configured or from the container limit) and its watermarks.
-//! - [`broken`]: broken traces at decision time: orphan spans per service, missing roots.
 //! - [`decision`]: decisions, triggers, the cache that late spans follow, and the decision
 //!   log's record format.
 //! - [`journal`]: which decision is recorded in the decision log, and when (Kafka-free).
 //! - [`offsets`]: which offsets are safe to commit (the at-least-once bookkeeping).
+//! - [`heads`]: the heads of traces that straddle the commit offset, read back on assignment
+//!   (Kafka-free).
 //! - [`sampler`]: the Kafka-free core: ingest a message, decide due traces, hand kept ones on.
-//! - [`source`]: the Kafka consumer thread: ingest, commit, rebalance, back-pressure.
-//! - [`sink`]: the Kafka producer of kept traces, with delivery tracking and retries.
-//! - [`decision_log`]: every decision on a compacted Kafka topic, read back by a partition's
-//!   next owner before it ingests.
-//! - [`lag`]: consumer lag per partition and consumption progress, measured off the ingest
-//!   thread.
-//! - [`dead_letter`]: undecodable messages copied to a dead-letter topic before their offset
-//!   is released.
-//! - [`route`]: `tailsift route`: split unkeyed OTLP batches per trace, re-key by trace id.
+//! - [`health`]: readiness flags, the decision log's acknowledgements and the lag tracker,
+//!   shared by the Kafka edge, `/readyz` and stress relief.
+//! - [`kafka`]: the Kafka edge, one file per stage: [`kafka::consume`] (poll loop,
+//!   decode-or-dead-letter, back-pressure), [`kafka::rebalance`], [`kafka::partitions`],
+//!   [`kafka::commit`], [`kafka::replay`] (decisions and heads read back on assignment),
+//!   [`kafka::lag`], [`kafka::producer`] (the one retrying producer), [`kafka::sink`],
+//!   [`kafka::dead_letter`], [`kafka::decision_log`], [`kafka::route`] (`tailsift route`).
+//! - [`stress`]: stress relief: degraded mode switched on and off by consumer lag.
 //! - [`pipeline`]: start everything, shut it down in an order that loses nothing.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`metrics`]: every metric's name and description.
+//! - [`telemetry`]: the catalog of every metric (one table: name, kind, unit, help, labels,
+//!   buckets), RED metrics from every span ([`telemetry::red`]), broken traces
+//!   ([`telemetry::broken`]), build and process metrics.
 //! - [`logs`]: log output (text or JSON, colour only on a terminal), librdkafka's repeats
 //!   rate-limited.
 //! - [`demo`]: the embedded default: in-process Kafka, trace generator, live summary.
 
-pub mod broken;
 pub mod buffer;
 pub mod config;
-pub mod dead_letter;
 pub mod decision;
-pub mod decision_log;
 pub mod demo;
 pub mod heads;
+pub mod health;
 pub mod http;
 pub mod journal;
-pub mod lag;
+pub mod kafka;
 pub mod logs;
 pub mod memory;
-pub mod metrics;
 pub mod offsets;
 pub mod otlp;
 pub mod pipeline;
-pub mod red;
-pub mod route;
 pub mod rules;
 pub mod sampler;
 pub mod secrets;
-pub mod sink;
-pub mod source;
+pub mod stress;
+pub mod telemetry;
 pub mod yaml;

@@ -218,8 +218,8 @@ fn rules_command(command: RulesCommand) -> ExitCode {
 
 /// `tailsift config check`: the file as `run` loads it, and the rules directory it names.
 fn config_check(file: &std::path::Path, rules: Option<PathBuf>, no_rules: bool) -> ExitCode {
-    let config = match Config::load(file) {
-        Ok(c) => c,
+    let (config, settings) = match Config::load(file).and_then(|c| Ok((c.validate()?, c))) {
+        Ok((settings, c)) => (c, settings),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
@@ -230,7 +230,7 @@ fn config_check(file: &std::path::Path, rules: Option<PathBuf>, no_rules: bool) 
     }
     let dir = rules.as_ref().unwrap_or(&config.rules.dir);
     note_skipped(dir);
-    match RuleSet::load_with(dir, &config.settings().rule_options) {
+    match RuleSet::load_with(dir, &settings.rule_options) {
         Ok(rules) => print_out(&format!(
             "{}: OK ({} rules from {}, version {})\n",
             file.display(),
@@ -305,6 +305,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Waits for SIGTERM or SIGINT, then runs `shutdown`. The shutdown sequence bounds its own
+/// waits; this is the backstop for a broker that does not answer the final commit. Exiting
+/// then is safe: nothing held was committed, so the next owner replays it.
+async fn until_signal_then(
+    config: &Config,
+    shutdown: impl std::future::Future<Output = Result<(), std::convert::Infallible>>,
+) -> anyhow::Result<()> {
+    tailsift::pipeline::signal().await;
+    tracing::info!("signal received: shutting down");
+    let bound = config.shutdown_timeout + Duration::from_secs(5);
+    match tokio::time::timeout(bound, shutdown).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(never)) => match never {},
+        Err(_) => anyhow::bail!(
+            "shutdown did not finish within {bound:?}; exiting (uncommitted offsets are replayed)"
+        ),
+    }
+}
+
 async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
@@ -313,31 +332,12 @@ async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
                 None => Config::load(&config)?,
             };
             let running = tailsift::pipeline::start(&config).await?;
-            tailsift::pipeline::signal().await;
-            tracing::info!("signal received: shutting down");
-            // The shutdown sequence bounds its own waits; this is the backstop for a broker
-            // that does not answer the final commit. Exiting then is safe: nothing held was
-            // committed, so the next owner replays it.
-            let bound = config.shutdown_timeout + Duration::from_secs(5);
-            match tokio::time::timeout(bound, running.shutdown()).await {
-                Ok(r) => r,
-                Err(_) => anyhow::bail!(
-                    "shutdown did not finish within {bound:?}; exiting (uncommitted offsets are replayed)"
-                ),
-            }
+            until_signal_then(&config, running.shutdown()).await
         }
         Command::Route { config } => {
             let config = Config::load(&config)?;
-            let router = tailsift::route::start(&config).await?;
-            tailsift::pipeline::signal().await;
-            tracing::info!("signal received: shutting down");
-            let bound = config.shutdown_timeout + Duration::from_secs(5);
-            match tokio::time::timeout(bound, router.shutdown()).await {
-                Ok(r) => r,
-                Err(_) => anyhow::bail!(
-                    "shutdown did not finish within {bound:?}; exiting (uncommitted offsets are replayed)"
-                ),
-            }
+            let router = tailsift::kafka::route::start(&config).await?;
+            until_signal_then(&config, router.shutdown()).await
         }
         Command::Demo {
             duration,

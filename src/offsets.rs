@@ -17,6 +17,7 @@ pub struct OffsetHold {
     /// Index of the partition in the ingest thread's table, so that a trace knows whether it
     /// already holds this partition.
     pub partition: u32,
+    /// The message's offset in that partition.
     pub offset: i64,
 }
 
@@ -56,6 +57,8 @@ pub struct MessageHold {
 }
 
 impl MessageHold {
+    /// The message at `offset` of the partition with index `partition` in the ingest thread's
+    /// table, not yet held by anything.
     pub fn new(partition: u32, offset: i64) -> Self {
         MessageHold {
             partition,
@@ -89,8 +92,11 @@ impl Hold for MessageHold {
 /// messages: [`PartitionOffsets::head_mark`] tells the next owner where to read its head from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecidedRange {
+    /// The partition's index in the ingest thread's table.
     pub partition: u32,
+    /// The lowest offset the trace has spans at in the partition.
     pub first: i64,
+    /// The highest offset the trace has spans at in the partition, above `first`.
     pub last: i64,
 }
 
@@ -103,7 +109,7 @@ pub struct PartitionOffsets {
     next: Option<i64>,
     /// Last offset committed, to skip commits that would not move.
     pub committed: Option<i64>,
-    /// Last read mark committed (see `source::READ_MARK_GROUP_SUFFIX`).
+    /// Last read mark committed (see `kafka::commit::READ_MARK_GROUP_SUFFIX`).
     pub marked: Option<i64>,
     /// Offsets below this were read before, by this group (restart or rebalance): traces kept
     /// from them may be duplicates in the output.

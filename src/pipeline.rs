@@ -6,112 +6,69 @@
 //! their offsets stay uncommitted, and whoever reads the partition next replays them whole.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use rdkafka::config::ClientConfig;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::dead_letter::DeadLetters;
 use crate::decision::DecisionCache;
-use crate::decision_log::read_back::ReadBackSettings;
-use crate::decision_log::topics::{self, Ensured, Retention};
-use crate::decision_log::{DecisionLog, LogError, LogTopics};
-use crate::rules::RuleSet;
+use crate::health::Health;
+use crate::http::{ListenError, Server};
+use crate::kafka::consume::{self, IngestSettings};
+use crate::kafka::dead_letter::DeadLetters;
+use crate::kafka::decision_log::read_back::ReadBackSettings;
+use crate::kafka::decision_log::topics::{self, Ensured, Retention};
+use crate::kafka::decision_log::{DecisionLog, LogError, LogTopics};
+use crate::kafka::producer::{flush_all, Flush};
+use crate::kafka::rebalance;
+use crate::kafka::replay::LogSide;
+use crate::kafka::sink::KafkaSink;
+use crate::kafka::{consumer_config, producer_config, SetupError};
+use crate::rules::{RuleSet, RulesError};
 use crate::sampler::Sampler;
-use crate::sink::KafkaSink;
-use crate::source::{self, Health, IngestSettings};
 
-/// Appended to client-creation errors: what a TLS or SCRAM setting needs in a build without
-/// the `tls` feature.
-pub const TLS_HINT: &str = if cfg!(feature = "tls") {
-    ""
-} else {
-    " (if it names TLS/SSL or SCRAM: this build lacks them; build with the default features, or `--features tls-vendored`)"
-};
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration does not validate (a `Config` built or changed in code).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The rules directory does not load.
+    #[error("invalid rules in {}", dir.display())]
+    Rules {
+        /// `rules.dir`.
+        dir: PathBuf,
+        /// Every error found in it.
+        #[source]
+        source: RulesError,
+    },
+    /// The HTTP port.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// A Kafka client or thread.
+    #[error(transparent)]
+    Kafka(#[from] SetupError),
+    /// The decision log's topics need an operator.
+    #[error(transparent)]
+    DecisionLog(#[from] LogError),
+    /// Checking the decision log's topics did not finish.
+    #[error("checking the decision log")]
+    Checking(#[source] tokio::task::JoinError),
+}
 
 /// How often the deciders look for complete traces.
 pub const DECIDE_TICK: Duration = Duration::from_millis(10);
 
-/// Bytes librdkafka may queue on each side (fetched but not yet ingested; produced but not yet
-/// acknowledged): an eighth of the memory budget, between 1MiB and 64MiB. Outside the budget,
-/// so part of the fixed overhead the README documents; properties in the config override it.
-pub fn kafka_queue_bytes(c: &Config) -> u64 {
-    (c.budget().0.max_bytes / 8).clamp(1 << 20, 64 << 20)
-}
-
-/// How long librdkafka waits to fetch a partition again when its fetch queue is full
-/// (`fetch.queue.backoff.ms`), in milliseconds: the decider's tick.
-pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
-
-/// How often librdkafka refreshes the input topics' metadata (`topic.metadata.refresh.interval.ms`),
-/// in milliseconds: a topic created after the start is picked up within this.
-pub const TOPIC_REFRESH_MS: &str = "3000";
-
-/// librdkafka settings for the consumer.
-pub fn consumer_config(c: &Config) -> ClientConfig {
-    let k = &c.kafka;
-    let mut cc = ClientConfig::new();
-    cc.set(
-        "queued.max.messages.kbytes",
-        (kafka_queue_bytes(c) >> 10).to_string(),
-    );
-    // When the fetch queue is full, librdkafka waits this long before fetching that partition
-    // again. Its default (1 s) left the ingest thread idle more than half the time once it
-    // had drained the queue: end to end, 290 000 spans/s instead of 620 000-730 000 (see
-    // BENCHMARKS.md). The queue's bound, and so the memory, is the same either way.
-    cc.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
-    // A subscribed topic that does not exist yet is looked for again at each metadata refresh:
-    // librdkafka's default (5 min) left a fresh deployment, started before its topic was
-    // created, idle for exactly 300 s. Refreshing every few seconds costs one small request.
-    cc.set("topic.metadata.refresh.interval.ms", TOPIC_REFRESH_MS);
-    cc.set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set(
-            "statistics.interval.ms",
-            c.monitoring.lag_interval.as_millis().to_string(),
-        );
-    if let Some(id) = &k.group_instance_id {
-        cc.set("group.instance.id", id);
-    }
-    for (key, v) in k.properties.iter().chain(&k.consumer_properties) {
-        cc.set(key, v);
-    }
-    cc
-}
-
-/// librdkafka settings for the producer.
-pub fn producer_config(c: &Config) -> ClientConfig {
-    let k = &c.kafka;
-    let mut pc = ClientConfig::new();
-    let queue = kafka_queue_bytes(c).max(2 * k.max_message_bytes as u64 + (1 << 20));
-    pc.set("queue.buffering.max.kbytes", (queue >> 10).to_string());
-    pc.set("bootstrap.servers", &k.brokers)
-        .set("linger.ms", "5")
-        .set("acks", "all")
-        .set(
-            "message.max.bytes",
-            (k.max_message_bytes + 64 * 1024).to_string(),
-        );
-    for (key, v) in k.properties.iter().chain(&k.producer_properties) {
-        pc.set(key, v);
-    }
-    pc
-}
-
 /// A running pipeline.
 pub struct Running {
+    /// The sampler, for the demo's summary and the tests.
     pub sampler: Arc<Sampler>,
+    /// Readiness, as `/readyz` reports it.
     pub health: Arc<Health>,
     /// The HTTP server's address, once bound.
     pub http_addr: SocketAddr,
@@ -121,24 +78,27 @@ pub struct Running {
     stop_deciders: watch::Sender<bool>,
     deciders: Vec<tokio::task::JoinHandle<()>>,
     ingest: std::thread::JoinHandle<()>,
-    http: tokio::task::JoinHandle<()>,
+    http: Server,
     shutdown_timeout: Duration,
     /// Reloads the rules when their directory changes (when started from a directory).
     pub reloader: Option<crate::rules::reload::Reloader>,
 }
 
 /// Starts the pipeline described by `config`, with rules loaded from its rules directory.
-pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let options = config.settings().rule_options;
-    let rules = RuleSet::load_with(&config.rules.dir, &options)
-        .with_context(|| format!("invalid rules in {}", config.rules.dir.display()))?;
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let options = config.validate()?.rule_options;
+    let rules =
+        RuleSet::load_with(&config.rules.dir, &options).map_err(|source| StartError::Rules {
+            dir: config.rules.dir.clone(),
+            source,
+        })?;
     let version = rules.version().to_string();
     tracing::info!(dir = %config.rules.dir.display(), version = %version,
         rules = rules.rules().len(), mode = crate::rules::reload::mode_name(options.mode), "rules loaded");
     let mut running = start_with_rules(config, rules).await?;
     if config.rules.reload {
         let sampler = running.sampler.clone();
-        let swap: crate::rules::reload::Swap = Arc::new(move |new| sampler.rules.swap(new));
+        let swap: crate::rules::reload::Swap = Arc::new(move |new| sampler.swap_rules(new));
         let loader = crate::rules::reload::Loader::new(&config.rules.dir, options, &version, swap);
         running.reloader = Some(crate::rules::reload::Reloader::spawn(
             loader,
@@ -149,17 +109,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 /// Starts the pipeline with the given rules.
-pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result<Running> {
-    let settings = config.settings();
-    let handle = crate::metrics::install();
-    let rule_names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
-    crate::metrics::init_series(&config.kafka.input_topics, &rule_names);
-    crate::metrics::set_rules_info(
+pub async fn start_with_rules(config: &Config, rules: RuleSet) -> Result<Running, StartError> {
+    let settings = config.validate()?;
+    let handle = crate::telemetry::install();
+    crate::telemetry::init_series(&config.kafka.input_topics, rules.rules());
+    crate::telemetry::set_rules_info(
         rules.version(),
         crate::rules::reload::mode_name(rules.options().mode),
     );
-    let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)
-        .with_context(|| format!("cannot create the Kafka producer{TLS_HINT}"))?;
+    let sink = KafkaSink::new(&producer_config(config), &config.kafka.output_topic)?;
     let (budget, source) = config.budget();
     let mut completion = settings.completion;
     // One trace may take at most half the budget (checked at load when the budget is set;
@@ -182,7 +140,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         source = ?source,
         "buffer memory budget"
     );
-    metrics::gauge!(crate::metrics::BUFFER_BUDGET).set(budget.max_bytes as f64);
+    metrics::gauge!(crate::telemetry::BUFFER_BUDGET).set(budget.max_bytes as f64);
     let decision_log = match settings.decision_log {
         Some(topics) => Some(start_decision_log(config, topics).await?),
         None => {
@@ -207,56 +165,43 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         .orphan_services
         .set_max(config.monitoring.max_services);
     let health = Arc::new(Health::default());
-    let (http_addr, server) = crate::http::bind(
-        config.http.listen,
-        handle,
-        health.clone(),
-        config.monitoring.stall_timeout,
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-    let http = tokio::spawn(server);
+    let http = crate::http::start(config, handle, health.clone()).await?;
 
     let consumer_config = consumer_config(config);
     let reset_to_latest = matches!(
         consumer_config.get("auto.offset.reset"),
         Some("latest" | "largest" | "end")
     );
-    let log_side = decision_log.as_ref().map(|log| source::LogSide {
+    let log_side = decision_log.as_ref().map(|log| LogSide {
         log: log.clone(),
         consumer_config: consumer_config.clone(),
         runtime: tokio::runtime::Handle::current(),
         settings: ReadBackSettings {
             ttl: config.decision_cache.ttl,
             timeout: config.decision_cache.read_back_timeout,
-            max_records: DecisionCache::capacity_for_bytes(config.settings().decision_cache_bytes),
+            max_records: DecisionCache::capacity_for_bytes(settings.decision_cache_bytes),
         },
     });
-    let consumer = source::consumer(
+    let consumer = rebalance::consumer(
         &consumer_config,
         &config.kafka.input_topics,
         sampler.clone(),
         health.clone(),
         log_side,
-    )
-    .with_context(|| format!("cannot create the Kafka consumer{TLS_HINT}"))?;
+    )?;
     health.lag.expect_topics(&config.kafka.input_topics);
-    crate::lag::spawn(
+    crate::kafka::lag::spawn(
         &consumer_config,
         health.clone(),
-        crate::lag::LagSettings {
+        crate::kafka::lag::LagSettings {
             interval: config.monitoring.lag_interval,
             reset_to_latest,
         },
-    )
-    .context("cannot create the Kafka client that measures lag")?;
-    let dead_letters = match &config.kafka.dead_letter_topic {
-        Some(topic) => Some(
-            DeadLetters::new(&producer_config(config), topic)
-                .context("cannot create the dead-letter producer")?,
-        ),
-        None => None,
-    };
+    )?;
+    let dead_letters = DeadLetters::for_topic(
+        &producer_config(config),
+        config.kafka.dead_letter_topic.as_deref(),
+    )?;
     let settings = IngestSettings {
         dead_letters: dead_letters.clone(),
         commit_interval: config.kafka.commit_interval,
@@ -264,7 +209,7 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         red: config
             .monitoring
             .red_metrics
-            .then_some(crate::red::RedLimits {
+            .then_some(crate::telemetry::red::RedLimits {
                 max_services: config.monitoring.max_services,
                 max_operations: config.monitoring.max_operations_per_service,
             }),
@@ -273,16 +218,16 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
             Box::new(move |topic| c.encoding_of(topic))
         },
     };
-    let ingest = std::thread::Builder::new()
-        .name("tailsift-ingest".into())
-        .spawn(move || source::run(consumer, settings))
-        .context("cannot start the ingest thread")?;
+    let ingest = crate::kafka::spawn("tailsift-ingest", move || consume::run(consumer, settings))?;
 
     let (stop_deciders, stop_rx) = watch::channel(false);
     let mut deciders = vec![tokio::spawn(decider(sampler.clone(), stop_rx.clone()))];
     if config.stress.enabled {
-        deciders.push(tokio::spawn(stress_relief(
-            sampler.clone(),
+        let s = sampler.clone();
+        let degrade: crate::stress::Degrade =
+            Arc::new(move |on, rate, now| s.set_degraded(on, rate, now));
+        deciders.push(tokio::spawn(crate::stress::relieve(
+            degrade,
             health.clone(),
             config.stress.clone(),
             config.monitoring.lag_interval,
@@ -293,14 +238,14 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
         input = ?config.kafka.input_topics,
         output = %config.kafka.output_topic,
         group = %config.kafka.group_id,
-        http = %http_addr,
+        http = %http.addr,
         kafka = %config.kafka.settings_line(),
         "tailsift running (kafka settings logged with secrets redacted)"
     );
     Ok(Running {
         sampler,
         health,
-        http_addr,
+        http_addr: http.addr,
         sink,
         decision_log,
         dead_letters,
@@ -319,10 +264,9 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> anyhow::Result
 async fn start_decision_log(
     config: &Config,
     topics: LogTopics,
-) -> anyhow::Result<Arc<DecisionLog>> {
+) -> Result<Arc<DecisionLog>, StartError> {
     let client = producer_config(config);
-    let writer = DecisionLog::new(&producer_config(config), topics.clone())
-        .with_context(|| format!("cannot create the decision log's producer{TLS_HINT}"))?;
+    let writer = DecisionLog::new(&producer_config(config), topics.clone())?;
     for input in &config.kafka.input_topics {
         let log = topics.log_of(input);
         let checked = {
@@ -342,7 +286,7 @@ async fn start_decision_log(
                     .map(|e| Some((e, partitions)))
             })
             .await
-            .context("checking the decision log")?
+            .map_err(StartError::Checking)?
         };
         if let Ok(Some((_, partitions))) = &checked {
             writer.ensured(input, *partitions);
@@ -371,51 +315,6 @@ async fn start_decision_log(
     Ok(writer)
 }
 
-/// Watches the total consumer lag and switches stress relief's degraded mode on and off.
-pub async fn stress_relief(
-    sampler: Arc<Sampler>,
-    health: Arc<Health>,
-    config: crate::config::StressConfig,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut relief = crate::memory::stress::StressRelief::new(config.settings());
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    metrics::gauge!(crate::metrics::STRESS_MODE).set(0.0);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tick.tick() => {}
-        }
-        let lag = health.lag.total();
-        let Some(on) = relief.observe(lag, std::time::Instant::now()) else {
-            continue;
-        };
-        metrics::gauge!(crate::metrics::STRESS_MODE).set(if on { 1.0 } else { 0.0 });
-        let s = sampler.clone();
-        let rate = config.sample_rate;
-        let decided = tokio::task::spawn_blocking(move || s.set_degraded(on, rate, Instant::now()))
-            .await
-            .unwrap_or(0);
-        if on {
-            tracing::warn!(
-                lag,
-                enter_lag = config.enter_lag,
-                sample_rate = rate,
-                buffered_decided = decided,
-                "stress relief: consumer lag keeps growing; degraded mode on, new traces decided by trace id alone"
-            );
-        } else {
-            tracing::info!(
-                lag,
-                exit_lag = config.exit_lag,
-                "stress relief: consumer lag is low again; degraded mode off, traces buffered as usual"
-            );
-        }
-    }
-}
-
 /// Decides complete traces every tick until told to stop.
 pub async fn decider(sampler: Arc<Sampler>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(DECIDE_TICK);
@@ -432,8 +331,9 @@ pub async fn decider(sampler: Arc<Sampler>, mut stop: watch::Receiver<bool>) {
 }
 
 impl Running {
-    /// Graceful shutdown, bounded by the configured shutdown timeout.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// Graceful shutdown, bounded by the configured shutdown timeout. Never fails: what was
+    /// not acknowledged in time stays uncommitted, and is replayed by the next owner.
+    pub async fn shutdown(self) -> Result<(), std::convert::Infallible> {
         let deadline = std::time::Instant::now() + self.shutdown_timeout;
         self.health.draining.store(true, Ordering::Relaxed);
         if let Some(r) = self.reloader {
@@ -453,27 +353,16 @@ impl Running {
         let sink = self.sink.clone();
         let dead_letters = self.dead_letters.clone();
         let decision_log = self.decision_log.clone();
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
         let flushed = tokio::task::spawn_blocking(move || {
-            let r = sink.flush(left);
-            sink.stop();
-            // After the output: kept traces are recorded once their output is acknowledged.
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let log = decision_log.as_ref().map_or(Ok(()), |l| {
-                let r = l.flush(left);
-                l.stop();
-                r
-            });
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let dl = dead_letters.as_ref().map_or(Ok(()), |d| {
-                let r = d.flush(left);
-                d.stop();
-                r
-            });
-            r.and(log).and(dl)
+            // The decision log after the output: kept traces are recorded once their output
+            // is acknowledged.
+            let mut writers: Vec<&dyn Flush> = vec![&*sink];
+            writers.extend(decision_log.as_deref().map(|l| l as &dyn Flush));
+            writers.extend(dead_letters.as_deref().map(|d| d as &dyn Flush));
+            flush_all(deadline, &writers)
         })
         .await;
-        if !matches!(flushed, Ok(Ok(()))) {
+        if !matches!(flushed, Ok(true)) {
             tracing::warn!(
                 in_flight = self.sink.in_flight(),
                 "shutdown: not every kept trace was acknowledged in time; their offsets stay uncommitted"
@@ -482,9 +371,9 @@ impl Running {
         self.health.stop.store(true, Ordering::Relaxed);
         let ingest = self.ingest;
         let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
-        self.http.abort();
+        self.http.stop();
         tracing::info!(
-            undecided = self.sampler.buffer.len(),
+            undecided = self.sampler.buffered_traces(),
             "tailsift stopped; undecided traces will be replayed by the next owner"
         );
         Ok(())
@@ -512,28 +401,5 @@ pub async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_consumer_refetches_a_full_partition_soon_unless_the_config_says_otherwise() {
-        let dir = std::path::Path::new("rules");
-        let mut c = Config::for_brokers("127.0.0.1:9092", "in", "out", dir);
-        let cc = consumer_config(&c);
-        assert_eq!(
-            cc.get("fetch.queue.backoff.ms"),
-            Some(FETCH_QUEUE_BACKOFF_MS)
-        );
-        c.kafka
-            .consumer_properties
-            .insert("fetch.queue.backoff.ms".into(), "500".into());
-        assert_eq!(
-            consumer_config(&c).get("fetch.queue.backoff.ms"),
-            Some("500")
-        );
     }
 }

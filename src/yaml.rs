@@ -50,9 +50,11 @@ pub fn options() -> Options {
 pub struct YamlError {
     /// 1-based; 0 when unknown.
     pub line: usize,
+    /// 1-based; 0 when the line is unknown.
     pub column: usize,
     /// The key path of the value at fault (`completion.root_grace`), when known.
     pub path: Option<String>,
+    /// What is wrong, worded for operators; without the location, which `Display` prefixes.
     pub message: String,
 }
 

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -46,14 +45,7 @@ async fn malformed_messages_are_skipped_and_counted_while_the_pipeline_goes_on()
         reader.read_until(Duration::from_secs(20), |m| m.iter().any(|m| m.key == hex)),
         "the valid trace after the bad messages is still kept"
     );
-    assert_eq!(
-        running
-            .sampler
-            .stats
-            .decode_failures
-            .load(Ordering::Relaxed),
-        3
-    );
+    assert_eq!(running.sampler.counts().decode_failures(), 3);
     let (status, body) = http_get(running.http_addr, "/metrics").expect("scrape");
     assert_eq!(status, 200);
     assert_eq!(

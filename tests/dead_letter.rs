@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tailsift::dead_letter::*;
+use tailsift::kafka::dead_letter::*;
 use tailsift::otlp::build::*;
 use tailsift::otlp::{Encoding, TraceId};
 

@@ -208,7 +208,8 @@ async fn the_log_is_a_public_interface_a_plain_consumer_joins_on_trace_id() {
     let rules = rules_dir(&[("rules.yaml", RULES)]);
     let config = common::config(&input, &output, rules.path());
     let log_topic = config
-        .settings()
+        .validate()
+        .expect("valid")
         .decision_log
         .expect("on by default")
         .log_of(&input);
@@ -351,7 +352,7 @@ async fn a_log_with_too_few_partitions_stops_the_start_and_an_empty_name_turns_i
     }
 
     config.kafka.decision_topic = Some(String::new());
-    assert!(config.settings().decision_log.is_none());
+    assert!(config.validate().expect("valid").decision_log.is_none());
     let running = tailsift::pipeline::start(&config)
         .await
         .expect("starts without a log");
@@ -377,7 +378,12 @@ async fn undecodable_log_records_are_counted_and_skipped_on_read_back() {
     create_topic(&output, 1).await;
     let rules = rules_dir(&[("rules.yaml", RULES)]);
     let config = common::config(&input, &output, rules.path());
-    let log_topic = config.settings().decision_log.expect("on").log_of(&input);
+    let log_topic = config
+        .validate()
+        .expect("valid")
+        .decision_log
+        .expect("on")
+        .log_of(&input);
     create_topic(&log_topic, 1).await;
     // A decision made "before": trace 0 of run 8 kept by `errors`, whose spans were never
     // forwarded; then garbage of every kind.
@@ -442,7 +448,12 @@ async fn an_unwritable_log_holds_commits_back_and_is_reported_then_recovers_losi
     let mut config = common::config(&input, &output, rules.path());
     config.monitoring.lag_interval = Duration::from_millis(200);
     config.monitoring.stall_timeout = Duration::from_secs(3);
-    let log_topic = config.settings().decision_log.expect("on").log_of(&input);
+    let log_topic = config
+        .validate()
+        .expect("valid")
+        .decision_log
+        .expect("on")
+        .log_of(&input);
     let running = tailsift::pipeline::start(&config).await.expect("start");
     let addr = running.http_addr;
     assert!(

@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use tailsift::lag::{measure, LagSettings, LagTracker};
+use tailsift::health::LagTracker;
+use tailsift::kafka::lag::{measure, LagSettings};
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
 
@@ -244,8 +245,8 @@ async fn red_metrics_can_be_turned_off() {
     );
     flush(&p);
     assert!(
-        eventually(Duration::from_secs(20), || running.sampler.stats.kept()
-            + running.sampler.stats.dropped()
+        eventually(Duration::from_secs(20), || running.sampler.counts().kept()
+            + running.sampler.counts().dropped()
             == 1)
         .await,
         "the trace is decided"

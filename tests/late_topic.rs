@@ -39,7 +39,7 @@ async fn a_topic_created_after_the_start_is_named_by_readyz_then_picked_up_withi
     let s = span(t, 1, None, "GET /late", 1_000, 2_000);
     send(&p, &input, &TraceId(t).to_hex(), &request("svc", vec![s]));
     flush(&p);
-    let stats = &running.sampler.stats;
+    let stats = running.sampler.counts();
     assert!(
         eventually(Duration::from_secs(30), || stats.kept() + stats.dropped()
             == 1)

@@ -371,18 +371,14 @@ async fn a_giant_trace_is_decided_at_its_limit_and_the_others_are_unaffected() {
         0.0,
         "nothing was decided early for memory"
     );
-    let late = running
-        .sampler
-        .stats
-        .late_kept
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let late = running.sampler.counts().late.kept.get();
     assert_eq!(
         late,
         100_000 - 10_000,
         "the spans after the limit followed the decision"
     );
     assert_eq!(
-        running.sampler.stats.kept(),
+        running.sampler.counts().kept(),
         1 + normal.len() as u64,
         "each normal trace decided once, on its own"
     );

@@ -1,5 +1,6 @@
 //! `/metrics` after known traffic on a real broker: the counters equal what was sent, and the
-//! catalog in docs/metrics.md matches what is exposed, both ways.
+//! catalog in docs/metrics.md (generated from src/telemetry/catalog.rs, which a unit test
+//! checks) matches what is exposed, both ways.
 //!
 //! One test in this binary: the metrics recorder is global to the process, so the counts
 //! seen are exactly this test's traffic.
@@ -63,7 +64,10 @@ fn exposed(body: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
 fn documented() -> BTreeMap<String, (String, BTreeSet<String>)> {
     let text = std::fs::read_to_string("docs/metrics.md").expect("docs/metrics.md");
     let mut out = BTreeMap::new();
-    for row in text.lines().filter(|l| l.starts_with("| `tailsift_")) {
+    for row in text
+        .lines()
+        .filter(|l| l.starts_with("| `tailsift_") || l.starts_with("| `process_"))
+    {
         let cols: Vec<&str> = row.split('|').map(str::trim).collect();
         assert!(cols.len() >= 5, "catalog row with too few columns: {row}");
         let name = cols[1].trim_matches('`').to_string();
@@ -374,7 +378,7 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
         let (ekind, elabels) = &exposed[name];
         assert_eq!(kind, ekind, "type of {name}");
         assert_eq!(labels, elabels, "label names of {name}");
-        assert!(name.starts_with("tailsift_"));
+        assert!(name.starts_with("tailsift_") || name.starts_with("process_"));
     }
     running.shutdown().await.expect("shutdown");
 }

@@ -173,7 +173,7 @@ async fn keeps_errors_whole_slow_traces_and_a_deterministic_baseline() {
         assert_eq!(m.headers["tailsift.rule"], "baseline");
         assert_eq!(m.headers["tailsift.sample_rate"], "10");
     }
-    let stats = &running.sampler.stats;
+    let stats = running.sampler.counts();
     assert_eq!(stats.kept() as usize, want_keys);
     assert_eq!(
         (stats.kept() + stats.dropped()) as usize,
@@ -204,7 +204,10 @@ async fn late_spans_follow_their_traces_decision() {
         .iter()
         .any(|m| m.key == kept_hex)));
     assert!(
-        eventually(Duration::from_secs(10), || running.sampler.stats.dropped()
+        eventually(Duration::from_secs(10), || running
+            .sampler
+            .counts()
+            .dropped()
             == 1)
         .await,
         "the ordinary trace is decided (dropped)"
@@ -241,9 +244,10 @@ async fn late_spans_follow_their_traces_decision() {
     assert!(
         eventually(Duration::from_secs(10), || running
             .sampler
-            .stats
-            .late_dropped
-            .load(Ordering::Relaxed)
+            .counts()
+            .late
+            .dropped
+            .get()
             == 1)
         .await,
         "the late span of the dropped trace is dropped"
@@ -255,7 +259,7 @@ async fn late_spans_follow_their_traces_decision() {
         "nothing of the dropped trace is forwarded"
     );
     assert_eq!(by_key[&kept_hex].len(), 4);
-    assert_eq!(running.sampler.stats.late_kept.load(Ordering::Relaxed), 1);
+    assert_eq!(running.sampler.counts().late.kept.get(), 1);
     running.shutdown().await.expect("shutdown");
 }
 
@@ -288,7 +292,7 @@ async fn a_revoked_partitions_undecided_traces_are_released_to_the_new_owner_who
     }
     flush(&p);
     assert!(
-        eventually(Duration::from_secs(20), || a.sampler.buffer.len()
+        eventually(Duration::from_secs(20), || a.sampler.buffered_traces()
             == traces.len())
         .await,
         "A buffers every partial trace"
@@ -307,12 +311,12 @@ async fn a_revoked_partitions_undecided_traces_are_released_to_the_new_owner_who
         .await,
         "the partitions are shared"
     );
-    let released = a.sampler.stats.released.load(Ordering::Relaxed);
+    let released = a.sampler.counts().released.get();
     assert!(
         released > 0,
         "A handed back the undecided traces of its revoked partitions"
     );
-    assert_eq!(a.sampler.stats.kept(), 0, "nothing was decided early");
+    assert_eq!(a.sampler.counts().kept(), 0, "nothing was decided early");
 
     for (t, msgs) in &traces {
         send_trace(&p, &input, *t, &msgs[2..]); // the roots
@@ -341,11 +345,11 @@ async fn a_revoked_partitions_undecided_traces_are_released_to_the_new_owner_who
         "each span once: released traces were not forwarded by A"
     );
     assert!(
-        b.sampler.stats.kept() >= released,
+        b.sampler.counts().kept() >= released,
         "B decided the released traces"
     );
     assert_eq!(
-        a.sampler.stats.kept() + b.sampler.stats.kept(),
+        a.sampler.counts().kept() + b.sampler.counts().kept(),
         traces.len() as u64
     );
     b.shutdown().await.expect("shutdown B");

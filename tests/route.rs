@@ -52,7 +52,9 @@ async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole()
         c.kafka.dead_letter_topic = None;
         c
     };
-    let router = tailsift::route::start(&route_config).await.expect("route");
+    let router = tailsift::kafka::route::start(&route_config)
+        .await
+        .expect("route");
     let sampler = tailsift::pipeline::start(&config(&sampling, &output, rules.path()))
         .await
         .expect("sampler");

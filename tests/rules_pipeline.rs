@@ -288,7 +288,7 @@ async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_sp
     flush(&p);
     let sent = expect.len() + limited.len() + hot.len();
 
-    let stats = &running.sampler.stats;
+    let stats = running.sampler.counts();
     assert!(
         eventually(Duration::from_secs(30), || (stats.kept() + stats.dropped())
             as usize
@@ -481,7 +481,7 @@ async fn shadow_mode_forwards_every_trace_marked_with_what_the_rules_would_do() 
             Some(&AnyValue::StringValue(want.1.into()))
         );
     }
-    let stats = &running.sampler.stats;
+    let stats = running.sampler.counts();
     assert_eq!(
         (stats.kept(), stats.dropped()),
         (1, 3),

@@ -100,7 +100,7 @@ async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
         flush(&p);
         TraceId(t).to_hex()
     };
-    let stats = &running.sampler.stats;
+    let stats = running.sampler.counts();
     send_one(1);
     assert!(eventually(Duration::from_secs(20), || stats.dropped() == 1).await);
 

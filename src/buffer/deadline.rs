@@ -15,12 +15,15 @@ use crate::otlp::TraceId;
 
 const SHARDS: usize = 16;
 
+/// Trace ids by the tick bucket they are next due in (see the module doc).
 pub struct DeadlineIndex {
     shards: Vec<Mutex<BTreeMap<u64, Vec<TraceId>>>>,
     tick_ms: u64,
 }
 
 impl DeadlineIndex {
+    /// An empty index of buckets `tick` long (at least 1 ms): deadlines are honoured up to
+    /// one tick late.
     pub fn new(tick: Duration) -> Self {
         DeadlineIndex {
             shards: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
@@ -43,6 +46,8 @@ impl DeadlineIndex {
         &self.shards[id.0[15] as usize % SHARDS]
     }
 
+    /// Adds an entry for `id` in `bucket`. An earlier entry of the trace is not removed: the
+    /// caller recognises it as stale when it comes due.
     pub fn schedule(&self, id: TraceId, bucket: u64) {
         let mut shard = self.shard(&id).lock().unwrap_or_else(|e| e.into_inner());
         shard.entry(bucket).or_default().push(id);

@@ -61,6 +61,7 @@ pub const TRACE_OVERHEAD: usize = 580;
 /// Spans of one trace that arrived under one resource and scope.
 #[derive(Debug)]
 pub struct SpanGroup {
+    /// The resource and scope the spans arrived under.
     pub ctx: Arc<SpanContext>,
     /// `ScopeSpans.spans` fields (tag, length, span), as they arrived.
     pub spans: Vec<u8>,
@@ -69,19 +70,26 @@ pub struct SpanGroup {
 /// One undecided trace.
 #[derive(Debug)]
 pub struct TraceEntry {
-    /// Arrival times, in ms since the buffer's origin.
+    /// When its first span arrived, in ms since the buffer's origin on the completion clock
+    /// (time with reading paused for memory does not count).
     pub first_seen: u64,
+    /// When its latest span arrived, on the same clock.
     pub last_seen: u64,
+    /// When its first root span arrived, on the same clock; `None` while no root has.
     pub root_seen: Option<u64>,
-    /// Earliest span start and latest span end, in Unix ns.
+    /// Earliest span start, in Unix ns.
     pub start_min: u64,
+    /// Latest span end, in Unix ns.
     pub end_max: u64,
+    /// Spans buffered, counted as they arrive: a span sent twice counts twice.
     pub span_count: u32,
-    /// Span data and contexts counted against the memory budget.
+    /// Span data and contexts counted against the memory budget, [`TRACE_OVERHEAD`] included.
     pub bytes: u32,
+    /// Some span has status `ERROR`.
     pub has_error: bool,
     /// Some of its spans came from offsets read before (restart or rebalance replay).
     pub replayed: bool,
+    /// The spans, one group per resource and scope, in the order the contexts first arrived.
     pub groups: smallvec::SmallVec<[SpanGroup; 1]>,
     /// The offsets this trace keeps from being committed.
     pub holds: Holds,
@@ -209,6 +217,8 @@ struct Clock {
 }
 
 impl Buffer {
+    /// An empty buffer; its clocks count from now (tokio's clock, so paused time in tests
+    /// applies). Deadlines are looked at in 10 ms ticks.
     pub fn new(completion: Completion) -> Self {
         Buffer {
             map: DashMap::with_hasher_and_shard_amount(
@@ -486,6 +496,7 @@ impl Buffer {
         self.map.len()
     }
 
+    /// No trace is buffered.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -1,3 +1,6 @@
+//! The buffer without Kafka, in paused time: completion triggers, the stopped clock, late
+//! spans, freed bytes and held offsets.
+
 use std::sync::Arc;
 use std::time::Duration;
 

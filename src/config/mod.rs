@@ -104,6 +104,10 @@ pub struct Config {
     /// Default 30s. Kubernetes' terminationGracePeriodSeconds should be longer.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The file this configuration was read from, naming it in errors (`(built in)` for one
+    /// made by [`Config::for_brokers`]).
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -169,11 +173,13 @@ impl Config {
 
     /// Parses and checks config text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = crate::yaml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        validate::check(&config, path)?;
+        let mut config: Config =
+            crate::yaml::from_str(text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        config.path = path.to_path_buf();
+        config.validate()?;
         Ok(config)
     }
 
@@ -199,6 +205,7 @@ impl Config {
             log: LogConfig::default(),
             stress: StressConfig::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            path: PathBuf::from("(built in)"),
         }
     }
 }

@@ -386,9 +386,9 @@ impl Default for StressConfig {
 
 impl StressConfig {
     /// The thresholds as the stress-relief state machine takes them.
-    pub fn settings(&self) -> crate::memory::stress::StressSettings {
+    pub fn settings(&self) -> crate::stress::StressSettings {
         let lag = |v: u64| v.min(i64::MAX as u64) as i64;
-        crate::memory::stress::StressSettings {
+        crate::stress::StressSettings {
             enter_lag: lag(self.enter_lag),
             enter_after: self.enter_after,
             exit_lag: lag(self.exit_lag),

@@ -24,10 +24,10 @@ fn minimal_config_gets_documented_defaults() {
         c.buffer.max_bytes, None,
         "derived from the container at start"
     );
-    assert_eq!(c.settings().completion.max_trace_bytes, 16 << 20);
+    assert_eq!(c.validate().unwrap().completion.max_trace_bytes, 16 << 20);
     let small = parse(&format!("{MINIMAL}buffer:\n  max_bytes: 4MiB\n")).unwrap();
     assert_eq!(
-        small.settings().completion.max_trace_bytes,
+        small.validate().unwrap().completion.max_trace_bytes,
         16 << 20,
         "lowered to half the budget at start, not an error"
     );
@@ -155,13 +155,16 @@ fn the_example_config_in_the_repository_is_valid_and_matches_the_defaults() {
     let text = std::fs::read_to_string(path).unwrap();
     let example = Config::parse(path, &text).unwrap();
     let minimal = parse(MINIMAL).unwrap();
-    assert_eq!(example.settings().completion, minimal.settings().completion);
+    assert_eq!(
+        example.validate().unwrap().completion,
+        minimal.validate().unwrap().completion
+    );
     assert_eq!(example.buffer.max_bytes, minimal.buffer.max_bytes);
     assert_eq!(example.buffer.high_watermark, minimal.buffer.high_watermark);
     assert_eq!(example.buffer.low_watermark, minimal.buffer.low_watermark);
     assert_eq!(
-        example.settings().decision_cache_bytes,
-        minimal.settings().decision_cache_bytes
+        example.validate().unwrap().decision_cache_bytes,
+        minimal.validate().unwrap().decision_cache_bytes
     );
     assert_eq!(example.kafka.commit_interval, minimal.kafka.commit_interval);
     assert_eq!(example.shutdown_timeout, minimal.shutdown_timeout);
@@ -255,10 +258,10 @@ fn the_budget_and_the_decision_cache_bound_resolve_from_config_or_container() {
         (100 << 20, 80 << 20, 50 << 20)
     );
     assert_eq!(
-        set.settings().decision_cache_bytes,
+        set.validate().unwrap().decision_cache_bytes,
         1000 * crate::decision::CACHE_ENTRY_BYTES
     );
-    assert_eq!(derived.settings().decision_cache_bytes, 64 << 20);
+    assert_eq!(derived.validate().unwrap().decision_cache_bytes, 64 << 20);
 }
 
 #[test]
@@ -267,7 +270,7 @@ fn rules_settings_parse_and_marking_names_must_differ() {
         "{MINIMAL}rules:\n  mode: shadow\n  marking:\n    rule_attribute: sampling.rule\n    tracestate: false\n"
     ))
     .unwrap();
-    let o = c.settings().rule_options;
+    let o = c.validate().unwrap().rule_options;
     assert_eq!(o.mode, crate::rules::Mode::Shadow);
     let m = o.marking.unwrap();
     assert_eq!(m.rule_attribute.as_deref(), Some("sampling.rule"));
@@ -278,7 +281,8 @@ fn rules_settings_parse_and_marking_names_must_differ() {
     assert!(!m.tracestate);
     assert!(parse(MINIMAL)
         .unwrap()
-        .settings()
+        .validate()
+        .unwrap()
         .rule_options
         .marking
         .is_none());

@@ -1,8 +1,10 @@
 //! Is a parsed configuration sound, and what does it mean at runtime.
 //!
-//! [`check`] refuses every invalid value or combination, naming the key, so that none
-//! reaches the pipeline; one function per section keeps each rule next to its neighbours.
-//! [`Settings`] is the configuration as the pipeline uses it, derived once.
+//! [`Config::validate`] is the one way from a configuration to the [`Settings`] the pipeline
+//! runs with: it refuses every invalid value or combination, naming the key, and derives the
+//! runtime types once, so that no invalid state reaches the pipeline (a `Config` built or
+//! changed in code goes through it too). One function per section keeps each check next to
+//! its neighbours.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,8 +12,8 @@ use std::time::Duration;
 use super::{ByteSize, Config, ConfigError, KafkaConfig, RulesMode};
 use crate::buffer::Completion;
 use crate::decision::{DecisionCache, CACHE_ENTRY_BYTES};
-use crate::decision_log::topics::{check_topic_name, TOPIC_PLACEHOLDER};
-use crate::decision_log::LogTopics;
+use crate::kafka::decision_log::topics::{check_topic_name, TOPIC_PLACEHOLDER};
+use crate::kafka::decision_log::LogTopics;
 use crate::memory::{resolve_budget, Budget, BudgetSource};
 use crate::rules::{Mode, RuleOptions};
 
@@ -33,8 +35,8 @@ fn human(d: Duration) -> impl std::fmt::Display {
     humantime_serde::re::humantime::format_duration(d)
 }
 
-/// Checks every section; the first finding is the error. `path` only names the file.
-pub(super) fn check(config: &Config, path: &Path) -> Result<(), ConfigError> {
+/// Checks every section; the first finding is the error.
+fn check(config: &Config) -> Result<(), ConfigError> {
     kafka(config)
         .and_then(|()| decision_log(config))
         .and_then(|()| completion_and_buffer(config))
@@ -43,7 +45,7 @@ pub(super) fn check(config: &Config, path: &Path) -> Result<(), ConfigError> {
         .and_then(|()| decision_cache(config))
         .and_then(|()| stress(config))
         .map_err(|Invalid(key, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
+            path: config.path.clone(),
             key,
             message,
         })
@@ -321,7 +323,7 @@ fn log_topics(k: &KafkaConfig) -> Option<LogTopics> {
 }
 
 /// The configuration as the pipeline uses it: runtime types derived once from a checked
-/// [`Config`] (see [`Config::settings`]).
+/// [`Config`] by [`Config::validate`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Settings {
@@ -337,11 +339,13 @@ pub struct Settings {
 }
 
 impl Config {
-    /// The runtime settings of this configuration.
-    pub fn settings(&self) -> Settings {
+    /// Checks every value and combination, naming the key of the first that cannot work, and
+    /// derives the runtime settings.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        check(self)?;
         let c = &self.completion;
         let dc = &self.decision_cache;
-        Settings {
+        Ok(Settings {
             completion: Completion {
                 decision_wait: c.decision_wait,
                 root_grace: c.root_grace,
@@ -362,7 +366,7 @@ impl Config {
                 Some(n) => dc.max_bytes.0.min(n.saturating_mul(CACHE_ENTRY_BYTES)),
                 None => dc.max_bytes.0,
             },
-        }
+        })
     }
 
     /// The memory budget: `buffer.max_bytes`, or derived from the container limit found under

@@ -52,6 +52,7 @@ const NOTHING_FORWARDED: i64 = i64::MIN;
 /// A remembered decision, as a span of a trace that is not buffered finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remembered {
+    /// What was decided, and by which rule.
     pub decision: Decision,
     /// When the trace was decided, in Unix milliseconds.
     pub decided_at: u64,
@@ -95,12 +96,16 @@ pub const CACHE_ENTRY_BYTES: u64 = (BUCKET_BYTES * 16).div_ceil(7) + RING_BYTES;
 /// A snapshot of the decision cache's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Lookups that found a decision, since the cache was made.
     pub hits: u64,
+    /// Lookups that found none (never decided, pushed out, or expired), since the cache was
+    /// made.
     pub misses: u64,
     /// Pushed out to stay within the bound.
     pub evicted_size: u64,
     /// Older than the ttl.
     pub evicted_expired: u64,
+    /// Decisions remembered now.
     pub entries: u64,
     /// Bytes counted against the bound ([`CACHE_ENTRY_BYTES`] per entry).
     pub bytes: u64,
@@ -288,7 +293,7 @@ impl DecisionCache {
         );
     }
 
-    /// The time `unix_ms` on this cache's clock, for decisions made elsewhere.
+    /// `at` in Unix milliseconds, by this cache's clock (the one its `decided_at` values use).
     pub fn unix_ms(&self, at: Instant) -> u64 {
         self.inner.origin_unix_ms + self.inner.nanos(at) / 1_000_000
     }

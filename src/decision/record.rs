@@ -57,6 +57,7 @@ pub const DROP_LIST_MAX: usize = 512;
 /// One decision, as logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// What was decided, by which rule; in a drop list, always a `Drop`.
     pub decision: Decision,
     /// Unix milliseconds.
     pub decided_at: u64,
@@ -67,6 +68,7 @@ pub struct Record {
 /// What a log record holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
+    /// One trace's decision; its trace id is the record's key (see [`trace_id_of`]).
     Decision(Record),
     /// Dropped traces, each with its decision.
     Drops(Vec<(crate::otlp::TraceId, Record)>),
@@ -78,10 +80,13 @@ pub enum Entry {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RecordError {
+    /// A key, or a trace id in a drop list, that is not a valid trace id in hex.
     #[error("the key is not a 32-character hex trace id")]
     Key,
+    /// The value is not JSON, or a field is missing or out of range; the message says which.
     #[error("the value is not a decision record: {0}")]
     Value(String),
+    /// A `v` other than [`VERSION`]: a format this reader does not know the meaning of.
     #[error("format version {0} is not understood (this tailsift reads version {VERSION})")]
     Version(u32),
 }
@@ -90,6 +95,7 @@ impl RecordError {
     /// Every kind, for registering the metric series.
     pub const KINDS: &'static [&'static str] = &["key", "value", "version"];
 
+    /// The label for metrics and logs, one of [`RecordError::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
             RecordError::Key => "key",
@@ -124,8 +130,9 @@ struct Value<'a> {
 }
 
 impl Record {
-    /// Appends the record's value to `out`: the JSON of [`Value`], written directly (serde's
-    /// writer made many tiny writes; this runs once per decided trace).
+    /// Appends the record's value to `out`: the JSON object of the module's documentation,
+    /// written directly (serde's writer made many tiny writes; this runs once per decided
+    /// trace). `through` is written only for a decision that forwards.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (keep, sample_rate, shadow) = match &self.decision {
             Decision::Keep { sample_rate, .. } => (true, *sample_rate, false),
@@ -199,10 +206,12 @@ impl DropList {
         self.traces.push((id, i as u16, decided_at));
     }
 
+    /// Traces in the list; a writer sends it at [`DROP_LIST_MAX`].
     pub fn len(&self) -> usize {
         self.traces.len()
     }
 
+    /// No trace in the list: nothing to send.
     pub fn is_empty(&self) -> bool {
         self.traces.is_empty()
     }

@@ -64,6 +64,7 @@ pub fn embedded_rules() -> Result<RuleSet, RulesError> {
     RuleSet::new(rules, None)
 }
 
+/// `tailsift demo`'s command-line options.
 pub struct DemoOptions {
     /// Stop after this long; run until Ctrl-C when `None`.
     pub duration: Option<Duration>,
@@ -91,6 +92,10 @@ struct OutputCount {
     spans: AtomicU64,
 }
 
+/// Runs the demo: starts the in-process Kafka, the pipeline and the generator, prints a summary
+/// line every second to stdout, and on Ctrl-C, after `duration`, or once stdout's reader has
+/// gone, shuts down in order and prints the final counts. An error is a failure to set
+/// something up (the in-process Kafka, the rules, the pipeline) or to shut the pipeline down.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1).context("cannot start the in-process Kafka")?;
     cluster
@@ -124,7 +129,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // The decision log, on a topic made here: the mock cluster does not create topics on
     // request (nor find offsets by time, so a read-back there reads nothing: the demo's one
     // instance never needs one).
-    if let Some(log) = config.settings().decision_log {
+    if let Some(log) = config.validate()?.decision_log {
         cluster
             .create_topic(&log.log_of(INPUT), 4, 1)
             .context("cannot create the decision log topic")?;
@@ -181,7 +186,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             _ = &mut ctrl_c => break,
             _ = tick.tick() => {}
         }
-        let spans = running.sampler.stats.spans_in.load(Ordering::Relaxed);
+        let spans = running.sampler.counts().spans_received();
         reading = say(&summary(&running.sampler, &out, spans - last_spans));
         last_spans = spans;
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -191,23 +196,23 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = gen.join();
     let sampler = running.sampler.clone();
-    let undecided = sampler.buffer.len();
+    let undecided = sampler.buffered_traces();
     running.shutdown().await?;
     let _ = reader.join();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let spans = sampler.stats.spans_in.load(Ordering::Relaxed);
+    let spans = sampler.counts().spans_received();
     say(&format!(
         "final: {} traces generated, {spans} spans read ({:.0} spans/s), {} traces kept, {} dropped, \
          {} undecided at exit (left uncommitted), {} messages / {} spans on {OUTPUT}",
         generated.load(Ordering::Relaxed),
         spans as f64 / secs,
-        sampler.stats.kept(),
-        sampler.stats.dropped(),
+        sampler.counts().kept(),
+        sampler.counts().dropped(),
         undecided,
         out.messages.load(Ordering::Relaxed),
         out.spans.load(Ordering::Relaxed),
     ));
-    for (rule, kept, dropped) in sampler.stats.by_rule() {
+    for (rule, kept, dropped) in sampler.counts().by_rule() {
         say(&format!(
             "  rule {rule:<24} kept {kept:>8}  dropped {dropped:>8}"
         ));
@@ -227,18 +232,18 @@ fn say(line: &str) -> bool {
 }
 
 fn summary(s: &crate::sampler::Sampler, out: &OutputCount, spans_per_s: u64) -> String {
-    let rules: Vec<String> = s
-        .stats
+    let counts = s.counts();
+    let rules: Vec<String> = counts
         .by_rule()
         .iter()
         .map(|(r, k, d)| format!("{r} {k}/{}", k + d))
         .collect();
     format!(
         "in {spans_per_s} spans/s | buffered {} traces, {:.1} MiB | kept {} dropped {} | by rule (kept/decided): {} | out {} msgs",
-        s.buffer.len(),
-        s.buffer.bytes() as f64 / (1 << 20) as f64,
-        s.stats.kept(),
-        s.stats.dropped(),
+        s.buffered_traces(),
+        s.buffered_bytes() as f64 / (1 << 20) as f64,
+        counts.kept(),
+        counts.dropped(),
         rules.join(", "),
         out.messages.load(Ordering::Relaxed),
     )

@@ -8,8 +8,6 @@
 //! decide the oldest traces early, with trigger `memory`, until it is back under the high
 //! watermark. Nothing is ever dropped undecided.
 
-pub mod stress;
-
 use std::path::Path;
 
 /// Fraction of the container's memory limit given to the trace buffer when `buffer.max_bytes`
@@ -30,9 +28,15 @@ pub enum BudgetSource {
     /// `buffer.max_bytes` in the config.
     Configured,
     /// A fraction of the cgroup v2 `memory.max`.
-    CgroupV2 { limit: u64 },
+    CgroupV2 {
+        /// The container's limit, in bytes.
+        limit: u64,
+    },
     /// A fraction of the cgroup v1 `memory.limit_in_bytes`.
-    CgroupV1 { limit: u64 },
+    CgroupV1 {
+        /// The container's limit, in bytes.
+        limit: u64,
+    },
     /// No limit found: [`FALLBACK_BUDGET`].
     Fallback,
 }

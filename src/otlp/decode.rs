@@ -16,14 +16,19 @@ use super::{SpanContext, TraceId};
 /// Why a message could not be decoded. The message is skipped as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
+    /// The protobuf is malformed.
     #[error("malformed protobuf in {at}: {source}")]
     Wire {
+        /// The message type being read when it failed, such as `"Span"`.
         at: &'static str,
+        /// What was wrong with the bytes.
         #[source]
         source: WireError,
     },
+    /// A message of zero bytes, in either encoding.
     #[error("empty message")]
     Empty,
+    /// The topic's encoding is `otlp_json` and the message is not an OTLP/JSON trace request.
     #[error(transparent)]
     Json(#[from] super::json::JsonError),
 }
@@ -45,9 +50,13 @@ impl DecodeError {
 /// The facts about one span that completion needs, read while decoding.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpanFacts {
+    /// `start_time_unix_nano`: nanoseconds since the Unix epoch, 0 when absent.
     pub start: u64,
+    /// `end_time_unix_nano`: nanoseconds since the Unix epoch, 0 when absent.
     pub end: u64,
+    /// The span has no parent: its `parent_span_id` is absent or all zeros.
     pub is_root: bool,
+    /// The span's status code is `STATUS_CODE_ERROR` (2).
     pub is_error: bool,
     /// `SpanKind` number: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
     pub kind: u8,
@@ -81,6 +90,7 @@ pub struct Decoder {
 
 /// The spans of one trace within one message.
 pub struct TraceGroup<'a> {
+    /// The trace every span of the group belongs to.
     pub trace_id: TraceId,
     buf: &'a [u8],
     spans: &'a [SpanRec],
@@ -93,17 +103,22 @@ pub struct GroupSpan<'a> {
     pub bytes: &'a [u8],
     /// The same span with its `ScopeSpans.spans` tag and length: ready to append to output.
     pub field: &'a [u8],
+    /// The resource and scope the span arrived under; clone the `Arc` to keep it.
     pub context: &'a Arc<SpanContext>,
+    /// What completion needs to know about the span, read while decoding.
     pub facts: SpanFacts,
 }
 
 impl<'a> TraceGroup<'a> {
+    /// Spans of the trace in this message.
     pub fn len(&self) -> usize {
         self.spans.len()
     }
+    /// Never true for a group from [`Decoder::groups`]: a group has at least one span.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
+    /// The group's spans, in the order they arrived within the message.
     pub fn spans(&self) -> impl Iterator<Item = GroupSpan<'a>> + '_ {
         self.spans.iter().map(|s| GroupSpan {
             bytes: &self.buf[s.raw.start + usize::from(s.header)..s.raw.end],
@@ -119,12 +134,17 @@ fn wire(at: &'static str) -> impl Fn(WireError) -> DecodeError {
 }
 
 impl Decoder {
+    /// A decoder with no scratch space and an empty interner: keep one across messages, so
+    /// that both are reused.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Decodes one message. On success the groups are available through [`Decoder::groups`]
-    /// until the next call.
+    /// until the next call, and the count is the spans grouped (those without a valid trace id
+    /// are left out and counted in [`Decoder::invalid_spans`]). After an error, do not call
+    /// `groups` until a decode succeeds: the spans read before the fault are still there,
+    /// unsorted, and may lack their context (reading them would panic).
     pub fn decode(&mut self, buf: &[u8]) -> Result<usize, DecodeError> {
         self.spans.clear();
         self.contexts.clear();

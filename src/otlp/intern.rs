@@ -21,6 +21,7 @@ pub const MAX_INTERNED_BYTES: usize = 4 << 20;
 /// Messages between two prunings of unused contexts.
 const PRUNE_EVERY: u32 = 10_000;
 
+/// The shared contexts of one decoder, bounded by [`MAX_INTERNED_BYTES`] (see the module doc).
 #[derive(Debug, Default)]
 pub struct Interner {
     /// Hash of (resource, scope) -> the contexts with that hash (almost always one).

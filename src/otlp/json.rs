@@ -28,7 +28,13 @@ pub enum JsonError {
     Syntax(String),
     /// JSON, but a field does not have the OTLP/JSON shape.
     #[error("not an OTLP/JSON trace request: `{path}`: {message}")]
-    Shape { path: String, message: String },
+    Shape {
+        /// Where in the document, dotted (`resourceSpans[0].scopeSpans[0].spans[2].traceId`);
+        /// `.` for the document itself.
+        path: String,
+        /// What is wrong there, in serde's words or ours.
+        message: String,
+    },
 }
 
 /// Parses an OTLP/JSON `ExportTraceServiceRequest`.

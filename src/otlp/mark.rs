@@ -7,7 +7,6 @@
 //! rewrites only the span's length prefix.
 
 use super::wire::{len_field_size, put_len_prefix, put_varint, Fields, Value};
-use crate::decision::Decision;
 
 /// The threshold space of OpenTelemetry probability sampling: 56 bits of randomness.
 pub const MAX_THRESHOLD: u64 = 1 << 56;
@@ -101,6 +100,18 @@ pub struct Marking {
     pub tracestate: bool,
 }
 
+/// What a forwarded trace is marked with (see `Decision::mark`, which gives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark<'a> {
+    /// The rule that decided the trace.
+    pub rule: &'a str,
+    /// The trace's sample rate, N of 1-in-N.
+    pub sample_rate: u32,
+    /// In shadow mode, what the rules said: keep (`true`) or drop. Every trace is forwarded in
+    /// shadow mode, so the counts downstream need no threshold: the tracestate is left alone.
+    pub shadow: Option<bool>,
+}
+
 /// The marks of one trace, encoded once and appended to each of its spans.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marks {
@@ -137,25 +148,16 @@ fn put_int_attr(out: &mut Vec<u8>, key: &str, v: i64) {
 }
 
 impl Marking {
-    /// The marks for a decided trace; `None` when nothing is forwarded or nothing to add.
+    /// The marks for a forwarded trace; `None` when there is nothing to add.
     /// `salted`: whether the rules sample on a salted hash rather than the trace id's bits.
-    pub fn marks(&self, decision: &Decision, salted: bool) -> Option<Marks> {
-        let (rule, rate, shadow, threshold) = match decision {
-            Decision::Keep { rule, sample_rate } => (rule, *sample_rate, None, self.tracestate),
-            // Every trace is forwarded in shadow mode: the counts downstream need no
-            // threshold, so the tracestate is left alone.
-            Decision::Shadow {
-                rule,
-                keep,
-                sample_rate,
-            } => (
-                rule,
-                *sample_rate,
-                Some(if *keep { "keep" } else { "drop" }),
-                false,
-            ),
-            Decision::Drop { .. } => return None,
-        };
+    pub fn marks(&self, mark: Mark<'_>, salted: bool) -> Option<Marks> {
+        let Mark {
+            rule,
+            sample_rate: rate,
+            shadow,
+        } = mark;
+        let shadow = shadow.map(|keep| if keep { "keep" } else { "drop" });
+        let threshold = self.tracestate && shadow.is_none();
         let mut attrs = Vec::new();
         let mut keys = Vec::new();
         if let Some(k) = &self.rule_attribute {
@@ -319,11 +321,12 @@ mod tests {
         let b = span(t, 2, Some(1), "child", 1, 9);
         let mut input = field(&a);
         input.extend(field(&b));
-        let decision = Decision::Keep {
-            rule: "slow".into(),
+        let mark = Mark {
+            rule: "slow",
             sample_rate: 10,
+            shadow: None,
         };
-        let marks = marking().marks(&decision, false).unwrap();
+        let marks = marking().marks(mark, false).unwrap();
         let mut out = Vec::new();
         marks.mark_spans(&input, &mut out);
         let spans = spans_of(&out);
@@ -358,14 +361,14 @@ mod tests {
         let t = trace_id(4);
         let mut a = span(t, 1, None, "root", 0, 10);
         a.trace_state = "vendor=x".into();
-        let d = Decision::Shadow {
-            rule: "baseline".into(),
-            keep: false,
+        let mark = Mark {
+            rule: "baseline",
             sample_rate: 10,
+            shadow: Some(false),
         };
         let mut out = Vec::new();
         marking()
-            .marks(&d, false)
+            .marks(mark, false)
             .unwrap()
             .mark_spans(&field(&a), &mut out);
         let s = &spans_of(&out)[0];
@@ -373,8 +376,13 @@ mod tests {
         assert!(s.attributes.iter().any(|kv| kv.key == "sampling.shadow"
             && kv.value.as_ref().and_then(|v| v.value.clone())
                 == Some(any_value::Value::StringValue("drop".into()))));
-        let dropped = Decision::Drop { rule: "x".into() };
-        assert_eq!(marking().marks(&dropped, false), None);
+        let nothing = Marking {
+            rule_attribute: None,
+            sample_rate_attribute: None,
+            shadow_attribute: None,
+            tracestate: true,
+        };
+        assert_eq!(nothing.marks(mark, false), None, "nothing to add");
     }
 }
 
@@ -428,9 +436,9 @@ mod props {
                 shadow_attribute: None,
                 tracestate: true,
             };
-            let d = Decision::Keep { rule: "rule-x".into(), sample_rate: rate };
+            let mark = Mark { rule: "rule-x", sample_rate: rate, shadow: None };
             let mut out = Vec::new();
-            marking.marks(&d, salted).unwrap().mark_spans(&input, &mut out);
+            marking.marks(mark, salted).unwrap().mark_spans(&input, &mut out);
             let got: Vec<Span> = Fields::new(&out)
                 .map(|f| Span::decode(f.unwrap().value.as_bytes().unwrap()).unwrap())
                 .collect();

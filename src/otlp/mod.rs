@@ -117,6 +117,10 @@ impl PartialEq for SpanContext {
 impl Eq for SpanContext {}
 
 impl SpanContext {
+    /// A context from the raw `ResourceSpans` fields other than `scope_spans` and the raw
+    /// `ScopeSpans` fields other than `spans`, as [`resource_fields`](Self::resource_fields)
+    /// and [`scope_fields`](Self::scope_fields) give them back. Not interned: only the
+    /// [`intern::Interner`] sets `interned`, on the contexts it keeps.
     pub fn new(mut resource: Vec<u8>, scope: Vec<u8>) -> Self {
         let split = resource.len();
         resource.extend_from_slice(&scope);

@@ -9,10 +9,15 @@ use super::SpanContext;
 /// An attribute value as found in the bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AttrValue<'a> {
+    /// `string_value`, as bytes: not checked to be UTF-8.
     Str(&'a [u8]),
+    /// `bool_value`.
     Bool(bool),
+    /// `int_value`.
     Int(i64),
+    /// `double_value`.
     Double(f64),
+    /// `bytes_value`.
     Bytes(&'a [u8]),
     /// Arrays and key-value lists are kept encoded; rules compare them only for existence.
     Composite(&'a [u8]),
@@ -104,19 +109,28 @@ fn key_value_walk(kv: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
 /// The fields of one span that rules look at.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SpanView<'a> {
+    /// The encoded `Span` message, read again for attributes.
     pub bytes: &'a [u8],
+    /// As sent: 8 bytes from a well-behaved SDK, empty when absent, not checked.
     pub span_id: &'a [u8],
+    /// Empty or all zeros for a root span.
     pub parent_span_id: &'a [u8],
+    /// The span name, not checked to be UTF-8.
     pub name: &'a [u8],
     /// `SpanKind` number: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
     pub kind: u64,
+    /// `start_time_unix_nano`: nanoseconds since the Unix epoch, 0 when absent.
     pub start: u64,
+    /// `end_time_unix_nano`: nanoseconds since the Unix epoch, 0 when absent.
     pub end: u64,
     /// `StatusCode` number: 0 unset, 1 ok, 2 error.
     pub status_code: u64,
 }
 
 impl<'a> SpanView<'a> {
+    /// Reads the fixed fields of the encoded `Span` `bytes`; attributes are looked up on
+    /// demand by [`attr`](Self::attr). An error means the span itself is malformed; a
+    /// malformed `status` is read as far as it goes.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
         let mut v = SpanView {
             bytes,
@@ -144,14 +158,19 @@ impl<'a> SpanView<'a> {
         Ok(v)
     }
 
+    /// No parent: the parent span id is empty or all zeros (as decoding decides
+    /// [`SpanFacts::is_root`](super::decode::SpanFacts::is_root)).
     pub fn is_root(&self) -> bool {
         self.parent_span_id.iter().all(|&b| b == 0)
     }
 
+    /// End minus start, in nanoseconds; 0 when the end is missing or before the start.
     pub fn duration_nanos(&self) -> u64 {
         self.end.saturating_sub(self.start)
     }
 
+    /// The span attribute `key`, the last one if repeated; `None` when it is absent, or its
+    /// value empty or unreadable.
     pub fn attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
         find_attr(self.bytes, 9, key)
     }
@@ -166,6 +185,7 @@ pub struct ContextView<'a> {
 }
 
 impl<'a> ContextView<'a> {
+    /// A view of `ctx`, cheap to make: the slices were found when the context was built.
     pub fn new(ctx: &'a SpanContext) -> Self {
         ContextView {
             resource: ctx.resource_message(),
@@ -174,6 +194,9 @@ impl<'a> ContextView<'a> {
         }
     }
 
+    /// The resource attribute `key`, the last one if repeated; `None` when it is absent, or its
+    /// value empty or unreadable. For `service.name`, [`service_name`](Self::service_name) is
+    /// cheaper.
     pub fn resource_attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
         find_attr(self.resource, 1, key)
     }
@@ -191,14 +214,18 @@ impl<'a> ContextView<'a> {
             .last()
     }
 
+    /// The instrumentation scope's `name`; `None` when there is no scope or no name.
     pub fn scope_name(&self) -> Option<&'a [u8]> {
         self.scope_field(1)
     }
 
+    /// The instrumentation scope's `version`; `None` when there is no scope or no version.
     pub fn scope_version(&self) -> Option<&'a [u8]> {
         self.scope_field(2)
     }
 
+    /// The scope attribute `key`, the last one if repeated; `None` when it is absent, or its
+    /// value empty or unreadable.
     pub fn scope_attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
         find_attr(self.scope, 3, key)
     }

@@ -10,12 +10,17 @@ use thiserror::Error;
 /// Why a buffer is not valid protobuf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum WireError {
+    /// The buffer ends inside a field (a tag, a varint, or a length past the end).
     #[error("truncated message")]
     Truncated,
+    /// A varint that has not ended after 10 bytes, more than any `u64` needs.
     #[error("varint longer than 10 bytes")]
     VarintOverflow,
+    /// A wire type other than varint (0), 64-bit (1), length-delimited (2) and 32-bit (5):
+    /// groups (3, 4), deprecated and absent from OTLP, or no wire type at all (6, 7).
     #[error("unsupported wire type {0}")]
     WireType(u8),
+    /// A field number of 0, which protobuf reserves; also a number that does not fit a `u32`.
     #[error("field number 0")]
     FieldZero,
 }
@@ -23,19 +28,27 @@ pub enum WireError {
 /// The payload of one field.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
+    /// Wire type 0: ints, enums and bools, still zigzag-encoded for `sint` fields.
     Varint(u64),
+    /// Wire type 1, eight bytes: `fixed64`, `sfixed64`, and a `double`'s bits.
     Fixed64(u64),
+    /// Wire type 5, four bytes: `fixed32`, `sfixed32`, and a `float`'s bits.
     Fixed32(u32),
+    /// Wire type 2, the payload without its length: strings, bytes, sub-messages and packed
+    /// repeated fields alike.
     Bytes(&'a [u8]),
 }
 
 impl<'a> Value<'a> {
+    /// The payload of a length-delimited field; `None` for the numeric wire types.
     pub fn as_bytes(self) -> Option<&'a [u8]> {
         match self {
             Value::Bytes(b) => Some(b),
             _ => None,
         }
     }
+    /// A numeric field's raw value, widened to `u64` and not reinterpreted (no sign, zigzag or
+    /// float: the caller knows the field's type); `None` for a length-delimited field.
     pub fn as_u64(self) -> Option<u64> {
         match self {
             Value::Varint(v) | Value::Fixed64(v) => Some(v),
@@ -48,8 +61,12 @@ impl<'a> Value<'a> {
 /// One field as read: its number, its value, and the raw bytes (tag included) it spans.
 #[derive(Debug, Clone, Copy)]
 pub struct Field<'a> {
+    /// The field number, never 0.
     pub number: u32,
+    /// The payload, decoded only as far as its wire type goes.
     pub value: Value<'a>,
+    /// The whole field as it arrived, tag (and length) included: append it to copy the field
+    /// unchanged.
     pub raw: &'a [u8],
 }
 
@@ -62,6 +79,8 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// Walks the fields of the message `buf`. On malformed input the iterator yields one
+    /// error and then ends.
     pub fn new(buf: &'a [u8]) -> Self {
         Fields {
             buf,

@@ -45,11 +45,11 @@ pub use file::{
 
 use crate::buffer::TraceEntry;
 use crate::decision::Decision;
-use crate::metrics as m;
 use crate::otlp::mark::Marking;
 use crate::otlp::view::{ContextView, SpanView};
 use crate::otlp::wire::Fields;
 use crate::otlp::TraceId;
+use crate::telemetry as m;
 
 /// A rule-file mistake, located by file, line, rule and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,7 +246,11 @@ struct Counts {
     spans: [AtomicU64; 3],
 }
 
-const RESULTS: [&str; 3] = ["matched", "kept", "dropped"];
+const RESULTS: [m::RuleResult; 3] = [
+    m::RuleResult::Matched,
+    m::RuleResult::Kept,
+    m::RuleResult::Dropped,
+];
 const MATCHED: usize = 0;
 const KEPT: usize = 1;
 const DROPPED: usize = 2;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{read_dir, version, Mode, RuleOptions, RuleSet};
-use crate::metrics as m;
+use crate::telemetry as m;
 
 /// Quiet time after a file event before reloading, so that a multi-file update (or an
 /// editor's write-rename dance) is read once, complete.
@@ -77,12 +77,11 @@ impl Loader {
             Ok(rules) => {
                 let set = RuleSet::checked(rules, self.options.clone(), v.clone());
                 let n = set.rules().len();
-                let names: Vec<&str> = set.rules().iter().map(|r| &*r.name).collect();
-                m::init_rules(&names);
+                m::init_rules(set.rules());
                 let old = (self.swap)(Arc::new(set));
                 // Counts the old set gathered since the last decider tick.
                 old.flush_metrics();
-                metrics::counter!(m::RULES_RELOADS, "result" => "success").increment(1);
+                metrics::counter!(m::RULES_RELOADS, "result" => m::Reload::Success).increment(1);
                 m::set_rules_info(&v, mode_name(self.options.mode));
                 tracing::info!(dir = %self.dir.display(), version = %v, previous = %self.current,
                     rules = n, "rules reloaded");
@@ -95,7 +94,7 @@ impl Loader {
     }
 
     fn fail(&mut self, v: Option<String>, errors: String) -> Reloaded {
-        metrics::counter!(m::RULES_RELOADS, "result" => "failure").increment(1);
+        metrics::counter!(m::RULES_RELOADS, "result" => m::Reload::Failure).increment(1);
         tracing::error!(dir = %self.dir.display(), version = %self.current, errors = %errors,
             "invalid rules: keeping the rules in use");
         self.failed = v;

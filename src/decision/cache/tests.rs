@@ -1,3 +1,5 @@
+//! The decision cache's bounds (entries, bytes, ttl), its counters, and concurrent use.
+
 use super::*;
 
 fn id(n: u64) -> TraceId {

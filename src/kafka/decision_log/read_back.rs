@@ -26,7 +26,7 @@ use super::topics::{self, Retention};
 use super::{DecisionLog, LogError};
 use crate::decision::record::{self, Entry, RuleNames};
 use crate::decision::{unix_ms, DecisionCache, Logged};
-use crate::metrics as m;
+use crate::telemetry as m;
 
 /// An input partition to read the decisions of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,11 +248,11 @@ fn read(
         .set("enable.partition.eof", "false")
         // Records are ~130 bytes: fetch many per round trip (librdkafka's default is 1MiB),
         // and fetch again soon once the local queue has room (its default waits 1 s: most of
-        // a million decisions' read-back was spent waiting, see `pipeline::consumer_config`).
+        // a million decisions' read-back was spent waiting, see `kafka::consumer_config`).
         .set("max.partition.fetch.bytes", "16777216")
         .set(
             "fetch.queue.backoff.ms",
-            crate::pipeline::FETCH_QUEUE_BACKOFF_MS,
+            crate::kafka::FETCH_QUEUE_BACKOFF_MS,
         )
         .remove("group.instance.id")
         .remove("statistics.interval.ms");

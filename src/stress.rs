@@ -10,13 +10,18 @@
 //! are decided at once through the rules (trigger `stress`), so that the buffer empties and
 //! paused partitions resume. Nothing is dropped undecided.
 //!
-//! [`StressRelief`] is the mode's state machine, fed with the total lag (see [`crate::lag`]);
-//! it is pure logic, driven by a task in the pipeline.
+//! [`StressRelief`] is the mode's state machine, fed with the total lag (see
+//! [`crate::health::LagTracker`]); it is pure logic, driven by the task [`relieve`], which the
+//! pipeline starts.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
+use crate::config::StressConfig;
 use crate::decision::Decision;
+use crate::health::Health;
 use crate::otlp::decode::TraceGroup;
 use crate::rules::RuleSet;
 
@@ -115,6 +120,57 @@ impl StressRelief {
             }
         }
         None
+    }
+}
+
+/// Switches the sampler's degraded mode on (`true`) or off at a sample rate, at a time;
+/// returns how many buffered traces it decided at once (`Sampler::set_degraded`).
+pub type Degrade = Arc<dyn Fn(bool, u32, tokio::time::Instant) -> usize + Send + Sync>;
+
+/// Watches the total consumer lag every `every` and switches degraded mode on and off
+/// through `degrade`, until told to stop.
+pub async fn relieve(
+    degrade: Degrade,
+    health: Arc<Health>,
+    config: StressConfig,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut relief = StressRelief::new(config.settings());
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    metrics::gauge!(crate::telemetry::STRESS_MODE).set(0.0);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let lag = health.lag.total();
+        let Some(on) = relief.observe(lag, Instant::now()) else {
+            continue;
+        };
+        metrics::gauge!(crate::telemetry::STRESS_MODE).set(if on { 1.0 } else { 0.0 });
+        let degrade = degrade.clone();
+        let rate = config.sample_rate;
+        let decided =
+            tokio::task::spawn_blocking(move || degrade(on, rate, tokio::time::Instant::now()))
+                .await
+                .unwrap_or(0);
+        if on {
+            tracing::warn!(
+                lag,
+                enter_lag = config.enter_lag,
+                sample_rate = rate,
+                buffered_decided = decided,
+                "stress relief: consumer lag keeps growing; degraded mode on, new traces decided by trace id alone"
+            );
+        } else {
+            tracing::info!(
+                lag,
+                exit_lag = config.exit_lag,
+                "stress relief: consumer lag is low again; degraded mode off, traces buffered as usual"
+            );
+        }
     }
 }
 

@@ -14,11 +14,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::metrics as m;
 use crate::otlp::decode::Decoder;
 use crate::otlp::view::ContextView;
 use crate::otlp::wire::{Fields, Value};
 use crate::otlp::SpanContext;
+use crate::telemetry as m;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -72,7 +72,10 @@ const CONSUMER: u8 = 5;
 /// The caps.
 #[derive(Debug, Clone, Copy)]
 pub struct RedLimits {
+    /// Services with their own label (`monitoring.max_services`); the rest count as `other`.
     pub max_services: usize,
+    /// Operations with their own label per service (`monitoring.max_operations_per_service`);
+    /// the rest count as `other`.
     pub max_operations: usize,
 }
 
@@ -107,7 +110,7 @@ pub struct Red {
     ctx_cache: Vec<(usize, usize)>,
 }
 
-/// A label value from bytes: lossy UTF-8, cut to [`MAX_LABEL`].
+/// A label value from bytes: lossy UTF-8, cut to `MAX_LABEL` (128) bytes.
 pub fn label(b: &[u8]) -> Arc<str> {
     let s = String::from_utf8_lossy(b);
     let mut end = s.len().min(MAX_LABEL);
@@ -121,11 +124,11 @@ fn kind_index(kind: u8) -> usize {
     usize::from(kind == CONSUMER)
 }
 
-fn kind_label(kind: u8) -> &'static str {
+fn kind_label(kind: u8) -> m::RedKind {
     if kind == CONSUMER {
-        "consumer"
+        m::RedKind::Consumer
     } else {
-        "server"
+        m::RedKind::Server
     }
 }
 
@@ -134,7 +137,7 @@ impl Op {
         let labels = [
             ("service", service.to_string()),
             ("operation", operation.to_string()),
-            ("kind", kind_label(kind).to_string()),
+            ("kind", kind_label(kind).as_str().to_string()),
         ];
         Op {
             requests: 0,
@@ -212,6 +215,7 @@ impl Service {
 }
 
 impl Red {
+    /// Empty counts; nothing is recorded into the metrics before [`Red::flush`].
     pub fn new(limits: RedLimits) -> Self {
         Red {
             limits,

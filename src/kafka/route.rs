@@ -15,112 +15,86 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
+use super::dead_letter::{refuse, DeadLetters, LogOnce};
+use super::producer::{
+    flush_all, refused_as_too_large, Deliveries, Flush, Outbound, Outgoing, RetryingProducer, Stage,
+};
+use super::{consumer_config, producer_config, SetupError};
 use crate::config::Config;
-use crate::dead_letter::{DeadLetters, Letter};
-use crate::metrics as m;
+use crate::health::Health;
+use crate::http::{ListenError, Server};
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
 use crate::otlp::encode::encode_trace;
 use crate::otlp::SpanContext;
-use crate::source::Health;
+use crate::telemetry as m;
 
-/// One re-keyed message; holds its input offset until acknowledged.
-struct Outgoing {
-    key: String,
-    payload: Vec<u8>,
+/// Why `tailsift route` could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The HTTP port.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// A Kafka client or thread.
+    #[error(transparent)]
+    Kafka(#[from] SetupError),
+}
+
+/// One re-keyed message: how many spans it carries, and its input offset, held until the
+/// broker acknowledges it.
+pub struct Routed {
     spans: u32,
     _hold: Arc<OffsetHold>,
 }
 
-struct RouteProducerContext {
-    retries: mpsc::Sender<Box<Outgoing>>,
-}
+/// What re-keyed messages mean.
+pub struct Rekeyed;
 
-impl ClientContext for RouteProducerContext {}
+impl Deliveries for Rekeyed {
+    type Opaque = Routed;
 
-impl ProducerContext for RouteProducerContext {
-    type DeliveryOpaque = Box<Outgoing>;
+    fn delivered(&self, _msg: &BorrowedMessage<'_>, routed: Routed) {
+        metrics::counter!(m::MESSAGES_PRODUCED).increment(1);
+        metrics::counter!(m::SPANS_FORWARDED).increment(u64::from(routed.spans));
+    }
 
-    fn delivery(&self, result: &DeliveryResult<'_>, out: Box<Outgoing>) {
-        match result {
-            Ok(_) => {
-                metrics::counter!(m::MESSAGES_PRODUCED).increment(1);
-                metrics::counter!(m::SPANS_FORWARDED).increment(u64::from(out.spans));
-            }
-            Err((e, _)) => {
-                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+    fn failed(
+        &self,
+        stage: Stage,
+        e: &KafkaError,
+        out: &mut Outgoing,
+        routed: Routed,
+    ) -> Option<Routed> {
+        metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+        match stage {
+            Stage::Delivery => {
                 tracing::warn!(error = %e, "delivery of a re-keyed trace failed; retrying");
-                let _ = self.retries.send(out);
             }
-        }
-    }
-}
-
-struct RouteProducer {
-    producer: ThreadedProducer<RouteProducerContext>,
-    topic: String,
-    retries: mpsc::Sender<Box<Outgoing>>,
-}
-
-impl RouteProducer {
-    fn new(config: &ClientConfig, topic: &str) -> Result<Arc<Self>, KafkaError> {
-        let (tx, rx) = mpsc::channel::<Box<Outgoing>>();
-        let producer = config.create_with_context(RouteProducerContext {
-            retries: tx.clone(),
-        })?;
-        let p = Arc::new(RouteProducer {
-            producer,
-            topic: topic.to_string(),
-            retries: tx,
-        });
-        let weak = Arc::downgrade(&p);
-        std::thread::Builder::new()
-            .name("tailsift-route-retry".into())
-            .spawn(move || {
-                while let Ok(out) = rx.recv() {
-                    std::thread::sleep(Duration::from_millis(500));
-                    let Some(p) = weak.upgrade() else { break };
-                    p.send(out);
-                }
-            })
-            .map_err(|e| KafkaError::ClientCreation(format!("cannot start a thread: {e}")))?;
-        Ok(p)
-    }
-
-    fn send(&self, out: Box<Outgoing>) {
-        let key = out.key.clone();
-        let payload = out.payload.clone();
-        let record = BaseRecord::with_opaque_to(&self.topic, out)
-            .key(key.as_bytes())
-            .payload(payload.as_slice());
-        match crate::sink::enqueue(&self.producer, record, None) {
-            Ok(()) => {}
-            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+            Stage::Enqueue if refused_as_too_large(e) => {
                 // Only a single span over the limit gets here: no broker takes it.
-                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
-                tracing::error!(error = %e, bytes = payload.len(),
+                tracing::error!(error = %e, bytes = out.payload.len(),
                     "a span larger than kafka.max_message_bytes cannot be routed; dropped");
+                return None;
             }
-            Err((e, r)) => {
-                metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+            Stage::Enqueue => {
                 tracing::warn!(error = %e, "cannot enqueue a re-keyed trace; retrying");
-                let _ = self.retries.send(r.delivery_opaque);
             }
         }
+        Some(routed)
     }
 }
+
+type RouteProducer = RetryingProducer<Rekeyed>;
 
 type Table = Mutex<HashMap<(String, i32), PartitionOffsets>>;
 
@@ -138,10 +112,10 @@ impl ConsumerContext for RouteConsumerContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        metrics::counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+        metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Revoke).increment(1);
         // Whatever is in flight for these partitions is acknowledged before their commit, so
         // the next owner replays as little as possible.
-        let _ = self.producer.producer.flush(Duration::from_secs(10));
+        let _ = self.producer.flush(Duration::from_secs(10));
         if let Some(d) = &self.dead_letters {
             let _ = d.flush(Duration::from_secs(10));
         }
@@ -166,7 +140,7 @@ impl ConsumerContext for RouteConsumerContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            metrics::counter!(m::REBALANCES, "kind" => "assign").increment(1);
+            metrics::counter!(m::REBALANCES, "kind" => m::RebalanceKind::Assign).increment(1);
             let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
             for e in tpl.elements() {
                 table
@@ -180,44 +154,30 @@ impl ConsumerContext for RouteConsumerContext {
 
 /// A running router.
 pub struct Router {
+    /// Readiness, as `/readyz` reports it.
     pub health: Arc<Health>,
+    /// The HTTP server's address.
     pub http_addr: SocketAddr,
     ingest: std::thread::JoinHandle<()>,
-    http: tokio::task::JoinHandle<()>,
+    http: Server,
 }
 
 /// Starts routing `config.kafka.input_topics` to `config.kafka.output_topic`.
-pub async fn start(config: &Config) -> anyhow::Result<Router> {
-    let handle = crate::metrics::install();
-    let mut pc = crate::pipeline::producer_config(config);
+pub async fn start(config: &Config) -> Result<Router, RouteError> {
+    let handle = crate::telemetry::install();
+    let mut pc = producer_config(config);
     if !config.kafka.properties.contains_key("partitioner")
         && !config.kafka.producer_properties.contains_key("partitioner")
     {
         pc.set("partitioner", "fnv1a_random");
     }
-    let producer = RouteProducer::new(&pc, &config.kafka.output_topic).with_context(|| {
-        format!(
-            "cannot create the Kafka producer{}",
-            crate::pipeline::TLS_HINT
-        )
-    })?;
-    let dead_letters = match &config.kafka.dead_letter_topic {
-        Some(t) => Some(
-            DeadLetters::new(&crate::pipeline::producer_config(config), t)
-                .context("cannot create the dead-letter producer")?,
-        ),
-        None => None,
-    };
+    let producer = RetryingProducer::new(&pc, "Kafka producer", "tailsift-route-retry", Rekeyed)?;
+    let dead_letters = DeadLetters::for_topic(
+        &producer_config(config),
+        config.kafka.dead_letter_topic.as_deref(),
+    )?;
     let health = Arc::new(Health::default());
-    let (http_addr, server) = crate::http::bind(
-        config.http.listen,
-        handle,
-        health.clone(),
-        config.monitoring.stall_timeout,
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-    let http = tokio::spawn(server);
+    let http = crate::http::start(config, handle, health.clone()).await?;
     let table: Arc<Table> = Arc::default();
     let ctx = RouteConsumerContext {
         producer: producer.clone(),
@@ -225,21 +185,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Router> {
         table: table.clone(),
         health: health.clone(),
     };
-    let consumer: BaseConsumer<RouteConsumerContext> = crate::pipeline::consumer_config(config)
+    let consumer: BaseConsumer<RouteConsumerContext> = consumer_config(config)
         .create_with_context(ctx)
-        .with_context(|| {
-            format!(
-                "cannot create the Kafka consumer{}",
-                crate::pipeline::TLS_HINT
-            )
-        })?;
+        .map_err(SetupError::client("Kafka consumer"))?;
     let topics: Vec<&str> = config
         .kafka
         .input_topics
         .iter()
         .map(String::as_str)
         .collect();
-    consumer.subscribe(&topics).context("cannot subscribe")?;
+    consumer
+        .subscribe(&topics)
+        .map_err(SetupError::client("Kafka consumer"))?;
     let settings = Settings {
         commit_interval: config.kafka.commit_interval,
         max_message_bytes: config.kafka.max_message_bytes,
@@ -247,21 +204,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Router> {
         config: config.clone(),
     };
     let h = health.clone();
-    let ingest = std::thread::Builder::new()
-        .name("tailsift-route".into())
-        .spawn(move || run(consumer, table, h, settings))
-        .context("cannot start the route thread")?;
+    let ingest = super::spawn("tailsift-route", move || run(consumer, table, h, settings))?;
     tracing::info!(
         input = ?config.kafka.input_topics,
         output = %config.kafka.output_topic,
         group = %config.kafka.group_id,
-        http = %http_addr,
+        http = %http.addr,
         kafka = ?config.kafka,
         "tailsift route running (kafka settings logged with secrets redacted)"
     );
     Ok(Router {
         health,
-        http_addr,
+        http_addr: http.addr,
         ingest,
         http,
     })
@@ -269,13 +223,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Router> {
 
 impl Router {
     /// Stops reading, waits for the produces in flight (bounded by `shutdown_timeout`),
-    /// commits what is safe and leaves the group.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// commits what is safe and leaves the group. Never fails: what was not acknowledged in
+    /// time stays uncommitted.
+    pub async fn shutdown(self) -> Result<(), std::convert::Infallible> {
         self.health.draining.store(true, Ordering::Relaxed);
         self.health.stop.store(true, Ordering::Relaxed);
         let ingest = self.ingest;
         let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
-        self.http.abort();
+        self.http.stop();
         tracing::info!("tailsift route stopped");
         Ok(())
     }
@@ -297,7 +252,8 @@ fn run(
     let ctx = consumer.context();
     let mut decoder = Decoder::new();
     let mut scratch = Vec::new();
-    let mut last_commit = std::time::Instant::now();
+    let mut log = LogOnce::default();
+    let mut last_commit = Instant::now();
     let mut partition_ids: HashMap<(String, i32), u32> = HashMap::new();
     while !health.stop.load(Ordering::Relaxed) {
         if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(50)) {
@@ -339,36 +295,26 @@ fn run(
                             chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
                             settings.max_message_bytes,
                         );
-                        let n = messages.len().max(1) as u32;
                         let hex = group.trace_id.to_hex();
-                        for payload in messages {
-                            ctx.producer.send(Box::new(Outgoing {
-                                key: hex.clone(),
+                        let shares = span_shares(group.len() as u32, messages.len());
+                        for (payload, spans) in messages.iter().zip(shares) {
+                            let record = Outbound {
+                                topic: &settings.config.kafka.output_topic,
+                                partition: None,
+                                key: Some(hex.as_bytes()),
                                 payload,
-                                spans: group.len() as u32 / n,
+                                headers: None,
+                            };
+                            let routed = Routed {
+                                spans,
                                 _hold: hold.clone(),
-                            }));
+                            };
+                            ctx.producer.send(record, routed);
                         }
                     }
                     metrics::counter!(m::ROUTED_TRACES).increment(traces);
                 }
-                Err(e) => {
-                    metrics::counter!(m::DECODE_FAILURES, "kind" => e.kind()).increment(1);
-                    tracing::warn!(topic, partition = msg.partition(), offset = msg.offset(),
-                        error = %e, "skipping a message that does not decode");
-                    if let Some(d) = &ctx.dead_letters {
-                        d.send(Box::new(Letter {
-                            key: msg.key().map(<[u8]>::to_vec),
-                            payload: payload.to_vec(),
-                            topic: topic.to_string(),
-                            partition: msg.partition(),
-                            offset: msg.offset(),
-                            kind: e.kind(),
-                            error: e.to_string(),
-                            hold: hold.clone(),
-                        }));
-                    }
-                }
+                Err(e) => refuse(&msg, &e, &hold, ctx.dead_letters.as_deref(), &mut log),
             }
             let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = t.get_mut(&key) {
@@ -376,16 +322,23 @@ fn run(
             }
         }
         if last_commit.elapsed() >= settings.commit_interval {
-            last_commit = std::time::Instant::now();
+            last_commit = Instant::now();
             commit(&consumer, &table, CommitMode::Async);
         }
     }
     // Shutdown: wait for what is in flight, then commit what is safe.
-    let _ = ctx.producer.producer.flush(settings.shutdown_timeout);
-    if let Some(d) = &ctx.dead_letters {
-        let _ = d.flush(Duration::from_secs(5));
-    }
+    let deadline = Instant::now() + settings.shutdown_timeout;
+    let mut writers: Vec<&dyn Flush> = vec![&*ctx.producer];
+    writers.extend(ctx.dead_letters.as_deref().map(|d| d as &dyn Flush));
+    flush_all(deadline, &writers);
     commit(&consumer, &table, CommitMode::Sync);
+}
+
+/// How many of a trace's `spans` each of its `messages` carries: spread evenly, the first
+/// ones taking the remainder, so that the counts add up to the trace's.
+fn span_shares(spans: u32, messages: usize) -> impl Iterator<Item = u32> {
+    let count = messages.max(1) as u32;
+    (0..count).map(move |i| spans / count + u32::from(i < spans % count))
 }
 
 fn commit(consumer: &BaseConsumer<RouteConsumerContext>, table: &Table, mode: CommitMode) {
@@ -409,6 +362,28 @@ fn commit(consumer: &BaseConsumer<RouteConsumerContext>, table: &Table, mode: Co
             for p in t.values_mut() {
                 p.committed = None;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_counts_of_a_split_trace_add_up_to_its_spans() {
+        // (spans, messages, shares)
+        let cases: &[(u32, usize, &[u32])] = &[
+            (5, 1, &[5]),
+            (7, 3, &[3, 2, 2]),
+            (2, 3, &[1, 1, 0]),
+            (9, 3, &[3, 3, 3]),
+            (4, 0, &[4]),
+        ];
+        for &(spans, messages, want) in cases {
+            let got: Vec<u32> = span_shares(spans, messages).collect();
+            assert_eq!(got, want, "{spans} spans over {messages} messages");
+            assert_eq!(got.iter().sum::<u32>(), spans);
         }
     }
 }

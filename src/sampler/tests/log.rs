@@ -1,110 +1,9 @@
-//! The sampler without Kafka, in paused time: what it records in the decision log and when,
-//! and how spans of traces it does not buffer follow logged decisions.
-
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tokio::time::Instant;
+//! What the sampler records in the decision log and when, and how spans of traces it does not
+//! buffer follow logged decisions (a replay after a crash or rebalance).
 
 use super::*;
-use crate::buffer::Completion;
 use crate::decision::Logged;
-use crate::journal::Collected;
-use crate::offsets::{MessageHold, PartitionOffsets};
-use crate::otlp::build::*;
-use crate::rules::parse_file;
-
-const RULES: &str = "rules:
-  - name: errors
-    conditions: trace.error = true
-    outcome: keep
-  - name: rest
-    outcome: drop
-";
-
-/// One kept trace's messages as the output got them.
-type Sent = (TraceId, Decision, Vec<(Vec<u8>, Ticket)>);
-
-/// Kept traces as the output got them, tickets included.
-#[derive(Default)]
-struct Collect {
-    sent: Mutex<Vec<Sent>>,
-}
-
-impl Output for Collect {
-    fn send(&self, id: &TraceId, decision: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
-        self.sent
-            .lock()
-            .expect("lock")
-            .push((*id, decision.clone(), messages));
-    }
-}
-
-impl Collect {
-    /// Takes what was sent: (trace, rule, spans).
-    fn take(&self) -> Vec<(TraceId, Decision, Vec<Ticket>)> {
-        std::mem::take(&mut *self.sent.lock().expect("lock"))
-            .into_iter()
-            .map(|(id, d, m)| (id, d, m.into_iter().map(|(_, t)| t).collect()))
-            .collect()
-    }
-}
-
-struct Fixture {
-    sampler: Sampler,
-    output: Arc<Collect>,
-    log: Arc<Collected>,
-    decoder: Decoder,
-    offsets: PartitionOffsets,
-}
-
-fn fixture() -> Fixture {
-    let output = Arc::new(Collect::default());
-    let log = Arc::new(Collected::default());
-    let rules = RuleSet::new(parse_file("rules.yaml", RULES).expect("rules"), None).expect("set");
-    let sampler = Sampler::new(
-        Completion::default(),
-        rules,
-        DecisionCache::new(1000, Duration::from_secs(300)),
-        output.clone(),
-        1 << 20,
-    )
-    .with_journal(log.clone());
-    Fixture {
-        sampler,
-        output,
-        log,
-        decoder: Decoder::new(),
-        offsets: PartitionOffsets::default(),
-    }
-}
-
-impl Fixture {
-    /// Ingests `payload` as the message at `offset` of partition 0 (ingest index 0).
-    fn ingest(&mut self, offset: i64, payload: &[u8], replayed: bool) -> IngestSummary {
-        let hold = MessageHold::new(0, offset);
-        let s = self
-            .sampler
-            .ingest(&mut self.decoder, payload, &hold, replayed, Instant::now())
-            .expect("decodes");
-        self.offsets.processed_message(hold);
-        s
-    }
-}
-
-/// Trace `n`: a root span from the gateway and, with `error`, a failing payment span.
-fn trace(n: u64, error: bool) -> (TraceId, Vec<u8>, Vec<u8>) {
-    let t = trace_id(n);
-    let mut pay = span(t, 2, Some(1), "pay", 2, 8);
-    if error {
-        pay = with_error(pay);
-    }
-    (
-        TraceId(t),
-        request("payment", vec![pay]),
-        request("gateway", vec![span(t, 1, None, "GET /", 1, 9)]),
-    )
-}
+use crate::stress;
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_trace_is_logged_at_once_and_holds_its_offsets_until_the_log_has_it() {
@@ -112,12 +11,8 @@ async fn a_dropped_trace_is_logged_at_once_and_holds_its_offsets_until_the_log_h
     let (id, pay, root) = trace(1, false);
     f.ingest(5, &pay, false);
     f.ingest(6, &root, false);
-    assert_eq!(f.offsets.safe_offset(), Some(5), "undecided: held");
-    assert_eq!(
-        f.sampler
-            .decide_due(Instant::now() + Duration::from_secs(3)),
-        1
-    );
+    assert_eq!(f.safe_offset(), Some(5), "undecided: held");
+    assert_eq!(f.sampler.decide_due(past_root_grace()), 1);
     assert!(f.output.take().is_empty(), "dropped: nothing forwarded");
     let logged = f.log.take();
     assert_eq!(logged.len(), 1);
@@ -126,12 +21,12 @@ async fn a_dropped_trace_is_logged_at_once_and_holds_its_offsets_until_the_log_h
     assert!(!e.decision.is_keep());
     assert_eq!(e.partitions.as_slice(), &[(0, None)], "nothing forwarded");
     assert_eq!(
-        f.offsets.safe_offset(),
+        f.safe_offset(),
         Some(5),
         "the unlogged decision keeps its trace's offset from being committed"
     );
     drop(logged); // the log acknowledged it
-    assert_eq!(f.offsets.safe_offset(), Some(7));
+    assert_eq!(f.safe_offset(), Some(7));
 }
 
 #[tokio::test(start_paused = true)]
@@ -141,8 +36,7 @@ async fn a_kept_trace_is_logged_once_its_output_is_acknowledged_with_how_far_it_
     f.ingest(3, &pay, false);
     f.ingest(4, &trace(3, false).1, false); // another trace between its messages
     f.ingest(7, &root, false);
-    f.sampler
-        .decide_due(Instant::now() + Duration::from_secs(3));
+    f.sampler.decide_due(past_root_grace());
     let sent = f.output.take();
     let kept: Vec<_> = sent.iter().filter(|(t, _, _)| *t == id).collect();
     assert_eq!(kept.len(), 1);
@@ -165,12 +59,12 @@ async fn a_kept_trace_is_logged_once_its_output_is_acknowledged_with_how_far_it_
         "its spans reach offset 7"
     );
     assert_eq!(
-        f.offsets.safe_offset(),
+        f.safe_offset(),
         Some(3),
         "held until the log has the decision"
     );
     drop(logged);
-    assert_eq!(f.offsets.safe_offset(), Some(4), "the other trace holds 4");
+    assert_eq!(f.safe_offset(), Some(4), "the other trace holds 4");
 }
 
 #[tokio::test(start_paused = true)]
@@ -190,7 +84,7 @@ async fn replayed_spans_follow_a_logged_decision_and_are_not_forwarded_twice() {
         through,
     };
     let now = crate::decision::unix_ms();
-    let cache = &f.sampler.decisions;
+    let cache = f.sampler.decision_cache();
     cache.insert_logged(kept, keep.clone(), now - 1000, logged(Some(10)));
     cache.insert_logged(dropped, drop_.clone(), now - 1000, logged(None));
 
@@ -208,7 +102,7 @@ async fn replayed_spans_follow_a_logged_decision_and_are_not_forwarded_twice() {
     let s = f.ingest(13, &dropped_pay, true);
     assert_eq!((s.logged_dropped, s.late_dropped), (1, 1));
     assert!(f.output.take().is_empty());
-    assert!(f.sampler.buffer.is_empty(), "nothing decided anew");
+    assert_eq!(f.sampler.buffered_traces(), 0, "nothing decided anew");
 
     // The forward at 12, once acknowledged, is logged with the new reach.
     for t in sent.into_iter().flat_map(|s| s.2) {
@@ -233,7 +127,7 @@ async fn a_logged_reach_applies_only_to_the_partition_it_was_read_for() {
         sample_rate: 1,
     };
     // Read back for another assignment (ingest index 9).
-    f.sampler.decisions.insert_logged(
+    f.sampler.decision_cache().insert_logged(
         id,
         keep,
         crate::decision::unix_ms(),

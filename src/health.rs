@@ -1,30 +1,104 @@
-//! Consumer lag per partition: how far behind the end of each assigned partition this instance
-//! reads, and whether it still makes progress.
+//! Readiness state shared between threads: the flags the ingest thread, the HTTP probes and the
+//! shutdown sequence read and set ([`Health`]), the decision log's acknowledgements
+//! ([`LogHealth`]) and consumer lag per partition ([`LagTracker`]).
 //!
-//! The ingest thread reports what it owns and how far it has read ([`LagTracker::assigned`],
-//! [`LagTracker::positions`], once per commit tick, never per message). A separate thread
-//! ([`spawn`]) asks the brokers for each partition's high watermark every `lag_interval`, with
-//! its own client, so that a slow broker never stalls ingestion and the lag stays true while
-//! fetching is paused (librdkafka's cached watermarks only move while a partition is fetched).
+//! Plain state, free of Kafka: the Kafka edge writes it ([`crate::kafka`]), `/readyz`
+//! ([`crate::http`]) and stress relief ([`crate::stress`]) read it.
 //!
 //! Lag of a partition = high watermark - position, where position is the offset after the last
 //! message read; before the first message it is the group's committed offset (or the start of
-//! the partition under `auto.offset.reset=earliest`, its end under `latest`).
-//!
-//! Readers: `/readyz` (stuck = lag and no progress), the memory work's stress relief
-//! ([`LagTracker::total`], [`LagTracker::last_progress`]) and `tailsift_consumer_lag`.
+//! the partition under `auto.offset.reset=earliest`, its end under `latest`). The ingest thread
+//! reports what it owns and how far it has read ([`LagTracker::assigned`],
+//! [`LagTracker::positions`], once per commit tick, never per message); the lag thread
+//! ([`crate::kafka::lag`]) reports the high watermarks.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use crate::telemetry as m;
 
-use crate::metrics as m;
+/// Shared flags between the ingest thread, the HTTP probes and the shutdown sequence.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Partitions assigned to this instance.
+    pub assigned: AtomicUsize,
+    /// Assigned partitions whose decisions are being read back from the decision log.
+    pub reading_back: AtomicUsize,
+    /// The decision log's state, when there is one.
+    pub decision_log: OnceLock<Arc<LogHealth>>,
+    /// Stop fetching (shutdown has begun); the thread keeps polling for callbacks.
+    pub draining: AtomicBool,
+    /// Commit what is safe and leave the group.
+    pub stop: AtomicBool,
+    /// Fetching is paused: the buffer is over its high watermark (back-pressure).
+    pub paused: AtomicBool,
+    /// Consumer lag and consumption progress (measured by [`crate::kafka::lag`]).
+    pub lag: LagTracker,
+}
+
+/// The decision log's state for `/readyz`: records written but not acknowledged, and whether
+/// acknowledgements still come. Counted per record with two atomic adds; time is read only
+/// when a probe asks.
+#[derive(Debug, Default)]
+pub struct LogHealth {
+    in_flight: AtomicI64,
+    acknowledged: AtomicU64,
+    /// (acknowledgements seen by the last probe, when that count last changed).
+    probed: Mutex<Option<(u64, Instant)>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl LogHealth {
+    /// A record was handed to the producer.
+    pub(crate) fn sent(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The broker acknowledged a record.
+    pub(crate) fn acknowledged(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.acknowledged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write failed (it is retried); `/readyz` names the last error.
+    pub(crate) fn failed(&self, why: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Why the log holds the pipeline back: records wait, and no acknowledgement came for
+    /// `patience` (measured between calls: `/readyz` probes call it regularly).
+    pub fn stuck(&self, patience: Duration) -> Option<String> {
+        let acks = self.acknowledged.load(Ordering::Relaxed);
+        let waiting = self.in_flight.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let mut probed = self.probed.lock().unwrap_or_else(|e| e.into_inner());
+        let since = match *probed {
+            Some((seen, at)) if seen == acks && waiting > 0 => at,
+            _ => {
+                *probed = Some((acks, now));
+                return None;
+            }
+        };
+        drop(probed);
+        let idle = now.duration_since(since);
+        if idle < patience {
+            return None;
+        }
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        Some(format!(
+            "decision log: {waiting} records waiting for the broker's acknowledgement, none acknowledged for {}s{error}; offsets are not committed past them",
+            idle.as_secs()
+        ))
+    }
+}
 
 /// `total` while no measurement has succeeded yet.
 const UNKNOWN: i64 = -1;
@@ -126,6 +200,11 @@ impl LagTracker {
         lock(&self.missing).clone()
     }
 
+    /// The input topics named by [`LagTracker::expect_topics`].
+    pub(crate) fn expected_topics(&self) -> Vec<String> {
+        lock(&self.topics).clone()
+    }
+
     /// Records which input topics are missing.
     pub fn set_missing_topics(&self, missing: Vec<String>) {
         *lock(&self.missing) = missing;
@@ -189,14 +268,14 @@ impl LagTracker {
     }
 
     /// The partitions to measure and whether their start position is still unknown.
-    fn targets(&self) -> Vec<(String, i32, bool)> {
+    pub(crate) fn targets(&self) -> Vec<(String, i32, bool)> {
         lock(&self.partitions)
             .iter()
             .map(|((t, p), l)| (t.clone(), *p, l.position.is_none() && l.start.is_none()))
             .collect()
     }
 
-    fn set_start(&self, topic: &str, partition: i32, start: i64) {
+    pub(crate) fn set_start(&self, topic: &str, partition: i32, start: i64) {
         if let Some(p) = lock(&self.partitions).get_mut(&(topic.to_string(), partition)) {
             p.start = Some(start);
         }
@@ -207,7 +286,7 @@ impl LagTracker {
     /// only be behind the true end (a fetch response is stale while fetching is paused; and
     /// some Kafka-protocol brokers answer the end-offset query with the start of the last
     /// record batch, not its end).
-    fn measured(&self, topic: &str, partition: i32, high: i64) -> Option<i64> {
+    pub(crate) fn measured(&self, topic: &str, partition: i32, high: i64) -> Option<i64> {
         let mut parts = lock(&self.partitions);
         let p = parts.get_mut(&(topic.to_string(), partition))?;
         let high = high.max(p.fetched_high.unwrap_or(high));
@@ -232,7 +311,7 @@ impl LagTracker {
         self.finish_round(error);
     }
 
-    fn finish_round(&self, error: Option<String>) {
+    pub(crate) fn finish_round(&self, error: Option<String>) {
         let parts = lock(&self.partitions);
         self.total.store(sum(&parts), Ordering::Relaxed);
         drop(parts);
@@ -246,113 +325,6 @@ fn sum(parts: &BTreeMap<(String, i32), PartitionLag>) -> i64 {
         .values()
         .try_fold(0i64, |acc, p| Some(acc + p.lag?))
         .unwrap_or(UNKNOWN)
-}
-
-/// What the lag thread needs to know.
-pub struct LagSettings {
-    /// How often watermarks are queried.
-    pub interval: Duration,
-    /// Start from the end of a partition (not its beginning) when the group has no offset.
-    pub reset_to_latest: bool,
-}
-
-/// Starts the thread that measures lag every `settings.interval` until `health.stop` holds.
-/// `config` is the consumer's configuration: the thread's client reads the group's committed
-/// offsets but never joins the group.
-pub fn spawn(
-    config: &ClientConfig,
-    health: Arc<crate::source::Health>,
-    settings: LagSettings,
-) -> Result<std::thread::JoinHandle<()>, KafkaError> {
-    let mut config = config.clone();
-    config
-        .remove("group.instance.id")
-        .remove("statistics.interval.ms");
-    let client: BaseConsumer = config.create()?;
-    std::thread::Builder::new()
-        .name("tailsift-lag".into())
-        .spawn(move || {
-            let step = Duration::from_millis(100).min(settings.interval);
-            let mut next = Instant::now();
-            while !health.stop.load(Ordering::Relaxed) {
-                if Instant::now() >= next {
-                    measure(&client, &health.lag, &settings);
-                    next = Instant::now() + settings.interval;
-                }
-                std::thread::sleep(step);
-            }
-        })
-        .map_err(|e| KafkaError::ClientCreation(format!("cannot start the lag thread: {e}")))
-}
-
-/// Asks the brokers which input topics exist (nothing assigned yet: perhaps the topic is not
-/// created yet, as in a fresh deployment started before its producers). An unanswered query
-/// changes nothing: an unreachable broker is reported by the lag queries.
-fn look_for_topics(client: &BaseConsumer, tracker: &LagTracker, timeout: Duration) {
-    let topics = lock(&tracker.topics).clone();
-    let mut missing = Vec::new();
-    for topic in topics {
-        match client.fetch_metadata(Some(&topic), timeout) {
-            Ok(md) => {
-                let known = md.topics().iter().any(|t| {
-                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                });
-                if !known {
-                    missing.push(topic);
-                }
-            }
-            Err(_) => return,
-        }
-    }
-    tracker.set_missing_topics(missing);
-}
-
-/// One measurement round: every assigned partition's high watermark (and, for partitions not
-/// read yet, where reading starts). Stops at the first failure: the broker is unreachable.
-pub fn measure(client: &BaseConsumer, tracker: &LagTracker, settings: &LagSettings) {
-    let timeout = settings
-        .interval
-        .clamp(Duration::from_secs(1), Duration::from_secs(5));
-    let targets = tracker.targets();
-    if targets.is_empty() {
-        look_for_topics(client, tracker, timeout);
-    } else {
-        tracker.set_missing_topics(Vec::new());
-    }
-    let unstarted: Vec<_> = targets.iter().filter(|t| t.2).collect();
-    let mut committed = None;
-    if !unstarted.is_empty() {
-        let mut tpl = TopicPartitionList::new();
-        for (t, p, _) in &unstarted {
-            tpl.add_partition(t, *p);
-        }
-        committed = client.committed_offsets(tpl, timeout).ok();
-    }
-    for (topic, partition, unstarted) in &targets {
-        let (low, high) = match client.fetch_watermarks(topic, *partition, timeout) {
-            Ok(w) => w,
-            Err(e) => {
-                metrics::counter!(m::LAG_QUERY_FAILURES).increment(1);
-                let why = format!("cannot read the end offset of {topic}/{partition}: {e}");
-                tracing::debug!(error = %e, topic, partition, "lag measurement failed");
-                tracker.finish_round(Some(why));
-                return;
-            }
-        };
-        if *unstarted {
-            let from_group = committed
-                .as_ref()
-                .and_then(|c| c.find_partition(topic, *partition))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(n) => Some(n),
-                    _ => None,
-                });
-            let start = from_group.unwrap_or(if settings.reset_to_latest { high } else { low });
-            tracker.set_start(topic, *partition, start);
-        }
-        tracker.measured(topic, *partition, high);
-    }
-    tracker.finish_round(None);
 }
 
 #[cfg(test)]

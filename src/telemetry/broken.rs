@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::red::{label, OTHER, UNKNOWN_SERVICE};
 use crate::rules::TraceView;
+use crate::telemetry::red::{label, OTHER, UNKNOWN_SERVICE};
 
 /// Adds the orphan spans of `view` to `out`, per service; returns whether the root is missing.
 pub fn inspect(view: &TraceView<'_>, out: &mut Vec<(Box<[u8]>, u64)>) -> bool {
@@ -48,6 +48,8 @@ impl Default for ServiceLabels {
 }
 
 impl ServiceLabels {
+    /// Sets the cap (`monitoring.max_services`; 100 until set), once at start: services
+    /// already labelled keep their label.
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);
     }
@@ -69,7 +71,7 @@ impl ServiceLabels {
                     l
                 }
             };
-            metrics::counter!(crate::metrics::ORPHAN_SPANS, "service" => l.to_string())
+            metrics::counter!(crate::telemetry::ORPHAN_SPANS, "service" => l.to_string())
                 .increment(*n);
         }
     }

@@ -13,7 +13,7 @@
 //! it (see [`crate::journal`]), so a committed input offset never passes an unlogged decision.
 //! A failed write is retried, never given up, as the output's are: while the log is
 //! unreachable, commits stop, the buffer fills and back-pressure pauses fetching, and
-//! `/readyz` says why ([`LogHealth`]).
+//! `/readyz` says why ([`crate::health::LogHealth`]).
 //!
 //! - [`topics`]: the log topics' names, creation and validation.
 //! - [`read_back`]: reading a partition's decisions back on assignment.
@@ -22,30 +22,29 @@ pub mod read_back;
 pub mod topics;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::message::{BorrowedMessage, Message};
+
+use super::producer::{Deliveries, Flush, Outbound, Outgoing, RetryingProducer, Stage};
+use super::SetupError;
 
 use crate::decision::record::DropList;
 use crate::decision::record::{self, Record};
 use crate::decision::Decision;
+use crate::health::LogHealth;
 use crate::journal::{Journal, JournalEntry};
-use crate::metrics as m;
 use crate::offsets::{Holds, OffsetHold};
+use crate::telemetry as m;
 
 pub use topics::LogTopics;
 
 /// The value of every fence record.
 static FENCE_VALUE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(record::fence_value);
-/// Pause before a failed write is sent again.
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How long dropped traces gather into a drop list before it is written (it is written at
 /// once when full).
 const DROP_LIST_LINGER: Duration = Duration::from_millis(5);
@@ -100,75 +99,9 @@ pub enum Opaque {
     Fence(mpsc::SyncSender<Result<i64, String>>),
 }
 
-struct Retry {
-    topic: Arc<str>,
-    partition: i32,
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    opaque: Box<Opaque>,
-}
-
-/// The decision log's state for `/readyz`: records written but not acknowledged, and whether
-/// acknowledgements still come. Counted per record with two atomic adds; time is read only
-/// when a probe asks.
-#[derive(Debug, Default)]
-pub struct LogHealth {
-    in_flight: AtomicI64,
-    acknowledged: AtomicU64,
-    /// (acknowledgements seen by the last probe, when that count last changed).
-    probed: Mutex<Option<(u64, Instant)>>,
-    last_error: Mutex<Option<String>>,
-}
-
-impl LogHealth {
-    fn sent(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn acknowledged(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.acknowledged.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn failed(&self, why: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    /// Why the log holds the pipeline back: records wait, and no acknowledgement came for
-    /// `patience` (measured between calls: `/readyz` probes call it regularly).
-    pub fn stuck(&self, patience: Duration) -> Option<String> {
-        let acks = self.acknowledged.load(Ordering::Relaxed);
-        let waiting = self.in_flight.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let mut probed = self.probed.lock().unwrap_or_else(|e| e.into_inner());
-        let since = match *probed {
-            Some((seen, at)) if seen == acks && waiting > 0 => at,
-            _ => {
-                *probed = Some((acks, now));
-                return None;
-            }
-        };
-        drop(probed);
-        let idle = now.duration_since(since);
-        if idle < patience {
-            return None;
-        }
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .map(|e| format!(" (last error: {e})"))
-            .unwrap_or_default();
-        Some(format!(
-            "decision log: {waiting} records waiting for the broker's acknowledgement, none acknowledged for {}s{error}; offsets are not committed past them",
-            idle.as_secs()
-        ))
-    }
-}
-
-pub struct LogContext {
-    retries: mpsc::Sender<Retry>,
+/// What decision log records mean: each holds its traces' offsets until acknowledged, and
+/// is never given up; a fence tells its writer its offset.
+pub struct Logged {
     health: Arc<LogHealth>,
     /// Registered once: a lookup by name and labels per record cost a tenth of the delivery
     /// report's time.
@@ -177,20 +110,15 @@ pub struct LogContext {
     errors: metrics::Counter,
 }
 
-impl ClientContext for LogContext {}
+impl Deliveries for Logged {
+    type Opaque = Opaque;
 
-impl ProducerContext for LogContext {
-    type DeliveryOpaque = Box<Opaque>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Opaque>) {
-        match (result, *opaque) {
-            (Ok(msg), Opaque::Fence(tx)) => {
+    fn delivered(&self, msg: &BorrowedMessage<'_>, opaque: Opaque) {
+        match opaque {
+            Opaque::Fence(tx) => {
                 let _ = tx.send(Ok(msg.offset()));
             }
-            (Err((e, _)), Opaque::Fence(tx)) => {
-                let _ = tx.send(Err(e.to_string()));
-            }
-            (Ok(_), Opaque::Decision { kept, .. }) => {
+            Opaque::Decision { kept, .. } => {
                 self.health.acknowledged();
                 match kept {
                     true => self.logged_kept.increment(1),
@@ -198,39 +126,45 @@ impl ProducerContext for LogContext {
                 }
                 // Dropping the holds releases the trace's offsets.
             }
-            (Ok(_), Opaque::Drops { traces, .. }) => {
+            Opaque::Drops { traces, .. } => {
                 self.health.acknowledged();
                 self.logged_dropped.increment(traces);
             }
-            (Err((e, msg)), opaque @ (Opaque::Decision { .. } | Opaque::Drops { .. })) => {
-                self.errors.increment(1);
-                self.health.failed(e.to_string());
-                tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(),
-                    "writing a decision to the decision log failed; retrying");
-                let retry = Retry {
-                    topic: Arc::from(msg.topic()),
-                    partition: msg.partition(),
-                    key: msg.key().unwrap_or_default().to_vec(),
-                    payload: msg.payload().unwrap_or_default().to_vec(),
-                    opaque: Box::new(opaque),
-                };
-                // Without the retry thread (shutdown) the offsets stay uncommitted.
-                let _ = self.retries.send(retry);
-            }
         }
+    }
+
+    fn failed(
+        &self,
+        stage: Stage,
+        e: &KafkaError,
+        out: &mut Outgoing,
+        opaque: Opaque,
+    ) -> Option<Opaque> {
+        if let Opaque::Fence(tx) = opaque {
+            let _ = tx.send(Err(e.to_string()));
+            return None;
+        }
+        self.errors.increment(1);
+        self.health.failed(e.to_string());
+        let (topic, partition) = (out.topic.as_str(), out.partition.unwrap_or(-1));
+        match stage {
+            Stage::Delivery => tracing::warn!(error = %e, topic, partition,
+                "writing a decision to the decision log failed; retrying"),
+            Stage::Enqueue => tracing::warn!(error = %e, topic, partition,
+                "cannot enqueue a decision record; retrying"),
+        }
+        Some(opaque)
     }
 }
 
 /// The decision log's writer: a [`Journal`] for the sampler, fences for the read-back.
 pub struct DecisionLog {
-    producer: ThreadedProducer<LogContext>,
-    retries: mpsc::Sender<Retry>,
+    producer: Arc<RetryingProducer<Logged>>,
     /// Ingest index of an input partition -> where its records go. Indexes are never reused;
     /// one entry per assignment, kept for the records of traces decided after a revocation.
     targets: RwLock<HashMap<u32, Target, foldhash::fast::RandomState>>,
     pub topics: LogTopics,
     pub health: Arc<LogHealth>,
-    stopping: AtomicBool,
     /// Input topic -> partitions its log is known to have (checked or created).
     ensured: Mutex<HashMap<String, i32>>,
     /// Drop lists being gathered, by ingest index.
@@ -240,8 +174,7 @@ pub struct DecisionLog {
 impl DecisionLog {
     /// A writer with the producer settings `config` (the output's, see
     /// `pipeline::producer_config`).
-    pub fn new(config: &ClientConfig, topics: LogTopics) -> Result<Arc<Self>, LogError> {
-        let (tx, rx) = mpsc::channel::<Retry>();
+    pub fn new(config: &ClientConfig, topics: LogTopics) -> Result<Arc<Self>, SetupError> {
         let mut config = config.clone();
         // No compression unless the config asks for it: LZ4 took a ninth of the writer's
         // instructions (callgrind, `bench_e2e logwrite`) to save ~100 bytes per decided trace,
@@ -251,43 +184,32 @@ impl DecisionLog {
         // default count).
         config.set("allow.auto.create.topics", "false");
         let health = Arc::new(LogHealth::default());
-        let producer: ThreadedProducer<LogContext> = config.create_with_context(LogContext {
-            retries: tx.clone(),
+        let logged = Logged {
             health: health.clone(),
-            logged_kept: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => "kept"),
-            logged_dropped: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => "dropped"),
+            logged_kept: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => m::Outcome::Kept),
+            logged_dropped: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => m::Outcome::Dropped),
             errors: metrics::counter!(m::DECISION_LOG_ERRORS),
-        })?;
+        };
+        let producer = RetryingProducer::new(
+            &config,
+            "decision log's producer",
+            "tailsift-log-retry",
+            logged,
+        )?;
         let log = Arc::new(DecisionLog {
             producer,
-            retries: tx,
             targets: RwLock::new(HashMap::default()),
             topics,
             health,
-            stopping: AtomicBool::new(false),
             ensured: Mutex::new(HashMap::new()),
             drops: Mutex::new(HashMap::default()),
         });
         let flusher = Arc::downgrade(&log);
-        std::thread::Builder::new()
-            .name("tailsift-log-drops".into())
-            .spawn(move || loop {
-                std::thread::sleep(DROP_LIST_LINGER);
-                let Some(log) = flusher.upgrade() else { break };
-                log.write_drop_lists(|_| true);
-            })
-            .map_err(|e| LogError::Topic(format!("cannot start the drop-list thread: {e}")))?;
-        let weak = Arc::downgrade(&log);
-        std::thread::Builder::new()
-            .name("tailsift-log-retry".into())
-            .spawn(move || {
-                while let Ok(r) = rx.recv() {
-                    std::thread::sleep(RETRY_PAUSE);
-                    let Some(log) = weak.upgrade() else { break };
-                    log.produce(&r.topic, r.partition, &r.key, &r.payload, r.opaque);
-                }
-            })
-            .map_err(|e| LogError::Topic(format!("cannot start the retry thread: {e}")))?;
+        super::spawn("tailsift-log-drops", move || loop {
+            std::thread::sleep(DROP_LIST_LINGER);
+            let Some(log) = flusher.upgrade() else { break };
+            log.write_drop_lists(|_| true);
+        })?;
         Ok(log)
     }
 
@@ -317,30 +239,15 @@ impl DecisionLog {
             .insert(idx, Target { topic, partition });
     }
 
-    fn produce(
-        &self,
-        topic: &str,
-        partition: i32,
-        key: &[u8],
-        payload: &[u8],
-        opaque: Box<Opaque>,
-    ) {
-        let record = BaseRecord::with_opaque_to(topic, opaque)
-            .partition(partition)
-            .key(key)
-            .payload(payload);
-        if let Err((e, r)) = crate::sink::enqueue(&self.producer, record, Some(&self.stopping)) {
-            metrics::counter!(m::DECISION_LOG_ERRORS).increment(1);
-            self.health.failed(e.to_string());
-            tracing::warn!(error = %e, topic, partition, "cannot enqueue a decision record; retrying");
-            let _ = self.retries.send(Retry {
-                topic: Arc::from(topic),
-                partition,
-                key: key.to_vec(),
-                payload: payload.to_vec(),
-                opaque: r.delivery_opaque,
-            });
-        }
+    fn produce(&self, target: &Target, key: &[u8], payload: &[u8], opaque: Opaque) {
+        let record = Outbound {
+            topic: &target.topic,
+            partition: Some(target.partition),
+            key: Some(key),
+            payload,
+            headers: None,
+        };
+        self.producer.send(record, opaque);
     }
 
     /// Writes a fence to log partition `partition` of `topic`; the receiver gets its offset
@@ -351,17 +258,20 @@ impl DecisionLog {
         partition: i32,
     ) -> Result<mpsc::Receiver<Result<i64, String>>, LogError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let record = BaseRecord::with_opaque_to(topic, Box::new(Opaque::Fence(tx)))
-            .partition(partition)
-            .key(record::FENCE_KEY.as_bytes())
-            .payload(&FENCE_VALUE[..]);
-        crate::sink::enqueue(&self.producer, record, Some(&self.stopping)).map_err(|(e, _)| {
-            LogError::Fence {
+        let record = Outbound {
+            topic,
+            partition: Some(partition),
+            key: Some(record::FENCE_KEY.as_bytes()),
+            payload: &FENCE_VALUE[..],
+            headers: None,
+        };
+        self.producer
+            .try_send(record, Opaque::Fence(tx))
+            .map_err(|e| LogError::Fence {
                 topic: topic.to_string(),
                 partition,
                 why: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(rx)
     }
 
@@ -397,18 +307,27 @@ impl DecisionLog {
             g.list.encode(&mut value);
             let key = g.list.key();
             self.health.sent();
-            let opaque = Box::new(Opaque::Drops {
+            let opaque = Opaque::Drops {
                 holds: g.holds,
                 traces: g.list.len() as u64,
-            });
-            self.produce(&t.topic, t.partition, key.as_bytes(), &value, opaque);
+            };
+            self.produce(t, key.as_bytes(), &value, opaque);
         }
     }
 
     /// Stops retrying enqueues (shutdown): records not yet written leave their offsets
     /// uncommitted.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.producer.stop();
+    }
+}
+
+impl Flush for DecisionLog {
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        DecisionLog::flush(self, timeout)
+    }
+    fn stop(&self) {
+        DecisionLog::stop(self)
     }
 }
 
@@ -456,8 +375,8 @@ impl Journal for DecisionLog {
                 true => holds.take().unwrap_or_default(),
                 false => holds.clone().unwrap_or_default(),
             };
-            let opaque = Box::new(Opaque::Decision { holds, kept });
-            self.produce(&t.topic, t.partition, &key, &value, opaque);
+            let opaque = Opaque::Decision { holds, kept };
+            self.produce(t, &key, &value, opaque);
         }
     }
 }

@@ -1,0 +1,316 @@
+//! The one producer every writer shares (kept traces, dead letters, re-keyed traces, the
+//! decision log): a message is never given up silently. A failed delivery, or a refused
+//! enqueue, is sent again after [`RETRY_PAUSE`] from a thread of its own, until the broker
+//! acknowledges it; while librdkafka's queue is full, the sender waits (back-pressure).
+//!
+//! What differs between writers is what a message carries and what its acknowledgement or
+//! failure means: a [`Deliveries`] says it (release the offsets a message holds, count it, log
+//! it, or give it up for good, as a span no broker would take). Each message carries an opaque
+//! value to its delivery report; dropping that value is what releases the offsets it holds.
+//!
+//! At shutdown ([`RetryingProducer::stop`]) a sender no longer waits on a full queue: the
+//! message is left unsent and its opaque value leaked on purpose, so that the offsets it holds
+//! are never committed; the next owner replays them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use super::SetupError;
+
+/// Pause before a failed message is sent again.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// How long a sender sleeps while librdkafka's queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+
+/// Where a message failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// librdkafka refused to enqueue it (other than for a full queue).
+    Enqueue,
+    /// Its delivery report is an error.
+    Delivery,
+}
+
+/// A message to send, borrowed.
+#[derive(Debug)]
+pub struct Outbound<'a> {
+    /// Its topic.
+    pub topic: &'a str,
+    /// Its partition, or the partitioner's choice.
+    pub partition: Option<i32>,
+    /// Its key, if any.
+    pub key: Option<&'a [u8]>,
+    /// Its value.
+    pub payload: &'a [u8],
+    /// Its headers, if any.
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// A message that failed, owned until it is sent again.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Its topic.
+    pub topic: String,
+    /// Its partition, if it was chosen by the writer (not by the partitioner).
+    pub partition: Option<i32>,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub payload: Vec<u8>,
+    /// Its headers, if any.
+    pub headers: Option<OwnedHeaders>,
+}
+
+impl Outgoing {
+    fn record(&self) -> Outbound<'_> {
+        Outbound {
+            topic: &self.topic,
+            partition: self.partition,
+            key: self.key.as_deref(),
+            payload: &self.payload,
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+/// What one writer's messages mean: what an acknowledgement releases and counts, and what a
+/// failure does.
+pub trait Deliveries: Send + Sync + 'static {
+    /// What each message carries to its delivery report (holds on offsets, most often).
+    type Opaque: Send + Sync + 'static;
+
+    /// The broker acknowledged `msg`.
+    fn delivered(&self, msg: &BorrowedMessage<'_>, opaque: Self::Opaque);
+
+    /// `out` failed at `stage` with `error`: counts and logs it, and returns the opaque value
+    /// to send it again with (`out` may be changed first), or `None` when it is given up.
+    fn failed(
+        &self,
+        stage: Stage,
+        error: &KafkaError,
+        out: &mut Outgoing,
+        opaque: Self::Opaque,
+    ) -> Option<Self::Opaque>;
+}
+
+/// What a message carries to its delivery report: the writer's opaque value, and what a
+/// retry needs that the report does not say.
+pub struct InFlight<O> {
+    /// The partition the writer chose, if it chose one.
+    partition: Option<i32>,
+    opaque: O,
+}
+
+struct Retry<O> {
+    out: Outgoing,
+    opaque: O,
+}
+
+/// The producer's context: the writer's [`Deliveries`] and the way to the retry thread.
+pub struct RetryContext<D: Deliveries> {
+    deliveries: D,
+    retries: mpsc::Sender<Retry<D::Opaque>>,
+}
+
+impl<D: Deliveries> RetryContext<D> {
+    /// Hands a failed message to `deliveries`, and to the retry thread unless given up.
+    fn failed(&self, stage: Stage, error: &KafkaError, mut out: Outgoing, opaque: D::Opaque) {
+        if let Some(opaque) = self.deliveries.failed(stage, error, &mut out, opaque) {
+            // Without the retry thread (shutdown) the offsets simply stay uncommitted.
+            let _ = self.retries.send(Retry { out, opaque });
+        }
+    }
+}
+
+impl<D: Deliveries> ClientContext for RetryContext<D> {}
+
+impl<D: Deliveries> ProducerContext for RetryContext<D> {
+    type DeliveryOpaque = Box<InFlight<D::Opaque>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        let InFlight { partition, opaque } = *sent;
+        match result {
+            Ok(msg) => self.deliveries.delivered(msg, opaque),
+            Err((e, msg)) => {
+                let out = Outgoing {
+                    topic: msg.topic().to_string(),
+                    partition,
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    headers: msg.headers().map(|h| h.detach()),
+                };
+                self.failed(Stage::Delivery, e, out, opaque);
+            }
+        }
+    }
+}
+
+/// A record as librdkafka takes it, with what it hands back when it refuses one.
+type Sendable<'a, O> = BaseRecord<'a, [u8], [u8], Box<InFlight<O>>>;
+type Refused<'a, O> = (KafkaError, Sendable<'a, O>);
+
+/// A producer whose failed messages are sent again until acknowledged.
+pub struct RetryingProducer<D: Deliveries> {
+    producer: ThreadedProducer<RetryContext<D>>,
+    stopping: AtomicBool,
+}
+
+impl<D: Deliveries> RetryingProducer<D> {
+    /// A producer with the settings `config` (`what` names it in errors), whose retries run
+    /// on a thread named `thread`.
+    pub fn new(
+        config: &ClientConfig,
+        what: &'static str,
+        thread: &'static str,
+        deliveries: D,
+    ) -> Result<Arc<Self>, SetupError> {
+        let (tx, rx) = mpsc::channel::<Retry<D::Opaque>>();
+        let producer = config
+            .create_with_context(RetryContext {
+                deliveries,
+                retries: tx,
+            })
+            .map_err(SetupError::client(what))?;
+        let p = Arc::new(RetryingProducer {
+            producer,
+            stopping: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&p);
+        super::spawn(thread, move || {
+            while let Ok(r) = rx.recv() {
+                std::thread::sleep(RETRY_PAUSE);
+                let Some(p) = weak.upgrade() else { break };
+                p.send(r.out.record(), r.opaque);
+            }
+        })?;
+        Ok(p)
+    }
+
+    /// The writer's [`Deliveries`].
+    pub fn deliveries(&self) -> &D {
+        &self.producer.context().deliveries
+    }
+
+    /// Sends `record`; `opaque` goes to its delivery report. Waits while librdkafka's queue is
+    /// full (unless stopping); a refusal goes to [`Deliveries::failed`].
+    pub fn send(&self, record: Outbound<'_>, opaque: D::Opaque) {
+        if let Err((e, r)) = self.enqueue(record, opaque) {
+            let partition = r.delivery_opaque.partition;
+            let out = Outgoing {
+                topic: r.topic.to_string(),
+                partition,
+                key: r.key.map(<[u8]>::to_vec),
+                payload: r.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: r.headers,
+            };
+            let context = self.producer.context();
+            context.failed(Stage::Enqueue, &e, out, r.delivery_opaque.opaque);
+        }
+    }
+
+    /// Sends `record` once: a refusal is returned, not retried (a failed delivery still goes
+    /// to [`Deliveries::failed`]).
+    pub fn try_send(&self, record: Outbound<'_>, opaque: D::Opaque) -> Result<(), KafkaError> {
+        self.enqueue(record, opaque).map_err(|(e, _)| e)
+    }
+
+    /// Enqueues `record`, waiting while librdkafka's queue is full (back-pressure: a slow or
+    /// absent broker; the producer's thread serves delivery reports meanwhile, so the queue
+    /// drains). Gives up once stopping: the record is left unsent and its opaque value leaked
+    /// on purpose, so that the offsets it holds stay held and the last commit cannot pass
+    /// them. Any other refusal is handed back.
+    // The refusal is `ThreadedProducer::send`'s own, handed back as it came, on a cold path.
+    #[allow(clippy::result_large_err)]
+    fn enqueue<'a>(
+        &self,
+        record: Outbound<'a>,
+        opaque: D::Opaque,
+    ) -> Result<(), Refused<'a, D::Opaque>> {
+        let mut r = BaseRecord::with_opaque_to(
+            record.topic,
+            Box::new(InFlight {
+                partition: record.partition,
+                opaque,
+            }),
+        )
+        .payload(record.payload);
+        r.partition = record.partition;
+        r.key = record.key;
+        r.headers = record.headers;
+        loop {
+            match self.producer.send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if self.stopping.load(Ordering::Relaxed) {
+                        std::mem::forget(back);
+                        return Ok(());
+                    }
+                    r = back;
+                    std::thread::sleep(QUEUE_FULL_PAUSE);
+                }
+                Err(refused) => return Err(refused),
+            }
+        }
+    }
+
+    /// Waits for every message in flight to be acknowledged, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Stops waiting on a full queue (shutdown).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Messages not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+/// Whether librdkafka refused to enqueue a message because it is over `message.max.bytes`:
+/// no broker would take it, and retrying would stall its partition's commits forever.
+pub fn refused_as_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    )
+}
+
+/// What shutdown waits for: a writer's messages in flight.
+pub trait Flush {
+    /// Waits for every message in flight to be acknowledged, up to `timeout`.
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError>;
+    /// Stops waiting on a full queue.
+    fn stop(&self);
+}
+
+impl<D: Deliveries> Flush for RetryingProducer<D> {
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        RetryingProducer::flush(self, timeout)
+    }
+    fn stop(&self) {
+        RetryingProducer::stop(self)
+    }
+}
+
+/// Bounded shutdown of the writers: flushes each in turn, in the order given, each within
+/// what is left until `deadline`, and stops it. Returns whether every one was flushed.
+pub fn flush_all(deadline: Instant, writers: &[&dyn Flush]) -> bool {
+    let mut flushed = true;
+    for w in writers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        flushed &= w.flush(left).is_ok();
+        w.stop();
+    }
+    flushed
+}

@@ -1,0 +1,141 @@
+//! The Kafka output: one message per kept trace (split when large), key = trace id hex,
+//! headers naming the rule and the sample rate.
+//!
+//! Delivery is confirmed in librdkafka's delivery callback, which takes the message's
+//! [`Ticket`] and so releases the offsets it held. A failed delivery is sent again (after a
+//! pause, see [`super::producer`]) rather than given up: until it is acknowledged its offsets
+//! stay uncommitted. Only a span no broker would take (over `kafka.max_message_bytes`) is
+//! given up, counted and logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+
+use super::producer::{
+    refused_as_too_large, Deliveries, Flush, Outbound, Outgoing, RetryingProducer, Stage,
+};
+use super::SetupError;
+use crate::decision::Decision;
+use crate::otlp::TraceId;
+use crate::sampler::{Output, Ticket};
+use crate::telemetry as m;
+
+/// Header naming the rule that kept the trace.
+pub const RULE_HEADER: &str = "tailsift.rule";
+/// Header with the sample rate the trace was kept at (it stands for that many traces).
+pub const SAMPLE_RATE_HEADER: &str = "tailsift.sample_rate";
+
+/// What a kept trace's messages mean: their tickets hold the trace's offsets.
+pub struct Forwarded;
+
+impl Deliveries for Forwarded {
+    type Opaque = Ticket;
+
+    fn delivered(&self, _msg: &BorrowedMessage<'_>, ticket: Ticket) {
+        metrics::counter!(m::MESSAGES_PRODUCED).increment(1);
+        metrics::counter!(m::SPANS_FORWARDED).increment(u64::from(ticket.spans));
+        if ticket.replayed_spans > 0 {
+            metrics::counter!(m::REPLAYED_SPANS_FORWARDED)
+                .increment(u64::from(ticket.replayed_spans));
+        }
+        metrics::histogram!(m::DECISION_LATENCY).record(ticket.due.elapsed().as_secs_f64());
+        // Releases the offsets it held (once the decision log has the decision, when there is
+        // one).
+        ticket.delivered();
+    }
+
+    fn failed(
+        &self,
+        stage: Stage,
+        e: &KafkaError,
+        out: &mut Outgoing,
+        ticket: Ticket,
+    ) -> Option<Ticket> {
+        metrics::counter!(m::PRODUCE_ERRORS).increment(1);
+        match stage {
+            Stage::Delivery => {
+                tracing::warn!(error = %e, "delivery to the output topic failed; retrying");
+            }
+            Stage::Enqueue if refused_as_too_large(e) => {
+                // Only a single span larger than the limit gets here (traces are split): no
+                // broker would take it, and retrying would stall the partition forever.
+                tracing::error!(error = %e, bytes = out.payload.len(),
+                    "a span larger than kafka.max_message_bytes cannot be forwarded; dropped");
+                ticket.delivered();
+                return None;
+            }
+            Stage::Enqueue => {
+                tracing::warn!(error = %e, "cannot enqueue a kept trace; retrying");
+            }
+        }
+        Some(ticket)
+    }
+}
+
+/// The Kafka producer of kept traces.
+pub struct KafkaSink {
+    producer: Arc<RetryingProducer<Forwarded>>,
+    topic: String,
+}
+
+impl KafkaSink {
+    /// A sink writing to `topic` with the producer settings `config`.
+    pub fn new(config: &ClientConfig, topic: &str) -> Result<Arc<Self>, SetupError> {
+        let producer =
+            RetryingProducer::new(config, "Kafka producer", "tailsift-retry", Forwarded)?;
+        Ok(Arc::new(KafkaSink {
+            producer,
+            topic: topic.to_string(),
+        }))
+    }
+
+    /// Messages not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight()
+    }
+}
+
+/// Stopping makes a decider waiting for room in the queue give up, its trace's offsets left
+/// uncommitted.
+impl Flush for KafkaSink {
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+    fn stop(&self) {
+        self.producer.stop()
+    }
+}
+
+impl Output for KafkaSink {
+    fn send(&self, trace_id: &TraceId, decision: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
+        if !decision.forwards() {
+            return;
+        }
+        let rule = decision.rule();
+        let key = trace_id.to_hex();
+        let rate = decision.forwarded_rate().to_string();
+        for (payload, ticket) in messages {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: RULE_HEADER,
+                    value: Some(rule.as_bytes()),
+                })
+                .insert(Header {
+                    key: SAMPLE_RATE_HEADER,
+                    value: Some(rate.as_bytes()),
+                });
+            // While the queue is full the deciders slow down and the buffer fills.
+            let record = Outbound {
+                topic: &self.topic,
+                partition: None,
+                key: Some(key.as_bytes()),
+                payload: &payload,
+                headers: Some(headers),
+            };
+            self.producer.send(record, ticket);
+        }
+    }
+}
