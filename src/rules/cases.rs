@@ -13,7 +13,9 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prost::Message;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -118,6 +120,41 @@ pub struct CaseSpan {
     /// This many copies of the span (distinct ids), for large traces. Default 1.
     #[serde(default)]
     pub count: Option<u32>,
+    /// The span's events.
+    #[serde(default)]
+    pub events: Vec<CaseEvent>,
+    /// The span's links (to spans of other traces).
+    #[serde(default)]
+    pub links: Vec<CaseLink>,
+    /// The W3C tracestate (`Span.trace_state`).
+    #[serde(default)]
+    pub trace_state: Option<String>,
+    /// `Span.flags` (the W3C trace flags in the low 8 bits: 1 is sampled).
+    #[serde(default)]
+    pub flags: Option<u32>,
+}
+
+/// A span event in a case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseEvent {
+    pub name: String,
+    /// After the span's start. Default 0.
+    #[serde(default, with = "humantime_serde")]
+    pub at: Option<Duration>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttrValue>,
+}
+
+/// A span link in a case.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseLink {
+    /// 32 hex digits; default: an id derived from the case's.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttrValue>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -303,6 +340,47 @@ impl Case {
                 end_time_unix_nano: start + dur,
                 attributes: attrs(&s.attributes).map_err(at)?,
                 status,
+                events: s
+                    .events
+                    .iter()
+                    .map(|e| {
+                        Ok(span::Event {
+                            time_unix_nano: start + e.at.unwrap_or_default().as_nanos() as u64,
+                            name: e.name.clone(),
+                            attributes: attrs(&e.attributes)?,
+                            dropped_attributes_count: 0,
+                        })
+                    })
+                    .collect::<Result<_, String>>()
+                    .map_err(at)?,
+                links: s
+                    .links
+                    .iter()
+                    .map(|l| {
+                        let trace_id = match &l.trace_id {
+                            Some(h) => hex::decode(h.trim())
+                                .ok()
+                                .filter(|b| b.len() == 16)
+                                .ok_or_else(|| {
+                                    format!("link `trace_id`: expected 32 hex digits, got `{h}`")
+                                })?,
+                            None => {
+                                let mut t = trace.clone();
+                                t[0] ^= 0xff;
+                                t
+                            }
+                        };
+                        Ok(span::Link {
+                            trace_id,
+                            span_id: 1u64.to_be_bytes().to_vec(),
+                            attributes: attrs(&l.attributes)?,
+                            ..span::Link::default()
+                        })
+                    })
+                    .collect::<Result<_, String>>()
+                    .map_err(at)?,
+                trace_state: s.trace_state.clone().unwrap_or_default(),
+                flags: s.flags.unwrap_or(0),
                 ..Span::default()
             };
             let service = s.service.clone().unwrap_or_else(|| "service".into());

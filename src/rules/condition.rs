@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use regex::bytes::Regex;
 
-use crate::otlp::view::{AttrValue, ContextView, SpanView};
+use crate::otlp::view::{find_attr, AttrValue, ContextView, SpanView};
+use crate::otlp::wire::{Fields, Value};
 
 use super::TraceView;
 
@@ -23,6 +24,11 @@ pub enum Cond {
     AnySpan(SpanCond),
     /// True when the root span arrived and satisfies the span condition.
     Root(SpanCond),
+    /// True when every span satisfies the span condition (`every:`).
+    EverySpan(SpanCond),
+    /// The number of spans that satisfy the span condition, compared (`count(...) > N`), with
+    /// the text it was written as.
+    Count(SpanCond, Op, Arc<str>),
 }
 
 /// A condition over one span.
@@ -43,6 +49,9 @@ pub enum TraceField {
     RootPresent,
     /// Distinct `service.name`s among the trace's spans.
     ServiceCount,
+    /// The encoded size of the trace's spans, in bytes (what the Collector's bytes limiting
+    /// counts).
+    Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +66,20 @@ pub enum SpanField {
     ScopeName,
     ScopeVersion,
     ScopeAttr(Vec<u8>),
+    /// The W3C tracestate of the span (`Span.trace_state`).
+    TraceState,
+    /// `Span.flags`: the W3C trace flags in the low 8 bits.
+    Flags,
+    /// The W3C sampled flag (bit 0 of the flags).
+    Sampled,
+    EventCount,
+    LinkCount,
+    /// The name of one of the span's events (a span has several: see [`SpanField::is_multi`]).
+    EventName,
+    /// An attribute of one of the span's events.
+    EventAttr(Vec<u8>),
+    /// An attribute of one of the span's links.
+    LinkAttr(Vec<u8>),
 }
 
 /// A typed value to compare with.
@@ -118,6 +141,14 @@ fn lit_eq(v: Val<'_>, l: &Literal) -> bool {
 }
 
 impl Op {
+    /// Whether this is the negation of another operator (`!=` of `=`...).
+    pub(crate) fn is_negative(&self) -> bool {
+        matches!(
+            self,
+            Op::Ne(_) | Op::NotContains(_) | Op::NotIn(_) | Op::NotExists
+        )
+    }
+
     /// Applies the operator to a value that may be missing. Negative operators are the exact
     /// negation of their positive twin, so they hold when the value is missing.
     fn test(&self, v: Option<Val<'_>>) -> bool {
@@ -171,7 +202,73 @@ fn enum_name(names: &'static [&'static str], n: u64) -> &'static [u8] {
         .as_bytes()
 }
 
+/// `Span` field numbers the rules read beyond [`SpanView`]'s.
+const SPAN_TRACE_STATE: u32 = 3;
+const SPAN_EVENTS: u32 = 11;
+const SPAN_LINKS: u32 = 13;
+const SPAN_FLAGS: u32 = 16;
+const EVENT_NAME: u32 = 2;
+const EVENT_ATTRS: u32 = 3;
+const LINK_ATTRS: u32 = 4;
+
+/// The payloads of the length-delimited fields numbered `n` of a message.
+fn messages(msg: &[u8], n: u32) -> impl Iterator<Item = &[u8]> {
+    Fields::new(msg)
+        .map_while(Result::ok)
+        .filter(move |f| f.number == n)
+        .filter_map(|f| f.value.as_bytes())
+}
+
+/// The last field numbered `n` of a message (a singular field appended later wins).
+fn last(msg: &[u8], n: u32) -> Option<Value<'_>> {
+    Fields::new(msg)
+        .map_while(Result::ok)
+        .filter(|f| f.number == n)
+        .last()
+        .map(|f| f.value)
+}
+
 impl SpanField {
+    /// Whether a span has any number of values of this field (one per event or link): an
+    /// operator holds when one of them passes it, a negative one when none fails it (so
+    /// `!=` stays the exact negation of `=`).
+    pub(crate) fn is_multi(&self) -> bool {
+        matches!(
+            self,
+            SpanField::EventName | SpanField::EventAttr(_) | SpanField::LinkAttr(_)
+        )
+    }
+
+    /// Each value of a multi-valued field on one span (see [`SpanField::is_multi`]).
+    pub(crate) fn values<'a>(&self, span: &SpanView<'a>) -> smallvec::SmallVec<[Val<'a>; 4]> {
+        let (n, f): (u32, &dyn Fn(&'a [u8]) -> Option<Val<'a>>) = match self {
+            SpanField::EventName => (SPAN_EVENTS, &|e| match last(e, EVENT_NAME) {
+                Some(Value::Bytes(b)) => Some(Val::Str(b)),
+                _ => Some(Val::Str(b"")),
+            }),
+            SpanField::EventAttr(k) => (SPAN_EVENTS, &|e| {
+                find_attr(e, EVENT_ATTRS, k).map(Val::from)
+            }),
+            SpanField::LinkAttr(k) => (SPAN_LINKS, &|l| find_attr(l, LINK_ATTRS, k).map(Val::from)),
+            _ => return smallvec::SmallVec::new(),
+        };
+        messages(span.bytes, n).filter_map(f).collect()
+    }
+
+    /// Applies `op` to the field on one span, whether it has one value or several.
+    #[inline]
+    pub(crate) fn test(&self, op: &Op, span: &SpanView<'_>, ctx: &ContextView<'_>) -> bool {
+        if !self.is_multi() {
+            return op.test(self.value(span, ctx));
+        }
+        let values = self.values(span);
+        if op.is_negative() {
+            values.iter().all(|v| op.test(Some(*v)))
+        } else {
+            values.iter().any(|v| op.test(Some(*v)))
+        }
+    }
+
     pub(crate) fn value<'a>(&self, span: &SpanView<'a>, ctx: &ContextView<'a>) -> Option<Val<'a>> {
         match self {
             SpanField::Name => Some(Val::Str(span.name)),
@@ -184,8 +281,28 @@ impl SpanField {
             SpanField::ScopeName => ctx.scope_name().map(Val::Str),
             SpanField::ScopeVersion => ctx.scope_version().map(Val::Str),
             SpanField::ScopeAttr(k) => ctx.scope_attr(k).map(Val::from),
+            SpanField::TraceState => match last(span.bytes, SPAN_TRACE_STATE) {
+                Some(Value::Bytes(b)) => Some(Val::Str(b)),
+                _ => Some(Val::Str(b"")),
+            },
+            SpanField::Flags => Some(Val::Num(flags(span) as f64)),
+            SpanField::Sampled => Some(Val::Bool(flags(span) & 1 == 1)),
+            SpanField::EventCount => {
+                Some(Val::Num(messages(span.bytes, SPAN_EVENTS).count() as f64))
+            }
+            SpanField::LinkCount => Some(Val::Num(messages(span.bytes, SPAN_LINKS).count() as f64)),
+            // Several values: see `values`.
+            SpanField::EventName | SpanField::EventAttr(_) | SpanField::LinkAttr(_) => None,
         }
     }
+}
+
+/// The W3C trace flags of a span (the low 8 bits of `Span.flags`; 0 when absent).
+fn flags(span: &SpanView<'_>) -> u64 {
+    last(span.bytes, SPAN_FLAGS)
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        & 0xff
 }
 
 impl SpanCond {
@@ -194,7 +311,7 @@ impl SpanCond {
             SpanCond::All(cs) => cs.iter().all(|c| c.eval(span, ctx)),
             SpanCond::Any(cs) => cs.iter().any(|c| c.eval(span, ctx)),
             SpanCond::Not(c) => !c.eval(span, ctx),
-            SpanCond::Field(f, op, _) => op.test(f.value(span, ctx)),
+            SpanCond::Field(f, op, _) => f.test(op, span, ctx),
         }
     }
 }
@@ -207,6 +324,9 @@ impl TraceField {
             TraceField::Error => Val::Bool(t.has_error),
             TraceField::RootPresent => Val::Bool(t.root.is_some()),
             TraceField::ServiceCount => Val::Num(service_count(t) as f64),
+            TraceField::Bytes => {
+                Val::Num(t.spans.iter().map(|(s, _)| s.bytes.len()).sum::<usize>() as f64)
+            }
         }
     }
 }
@@ -271,6 +391,13 @@ impl Cond {
                 .root
                 .and_then(|i| t.spans.get(i))
                 .is_some_and(|(s, ctx)| c.eval(s, ctx)),
+            Cond::EverySpan(c) => t.spans.iter().all(|(s, ctx)| c.eval(s, ctx)),
+            Cond::Count(c, op, _) => op.test(Some(Val::Num(count(c, t) as f64))),
         }
     }
+}
+
+/// The spans of a trace that satisfy a span condition.
+pub(crate) fn count(c: &SpanCond, t: &TraceView<'_>) -> usize {
+    t.spans.iter().filter(|(s, ctx)| c.eval(s, ctx)).count()
 }

@@ -65,6 +65,19 @@ pub fn summary(t: &TraceView<'_>) -> String {
     )
 }
 
+/// A span field's value on one span as explain shows it: every value of a multi-valued field.
+fn show_field(f: &SpanField, s: &SpanView<'_>, ctx: &ContextView<'_>) -> String {
+    if !f.is_multi() {
+        return show(f.value(s, ctx), *f == SpanField::Duration);
+    }
+    let values = f.values(s);
+    if values.is_empty() {
+        return "missing: no event or link has it".into();
+    }
+    let shown: Vec<String> = values.iter().map(|v| show(Some(*v), false)).collect();
+    format!("each of [{}]", shown.join(", "))
+}
+
 fn span_leaf(c: &SpanCond) -> Option<(&SpanField, &str)> {
     match c {
         SpanCond::Field(f, _, label) => Some((f, label)),
@@ -82,7 +95,7 @@ fn on_span(c: &SpanCond, s: &SpanView<'_>, ctx: &ContextView<'_>, depth: usize, 
                 out,
                 "{} {label}   (is {})",
                 mark(held),
-                show(f.value(s, ctx), *f == SpanField::Duration)
+                show_field(f, s, ctx)
             );
         }
         SpanCond::All(cs) | SpanCond::Any(cs) => {
@@ -186,6 +199,17 @@ fn cond(c: &Cond, t: &TraceView<'_>, depth: usize, out: &mut String) {
                 }
             }
         },
+        Cond::EverySpan(inner) => every(inner, t, depth, out),
+        Cond::Count(inner, _, label) => {
+            let n = super::condition::count(inner, t);
+            let _ = writeln!(
+                out,
+                "{} {label}   (is {n}, of {} spans)",
+                mark(held),
+                t.spans.len()
+            );
+            counts(inner, t, depth + 1, out);
+        }
         Cond::Root(inner) => match t.root.and_then(|i| t.spans.get(i)) {
             None => {
                 let what = span_leaf(inner).map_or("root:", |(_, l)| l);
@@ -201,7 +225,7 @@ fn cond(c: &Cond, t: &TraceView<'_>, depth: usize, out: &mut String) {
                         out,
                         "{} {label}   (is {})",
                         mark(held),
-                        show(f.value(s, ctx), *f == SpanField::Duration)
+                        show_field(f, s, ctx)
                     );
                 }
                 None => {
@@ -210,6 +234,30 @@ fn cond(c: &Cond, t: &TraceView<'_>, depth: usize, out: &mut String) {
                 }
             },
         },
+    }
+}
+
+/// `every:`: all spans pass, or the first that does not, shown condition by condition.
+fn every(inner: &SpanCond, t: &TraceView<'_>, depth: usize, out: &mut String) {
+    let failing = t
+        .spans
+        .iter()
+        .filter(|(s, ctx)| !inner.eval(s, ctx))
+        .count();
+    match t.spans.iter().find(|(s, ctx)| !inner.eval(s, ctx)) {
+        None => {
+            let _ = writeln!(out, "✓ every: all {} spans satisfy it", t.spans.len());
+            counts(inner, t, depth + 1, out);
+        }
+        Some((s, ctx)) => {
+            let _ = writeln!(
+                out,
+                "✗ every: {failing} of {} spans do not; the first, `{}`:",
+                t.spans.len(),
+                String::from_utf8_lossy(s.name)
+            );
+            on_span(inner, s, ctx, depth + 1, out);
+        }
     }
 }
 

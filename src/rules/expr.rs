@@ -9,7 +9,7 @@ use super::condition::{Cond, Literal, Op, SpanCond};
 use super::field::{field, Field, Ty};
 use super::yaml::{Kind, Node};
 
-const GROUP_KEYS: [&str; 5] = ["all", "any", "not", "span", "root"];
+const GROUP_KEYS: [&str; 6] = ["all", "any", "not", "span", "root", "every"];
 const OPS: [&str; 15] = [
     "=",
     "!=",
@@ -289,8 +289,110 @@ fn positive_twin(op: &str) -> Option<&'static str> {
     }
 }
 
+/// Splits `s` at the commas outside quotes, brackets and parentheses.
+fn top_level_items(s: &str) -> Vec<&str> {
+    let (mut depth, mut quote, mut start) = (0i32, None, 0);
+    let mut out = Vec::new();
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '(' | '{') => depth += 1,
+            (None, ']' | ')' | '}') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out.into_iter()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect()
+}
+
+/// The index of the parenthesis that closes the one opening `s` (outside quotes).
+fn closing_paren(s: &str) -> Option<usize> {
+    let (mut depth, mut quote) = (0i32, None);
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '(' | '[') => depth += 1,
+            (None, ')' | ']') => {
+                depth -= 1;
+                if depth == 0 {
+                    return (c == ')').then_some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+const COUNT_FORM: &str = "`count(SPAN CONDITIONS) OPERATOR N`, e.g. \
+    `count(span.service = db, span.kind = client) > 100` or `count(span: [span.status = error]) >= 3`";
+
+/// Parses `count(c1, c2, ...) OP N` (or `count(span: [c1, c2]) OP N`): how many spans satisfy
+/// every condition of the group, compared with a number.
+fn count(expr: &str, scope: Scope) -> Result<Parsed, String> {
+    if scope == Scope::Span {
+        return Err(format!(
+            "`{expr}`: `count(...)` is a trace condition and cannot be tested on one span \
+             inside a span/root/every group"
+        ));
+    }
+    let body = &expr["count".len()..];
+    let close = closing_paren(body)
+        .ok_or_else(|| format!("`{expr}`: unbalanced parentheses; expected {COUNT_FORM}"))?;
+    let inner = body[1..close].trim();
+    let inner = inner.strip_prefix("span:").map_or(inner, str::trim);
+    let inner = inner
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(inner);
+    let items = top_level_items(inner);
+    if items.is_empty() {
+        return Err(format!("`{expr}`: {EMPTY_LIST}"));
+    }
+    let mut conds = Vec::new();
+    for item in items {
+        match predicate(item, Scope::Span)? {
+            (Parsed::Span(c), _) => conds.push(c),
+            (Parsed::Trace(_), _) => {
+                return Err(format!("`{expr}`: `{item}` is not a span condition"))
+            }
+        }
+    }
+    let rest = body[close + 1..].trim();
+    let mut parts = rest.splitn(2, char::is_whitespace);
+    let op_name = parts.next().filter(|o| !o.is_empty()).ok_or_else(|| {
+        format!("`{expr}`: the count is compared with a number: expected {COUNT_FORM}")
+    })?;
+    let value = parts.next().map(str::trim).filter(|v| !v.is_empty());
+    if !["=", "!=", "<", "<=", ">", ">="].contains(&op_name) {
+        let msg = unknown("operator", op_name, &["=", "!=", "<", "<=", ">", ">="]);
+        return Err(format!("`{expr}`: a count compares with a number: {msg}"));
+    }
+    let op = op(Ty::Number, op_name, value).map_err(|e| format!("`{expr}`: {e}"))?;
+    let group = if conds.len() == 1 {
+        conds.remove(0)
+    } else {
+        SpanCond::All(conds)
+    };
+    Ok(Parsed::Trace(Cond::Count(group, op, expr.trim().into())))
+}
+
 /// Parses one comparison; the second part is a lint about it, if any.
 fn predicate(expr: &str, scope: Scope) -> Result<(Parsed, Option<String>), String> {
+    if expr.trim_start().starts_with("count(") {
+        return count(expr.trim(), scope).map(|p| (p, None));
+    }
     let mut parts = expr.trim().splitn(3, char::is_whitespace);
     let name = parts.next().unwrap_or_default();
     let op_name = parts.next().ok_or_else(|| {
@@ -324,7 +426,7 @@ fn predicate(expr: &str, scope: Scope) -> Result<(Parsed, Option<String>), Strin
         (Field::Trace(t), Scope::Trace) => Parsed::Trace(Cond::Trace(t, op, label)),
         (Field::Trace(_), Scope::Span) => {
             return Err(format!(
-            "`{name}` is a trace field and cannot be tested on one span inside a span/root group"
+            "`{name}` is a trace field and cannot be tested on one span inside a span/root/every group"
         ))
         }
         (Field::Span(f), Scope::Span) => Parsed::Span(SpanCond::Field(f, op, label)),
@@ -334,7 +436,7 @@ fn predicate(expr: &str, scope: Scope) -> Result<(Parsed, Option<String>), Strin
         (Field::Root(f), Scope::Trace) => Parsed::Trace(Cond::Root(SpanCond::Field(f, op, label))),
         (Field::Root(_), Scope::Span) => {
             return Err(format!(
-                "`{name}`: inside a span/root group use `span.` fields"
+                "`{name}`: inside a span/root/every group use `span.` fields"
             ))
         }
     };
@@ -462,10 +564,13 @@ fn cond(v: &Node, scope: Scope, errs: &mut Diags) -> Option<Parsed> {
                 ("root", Scope::Trace) => {
                     span_cond(inner, errs).map(|c| Parsed::Trace(Cond::Root(c)))
                 }
-                ("span" | "root", Scope::Span) => {
+                ("every", Scope::Trace) => {
+                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::EverySpan(c)))
+                }
+                ("span" | "root" | "every", Scope::Span) => {
                     errs.push((
                         k.line,
-                        format!("`{key}` groups cannot nest inside a span/root group"),
+                        format!("`{key}` groups cannot nest inside a span/root/every group"),
                     ));
                     None
                 }

@@ -4,18 +4,27 @@
 use super::condition::{KeyField, SpanField, TraceField, KINDS, STATUSES};
 use super::expr::unknown;
 
-pub(crate) const FIELDS: [&str; 15] = [
+pub(crate) const FIELDS: [&str; 24] = [
     "trace.duration",
     "trace.span_count",
     "trace.error",
     "trace.root",
     "trace.service_count",
+    "trace.bytes",
     "span.name",
     "span.kind",
     "span.status",
     "span.duration",
     "span.service",
     "span.attr.<key>",
+    "span.trace_state",
+    "span.flags",
+    "span.sampled",
+    "span.event.name",
+    "span.event.attr.<key>",
+    "span.event_count",
+    "span.link.attr.<key>",
+    "span.link_count",
     "resource.attr.<key>",
     "scope.name",
     "scope.version",
@@ -60,9 +69,25 @@ fn span_field(rest: &str) -> Option<(SpanField, Ty)> {
         "status" => (SpanField::Status, Ty::Enum(&STATUSES)),
         "duration" => (SpanField::Duration, Ty::Duration),
         "service" => (SpanField::Service, Ty::Str),
+        "trace_state" => (SpanField::TraceState, Ty::Str),
+        "flags" => (SpanField::Flags, Ty::Number),
+        "sampled" => (SpanField::Sampled, Ty::Bool),
+        "event.name" => (SpanField::EventName, Ty::Str),
+        "event_count" => (SpanField::EventCount, Ty::Number),
+        "link_count" => (SpanField::LinkCount, Ty::Number),
         _ => {
-            let key = rest.strip_prefix("attr.").filter(|k| !k.is_empty())?;
-            (SpanField::Attr(key.as_bytes().to_vec()), Ty::Attr)
+            let key = |prefix: &str| {
+                rest.strip_prefix(prefix)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| k.as_bytes().to_vec())
+            };
+            if let Some(k) = key("attr.") {
+                (SpanField::Attr(k), Ty::Attr)
+            } else if let Some(k) = key("event.attr.") {
+                (SpanField::EventAttr(k), Ty::Attr)
+            } else {
+                (SpanField::LinkAttr(key("link.attr.")?), Ty::Attr)
+            }
         }
     })
 }
@@ -75,6 +100,7 @@ pub(crate) fn field(name: &str) -> Result<(Field, Ty), String> {
             "error" => Some((Field::Trace(TraceField::Error), Ty::Bool)),
             "root" => Some((Field::Trace(TraceField::RootPresent), Ty::Bool)),
             "service_count" => Some((Field::Trace(TraceField::ServiceCount), Ty::Number)),
+            "bytes" => Some((Field::Trace(TraceField::Bytes), Ty::Number)),
             _ => None,
         },
         Some(("span", f)) => span_field(f).map(|(f, t)| (Field::Span(f), t)),
@@ -104,6 +130,9 @@ pub(crate) fn field(name: &str) -> Result<(Field, Ty), String> {
 pub(crate) fn key_field(name: &str) -> Result<KeyField, String> {
     match field(name)? {
         (Field::Trace(f), _) => Ok(KeyField::Trace(f)),
+        (Field::Root(f), _) if f.is_multi() => Err(format!(
+            "`{name}` has one value per event or link, but a key needs one value per trace"
+        )),
         (Field::Root(f), _) => Ok(KeyField::Root(f)),
         (Field::Span(_), _) => Err(format!(
             "`{name}` has one value per span, but a key needs one value per trace: use a \

@@ -77,10 +77,11 @@ pub(crate) fn implies(b: &Cond, a: &Cond) -> bool {
             matches!(b, Cond::Trace(fb, ob, _) if fa == fb && op_implies(ob, oa))
         }
         Cond::AnySpan(sa) => match b {
-            Cond::AnySpan(sb) | Cond::Root(sb) => span_implies(sb, sa),
+            Cond::AnySpan(sb) | Cond::Root(sb) | Cond::EverySpan(sb) => span_implies(sb, sa),
             _ => false,
         },
         Cond::Root(sa) => matches!(b, Cond::Root(sb) if span_implies(sb, sa)),
+        Cond::EverySpan(sa) => matches!(b, Cond::EverySpan(sb) if span_implies(sb, sa)),
         _ => false,
     }
 }
@@ -114,9 +115,10 @@ fn span_implies(b: &SpanCond, a: &SpanCond) -> bool {
 fn same(b: &Cond, a: &Cond) -> bool {
     match (b, a) {
         (Cond::Trace(_, _, lb), Cond::Trace(_, _, la)) => same_text(lb, la),
-        (Cond::AnySpan(sb), Cond::AnySpan(sa)) | (Cond::Root(sb), Cond::Root(sa)) => {
-            span_same(sb, sa)
-        }
+        (Cond::AnySpan(sb), Cond::AnySpan(sa))
+        | (Cond::Root(sb), Cond::Root(sa))
+        | (Cond::EverySpan(sb), Cond::EverySpan(sa)) => span_same(sb, sa),
+        (Cond::Count(_, _, lb), Cond::Count(_, _, la)) => same_text(lb, la),
         (Cond::Not(b), Cond::Not(a)) => same(b, a),
         (Cond::All(bs), Cond::All(as_)) | (Cond::Any(bs), Cond::Any(as_)) => {
             bs.len() == as_.len() && bs.iter().zip(as_).all(|(b, a)| same(b, a))

@@ -517,4 +517,6 @@ impl RuleSet {
 }
 
 #[cfg(test)]
+mod language_tests;
+#[cfg(test)]
 mod tests;

@@ -13,7 +13,10 @@ use crate::otlp::decode::Decoder;
 
 /// Buffers the given (service, spans) messages as one trace and returns its entry's view
 /// evaluated by `f`.
-fn with_trace<R>(messages: Vec<(&str, Vec<Span>)>, f: impl FnOnce(&TraceView<'_>) -> R) -> R {
+pub(super) fn with_trace<R>(
+    messages: Vec<(&str, Vec<Span>)>,
+    f: impl FnOnce(&TraceView<'_>) -> R,
+) -> R {
     let b = Buffer::new(Completion::default());
     let c = DecisionCache::new(10, Duration::from_secs(1));
     let hold = std::sync::Arc::new(OffsetHold {
@@ -39,10 +42,10 @@ fn with_trace<R>(messages: Vec<(&str, Vec<Span>)>, f: impl FnOnce(&TraceView<'_>
     out.unwrap()
 }
 
-const MS: u64 = 1_000_000;
+pub(super) const MS: u64 = 1_000_000;
 
 /// A checkout: gateway root (route, tier), orders child with an int status, payment child.
-fn checkout(
+pub(super) fn checkout(
     t: [u8; 16],
     payment_ms: u64,
     error: bool,
@@ -88,7 +91,7 @@ fn checkout(
     ]
 }
 
-fn cond(expr: &str) -> Cond {
+pub(super) fn cond(expr: &str) -> Cond {
     let text = format!("rules:\n  - name: r\n    conditions: {expr}\n    outcome: keep\n");
     let mut rules = parse_file("t.yaml", &text).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
     rules.remove(0).condition.unwrap()
@@ -263,7 +266,7 @@ fn load_errors_name_file_line_rule_field_and_what_is_accepted() {
         ),
         (
             "  - name: a\n    conditions: {every: [trace.error = true]}\n    outcome: keep\n",
-            "unknown condition group `every`",
+            "is a trace field and cannot be tested on one span inside a span/root/every group",
             3,
         ),
         // Conditions that would silently match everything (or nothing).
@@ -590,7 +593,7 @@ proptest::proptest! {
     }
 }
 
-fn set(text: &str, options: RuleOptions) -> RuleSet {
+pub(super) fn set(text: &str, options: RuleOptions) -> RuleSet {
     let rules = parse_file("t.yaml", text).unwrap_or_else(|e| panic!("{e:?}"));
     RuleSet::with_options(rules, options, "test".into()).unwrap()
 }

@@ -1,0 +1,233 @@
+//! The constructs beyond one comparison: `every:`, `count(...)`, span events, links,
+//! tracestate, trace flags and trace bytes; outcomes that compose, mark, expire and share.
+
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use super::tests::{checkout, cond, with_trace, MS};
+use super::*;
+use crate::otlp::build::*;
+
+/// A checkout whose payment span has a retry event and an exception event, a link, a
+/// tracestate and the sampled flag; the orders span has no event.
+fn eventful(t: [u8; 16]) -> Vec<(&'static str, Vec<Span>)> {
+    let mut msgs = checkout(t, 100, true, "free");
+    let payment = &mut msgs[0].1[0];
+    payment.events = vec![
+        Event {
+            name: "retry".into(),
+            attributes: vec![attr_int("attempt", 2)],
+            ..Event::default()
+        },
+        Event {
+            name: "exception".into(),
+            attributes: vec![attr_str("exception.type", "TimeoutError")],
+            ..Event::default()
+        },
+    ];
+    payment.links = vec![Link {
+        trace_id: trace_id(999).to_vec(),
+        span_id: vec![1; 8],
+        attributes: vec![attr_str("link.kind", "batch")],
+        ..Link::default()
+    }];
+    payment.trace_state = "ot=th:8,vendor=x".into();
+    payment.flags = 0x301;
+    msgs
+}
+
+#[test]
+fn new_fields_match_events_links_tracestate_flags_and_bytes() {
+    let cases: &[(&str, bool)] = &[
+        ("span.event.name = exception", true),
+        ("span.event.name = retry", true),
+        ("span.event.name = rollback", false),
+        ("span.event.name in [rollback, retry]", true),
+        ("span.event.attr.exception.type = TimeoutError", true),
+        ("span.event.attr.attempt >= 2", true),
+        ("span.event.attr.attempt > 2", false),
+        ("span.event.attr.nope exists", false),
+        ("span.event_count = 2", true),
+        ("span.event_count > 2", false),
+        ("span.link_count = 1", true),
+        ("span.link.attr.link.kind = batch", true),
+        ("span.trace_state contains vendor=x", true),
+        ("span.trace_state starts-with 'ot=th:8'", true),
+        ("span.flags = 1", true),
+        ("span.sampled = true", true),
+        ("root.sampled = true", false),
+        ("trace.bytes > 100", true),
+        ("trace.bytes > 100000", false),
+        // One span with both events; an exception on a client span.
+        (
+            "{span: [span.event.name = retry, span.event.name = exception]}",
+            true,
+        ),
+        (
+            "{span: [span.event.name = exception, span.kind = client]}",
+            true,
+        ),
+        (
+            "{span: [span.event.name = exception, span.kind = server]}",
+            false,
+        ),
+        // Negations on a span's events: `!=` is the exact negation of `=` on that span.
+        ("{root: span.event.name != exception}", true),
+        (
+            "{span: [span.service = payment, span.event.name != exception]}",
+            false,
+        ),
+        (
+            "{span: [span.service = payment, \"span.event.name not-in [x, y]\"]}",
+            true,
+        ),
+        (
+            "{span: [span.service = payment, span.event.attr.nope not-exists]}",
+            true,
+        ),
+    ];
+    with_trace(eventful(trace_id(11)), |view| {
+        for (expr, want) in cases {
+            assert_eq!(cond(expr).eval(view), *want, "{expr}");
+        }
+    });
+}
+
+#[test]
+fn every_holds_when_all_spans_satisfy_and_count_counts_matching_spans() {
+    let cases: &[(&str, bool)] = &[
+        ("{every: span.duration < 1s}", true),
+        ("{every: span.service = payment}", false),
+        (
+            "{every: [\"span.kind in [server, client]\", span.status != ok]}",
+            true,
+        ),
+        ("{not: {every: span.status = unset}}", true),
+        ("count(span.service = payment) = 1", true),
+        ("count(span.kind = server) = 2", true),
+        ("count(span.kind = server) > 2", false),
+        ("count(span.kind = server, span.service = orders) = 1", true),
+        (
+            "'count(span: [span.kind = server, span.service in [orders, gateway]]) >= 2'",
+            true,
+        ),
+        ("count(span.attr.nope exists) = 0", true),
+        (
+            "count(span.name matches 'POST /(orders|payments)') != 2",
+            false,
+        ),
+    ];
+    with_trace(checkout(trace_id(12), 100, true, "free"), |view| {
+        for (expr, want) in cases {
+            assert_eq!(cond(expr).eval(view), *want, "{expr}");
+        }
+    });
+}
+
+#[test]
+fn new_constructs_get_errors_as_good_as_the_old_ones() {
+    // (rule body, expected message part, line of the mistake: line 1 is `rules:`).
+    let cases: &[(&str, &str, usize)] = &[
+        (
+            "  - name: a\n    conditions: span.evnt.name = x\n    outcome: keep\n",
+            "unknown field `span.evnt.name`, did you mean `span.event.name`?",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: span.event_count > many\n    outcome: keep\n",
+            "`>` takes a number, got the string `many`",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: span.sampled = yes\n    outcome: keep\n",
+            "expected true or false",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: count(span.service = db > 3\n    outcome: keep\n",
+            "unbalanced parentheses; expected `count(SPAN CONDITIONS) OPERATOR N`",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: count(span.service = db)\n    outcome: keep\n",
+            "the count is compared with a number",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: count(span.service = db) > lots\n    outcome: keep\n",
+            "`>` takes a number, got the string `lots`",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: count(span.service = db) matches x\n    outcome: keep\n",
+            "a count compares with a number: unknown operator `matches`",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: count(span.srvice = db) > 3\n    outcome: keep\n",
+            "did you mean `span.service`?",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: count(trace.error = true) > 3\n    outcome: keep\n",
+            "is a trace field and cannot be tested on one span",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions: count() > 3\n    outcome: keep\n",
+            "an empty list of conditions",
+            3,
+        ),
+        (
+            "  - name: a\n    conditions:\n      - trace.error = true\n      - every: []\n    outcome: keep\n",
+            "an empty list of conditions",
+            5,
+        ),
+        (
+            "  - name: a\n    conditions:\n      span:\n        every: [span.kind = client]\n    outcome: keep\n",
+            "`every` groups cannot nest inside a span/root/every group",
+            5,
+        ),
+        (
+            "  - name: a\n    conditions: {evry: [span.kind = client]}\n    outcome: keep\n",
+            "unknown condition group `evry`, did you mean `every`?",
+            3,
+        ),
+        (
+            "  - name: a\n    outcome: throughput\n    traces_per_second: 1\n    keys: [root.event.name]\n",
+            "has one value per event or link, but a key needs one value per trace",
+            5,
+        ),
+    ];
+    for (body, want, line) in cases {
+        let text = format!("rules:\n{body}");
+        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
+        let msg = RulesError(errs.clone()).to_string();
+        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        assert!(
+            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
+            "{msg} should be at line {line}"
+        );
+    }
+}
+
+#[test]
+fn explain_shows_every_count_and_the_values_of_events() {
+    let rules = super::tests::set(
+        "rules:\n  - name: many-servers\n    conditions: count(span.kind = server) > 5\n    outcome: keep\n  - name: all-fast\n    conditions: {every: span.duration < 50ms}\n    outcome: keep\n  - name: exception\n    conditions: {span: [span.event.name = exception, span.kind = client]}\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
+        RuleOptions::default(),
+    );
+    let text = with_trace(eventful(trace_id(13)), |v| explain::explain(&rules, v, 0));
+    for want in [
+        "✗ count(span.kind = server) > 5   (is 2, of 3 spans)",
+        "  ✓ span.kind = server   (on 2 of 3 spans)",
+        "✗ every: 3 of 3 spans do not; the first, `POST /payments`:",
+        "✗ span.duration < 50ms   (is 100.000ms)",
+        "✓ span: one span satisfies every condition: `POST /payments`",
+        "✓ span.event.name = exception   (is each of [\"retry\", \"exception\"])",
+        "=> matched: KEEP",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    let _ = MS;
+}
