@@ -329,7 +329,7 @@ fn explain_honours_after_as_test_does() {
     let cases = dir.path().join("cases.yaml");
     std::fs::write(
         &cases,
-        "cases:\n  - name: the third explosion in a second\n    after: 2\n    expect: { rule: span-explosion-drop }\n    spans:\n      - { name: batch, count: 2100 }\n",
+        "cases:\n  - name: the third explosion in a second\n    trace_id: 4bf92f3577b34da6a3ffffffffffffff\n    after: 2\n    expect: { rule: span-explosion-drop }\n    spans:\n      - { name: batch, count: 2100 }\n",
     )
     .expect("write");
     let out = tailsift(&["rules", "test", "rules", &cases.display().to_string()]);
@@ -339,7 +339,7 @@ fn explain_honours_after_as_test_does() {
     assert!(out.status.success(), "{t}");
     assert!(
         t.contains("rule `span-explosion-sample`")
-            && t.contains("=> conditions held, but over the rate limit: next rule"),
+            && t.contains("=> conditions held and the sample picked it, but over max_traces_per_second: next rule"),
         "{t}"
     );
     assert!(t.contains("rule `span-explosion-drop`"), "{t}");

@@ -562,12 +562,7 @@ fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String
                 explain::rule(w, t, 1, &mut why);
             }
         }
-        let _ = writeln!(
-            why,
-            "rule `{}` matched ({}):",
-            rule.name,
-            rule.outcome.describe()
-        );
+        let _ = writeln!(why, "rule `{}` matched ({}):", rule.name, rule.describe());
         explain::rule(rule, t, 1, &mut why);
         Some(why)
     })

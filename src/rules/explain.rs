@@ -307,7 +307,7 @@ pub fn explain(set: &RuleSet, t: &TraceView<'_>, after: u32) -> String {
             r.name,
             r.file,
             r.line,
-            r.outcome.describe()
+            r.describe()
         );
         let held = rule(r, t, 1, &mut out);
         if i == verdict.rule {
@@ -327,7 +327,12 @@ pub fn explain(set: &RuleSet, t: &TraceView<'_>, after: u32) -> String {
             );
             break;
         }
-        if held {
+        if held && r.max_per_second.is_some() {
+            let _ = writeln!(
+                out,
+                "  => conditions held and the sample picked it, but over max_traces_per_second: next rule"
+            );
+        } else if held {
             let _ = writeln!(
                 out,
                 "  => conditions held, but over the rate limit: next rule"

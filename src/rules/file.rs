@@ -9,7 +9,7 @@ use super::expr::{self, unknown};
 use super::yaml::{self, Kind, Node};
 use super::{Outcome, Rule, RuleError, ThroughputSpec};
 
-const RULE_KEYS: [&str; 9] = [
+const RULE_KEYS: [&str; 10] = [
     "name",
     "description",
     "conditions",
@@ -19,15 +19,22 @@ const RULE_KEYS: [&str; 9] = [
     "keys",
     "window",
     "max_keys",
+    "max_traces_per_second",
 ];
 const OUTCOMES: [&str; 4] = ["keep", "drop", "rate_limit", "throughput"];
 
 /// The keys each outcome takes besides name, description, conditions and outcome.
 fn extras(outcome: &str) -> &'static [&'static str] {
     match outcome {
-        "keep" => &["sample_rate"],
+        "keep" => &["sample_rate", "max_traces_per_second"],
         "rate_limit" => &["traces_per_second"],
-        "throughput" => &["traces_per_second", "keys", "window", "max_keys"],
+        "throughput" => &[
+            "traces_per_second",
+            "keys",
+            "window",
+            "max_keys",
+            "max_traces_per_second",
+        ],
         _ => &[],
     }
 }
@@ -228,6 +235,11 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             None
         }
     };
+    let max_per_second = num(
+        &mut err,
+        "max_traces_per_second",
+        "a number of kept traces per second",
+    );
     if err.out.len() > before {
         return None;
     }
@@ -239,6 +251,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         file: file.to_string(),
         line: v.line,
         warnings,
+        max_per_second,
     })
 }
 
@@ -601,6 +614,16 @@ pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
             message: "the default rule cannot be a rate_limit: traces over the limit fall \
                           through to the next rule, and there is none; use keep, drop or \
                           throughput"
+                .into(),
+        }),
+        Some(last) if last.max_per_second.is_some() => errors.push(RuleError {
+            file: last.file.clone(),
+            line: last.line,
+            rule: format!("`{}`", last.name),
+            field: "max_traces_per_second".into(),
+            message: "the default rule cannot have `max_traces_per_second`: traces over it fall \
+                      through to the next rule, and there is none; put the capped rule before \
+                      a default that says what happens to the rest"
                 .into(),
         }),
         Some(_) => {}

@@ -5,6 +5,10 @@ use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::tests::{checkout, cond, with_trace, MS};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use super::*;
 use crate::otlp::build::*;
 
@@ -230,4 +234,127 @@ fn explain_shows_every_count_and_the_values_of_events() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
     let _ = MS;
+}
+
+const CAPPED: &str = "rules:
+  - name: capped
+    outcome: keep
+    sample_rate: 2
+    max_traces_per_second: 5
+    conditions: trace.span_count > 0
+  - name: rest
+    outcome: drop
+";
+
+#[test]
+fn a_capped_sample_keeps_one_in_n_and_at_most_m_per_second_the_excess_falls_through() {
+    let set = super::tests::set(CAPPED, RuleOptions::default());
+    let t0 = Instant::now();
+    let (mut kept, mut left_out, mut over_cap) = (0, 0, 0);
+    // 10 s at 100 traces per second: about 500 picked by the 1-in-2 sample.
+    for i in 0..1000u64 {
+        let now = t0 + Duration::from_millis(10 * i);
+        let v = with_trace(checkout(trace_id(i + 1), 10, false, "free"), |view| {
+            (set.verdict(view, now), set.sampled(&view.id, 2))
+        });
+        match v {
+            (
+                Verdict {
+                    rule: 0,
+                    keep: true,
+                    sample_rate: 2,
+                },
+                true,
+            ) => kept += 1,
+            (
+                Verdict {
+                    rule: 0,
+                    keep: false,
+                    ..
+                },
+                false,
+            ) => left_out += 1,
+            (
+                Verdict {
+                    rule: 1,
+                    keep: false,
+                    ..
+                },
+                true,
+            ) => over_cap += 1,
+            other => panic!("trace {i}: {other:?}"),
+        }
+    }
+    // 5 per second for 10 s and a burst of one second's worth.
+    assert!((50..=56).contains(&kept), "kept {kept}");
+    assert!((400..=600).contains(&left_out), "left out {left_out}");
+    assert_eq!(kept + left_out + over_cap, 1000);
+}
+
+#[test]
+fn a_capped_rule_shadows_nothing_and_cannot_be_the_default() {
+    let rules = parse_file(
+        "t.yaml",
+        "rules:
+  - name: capped
+    conditions: trace.span_count > 2000
+    outcome: keep
+    max_traces_per_second: 1
+  - name: rest-of-them
+    conditions: trace.span_count > 2000
+    outcome: drop
+  - name: default
+    outcome: keep
+",
+    )
+    .expect("parses");
+    assert!(lint::lint(&rules).is_empty(), "{:?}", lint::lint(&rules));
+    let last = parse_file(
+        "t.yaml",
+        "rules:\n  - name: d\n    outcome: throughput\n    traces_per_second: 1\n    keys: [root.service]\n    max_traces_per_second: 1\n",
+    )
+    .expect("parses");
+    let errs = check_set(&last, std::path::Path::new("t"));
+    assert!(
+        errs[0].to_string().contains(
+            "t.yaml:2: rule `d`: max_traces_per_second: the default rule cannot have `max_traces_per_second`"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn composition_errors_name_the_key_and_what_is_accepted() {
+    let cases: &[(&str, &str, usize)] = &[
+        (
+            "  - name: a\n    outcome: keep\n    max_traces_per_second: 0\n",
+            "max_traces_per_second: expected a number of kept traces per second greater than 0, got `0`",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    max_traces_per_second: lots\n",
+            "expected a number of kept traces per second greater than 0, got `lots`",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: drop\n    max_traces_per_second: 1\n",
+            "`max_traces_per_second` applies to `outcome: keep` or `outcome: throughput` only; this rule's outcome is `drop`",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    max_trace_per_second: 1\n",
+            "unknown key `max_trace_per_second`, did you mean `max_traces_per_second`?",
+            4,
+        ),
+    ];
+    for (body, want, line) in cases {
+        let text = format!("rules:\n{body}");
+        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
+        let msg = RulesError(errs.clone()).to_string();
+        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        assert!(
+            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
+            "{msg} should be at line {line}"
+        );
+    }
 }

@@ -142,13 +142,24 @@ pub struct Rule {
     pub line: usize,
     /// What `rules check` warns about in this rule alone (see [`lint`] for the whole set).
     pub warnings: Vec<RuleError>,
+    /// `max_traces_per_second`: at most this many of the traces the outcome keeps, per
+    /// second; the ones over it fall through to the next rule, as a rate limit's do.
+    pub max_per_second: Option<f64>,
 }
 
 impl Rule {
     /// Whether the rule decides every trace its conditions match (no trace falls through to
     /// the next rule): what makes the rules after it that it covers unreachable.
     pub fn always_decides(&self) -> bool {
-        !matches!(self.outcome, Outcome::RateLimit { .. })
+        !matches!(self.outcome, Outcome::RateLimit { .. }) && self.max_per_second.is_none()
+    }
+
+    /// How `rules explain` and test failures name what the rule does.
+    pub fn describe(&self) -> String {
+        match self.max_per_second {
+            None => self.outcome.describe(),
+            Some(m) => format!("{}, at most {m}/s", self.outcome.describe()),
+        }
     }
 }
 
@@ -266,8 +277,9 @@ impl RuleState {
     fn new(rule: &Rule) -> Self {
         RuleState {
             counts: Counts::default(),
-            limiter: match rule.outcome {
-                Outcome::RateLimit { per_second } => Some(RateLimiter::new(per_second)),
+            limiter: match (&rule.outcome, rule.max_per_second) {
+                (Outcome::RateLimit { per_second }, _) => Some(RateLimiter::new(*per_second)),
+                (_, Some(max)) => Some(RateLimiter::new(max)),
                 _ => None,
             },
             throughput: match &rule.outcome {
@@ -468,6 +480,14 @@ impl RuleSet {
                     (self.sampled(&trace.id, rate), rate)
                 }
             };
+            if keep && rule.max_per_second.is_some() {
+                let allowed = state.limiter.as_ref().is_some_and(|l| l.try_take(now));
+                if !allowed {
+                    // Over `max_traces_per_second`: the next rule decides, as for a rate
+                    // limit. The traces the sample left out are dropped here.
+                    continue;
+                }
+            }
             return Verdict {
                 rule: i,
                 keep,
