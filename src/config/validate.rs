@@ -360,6 +360,7 @@ impl Config {
                     RulesMode::Shadow => Mode::Shadow,
                 },
                 marking: self.rules.marking.as_ref().map(|m| m.marking()),
+                share: Default::default(),
             },
             decision_log: log_topics(&self.kafka),
             decision_cache_bytes: match dc.max_entries {

@@ -11,32 +11,46 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::ThroughputSpec;
+use super::{Share, ThroughputSpec};
 
-/// A token bucket: at most `per_second` traces per second, with a burst of one second's worth.
+/// A token bucket: at most `per_second` traces per second (the fleet's, times this instance's
+/// [`Share`]), with a burst of one second's worth (at least one trace).
 #[derive(Debug)]
 pub struct RateLimiter {
     per_second: f64,
-    /// (tokens left, when last refilled).
+    share: Share,
+    /// (tokens left, when last refilled; `None` before the first trace).
     state: Mutex<(f64, Option<Instant>)>,
 }
 
 impl RateLimiter {
+    /// A limiter of the whole `per_second` (a share of 1).
     pub fn new(per_second: f64) -> Self {
+        Self::shared(per_second, Share::default())
+    }
+
+    /// A limiter of this instance's `share` of a fleet-wide `per_second`, read at each trace.
+    pub fn shared(per_second: f64, share: Share) -> Self {
         RateLimiter {
             per_second,
-            state: Mutex::new((per_second.max(1.0), None)),
+            share,
+            state: Mutex::new((0.0, None)),
         }
     }
 
     /// Takes one trace's token if there is one.
     pub fn try_take(&self, now: Instant) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let burst = self.per_second.max(1.0);
-        if let Some(last) = s.1 {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            s.0 = (s.0 + dt * self.per_second).min(burst);
-        }
+        let per_second = self.per_second * self.share.fraction();
+        let burst = per_second.max(1.0);
+        s.0 = match s.1 {
+            // The first trace finds a full bucket.
+            None => burst,
+            Some(last) => {
+                let dt = now.saturating_duration_since(last).as_secs_f64();
+                (s.0 + dt * per_second).min(burst)
+            }
+        };
         s.1 = Some(now);
         if s.0 >= 1.0 {
             s.0 -= 1.0;
@@ -70,6 +84,7 @@ pub const OVERFLOW_KEY: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct Throughput {
     per_second: f64,
+    share: Share,
     window: Duration,
     max_keys: usize,
     table: Mutex<Table>,
@@ -79,9 +94,16 @@ pub struct Throughput {
 const EMA_WEIGHT: f64 = 0.5;
 
 impl Throughput {
+    /// A sampler aiming at the whole `spec.per_second` per key (a share of 1).
     pub fn new(spec: &ThroughputSpec) -> Self {
+        Self::shared(spec, Share::default())
+    }
+
+    /// A sampler aiming at this instance's `share` of a fleet-wide target per key.
+    pub fn shared(spec: &ThroughputSpec, share: Share) -> Self {
         Throughput {
             per_second: spec.per_second,
+            share,
             window: spec.window,
             max_keys: spec.max_keys,
             table: Mutex::new(Table {
@@ -129,7 +151,9 @@ impl Throughput {
             Some(e) => e.max(k.count as f64),
             None => k.count as f64 * window / since.as_secs_f64().clamp(1.0, window),
         };
-        let rate = (per_window / (self.per_second * window)).round();
+        // An instance that owns no partition sees no traffic; a floor keeps the rate finite.
+        let target = (self.per_second * self.share.fraction()).max(1e-9);
+        let rate = (per_window / (target * window)).round();
         rate.clamp(1.0, f64::from(u32::MAX)) as u32
     }
 

@@ -209,7 +209,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
                     v.line,
                     "traces_per_second",
                     "`outcome: rate_limit` needs `traces_per_second: N` (traces kept per second \
-                     by each instance)",
+                     by the whole fleet)",
                 );
                 None
             }

@@ -358,3 +358,113 @@ fn composition_errors_name_the_key_and_what_is_accepted() {
         );
     }
 }
+
+const FLEET: &str = "rules:
+  - name: limited
+    conditions: trace.span_count > 0
+    outcome: rate_limit
+    traces_per_second: 30
+  - name: rest
+    outcome: drop
+";
+
+/// One instance of a fleet: its rule set (and so its share handle).
+fn instance(text: &str) -> RuleSet {
+    super::tests::set(text, RuleOptions::default())
+}
+
+/// Offers the fleet 300 traces per second for `secs` seconds of paused time, each trace to
+/// the instance owning its partition (`owners[trace % partitions]`), and returns how many
+/// traces per second the fleet kept.
+async fn fleet_rate(fleet: &[RuleSet], owners: &[usize], secs: u64) -> f64 {
+    let views: Vec<_> = (0..30u64)
+        .map(|i| checkout(trace_id(i + 1), 10, false, "free"))
+        .collect();
+    let mut kept = 0u64;
+    for tick in 0..secs * 300 {
+        tokio::time::advance(Duration::from_micros(3_333)).await;
+        let now = Instant::now();
+        let owner = owners[(tick as usize) % owners.len()];
+        let msgs = views[(tick % 30) as usize].clone();
+        kept += with_trace(msgs, |v| u64::from(fleet[owner].verdict(v, now).keep));
+    }
+    kept as f64 / secs as f64
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_keeps_the_same_total_rate_as_instances_join_and_leave() {
+    let fleet: Vec<RuleSet> = (0..3).map(|_| instance(FLEET)).collect();
+    // Six partitions. One instance owns them all.
+    fleet[0].set_share(6, 6);
+    let alone = fleet_rate(&fleet, &[0; 6], 20).await;
+    // Two join: two partitions each.
+    for f in &fleet {
+        f.set_share(2, 6);
+    }
+    let three = fleet_rate(&fleet, &[0, 0, 1, 1, 2, 2], 20).await;
+    // One leaves: its partitions go to the others, three each.
+    fleet[0].set_share(3, 6);
+    fleet[1].set_share(3, 6);
+    fleet[2].set_share(0, 6);
+    let two = fleet_rate(&fleet, &[0, 0, 0, 1, 1, 1], 20).await;
+    for (what, rate) in [("alone", alone), ("three", three), ("two", two)] {
+        // 30/s, and the first second's burst of each instance spread over 20 s.
+        assert!((29.0..=33.0).contains(&rate), "{what}: {rate}/s");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_share_survives_a_reload_and_scales_caps_and_throughput_targets() {
+    let options = RuleOptions::default();
+    let rules = parse_file("t.yaml", FLEET).expect("rules");
+    let old = RuleSet::with_options(rules.clone(), options.clone(), "1".into()).expect("set");
+    old.set_share(1, 3);
+    // A reload builds a new set from the same options: it reads the same share.
+    let new = RuleSet::with_options(rules, options.clone(), "2".into()).expect("set");
+    assert_eq!(new.share().fraction(), 1.0 / 3.0);
+    let rate = fleet_rate(std::slice::from_ref(&new), &[0], 20).await;
+    assert!((9.5..=11.5).contains(&rate), "a third of 30/s: {rate}/s");
+    // A rebalance after the reload reaches the set in use.
+    options.share.set(2, 3);
+    assert_eq!(new.share().fraction(), 2.0 / 3.0);
+
+    // A cap and a throughput target scale the same way.
+    let capped = instance(
+        "rules:\n  - name: c\n    conditions: trace.span_count > 0\n    outcome: keep\n    max_traces_per_second: 30\n  - name: rest\n    outcome: drop\n",
+    );
+    capped.set_share(1, 2);
+    let rate = fleet_rate(std::slice::from_ref(&capped), &[0], 20).await;
+    assert!((14.5..=16.5).contains(&rate), "half of 30/s: {rate}/s");
+    let target = instance(
+        "rules:\n  - name: t\n    outcome: throughput\n    traces_per_second: 30\n    keys: [root.service]\n    window: 5s\n",
+    );
+    target.set_share(1, 3);
+    let t0 = Instant::now();
+    let spec_rate = with_trace(checkout(trace_id(1), 10, false, "free"), |v| {
+        // 300 traces/s of one key for two windows: a third of 30/s is 1 in 30.
+        let mut last = 0;
+        for i in 0..3000u64 {
+            last = target
+                .verdict(v, t0 + Duration::from_micros(3_333 * i))
+                .sample_rate;
+        }
+        last
+    });
+    assert_eq!(spec_rate, 30);
+}
+
+#[test]
+fn a_share_is_owned_over_total_and_whole_when_the_total_is_unknown() {
+    let s = Share::default();
+    assert_eq!(s.fraction(), 1.0, "a lone instance takes the whole budget");
+    for (owned, total, want) in [
+        (2, 6, 1.0 / 3.0),
+        (0, 6, 0.0),
+        (6, 6, 1.0),
+        (7, 6, 1.0),
+        (0, 0, 1.0),
+    ] {
+        s.set(owned, total);
+        assert_eq!(s.fraction(), want, "{owned} of {total}");
+    }
+}

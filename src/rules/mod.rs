@@ -11,6 +11,7 @@
 //! - `explain`: which conditions held, rule by rule (`tailsift rules explain`, test failures).
 //! - `cases`: trace cases with expected outcomes (`tailsift rules test`).
 //! - `reload`: watch the rules directory (and SIGHUP), swap valid changes in atomically.
+//! - `share`: this instance's share of the fleet's budgets, set on every rebalance.
 //!
 //! A rule is a name, optional conditions and an outcome: `keep` (with a sample rate), `drop`,
 //! `rate_limit` or `throughput`. The last rule must have no conditions: it is the default.
@@ -25,6 +26,7 @@ mod field;
 mod file;
 mod lint;
 pub mod reload;
+mod share;
 mod yaml;
 
 use std::fmt;
@@ -42,6 +44,7 @@ pub use file::{
     check_set, load_dir, parse_file, parse_files, read_dir, rule_files, skipped_files, version,
     ReadFile,
 };
+pub use share::Share;
 
 use crate::buffer::TraceEntry;
 use crate::decision::Decision;
@@ -91,7 +94,7 @@ impl fmt::Display for RulesError {
 /// A throughput rule's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThroughputSpec {
-    /// Target traces per second per key (per instance).
+    /// Target traces per second per key, for the whole fleet (see [`Share`]).
     pub per_second: f64,
     /// The fields whose values make a trace's key.
     pub keys: Vec<KeyField>,
@@ -108,8 +111,8 @@ pub enum Outcome {
         sample_rate: u32,
     },
     Drop,
-    /// Keep at most `per_second` matching traces per second on this instance; the rest fall
-    /// through to the next rule.
+    /// Keep at most `per_second` matching traces per second across the fleet (this instance
+    /// takes its [`Share`]); the rest fall through to the next rule.
     RateLimit {
         per_second: f64,
     },
@@ -247,6 +250,9 @@ pub struct RuleOptions {
     pub mode: Mode,
     /// How kept spans are marked; `None` forwards them byte for byte.
     pub marking: Option<Marking>,
+    /// This instance's share of the fleet's budgets: one handle for every set built from
+    /// these options (reloads included), set on each rebalance.
+    pub share: Share,
 }
 
 /// Per-rule counts since the last flush, added per decision and flushed per decider tick.
@@ -274,16 +280,18 @@ struct RuleState {
 }
 
 impl RuleState {
-    fn new(rule: &Rule) -> Self {
+    fn new(rule: &Rule, share: &Share) -> Self {
         RuleState {
             counts: Counts::default(),
             limiter: match (&rule.outcome, rule.max_per_second) {
-                (Outcome::RateLimit { per_second }, _) => Some(RateLimiter::new(*per_second)),
-                (_, Some(max)) => Some(RateLimiter::new(max)),
+                (Outcome::RateLimit { per_second }, _) => {
+                    Some(RateLimiter::shared(*per_second, share.clone()))
+                }
+                (_, Some(max)) => Some(RateLimiter::shared(max, share.clone())),
                 _ => None,
             },
             throughput: match &rule.outcome {
-                Outcome::Throughput(spec) => Some(Throughput::new(spec)),
+                Outcome::Throughput(spec) => Some(Throughput::shared(spec, share.clone())),
                 _ => None,
             },
         }
@@ -316,7 +324,11 @@ impl Clone for RuleSet {
     fn clone(&self) -> Self {
         RuleSet {
             rules: self.rules.clone(),
-            state: self.rules.iter().map(RuleState::new).collect(),
+            state: self
+                .rules
+                .iter()
+                .map(|r| RuleState::new(r, &self.options.share))
+                .collect(),
             salt: self.salt,
             options: self.options.clone(),
             version: self.version.clone(),
@@ -365,7 +377,10 @@ impl RuleSet {
 
     fn checked(rules: Vec<Rule>, options: RuleOptions, version: String) -> Self {
         RuleSet {
-            state: rules.iter().map(RuleState::new).collect(),
+            state: rules
+                .iter()
+                .map(|r| RuleState::new(r, &options.share))
+                .collect(),
             rules,
             salt: options
                 .salt
@@ -387,6 +402,18 @@ impl RuleSet {
     /// A hash of the rule files' names and contents.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// This instance's share of the fleet's budgets (the handle of the options: setting it
+    /// reaches this set and every set reloaded from the same options).
+    pub fn share(&self) -> &Share {
+        &self.options.share
+    }
+
+    /// Sets this instance's share of the fleet's budgets to `owned` of `total` input
+    /// partitions (see [`Share::set`]); every set built from the same options sees it.
+    pub fn set_share(&self, owned: usize, total: usize) {
+        self.options.share.set(owned, total);
     }
 
     /// The marking of kept spans, if configured.
