@@ -397,3 +397,22 @@ fn a_duplicate_rule_name_points_at_the_first_definition() {
         "{t}"
     );
 }
+
+#[test]
+fn test_checks_the_marks_a_rule_adds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        "cases:\n  - name: wrong reason\n    trace_id: 4bf92f3577b34da6a3ffffffffffffff\n    expect: { marks: { sampling.reason: loop } }\n    spans:\n      - { name: batch, count: 2100 }\n",
+    )
+    .expect("write");
+    let out = tailsift(&["rules", "test", "rules", &cases.display().to_string()]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("expected: marks {sampling.reason: \"loop\"}")
+            && t.contains("got:      rule `span-explosion-sample`, keep, sample rate 10, marks {sampling.reason: \"span-explosion\"}"),
+        "{t}"
+    );
+}

@@ -182,6 +182,24 @@ impl Marking {
 }
 
 impl Marks {
+    /// Marks that append `attrs`, encoded `Span.attributes` fields whose keys are `keys`
+    /// (a span's own attributes of those keys are replaced), and leave the tracestate alone:
+    /// a rule's own marks (`rules::marks`).
+    pub fn from_attributes(attrs: Vec<u8>, keys: Vec<Vec<u8>>) -> Self {
+        Marks {
+            attrs,
+            keys,
+            threshold: None,
+        }
+    }
+
+    /// These marks followed by `more`'s attributes (a rule's marks after the configured ones).
+    pub fn and(mut self, more: &Marks) -> Self {
+        self.attrs.extend_from_slice(&more.attrs);
+        self.keys.extend(more.keys.iter().cloned());
+        self
+    }
+
     /// Appends the marked copy of `spans` — a run of `ScopeSpans.spans` fields, each with its
     /// tag and length — to `out`. A span that does not parse is copied unchanged.
     pub fn mark_spans(&self, spans: &[u8], out: &mut Vec<u8>) {

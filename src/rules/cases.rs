@@ -81,6 +81,10 @@ pub struct Expect {
     pub outcome: Option<Expected>,
     #[serde(default)]
     pub sample_rate: Option<u32>,
+    /// The marks the deciding rule adds to the kept trace's spans (`{}`: none, as for a
+    /// dropped trace).
+    #[serde(default)]
+    pub marks: Option<BTreeMap<String, AttrValue>>,
 }
 
 /// A span in the compact form. Only `name` is required.
@@ -511,23 +515,60 @@ fn expectation(e: &Expect) -> String {
     if let Some(n) = e.sample_rate {
         parts.push(format!("sample rate {n}"));
     }
+    if let Some(m) = &e.marks {
+        parts.push(format!("marks {}", show_marks(m)));
+    }
     parts.join(", ")
+}
+
+/// The marks a verdict adds to the trace's spans: its rule's, when it keeps.
+fn marks_of(set: &RuleSet, v: &Verdict) -> BTreeMap<String, AttrValue> {
+    if !v.keep {
+        return BTreeMap::new();
+    }
+    set.rules()[v.rule]
+        .marks
+        .iter()
+        .map(|(k, m)| {
+            let a = match m {
+                super::MarkValue::Str(s) => AttrValue::Str(s.clone()),
+                super::MarkValue::Int(n) => AttrValue::Int(*n),
+                super::MarkValue::Double(d) => AttrValue::Double(*d),
+                super::MarkValue::Bool(b) => AttrValue::Bool(*b),
+            };
+            (k.clone(), a)
+        })
+        .collect()
+}
+
+fn show_marks(m: &BTreeMap<String, AttrValue>) -> String {
+    let parts: Vec<String> = m
+        .iter()
+        .map(|(k, v)| match v {
+            AttrValue::Str(s) => format!("{k}: {s:?}"),
+            AttrValue::Bool(b) => format!("{k}: {b}"),
+            AttrValue::Int(n) => format!("{k}: {n}"),
+            AttrValue::Double(d) => format!("{k}: {d}"),
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
 }
 
 fn got(set: &RuleSet, v: &Verdict) -> String {
     format!(
-        "rule `{}`, {}, sample rate {}",
+        "rule `{}`, {}, sample rate {}, marks {}",
         set.rules()[v.rule].name,
         if v.keep { "keep" } else { "drop" },
-        v.sample_rate
+        v.sample_rate,
+        show_marks(&marks_of(set, v))
     )
 }
 
 /// Runs one case; `Ok(None)` when it passes, `Ok(Some(why))` when it fails.
 fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String>, String> {
     let e = &case.expect;
-    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() {
-        return Err("`expect` needs at least one of rule, outcome, sample_rate".into());
+    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() && e.marks.is_none() {
+        return Err("`expect` needs at least one of rule, outcome, sample_rate, marks".into());
     }
     if let Some(r) = &e.rule {
         if !set.rules().iter().any(|x| &*x.name == r) {
@@ -539,7 +580,8 @@ fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String
         let rule = &set.rules()[v.rule];
         let ok = e.rule.as_deref().is_none_or(|r| r == &*rule.name)
             && e.outcome.is_none_or(|o| (o == Expected::Keep) == v.keep)
-            && e.sample_rate.is_none_or(|n| n == v.sample_rate);
+            && e.sample_rate.is_none_or(|n| n == v.sample_rate)
+            && e.marks.as_ref().is_none_or(|m| *m == marks_of(set, &v));
         if ok {
             return None;
         }

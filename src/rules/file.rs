@@ -9,7 +9,7 @@ use super::expr::{self, unknown};
 use super::yaml::{self, Kind, Node};
 use super::{Outcome, Rule, RuleError, ThroughputSpec};
 
-const RULE_KEYS: [&str; 10] = [
+const RULE_KEYS: [&str; 11] = [
     "name",
     "description",
     "conditions",
@@ -20,20 +20,22 @@ const RULE_KEYS: [&str; 10] = [
     "window",
     "max_keys",
     "max_traces_per_second",
+    "marks",
 ];
 const OUTCOMES: [&str; 4] = ["keep", "drop", "rate_limit", "throughput"];
 
 /// The keys each outcome takes besides name, description, conditions and outcome.
 fn extras(outcome: &str) -> &'static [&'static str] {
     match outcome {
-        "keep" => &["sample_rate", "max_traces_per_second"],
-        "rate_limit" => &["traces_per_second"],
+        "keep" => &["sample_rate", "max_traces_per_second", "marks"],
+        "rate_limit" => &["traces_per_second", "marks"],
         "throughput" => &[
             "traces_per_second",
             "keys",
             "window",
             "max_keys",
             "max_traces_per_second",
+            "marks",
         ],
         _ => &[],
     }
@@ -240,6 +242,16 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         "max_traces_per_second",
         "a number of kept traces per second",
     );
+    let marks = match v.get("marks").map(super::marks::parse) {
+        None => Vec::new(),
+        Some(Ok(m)) => m,
+        Some(Err(es)) => {
+            for (line, e) in es {
+                err.push(line, "marks", e);
+            }
+            Vec::new()
+        }
+    };
     if err.out.len() > before {
         return None;
     }
@@ -252,6 +264,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         line: v.line,
         warnings,
         max_per_second,
+        marks,
     })
 }
 

@@ -468,3 +468,165 @@ fn a_share_is_owned_over_total_and_whole_when_the_total_is_unknown() {
         assert_eq!(s.fraction(), want, "{owned} of {total}");
     }
 }
+
+const MARKED: &str = "rules:
+  - name: span-explosion
+    conditions: trace.span_count > 2
+    outcome: keep
+    marks: { sampling.reason: span-explosion, sampling.budget: 2, sampling.capped: true, sampling.share: 0.5 }
+  - name: rest
+    outcome: drop
+";
+
+/// The attributes of the spans of `spans` (a run of `ScopeSpans.spans` fields) once marked.
+fn marked_attributes(marks: &crate::otlp::mark::Marks) -> Vec<(String, any_value::Value)> {
+    use prost::Message;
+    let span = Span {
+        name: "op".into(),
+        attributes: vec![attr_str("sampling.reason", "upstream"), attr_str("k", "v")],
+        ..Span::default()
+    };
+    let mut spans = Vec::new();
+    crate::otlp::wire::put_len_prefix(&mut spans, 2, span.encoded_len());
+    span.encode(&mut spans).expect("encode");
+    let mut out = Vec::new();
+    marks.mark_spans(&spans, &mut out);
+    let mut fields = crate::otlp::wire::Fields::new(&out);
+    let bytes = fields
+        .next()
+        .and_then(Result::ok)
+        .and_then(|f| f.value.as_bytes());
+    let span = Span::decode(bytes.expect("one span")).expect("decodes");
+    span.attributes
+        .into_iter()
+        .map(|kv| (kv.key, kv.value.and_then(|v| v.value).expect("value")))
+        .collect()
+}
+
+use opentelemetry_proto::tonic::common::v1::any_value;
+
+#[test]
+fn a_rule_marks_the_spans_it_keeps_after_the_configured_marks() {
+    use any_value::Value as V;
+    let set = super::tests::set(MARKED, RuleOptions::default());
+    let keep = crate::decision::Decision::Keep {
+        rule: "span-explosion".into(),
+        sample_rate: 1,
+    };
+    let own = set.rule_marks(&keep).expect("the rule's marks");
+    let attrs = marked_attributes(own);
+    assert_eq!(
+        attrs,
+        vec![
+            ("k".into(), V::StringValue("v".into())),
+            (
+                "sampling.reason".into(),
+                V::StringValue("span-explosion".into())
+            ),
+            ("sampling.budget".into(), V::IntValue(2)),
+            ("sampling.capped".into(), V::BoolValue(true)),
+            ("sampling.share".into(), V::DoubleValue(0.5)),
+        ],
+        "the span's own sampling.reason is replaced, the others kept"
+    );
+    // After the configured marking, as the forwarder appends them.
+    let marking = crate::otlp::mark::Marking {
+        rule_attribute: Some("tailsift.rule".into()),
+        sample_rate_attribute: None,
+        shadow_attribute: None,
+        tracestate: false,
+    };
+    let configured = marking
+        .marks(keep.mark().expect("kept"), false)
+        .expect("marks");
+    let attrs = marked_attributes(&configured.and(own));
+    let keys: Vec<&str> = attrs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "k",
+            "tailsift.rule",
+            "sampling.reason",
+            "sampling.budget",
+            "sampling.capped",
+            "sampling.share"
+        ]
+    );
+    // Nothing for a dropped trace, a shadow drop, or a rule without marks.
+    for d in [
+        crate::decision::Decision::Drop {
+            rule: "span-explosion".into(),
+        },
+        crate::decision::Decision::Shadow {
+            rule: "span-explosion".into(),
+            keep: false,
+            sample_rate: 1,
+        },
+        crate::decision::Decision::Keep {
+            rule: "rest".into(),
+            sample_rate: 1,
+        },
+    ] {
+        assert!(set.rule_marks(&d).is_none(), "{d:?}");
+    }
+    let shadow_keep = crate::decision::Decision::Shadow {
+        rule: "span-explosion".into(),
+        keep: true,
+        sample_rate: 1,
+    };
+    assert!(set.rule_marks(&shadow_keep).is_some());
+    // Explain names them.
+    let text = with_trace(checkout(trace_id(5), 10, false, "free"), |v| {
+        explain::explain(&set, v, 0)
+    });
+    assert!(
+        text.contains("-> keep, marks {sampling.reason: \"span-explosion\", sampling.budget: 2, sampling.capped: true, sampling.share: 0.5}"),
+        "{text}"
+    );
+}
+
+#[test]
+fn marks_errors_name_the_mark_and_what_is_accepted() {
+    let cases: &[(&str, &str, usize)] = &[
+        (
+            "  - name: a\n    outcome: keep\n    marks: span-explosion\n",
+            "marks: expected a map of attribute names to values, e.g. `marks: { sampling.reason: span-explosion }`, got `span-explosion`",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    marks: {}\n",
+            "an empty map marks nothing",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    marks:\n      reason: [a, b]\n",
+            "`reason`: a mark's value is a string, number or boolean, got a list",
+            5,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    marks:\n      big: .inf\n",
+            "`big`: .inf is not a finite number; quote it for a string",
+            5,
+        ),
+        (
+            "  - name: a\n    outcome: drop\n    marks: { reason: x }\n",
+            "`marks` applies to `outcome: keep` or `outcome: rate_limit` or `outcome: throughput` only; this rule's outcome is `drop`",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    mark: { reason: x }\n",
+            "unknown key `mark`, did you mean `marks`?",
+            4,
+        ),
+    ];
+    for (body, want, line) in cases {
+        let text = format!("rules:\n{body}");
+        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
+        let msg = RulesError(errs.clone()).to_string();
+        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        assert!(
+            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
+            "{msg} should be at line {line}"
+        );
+    }
+}

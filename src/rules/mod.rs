@@ -7,6 +7,7 @@
 //! - `file`: rule files and directories: rules, outcomes, every error located.
 //! - `lint`: what `rules check` warns about (shadowed rules, trace-scope negations).
 //! - `condition`: compiled conditions and their evaluation.
+//! - `marks`: the attributes a rule adds to the spans it keeps, encoded once.
 //! - `dynamic`: the stateful outcomes (rate limit, throughput target).
 //! - `explain`: which conditions held, rule by rule (`tailsift rules explain`, test failures).
 //! - `cases`: trace cases with expected outcomes (`tailsift rules test`).
@@ -25,6 +26,7 @@ mod expr;
 mod field;
 mod file;
 mod lint;
+mod marks;
 pub mod reload;
 mod share;
 mod yaml;
@@ -44,11 +46,12 @@ pub use file::{
     check_set, load_dir, parse_file, parse_files, read_dir, rule_files, skipped_files, version,
     ReadFile,
 };
+pub use marks::{MarkValue, RuleMarks};
 pub use share::Share;
 
 use crate::buffer::TraceEntry;
 use crate::decision::Decision;
-use crate::otlp::mark::Marking;
+use crate::otlp::mark::{Marking, Marks};
 use crate::otlp::view::{ContextView, SpanView};
 use crate::otlp::wire::Fields;
 use crate::otlp::TraceId;
@@ -148,6 +151,8 @@ pub struct Rule {
     /// `max_traces_per_second`: at most this many of the traces the outcome keeps, per
     /// second; the ones over it fall through to the next rule, as a rate limit's do.
     pub max_per_second: Option<f64>,
+    /// `marks`: attributes added to the spans of the traces this rule keeps.
+    pub marks: RuleMarks,
 }
 
 impl Rule {
@@ -159,10 +164,19 @@ impl Rule {
 
     /// How `rules explain` and test failures name what the rule does.
     pub fn describe(&self) -> String {
-        match self.max_per_second {
-            None => self.outcome.describe(),
-            Some(m) => format!("{}, at most {m}/s", self.outcome.describe()),
+        let mut out = self.outcome.describe();
+        if let Some(m) = self.max_per_second {
+            out += &format!(", at most {m}/s");
         }
+        if !self.marks.is_empty() {
+            let marks: Vec<String> = self
+                .marks
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            out += &format!(", marks {{{}}}", marks.join(", "));
+        }
+        out
     }
 }
 
@@ -277,6 +291,8 @@ struct RuleState {
     counts: Counts,
     limiter: Option<RateLimiter>,
     throughput: Option<Throughput>,
+    /// The rule's marks, encoded.
+    marks: Option<Marks>,
 }
 
 impl RuleState {
@@ -294,6 +310,7 @@ impl RuleState {
                 Outcome::Throughput(spec) => Some(Throughput::shared(spec, share.clone())),
                 _ => None,
             },
+            marks: marks::encode(&rule.marks),
         }
     }
 }
@@ -414,6 +431,21 @@ impl RuleSet {
     /// partitions (see [`Share::set`]); every set built from the same options sees it.
     pub fn set_share(&self, owned: usize, total: usize) {
         self.options.share.set(owned, total);
+    }
+
+    /// The marks of the rule that kept a forwarded trace (`marks:`), to append after the
+    /// configured marking; `None` for a dropped trace (in shadow mode too) or a rule without
+    /// marks. A late span finds its rule by the name its decision logged.
+    pub fn rule_marks(&self, decision: &Decision) -> Option<&Marks> {
+        let rule = match decision {
+            Decision::Keep { rule, .. }
+            | Decision::Shadow {
+                rule, keep: true, ..
+            } => rule,
+            _ => return None,
+        };
+        let i = self.rules.iter().position(|r| r.name == *rule)?;
+        self.state[i].marks.as_ref()
     }
 
     /// The marking of kept spans, if configured.

@@ -149,11 +149,16 @@ impl Sampler {
         chunks: impl Iterator<Item = (&'a SpanContext, &'a [u8])> + Clone,
     ) -> Messages {
         let rules = self.rules.load();
-        let Some(marks) = rules
+        let configured = rules
             .marking()
             .zip(decision.mark())
-            .and_then(|(m, mark)| m.marks(mark, rules.salted()))
-        else {
+            .and_then(|(m, mark)| m.marks(mark, rules.salted()));
+        // The deciding rule's own marks (`marks:`) come after the configured ones.
+        let marks = match (configured, rules.rule_marks(decision)) {
+            (Some(c), Some(own)) => Some(c.and(own)),
+            (c, own) => c.or_else(|| own.cloned()),
+        };
+        let Some(marks) = marks else {
             return encode_trace(chunks, self.max_message_bytes);
         };
         let marked: Vec<(&SpanContext, Vec<u8>)> = chunks
