@@ -350,6 +350,18 @@ fn service_count(t: &TraceView<'_>) -> usize {
 pub enum KeyField {
     Trace(TraceField),
     Root(SpanField),
+    /// A resource attribute: the root span's resource's, or the first span's while the root
+    /// has not arrived (a trace's spans mostly share a few resources).
+    Resource(Vec<u8>),
+}
+
+/// The hash of a trace's key: its values of `keys`, in order.
+pub(crate) fn key_hash(keys: &[KeyField], t: &TraceView<'_>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for k in keys {
+        k.hash_into(t, &mut h);
+    }
+    h.digest()
 }
 
 impl KeyField {
@@ -361,6 +373,11 @@ impl KeyField {
                 .root
                 .and_then(|i| t.spans.get(i))
                 .and_then(|(s, ctx)| f.value(s, ctx)),
+            KeyField::Resource(k) => t
+                .spans
+                .get(t.root.unwrap_or(0))
+                .and_then(|(_, ctx)| ctx.resource_attr(k))
+                .map(Val::from),
         };
         match v {
             None => h.update(&[0]),

@@ -126,9 +126,11 @@ pub(crate) fn field(name: &str) -> Result<(Field, Ty), String> {
     found.ok_or_else(|| unknown("field", name, &FIELDS))
 }
 
-/// Parses a throughput key: a trace field or a root-span field (one value per trace).
+/// Parses a sampler key: a trace field, a root-span field or a resource attribute (one value
+/// per trace).
 pub(crate) fn key_field(name: &str) -> Result<KeyField, String> {
     match field(name)? {
+        (Field::Span(SpanField::ResourceAttr(k)), _) => Ok(KeyField::Resource(k)),
         (Field::Trace(f), _) => Ok(KeyField::Trace(f)),
         (Field::Root(f), _) if f.is_multi() => Err(format!(
             "`{name}` has one value per event or link, but a key needs one value per trace"
@@ -136,7 +138,7 @@ pub(crate) fn key_field(name: &str) -> Result<KeyField, String> {
         (Field::Root(f), _) => Ok(KeyField::Root(f)),
         (Field::Span(_), _) => Err(format!(
             "`{name}` has one value per span, but a key needs one value per trace: use a \
-             `trace.` field or the root span's (`root.{}`)",
+             `trace.` field, a `resource.attr.` or the root span's (`root.{}`)",
             name.split_once('.')
                 .map_or(name, |(scope, rest)| if scope == "span" {
                     rest

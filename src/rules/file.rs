@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use super::expr::{self, unknown};
 use super::yaml::{self, Kind, Node};
-use super::{Outcome, Rule, RuleError, ThroughputSpec};
+use super::{DynamicSpec, Outcome, Rule, RuleError, ThroughputSpec};
 
-const RULE_KEYS: [&str; 11] = [
+const RULE_KEYS: [&str; 12] = [
     "name",
     "description",
     "conditions",
@@ -21,8 +21,9 @@ const RULE_KEYS: [&str; 11] = [
     "max_keys",
     "max_traces_per_second",
     "marks",
+    "goal_sample_rate",
 ];
-const OUTCOMES: [&str; 4] = ["keep", "drop", "rate_limit", "throughput"];
+const OUTCOMES: [&str; 5] = ["keep", "drop", "rate_limit", "throughput", "dynamic"];
 
 /// The keys each outcome takes besides name, description, conditions and outcome.
 fn extras(outcome: &str) -> &'static [&'static str] {
@@ -31,6 +32,14 @@ fn extras(outcome: &str) -> &'static [&'static str] {
         "rate_limit" => &["traces_per_second", "marks"],
         "throughput" => &[
             "traces_per_second",
+            "keys",
+            "window",
+            "max_keys",
+            "max_traces_per_second",
+            "marks",
+        ],
+        "dynamic" => &[
+            "goal_sample_rate",
             "keys",
             "window",
             "max_keys",
@@ -223,6 +232,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             .map(|per_second| Outcome::RateLimit { per_second }),
         },
         Some("throughput") => throughput(v, &mut err, num),
+        Some("dynamic") => dynamic(v, &mut err, num),
         Some(other) => {
             let line = v.get("outcome").map_or(v.line, |o| o.line);
             err.push(line, "outcome", unknown("outcome", other, &OUTCOMES));
@@ -232,7 +242,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             err.push(
                 v.line,
                 "outcome",
-                "every rule needs an `outcome`: keep, drop, rate_limit or throughput",
+                "every rule needs an `outcome`: keep, drop, rate_limit, throughput or dynamic",
             );
             None
         }
@@ -284,13 +294,68 @@ fn throughput(
         }
         Some(_) => num(err, "traces_per_second", "a number of traces per second"),
     };
+    let (keys, window, max_keys) = keyed(v, err, "throughput");
+    Some(Outcome::Throughput(ThroughputSpec {
+        per_second: per_second?,
+        keys: keys?,
+        window: window?,
+        max_keys: max_keys?,
+    }))
+}
+
+fn dynamic(
+    v: &Node,
+    err: &mut Errors<'_>,
+    num: impl Fn(&mut Errors<'_>, &str, &str) -> Option<f64>,
+) -> Option<Outcome> {
+    let goal = match v.get("goal_sample_rate") {
+        None => {
+            err.push(
+                v.line,
+                "goal_sample_rate",
+                "`outcome: dynamic` needs `goal_sample_rate: N` (keep 1 in N on average)",
+            );
+            None
+        }
+        Some(g) => num(err, "goal_sample_rate", "a sample rate (keep 1 in N)").and_then(|n| {
+            if n >= 1.0 {
+                Some(n)
+            } else {
+                err.push(
+                    g.line,
+                    "goal_sample_rate",
+                    format!("expected a sample rate of at least 1 (keep 1 in N), got {n}"),
+                );
+                None
+            }
+        }),
+    };
+    let (keys, window, max_keys) = keyed(v, err, "dynamic");
+    Some(Outcome::Dynamic(DynamicSpec {
+        goal_rate: goal?,
+        keys: keys?,
+        window: window?,
+        max_keys: max_keys?,
+    }))
+}
+
+/// The keys, window and key bound of a keyed sampler (`throughput`, `dynamic`).
+type Keyed = (
+    Option<Vec<super::KeyField>>,
+    Option<Duration>,
+    Option<usize>,
+);
+
+fn keyed(v: &Node, err: &mut Errors<'_>, outcome: &str) -> Keyed {
     let keys = match v.get("keys") {
         None => {
             err.push(
                 v.line,
                 "keys",
-                "`outcome: throughput` needs `keys: [...]`, e.g. [root.service, \
-                 root.attr.http.route, trace.error]",
+                format!(
+                    "`outcome: {outcome}` needs `keys: [...]`, e.g. [root.service, \
+                     root.attr.http.route, trace.error]"
+                ),
             );
             None
         }
@@ -355,12 +420,7 @@ fn throughput(
             }
         },
     };
-    Some(Outcome::Throughput(ThroughputSpec {
-        per_second: per_second?,
-        keys: keys?,
-        window: window?,
-        max_keys: max_keys?,
-    }))
+    (keys, window, max_keys)
 }
 
 /// Parses one rule file's text. All of its errors are reported, not just the first.

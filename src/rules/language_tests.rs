@@ -338,7 +338,7 @@ fn composition_errors_name_the_key_and_what_is_accepted() {
         ),
         (
             "  - name: a\n    outcome: drop\n    max_traces_per_second: 1\n",
-            "`max_traces_per_second` applies to `outcome: keep` or `outcome: throughput` only; this rule's outcome is `drop`",
+            "`max_traces_per_second` applies to `outcome: keep` or `outcome: throughput` or `outcome: dynamic` only; this rule's outcome is `drop`",
             4,
         ),
         (
@@ -610,7 +610,7 @@ fn marks_errors_name_the_mark_and_what_is_accepted() {
         ),
         (
             "  - name: a\n    outcome: drop\n    marks: { reason: x }\n",
-            "`marks` applies to `outcome: keep` or `outcome: rate_limit` or `outcome: throughput` only; this rule's outcome is `drop`",
+            "`marks` applies to `outcome: keep` or `outcome: rate_limit` or `outcome: throughput` or `outcome: dynamic` only; this rule's outcome is `drop`",
             4,
         ),
         (
@@ -629,4 +629,92 @@ fn marks_errors_name_the_mark_and_what_is_accepted() {
             "{msg} should be at line {line}"
         );
     }
+}
+
+#[test]
+fn a_dynamic_rule_parses_with_resource_keys_and_its_errors_say_what_is_accepted() {
+    let rules = parse_file(
+        "t.yaml",
+        "rules:\n  - name: d\n    outcome: dynamic\n    goal_sample_rate: 20\n    keys: [resource.attr.k8s.namespace.name, root.attr.http.route]\n    window: 1m\n",
+    )
+    .expect("parses");
+    match &rules[0].outcome {
+        Outcome::Dynamic(d) => {
+            assert_eq!(d.goal_rate, 20.0);
+            assert_eq!(d.window, Duration::from_secs(60));
+            assert_eq!(
+                d.keys[0],
+                KeyField::Resource(b"k8s.namespace.name".to_vec())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rules[0].describe(), "dynamic, 1 in 20 on average");
+    let cases: &[(&str, &str, usize)] = &[
+        (
+            "  - name: a\n    outcome: dynamic\n    keys: [root.service]\n",
+            "goal_sample_rate: `outcome: dynamic` needs `goal_sample_rate: N` (keep 1 in N on average)",
+            2,
+        ),
+        (
+            "  - name: a\n    outcome: dynamic\n    goal_sample_rate: 0.5\n    keys: [root.service]\n",
+            "expected a sample rate of at least 1 (keep 1 in N), got 0.5",
+            4,
+        ),
+        (
+            "  - name: a\n    outcome: dynamic\n    goal_sample_rate: 10\n",
+            "keys: `outcome: dynamic` needs `keys: [...]`",
+            2,
+        ),
+        (
+            "  - name: a\n    outcome: dynamic\n    goal_sample_rate: 10\n    keys: [span.name]\n",
+            "use a `trace.` field, a `resource.attr.` or the root span's (`root.name`)",
+            5,
+        ),
+        (
+            "  - name: a\n    outcome: dynamic\n    goal_sample_rate: 10\n    keys: [resource.atr.x]\n",
+            "unknown field `resource.atr.x`",
+            5,
+        ),
+        (
+            "  - name: a\n    outcome: dynamc\n",
+            "unknown outcome `dynamc`, did you mean `dynamic`?",
+            3,
+        ),
+        (
+            "  - name: a\n    outcome: keep\n    goal_sample_rate: 10\n",
+            "`goal_sample_rate` applies to `outcome: dynamic` only",
+            4,
+        ),
+    ];
+    for (body, want, line) in cases {
+        let text = format!("rules:\n{body}");
+        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
+        let msg = RulesError(errs.clone()).to_string();
+        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        assert!(
+            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
+            "{msg} should be at line {line}"
+        );
+    }
+}
+
+#[test]
+fn a_resource_key_reads_the_root_spans_resource_or_the_first_spans() {
+    let keys = [KeyField::Resource(b"service.name".to_vec())];
+    let with_root = with_trace(checkout(trace_id(1), 10, false, "free"), |v| {
+        condition::key_hash(&keys, v)
+    });
+    let gateway = with_trace(checkout(trace_id(2), 10, false, "free"), |v| {
+        condition::key_hash(&keys, v)
+    });
+    assert_eq!(with_root, gateway, "the same root service, the same key");
+    // Without its root, a trace is keyed by its first span's resource.
+    let mut msgs = checkout(trace_id(3), 10, false, "free");
+    msgs.retain(|(service, _)| *service != "gateway");
+    let rootless = with_trace(msgs, |v| {
+        assert!(v.root.is_none());
+        condition::key_hash(&keys, v)
+    });
+    assert_ne!(rootless, gateway);
 }

@@ -15,7 +15,7 @@
 //! - `share`: this instance's share of the fleet's budgets, set on every rebalance.
 //!
 //! A rule is a name, optional conditions and an outcome: `keep` (with a sample rate), `drop`,
-//! `rate_limit` or `throughput`. The last rule must have no conditions: it is the default.
+//! `rate_limit`, `throughput` or `dynamic`. The last rule must have no conditions: it is the default.
 //! Sampling is deterministic on the trace id, so every instance (and late span) agrees.
 
 pub mod cases;
@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use condition::{Cond, KeyField, SpanCond};
-pub use dynamic::{RateLimiter, Throughput};
+pub use dynamic::{GoalRate, RateLimiter, Throughput};
 pub(crate) use expr::did_you_mean;
 pub use file::{
     check_set, load_dir, parse_file, parse_files, read_dir, rule_files, skipped_files, version,
@@ -107,6 +107,19 @@ pub struct ThroughputSpec {
     pub max_keys: usize,
 }
 
+/// A goal-rate dynamic sampler's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicSpec {
+    /// The sample rate to average over all keys (keep 1 in N).
+    pub goal_rate: f64,
+    /// The fields whose values make a trace's key.
+    pub keys: Vec<KeyField>,
+    /// How often the keys' rates are recomputed from their smoothed traffic.
+    pub window: Duration,
+    /// Distinct keys tracked; keys past the bound share one rate.
+    pub max_keys: usize,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Keep 1 in `sample_rate` of the matching traces, chosen by trace id.
@@ -121,6 +134,8 @@ pub enum Outcome {
     },
     /// Keep about `per_second` traces per second per key, each key at its own sample rate.
     Throughput(ThroughputSpec),
+    /// Keep 1 in `goal_rate` on average, rare keys at lower rates and common keys at higher.
+    Dynamic(DynamicSpec),
 }
 
 impl Outcome {
@@ -132,6 +147,7 @@ impl Outcome {
             Outcome::Drop => "drop".into(),
             Outcome::RateLimit { per_second } => format!("rate_limit {per_second}/s"),
             Outcome::Throughput(t) => format!("throughput {}/s per key", t.per_second),
+            Outcome::Dynamic(d) => format!("dynamic, 1 in {} on average", d.goal_rate),
         }
     }
 }
@@ -291,6 +307,7 @@ struct RuleState {
     counts: Counts,
     limiter: Option<RateLimiter>,
     throughput: Option<Throughput>,
+    goal: Option<GoalRate>,
     /// The rule's marks, encoded.
     marks: Option<Marks>,
 }
@@ -308,6 +325,10 @@ impl RuleState {
             },
             throughput: match &rule.outcome {
                 Outcome::Throughput(spec) => Some(Throughput::shared(spec, share.clone())),
+                _ => None,
+            },
+            goal: match &rule.outcome {
+                Outcome::Dynamic(spec) => Some(GoalRate::new(spec)),
                 _ => None,
             },
             marks: marks::encode(&rule.marks),
@@ -528,14 +549,13 @@ impl RuleSet {
                     (true, 1)
                 }
                 Outcome::Throughput(spec) => {
-                    let mut h = xxhash_rust::xxh3::Xxh3::new();
-                    for k in &spec.keys {
-                        k.hash_into(trace, &mut h);
-                    }
-                    let rate = state
-                        .throughput
-                        .as_ref()
-                        .map_or(1, |t| t.rate(h.digest(), now));
+                    let key = condition::key_hash(&spec.keys, trace);
+                    let rate = state.throughput.as_ref().map_or(1, |t| t.rate(key, now));
+                    (self.sampled(&trace.id, rate), rate)
+                }
+                Outcome::Dynamic(spec) => {
+                    let key = condition::key_hash(&spec.keys, trace);
+                    let rate = state.goal.as_ref().map_or(1, |g| g.rate(key, now));
                     (self.sampled(&trace.id, rate), rate)
                 }
             };

@@ -251,7 +251,7 @@ fn load_errors_name_file_line_rule_field_and_what_is_accepted() {
         ),
         (
             "  - name: a\n    outcome: throughput\n    traces_per_second: 5\n    keys: [span.name]\n",
-            "a key needs one value per trace: use a `trace.` field or the root span's (`root.name`)",
+            "a key needs one value per trace: use a `trace.` field, a `resource.attr.` or the root span's (`root.name`)",
             5,
         ),
         (
@@ -261,7 +261,7 @@ fn load_errors_name_file_line_rule_field_and_what_is_accepted() {
         ),
         (
             "  - name: a\n    outcome: keep\n    keys: [root.service]\n",
-            "`keys` applies to `outcome: throughput` only",
+            "`keys` applies to `outcome: throughput` or `outcome: dynamic` only",
             4,
         ),
         (

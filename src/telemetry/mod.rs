@@ -208,7 +208,9 @@ pub fn outcomes(rule: &crate::rules::Rule) -> &'static [Outcome] {
         Rule::Drop => &[Outcome::Dropped],
         Rule::Keep { sample_rate } if sample_rate <= 1 => &[Outcome::Kept],
         Rule::RateLimit { .. } => &[Outcome::Kept],
-        Rule::Keep { .. } | Rule::Throughput(_) => &[Outcome::Kept, Outcome::Dropped],
+        Rule::Keep { .. } | Rule::Throughput(_) | Rule::Dynamic(_) => {
+            &[Outcome::Kept, Outcome::Dropped]
+        }
     }
 }
 
