@@ -6,6 +6,8 @@
 //! - `RuleSet/view_and_decide`: parse the trace's spans for the rules (the `TraceView`) and
 //!   run the rules, as a decider does for every trace;
 //! - `RuleSet/decide`: the rules alone, on a view built beforehand;
+//! - `Cond/*`: one condition alone, for what each construct costs (`every`, `count`, span
+//!   events, tracestate, trace bytes, beside an attribute of any span);
 //! - `Marks/mark_spans`: marking a kept trace's spans (rule, rate, tracestate).
 
 use std::sync::Arc;
@@ -81,6 +83,30 @@ fn rules(c: &mut Criterion) {
                 .count()
         })
     });
+    g.finish();
+
+    // What one condition costs per trace, the new constructs beside an old one (an attribute
+    // of any span) that walks the same bytes.
+    let mut g = c.benchmark_group("Cond");
+    g.throughput(Throughput::Elements(views.len() as u64));
+    for (name, expr) in [
+        (
+            "any_span_attr",
+            "span.attr.http.response.status_code >= 500",
+        ),
+        ("every", "{every: span.duration < 1s}"),
+        ("count", "count(span.kind = client) > 3"),
+        ("event_name", "span.event.name = exception"),
+        ("trace_state", "span.trace_state contains 'acme=debug'"),
+        ("trace_bytes", "trace.bytes > 100000"),
+    ] {
+        let text = format!("rules:\n  - name: r\n    conditions: {expr}\n    outcome: keep\n");
+        let rules = tailsift::rules::parse_file("bench.yaml", &text).expect("condition");
+        let cond = rules[0].condition.clone().expect("condition");
+        g.bench_function(name, |b| {
+            b.iter(|| views.iter().filter(|v| cond.eval(v)).count())
+        });
+    }
     g.finish();
 
     let marking = Marking {
