@@ -167,12 +167,19 @@ fn rules_command(command: RulesCommand) -> ExitCode {
                         0 => String::new(),
                         n => format!(", {n} warning(s)"),
                     };
-                    let printed = print_out(&format!(
+                    let mut text = format!(
                         "{}: {} rules OK{noted} (version {})\n",
                         dir.display(),
                         rules.rules().len(),
                         rules.version()
-                    ));
+                    );
+                    for line in
+                        tailsift::rules::schedule(rules.rules(), std::time::SystemTime::now())
+                    {
+                        text += &line;
+                        text.push('\n');
+                    }
+                    let printed = print_out(&text);
                     if strict && !warnings.is_empty() {
                         ExitCode::FAILURE
                     } else {

@@ -61,6 +61,10 @@ pub struct Case {
     /// outcomes under load (a rate limit spent, a throughput key hot). Default 0.
     #[serde(default)]
     pub after: u32,
+    /// The wall-clock instant the case is decided at (RFC 3339), for time-boxed rules.
+    /// Default: now.
+    #[serde(default)]
+    pub at: Option<String>,
     pub expect: Expect,
 }
 
@@ -85,6 +89,10 @@ pub struct Expect {
     /// dropped trace).
     #[serde(default)]
     pub marks: Option<BTreeMap<String, AttrValue>>,
+    /// The factor rules that multiplied the deciding rule's rate, in rule order (`[]`:
+    /// none). A factor rule decides no trace, so this is how a case names one.
+    #[serde(default)]
+    pub factors: Option<Vec<String>>,
 }
 
 /// A span in the compact form. Only `name` is required.
@@ -518,6 +526,9 @@ fn expectation(e: &Expect) -> String {
     if let Some(m) = &e.marks {
         parts.push(format!("marks {}", show_marks(m)));
     }
+    if let Some(f) = &e.factors {
+        parts.push(format!("factors [{}]", f.join(", ")));
+    }
     parts.join(", ")
 }
 
@@ -554,40 +565,86 @@ fn show_marks(m: &BTreeMap<String, AttrValue>) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
-fn got(set: &RuleSet, v: &Verdict) -> String {
-    format!(
+fn got(set: &RuleSet, v: &Verdict, factors: &[String]) -> String {
+    let mut out = format!(
         "rule `{}`, {}, sample rate {}, marks {}",
         set.rules()[v.rule].name,
         if v.keep { "keep" } else { "drop" },
         v.sample_rate,
         show_marks(&marks_of(set, v))
-    )
+    );
+    if !factors.is_empty() {
+        out += &format!(", factors [{}]", factors.join(", "));
+    }
+    out
 }
 
 /// Runs one case; `Ok(None)` when it passes, `Ok(Some(why))` when it fails.
 fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String>, String> {
     let e = &case.expect;
-    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() && e.marks.is_none() {
-        return Err("`expect` needs at least one of rule, outcome, sample_rate, marks".into());
+    if e.rule.is_none()
+        && e.outcome.is_none()
+        && e.sample_rate.is_none()
+        && e.marks.is_none()
+        && e.factors.is_none()
+    {
+        return Err(
+            "`expect` needs at least one of rule, outcome, sample_rate, marks, factors".into(),
+        );
     }
+    let is_factor = |name: &str| {
+        set.rules()
+            .iter()
+            .find(|x| &*x.name == name)
+            .map(|x| matches!(x.outcome, super::Outcome::Factor { .. }))
+    };
     if let Some(r) = &e.rule {
-        if !set.rules().iter().any(|x| &*x.name == r) {
-            return Err(format!("`expect.rule`: no rule is named `{r}`"));
+        match is_factor(r) {
+            None => return Err(format!("`expect.rule`: no rule is named `{r}`")),
+            Some(true) => {
+                return Err(format!(
+                    "`expect.rule`: `{r}` is a factor rule, which decides no trace; expect \
+                     `factors: [{r}]` (and the rule that decides)"
+                ))
+            }
+            Some(false) => {}
         }
     }
+    for f in e.factors.iter().flatten() {
+        match is_factor(f) {
+            None => return Err(format!("`expect.factors`: no rule is named `{f}`")),
+            Some(false) => {
+                return Err(format!(
+                    "`expect.factors`: `{f}` is not a factor rule (`outcome: factor`)"
+                ))
+            }
+            Some(true) => {}
+        }
+    }
+    let at = case
+        .at
+        .as_deref()
+        .map(super::window::instant)
+        .transpose()
+        .map_err(|e| format!("`at`: {e}"))?;
     with_trace(case, base_dir, |t| {
-        let v = explain::case_verdict(set, t, case.after);
+        let v = explain::case_verdict_at(set, t, case.after, at);
         let rule = &set.rules()[v.rule];
+        let factors: Vec<String> = explain::factors(set, t, &v, at)
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
         let ok = e.rule.as_deref().is_none_or(|r| r == &*rule.name)
             && e.outcome.is_none_or(|o| (o == Expected::Keep) == v.keep)
             && e.sample_rate.is_none_or(|n| n == v.sample_rate)
-            && e.marks.as_ref().is_none_or(|m| *m == marks_of(set, &v));
+            && e.marks.as_ref().is_none_or(|m| *m == marks_of(set, &v))
+            && e.factors.as_ref().is_none_or(|f| *f == factors);
         if ok {
             return None;
         }
         let mut why = String::new();
         let _ = writeln!(why, "expected: {}", expectation(e));
-        let _ = writeln!(why, "got:      {}", got(set, &v));
+        let _ = writeln!(why, "got:      {}", got(set, &v, &factors));
         let _ = writeln!(why, "{}", explain::summary(t));
         if let Some(want) = e.rule.as_deref().filter(|w| *w != &*rule.name) {
             if let Some(w) = set.rules().iter().find(|r| &*r.name == want) {
@@ -657,7 +714,14 @@ pub fn explain_file(set: &RuleSet, file: &Path, only: Option<&str>) -> Result<St
     for case in cases.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
         n += 1;
         let _ = writeln!(out, "case `{}`", case.name);
-        match with_trace(case, base, |t| explain::explain(set, t, case.after)) {
+        let at = match case.at.as_deref().map(super::window::instant).transpose() {
+            Ok(at) => at,
+            Err(e) => {
+                let _ = writeln!(out, "  `at`: {e}");
+                continue;
+            }
+        };
+        match with_trace(case, base, |t| explain::explain_at(set, t, case.after, at)) {
             Ok(text) => out.push_str(&text),
             Err(e) => {
                 let _ = writeln!(out, "  cannot build the trace: {e}");

@@ -280,7 +280,17 @@ pub fn rule(r: &Rule, t: &TraceView<'_>, depth: usize, out: &mut String) -> bool
 /// throughput keys are new), after `after` copies of the trace were decided at the same
 /// instant. `rules test` and `rules explain` both decide through this, so they agree.
 pub fn case_verdict(set: &RuleSet, t: &TraceView<'_>, after: u32) -> Verdict {
-    let fresh = set.clone();
+    case_verdict_at(set, t, after, None)
+}
+
+/// [`case_verdict`] with the wall clock at `at` (a case's `at:`), for time-boxed rules.
+pub fn case_verdict_at(
+    set: &RuleSet,
+    t: &TraceView<'_>,
+    after: u32,
+    at: Option<std::time::SystemTime>,
+) -> Verdict {
+    let fresh = fresh_at(set, at);
     let now = Instant::now();
     for _ in 0..after {
         fresh.verdict(t, now);
@@ -288,10 +298,53 @@ pub fn case_verdict(set: &RuleSet, t: &TraceView<'_>, after: u32) -> Verdict {
     fresh.verdict(t, now)
 }
 
+/// The factor rules that multiplied the deciding rule's rate in `verdict` (active at the
+/// set's clock, or at `at`, with their conditions holding, before the deciding rule).
+pub fn factors<'s>(
+    set: &'s RuleSet,
+    t: &TraceView<'_>,
+    verdict: &Verdict,
+    at: Option<std::time::SystemTime>,
+) -> Vec<&'s Rule> {
+    let clock = fresh_at(set, at);
+    let now = Instant::now();
+    set.rules()[..verdict.rule]
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Factor { .. }))
+        .filter(|r| {
+            clock
+                .phase(r, now)
+                .is_none_or(|p| p == super::Phase::Active)
+        })
+        .filter(|r| r.condition.as_ref().is_none_or(|c| c.eval(t)))
+        .collect()
+}
+
 /// Explains the whole rule set for a trace, rule by rule, up to the deciding rule, as
 /// [`case_verdict`] decides it (`after` copies first).
 pub fn explain(set: &RuleSet, t: &TraceView<'_>, after: u32) -> String {
-    let verdict = case_verdict(set, t, after);
+    explain_at(set, t, after, None)
+}
+
+/// A fresh copy of the set's state, its wall clock at `at` if given.
+fn fresh_at(set: &RuleSet, at: Option<std::time::SystemTime>) -> RuleSet {
+    let mut fresh = set.clone();
+    if let Some(at) = at {
+        fresh.clock = super::Clock::at(at);
+    }
+    fresh
+}
+
+/// [`explain`] with the wall clock at `at` (a case's `at:`).
+pub fn explain_at(
+    set: &RuleSet,
+    t: &TraceView<'_>,
+    after: u32,
+    at: Option<std::time::SystemTime>,
+) -> String {
+    let verdict = case_verdict_at(set, t, after, at);
+    let clock = fresh_at(set, at);
+    let now = Instant::now();
     let mut out = summary(t);
     out.push('\n');
     if after > 0 {
@@ -309,25 +362,72 @@ pub fn explain(set: &RuleSet, t: &TraceView<'_>, after: u32) -> String {
             r.line,
             r.describe()
         );
+        if let Some(phase) = clock.phase(r, now).filter(|p| *p != super::Phase::Active) {
+            let wall = super::window::show(clock.clock.wall(now));
+            let what = if phase == super::Phase::Pending {
+                "not active yet"
+            } else {
+                "retired"
+            };
+            let _ = writeln!(out, "  => {what} at {wall}: next rule");
+            continue;
+        }
         let held = rule(r, t, 1, &mut out);
+        if let (Some(to), Some(a), true) = (r.decay_to, r.active, held) {
+            if let Outcome::Keep { sample_rate } = r.outcome {
+                let wall = clock.clock.wall(now);
+                let _ = writeln!(
+                    out,
+                    "  rate at {}: 1 in {} (1 in {sample_rate} at {} decaying to 1 in {to} at {})",
+                    super::window::show(wall),
+                    a.decayed(sample_rate, to, wall),
+                    a.from.map(super::window::show).unwrap_or_default(),
+                    a.until.map(super::window::show).unwrap_or_default(),
+                );
+            }
+        }
         if i == verdict.rule {
-            let what = if verdict.keep {
-                format!("KEEP (sample rate {})", verdict.sample_rate)
+            let boosted = match verdict.unboosted {
+                Some(own) => {
+                    format!(": its own 1 in {own}, times the factors of the factor rules above")
+                }
+                None => String::new(),
+            };
+            let what = if verdict.minimum {
+                let m = r.minimum.map_or(0, |m| m.traces);
+                format!(
+                    "KEEP (sample rate 1: one of the first traces of its window, within \
+                     `min_traces: {m}`)"
+                )
+            } else if verdict.keep {
+                format!("KEEP (sample rate {}{boosted})", verdict.sample_rate)
             } else if matches!(r.outcome, Outcome::Drop) {
                 "DROP".into()
             } else {
                 format!(
-                    "DROP (not in the sampled 1 in {} of this trace id)",
+                    "DROP (not in the sampled 1 in {} of this trace id{boosted})",
                     verdict.sample_rate
                 )
             };
+            if let (Some(m), false) = (r.minimum, verdict.minimum) {
+                let _ = writeln!(
+                    out,
+                    "  (this window's `min_traces: {}` already kept: the rule's own outcome applies)",
+                    m.traces
+                );
+            }
             let _ = writeln!(
                 out,
                 "  => matched: {what}; first match wins, later rules not consulted"
             );
             break;
         }
-        if held && r.max_per_second.is_some() {
+        if let (true, Outcome::Factor { factor }) = (held, &r.outcome) {
+            let _ = writeln!(
+                out,
+                "  => conditions held: the rule that decides keeps ×{factor} as many; next rule"
+            );
+        } else if held && r.max_per_second.is_some() {
             let _ = writeln!(
                 out,
                 "  => conditions held and the sample picked it, but over max_traces_per_second: next rule"

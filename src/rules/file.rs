@@ -9,7 +9,7 @@ use super::expr::{self, unknown};
 use super::yaml::{self, Kind, Node};
 use super::{DynamicSpec, Outcome, Rule, RuleError, ThroughputSpec};
 
-const RULE_KEYS: [&str; 12] = [
+const RULE_KEYS: [&str; 18] = [
     "name",
     "description",
     "conditions",
@@ -22,13 +22,34 @@ const RULE_KEYS: [&str; 12] = [
     "max_traces_per_second",
     "marks",
     "goal_sample_rate",
+    "active_from",
+    "active_until",
+    "decay_to_sample_rate",
+    "factor",
+    "min_traces",
+    "min_traces_window",
 ];
-const OUTCOMES: [&str; 5] = ["keep", "drop", "rate_limit", "throughput", "dynamic"];
+const OUTCOMES: [&str; 6] = [
+    "keep",
+    "drop",
+    "rate_limit",
+    "throughput",
+    "dynamic",
+    "factor",
+];
 
 /// The keys each outcome takes besides name, description, conditions and outcome.
 fn extras(outcome: &str) -> &'static [&'static str] {
     match outcome {
-        "keep" => &["sample_rate", "max_traces_per_second", "marks"],
+        "keep" => &[
+            "sample_rate",
+            "max_traces_per_second",
+            "marks",
+            "decay_to_sample_rate",
+            "min_traces",
+            "min_traces_window",
+        ],
+        "drop" => &["min_traces", "min_traces_window"],
         "rate_limit" => &["traces_per_second", "marks"],
         "throughput" => &[
             "traces_per_second",
@@ -37,6 +58,8 @@ fn extras(outcome: &str) -> &'static [&'static str] {
             "max_keys",
             "max_traces_per_second",
             "marks",
+            "min_traces",
+            "min_traces_window",
         ],
         "dynamic" => &[
             "goal_sample_rate",
@@ -45,7 +68,10 @@ fn extras(outcome: &str) -> &'static [&'static str] {
             "max_keys",
             "max_traces_per_second",
             "marks",
+            "min_traces",
+            "min_traces_window",
         ],
+        "factor" => &["factor"],
         _ => &[],
     }
 }
@@ -55,14 +81,16 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// Default bound on the distinct keys a throughput rule tracks.
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
-struct Errors<'a> {
+/// The errors of one rule, each located by file, rule, line and field.
+pub(super) struct Errors<'a> {
     file: &'a str,
     rule: String,
     out: &'a mut Vec<RuleError>,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, line: usize, field: &str, message: impl Into<String>) {
+    /// Reports a mistake at `line` in `field`.
+    pub(super) fn push(&mut self, line: usize, field: &str, message: impl Into<String>) {
         self.out.push(RuleError {
             file: self.file.to_string(),
             line,
@@ -124,7 +152,15 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             err.push(k.line, key, unknown("key", key, &RULE_KEYS));
         } else if let Some(o) = outcome_name.filter(|o| OUTCOMES.contains(o)) {
             let own = extras(o);
-            let extra = !["name", "description", "conditions", "outcome"].contains(&key);
+            let extra = ![
+                "name",
+                "description",
+                "conditions",
+                "outcome",
+                "active_from",
+                "active_until",
+            ]
+            .contains(&key);
             if extra && !own.contains(&key) {
                 let takes: Vec<&str> = OUTCOMES
                     .iter()
@@ -231,6 +267,19 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             )
             .map(|per_second| Outcome::RateLimit { per_second }),
         },
+        Some("factor") => match v.get("factor") {
+            None => {
+                err.push(
+                    v.line,
+                    "factor",
+                    "`outcome: factor` needs `factor: F` (the rule that decides next keeps F \
+                     times as many: its 1 in N becomes 1 in N/F)",
+                );
+                None
+            }
+            Some(_) => num(&mut err, "factor", "a factor (keep F times as many)")
+                .map(|factor| Outcome::Factor { factor }),
+        },
         Some("throughput") => throughput(v, &mut err, num),
         Some("dynamic") => dynamic(v, &mut err, num),
         Some(other) => {
@@ -242,7 +291,8 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             err.push(
                 v.line,
                 "outcome",
-                "every rule needs an `outcome`: keep, drop, rate_limit, throughput or dynamic",
+                "every rule needs an `outcome`: keep, drop, rate_limit, throughput, dynamic or \
+                 factor",
             );
             None
         }
@@ -262,6 +312,8 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
             Vec::new()
         }
     };
+    let (active, decay_to) = super::window::parse(v, &mut err);
+    let minimum = super::minimum::parse(v, &mut err);
     if err.out.len() > before {
         return None;
     }
@@ -275,6 +327,9 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         warnings,
         max_per_second,
         marks,
+        active,
+        decay_to,
+        minimum,
     })
 }
 
@@ -687,6 +742,25 @@ pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
             message: "the default rule cannot be a rate_limit: traces over the limit fall \
                           through to the next rule, and there is none; use keep, drop or \
                           throughput"
+                .into(),
+        }),
+        Some(last) if matches!(last.outcome, Outcome::Factor { .. }) => errors.push(RuleError {
+            file: last.file.clone(),
+            line: last.line,
+            rule: format!("`{}`", last.name),
+            field: "outcome".into(),
+            message: "the default rule cannot be a factor: a factor decides no trace, it \
+                      multiplies the rate of the rule that decides next, and there is none; \
+                      use keep, drop or throughput"
+                .into(),
+        }),
+        Some(last) if last.active.is_some() => errors.push(RuleError {
+            file: last.file.clone(),
+            line: last.line,
+            rule: format!("`{}`", last.name),
+            field: "active_until".into(),
+            message: "the default rule cannot be time-boxed (`active_from`, `active_until`): \
+                      outside its window no rule would decide a trace"
                 .into(),
         }),
         Some(last) if last.max_per_second.is_some() => errors.push(RuleError {

@@ -263,6 +263,7 @@ fn a_capped_sample_keeps_one_in_n_and_at_most_m_per_second_the_excess_falls_thro
                     rule: 0,
                     keep: true,
                     sample_rate: 2,
+                    ..
                 },
                 true,
             ) => kept += 1,

@@ -9,15 +9,34 @@
 //!   one, `> 2s` after `> 1s`) and never warns wrongly, but does not find every shadowed rule.
 //! - A negative operator on a span field at trace scope (`span.service != payment`): it holds
 //!   when *some* span differs, which is nearly always (found while parsing, see `expr`).
+//! - A time-boxed rule past its `active_until`: it retired and matches no trace.
 
 use super::condition::{Cond, Literal, Op, SpanCond};
 use super::{Rule, RuleError};
 
-/// Every warning of a rule set, in rule order: each rule's own, then whether it is shadowed.
+/// Every warning of a rule set now, in rule order: each rule's own, then whether it retired
+/// or is shadowed.
 pub fn lint(rules: &[Rule]) -> Vec<RuleError> {
+    lint_at(rules, std::time::SystemTime::now())
+}
+
+/// [`lint`] at the wall-clock instant `now`.
+pub fn lint_at(rules: &[Rule], now: std::time::SystemTime) -> Vec<RuleError> {
     let mut out = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         out.extend(r.warnings.iter().cloned());
+        if let Some(until) = r.active.and_then(|a| a.until).filter(|u| now >= *u) {
+            out.push(RuleError {
+                file: r.file.clone(),
+                line: r.line,
+                rule: format!("`{}`", r.name),
+                field: "active_until".into(),
+                message: format!(
+                    "this rule retired at {}: it matches no trace any more; remove it",
+                    super::window::show(until)
+                ),
+            });
+        }
         let shadow = rules[..i]
             .iter()
             .find(|a| a.always_decides() && rule_implies(r, a));

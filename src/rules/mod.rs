@@ -13,9 +13,13 @@
 //! - `cases`: trace cases with expected outcomes (`tailsift rules test`).
 //! - `reload`: watch the rules directory (and SIGHUP), swap valid changes in atomically.
 //! - `share`: this instance's share of the fleet's budgets, set on every rebalance.
+//! - `window`: time-boxed rules (active between two instants) and decaying sample rates.
+//! - `minimum`: reservoir minimums (at least N matching traces per window, fleet-wide).
 //!
 //! A rule is a name, optional conditions and an outcome: `keep` (with a sample rate), `drop`,
-//! `rate_limit`, `throughput` or `dynamic`. The last rule must have no conditions: it is the default.
+//! `rate_limit`, `throughput`, `dynamic`, or `factor` (which decides nothing: it multiplies
+//! the rate of the rule that decides next). The last rule must have no conditions: it is the
+//! default.
 //! Sampling is deterministic on the trace id, so every instance (and late span) agrees.
 
 pub mod cases;
@@ -27,8 +31,10 @@ mod field;
 mod file;
 mod lint;
 mod marks;
+mod minimum;
 pub mod reload;
 mod share;
+mod window;
 mod yaml;
 
 use std::fmt;
@@ -47,7 +53,9 @@ pub use file::{
     ReadFile,
 };
 pub use marks::{MarkValue, RuleMarks};
+pub use minimum::{Minimum, MinimumSpec, DEFAULT_MIN_WINDOW};
 pub use share::Share;
+pub use window::{schedule, Active, Clock, Phase};
 
 use crate::buffer::TraceEntry;
 use crate::decision::Decision;
@@ -136,6 +144,11 @@ pub enum Outcome {
     Throughput(ThroughputSpec),
     /// Keep 1 in `goal_rate` on average, rare keys at lower rates and common keys at higher.
     Dynamic(DynamicSpec),
+    /// Decide nothing: the rule that decides next keeps `factor` times as many of the traces
+    /// this rule matched (its 1 in N becomes 1 in N/`factor`; factors multiply).
+    Factor {
+        factor: f64,
+    },
 }
 
 impl Outcome {
@@ -148,6 +161,7 @@ impl Outcome {
             Outcome::RateLimit { per_second } => format!("rate_limit {per_second}/s"),
             Outcome::Throughput(t) => format!("throughput {}/s per key", t.per_second),
             Outcome::Dynamic(d) => format!("dynamic, 1 in {} on average", d.goal_rate),
+            Outcome::Factor { factor } => format!("factor ×{factor} on the rule that decides"),
         }
     }
 }
@@ -169,13 +183,24 @@ pub struct Rule {
     pub max_per_second: Option<f64>,
     /// `marks`: attributes added to the spans of the traces this rule keeps.
     pub marks: RuleMarks,
+    /// `active_from`/`active_until`: outside this window the rule matches no trace.
+    pub active: Option<Active>,
+    /// `decay_to_sample_rate`: a keep rule's rate moves from `sample_rate` at `active_from`
+    /// to this at `active_until`.
+    pub decay_to: Option<u32>,
+    /// `min_traces`: at least this many matching traces kept per window, fleet-wide.
+    pub minimum: Option<MinimumSpec>,
 }
 
 impl Rule {
     /// Whether the rule decides every trace its conditions match (no trace falls through to
     /// the next rule): what makes the rules after it that it covers unreachable.
     pub fn always_decides(&self) -> bool {
-        !matches!(self.outcome, Outcome::RateLimit { .. }) && self.max_per_second.is_none()
+        !matches!(
+            self.outcome,
+            Outcome::RateLimit { .. } | Outcome::Factor { .. }
+        ) && self.max_per_second.is_none()
+            && self.active.is_none()
     }
 
     /// How `rules explain` and test failures name what the rule does.
@@ -183,6 +208,24 @@ impl Rule {
         let mut out = self.outcome.describe();
         if let Some(m) = self.max_per_second {
             out += &format!(", at most {m}/s");
+        }
+        if let Some(to) = self.decay_to {
+            out += &format!(" decaying to 1 in {to}");
+        }
+        if let Some(m) = self.minimum {
+            out += &format!(
+                ", at least {} per {}",
+                m.traces,
+                humantime_serde::re::humantime::format_duration(m.window)
+            );
+        }
+        if let Some(a) = &self.active {
+            if let Some(f) = a.from {
+                out += &format!(", active from {}", window::show(f));
+            }
+            if let Some(u) = a.until {
+                out += &format!(", until {}", window::show(u));
+            }
         }
         if !self.marks.is_empty() {
             let marks: Vec<String> = self
@@ -285,6 +328,17 @@ pub struct RuleOptions {
     pub share: Share,
 }
 
+/// A sample rate divided by the product of the factors that apply to it: keep `factor` times
+/// as many. Whole, at least 1 (keep all).
+fn boost(rate: u32, factor: f64) -> u32 {
+    if factor == 1.0 {
+        return rate;
+    }
+    (f64::from(rate) / factor)
+        .round()
+        .clamp(1.0, f64::from(u32::MAX)) as u32
+}
+
 /// Per-rule counts since the last flush, added per decision and flushed per decider tick.
 #[derive(Debug, Default)]
 struct Counts {
@@ -310,6 +364,7 @@ struct RuleState {
     goal: Option<GoalRate>,
     /// The rule's marks, encoded.
     marks: Option<Marks>,
+    minimum: Option<Minimum>,
 }
 
 impl RuleState {
@@ -332,6 +387,7 @@ impl RuleState {
                 _ => None,
             },
             marks: marks::encode(&rule.marks),
+            minimum: rule.minimum.map(|m| Minimum::shared(m, share.clone())),
         }
     }
 }
@@ -345,6 +401,8 @@ pub struct RuleSet {
     salt: Option<u64>,
     options: RuleOptions,
     version: String,
+    /// The wall clock of time-boxed rules, read through tokio's.
+    clock: Clock,
 }
 
 /// A rule's verdict on a trace, before the mode applies.
@@ -355,6 +413,10 @@ pub struct Verdict {
     pub keep: bool,
     /// The sample rate the trace was (or would have been) kept at: it stands for this many.
     pub sample_rate: u32,
+    /// The deciding rule's own rate, when factor rules changed it into `sample_rate`.
+    pub unboosted: Option<u32>,
+    /// Kept by the rule's `min_traces` (at rate 1), not by its outcome.
+    pub minimum: bool,
 }
 
 impl Clone for RuleSet {
@@ -370,6 +432,7 @@ impl Clone for RuleSet {
             salt: self.salt,
             options: self.options.clone(),
             version: self.version.clone(),
+            clock: self.clock,
         }
     }
 }
@@ -426,7 +489,13 @@ impl RuleSet {
                 .map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes())),
             options,
             version,
+            clock: Clock::now(),
         }
+    }
+
+    /// Where a rule stands at tokio's `now` on this set's wall clock (`None`: not time-boxed).
+    pub fn phase(&self, rule: &Rule, now: Instant) -> Option<Phase> {
+        rule.active.map(|a| a.phase(self.clock.wall(now)))
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -485,10 +554,12 @@ impl RuleSet {
         lint::lint(&self.rules)
     }
 
-    /// The first rule whose conditions hold (the stateful outcomes are not consulted).
+    /// The first rule whose conditions hold and that decides (not a factor); neither the
+    /// stateful outcomes nor the rules' time boxes are consulted.
     pub fn matching(&self, trace: &TraceView<'_>) -> &Rule {
         self.rules
             .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Factor { .. }))
             .find(|r| r.condition.as_ref().is_none_or(|c| c.eval(trace)))
             // `new` guarantees a final rule without conditions.
             .unwrap_or_else(|| &self.rules[self.rules.len() - 1])
@@ -524,20 +595,46 @@ impl RuleSet {
     }
 
     /// Which rule decides the trace, and how. Counts the matches (including rate-limited
-    /// traces that fall through) but not the outcome.
+    /// traces that fall through, and factors) but not the outcome.
     pub fn verdict(&self, trace: &TraceView<'_>, now: Instant) -> Verdict {
         let spans = u64::from(trace.span_count);
+        // The product of the factors of the factor rules matched so far.
+        let mut factor = 1.0f64;
         for (i, rule) in self.rules.iter().enumerate() {
+            if rule
+                .active
+                .is_some_and(|a| a.phase(self.clock.wall(now)) != Phase::Active)
+            {
+                continue; // not yet, or retired
+            }
             if !rule.condition.as_ref().is_none_or(|c| c.eval(trace)) {
                 continue;
             }
             let state = &self.state[i];
             state.counts.traces[MATCHED].fetch_add(1, Ordering::Relaxed);
             state.counts.spans[MATCHED].fetch_add(spans, Ordering::Relaxed);
+            if let Outcome::Factor { factor: f } = rule.outcome {
+                factor *= f;
+                continue;
+            }
+            if state.minimum.as_ref().is_some_and(|m| m.try_take(now)) {
+                // Within the window's minimum: kept whole, standing for itself.
+                return Verdict {
+                    rule: i,
+                    keep: true,
+                    sample_rate: 1,
+                    unboosted: None,
+                    minimum: true,
+                };
+            }
+            // The outcome's own rate, before the factors.
             let (keep, sample_rate) = match &rule.outcome {
-                Outcome::Keep { sample_rate } => {
-                    (self.sampled(&trace.id, *sample_rate), *sample_rate)
-                }
+                Outcome::Keep { sample_rate } => match (rule.decay_to, rule.active) {
+                    (Some(to), Some(a)) => {
+                        (true, a.decayed(*sample_rate, to, self.clock.wall(now)))
+                    }
+                    _ => (true, *sample_rate),
+                },
                 Outcome::Drop => (false, 1),
                 Outcome::RateLimit { .. } => {
                     let allowed = state.limiter.as_ref().is_some_and(|l| l.try_take(now));
@@ -550,14 +647,29 @@ impl RuleSet {
                 }
                 Outcome::Throughput(spec) => {
                     let key = condition::key_hash(&spec.keys, trace);
-                    let rate = state.throughput.as_ref().map_or(1, |t| t.rate(key, now));
-                    (self.sampled(&trace.id, rate), rate)
+                    (
+                        true,
+                        state.throughput.as_ref().map_or(1, |t| t.rate(key, now)),
+                    )
                 }
                 Outcome::Dynamic(spec) => {
                     let key = condition::key_hash(&spec.keys, trace);
-                    let rate = state.goal.as_ref().map_or(1, |g| g.rate(key, now));
-                    (self.sampled(&trace.id, rate), rate)
+                    (true, state.goal.as_ref().map_or(1, |g| g.rate(key, now)))
                 }
+                Outcome::Factor { .. } => continue, // taken above
+            };
+            // A sampled outcome (keep, throughput, dynamic) keeps 1 in its rate divided by
+            // the factors; a rate limit keeps whole and a drop drops, whatever the factors.
+            let sampled = keep && !matches!(rule.outcome, Outcome::RateLimit { .. });
+            let (keep, sample_rate, unboosted) = if sampled {
+                let boosted = boost(sample_rate, factor);
+                (
+                    self.sampled(&trace.id, boosted),
+                    boosted,
+                    (boosted != sample_rate).then_some(sample_rate),
+                )
+            } else {
+                (keep, sample_rate, None)
             };
             if keep && rule.max_per_second.is_some() {
                 let allowed = state.limiter.as_ref().is_some_and(|l| l.try_take(now));
@@ -571,6 +683,8 @@ impl RuleSet {
                 rule: i,
                 keep,
                 sample_rate,
+                unboosted,
+                minimum: false,
             };
         }
         // Unreachable for a checked set (its default rule matches everything and is never
@@ -579,6 +693,8 @@ impl RuleSet {
             rule: self.rules.len() - 1,
             keep: false,
             sample_rate: 1,
+            unboosted: None,
+            minimum: false,
         }
     }
 
@@ -598,7 +714,11 @@ impl RuleSet {
 
     /// Adds the per-rule counts gathered since the last flush to the metrics, in bulk.
     pub fn flush_metrics(&self) {
+        let wall = self.clock.wall(Instant::now());
         for (rule, state) in self.rules.iter().zip(&self.state) {
+            let active = rule.active.is_none_or(|a| a.phase(wall) == Phase::Active);
+            metrics::gauge!(m::RULE_ACTIVE, "rule" => rule.name.to_string())
+                .set(f64::from(u8::from(active)));
             for (i, result) in RESULTS.iter().enumerate() {
                 let traces = state.counts.traces[i].swap(0, Ordering::Relaxed);
                 if traces > 0 {
@@ -615,6 +735,8 @@ impl RuleSet {
     }
 }
 
+#[cfg(test)]
+mod boost_tests;
 #[cfg(test)]
 mod language_tests;
 #[cfg(test)]

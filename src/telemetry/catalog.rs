@@ -360,6 +360,11 @@ catalog! {
         labels: [RULE, Label::fixed("result", RuleResult::NAMES)],
         help: "Spans of the traces counted in tailsift_rule_traces_total, by rule and result.",
     }
+    RULE_ACTIVE: Gauge "tailsift_rule_active" {
+        unit: Count,
+        labels: [RULE],
+        help: "Whether a rule is active: 1, or 0 for a time-boxed rule before its active_from or retired past its active_until (it then matches no trace). Set per decider tick.",
+    }
     RULES_RELOADS: Counter "tailsift_rules_reloads_total" {
         unit: Count,
         labels: [Label::fixed("result", Reload::NAMES)],

@@ -199,26 +199,37 @@ fn register(d: &MetricDef, labels: &[(&'static str, String)]) {
 }
 
 /// The outcomes a rule can give, hence its only `outcome` (and `result`) series: a drop rule
-/// never keeps; a rule keeping every trace (sample rate 1) or a rate limit (whose traces over
-/// the limit fall through to the next rule, counted there) never drops. In shadow mode the
+/// never keeps (unless its `min_traces` does); a rule keeping every trace (sample rate 1,
+/// not decaying) or a rate limit (whose traces over the limit fall through to the next rule,
+/// counted there) never drops; a factor rule decides nothing. (A factor below 1 can make a
+/// later keep-all rule drop: that series appears when it is first counted.) In shadow mode the
 /// outcome counted is still the rule's verdict.
 pub fn outcomes(rule: &crate::rules::Rule) -> &'static [Outcome] {
     use crate::rules::Outcome as Rule;
     match rule.outcome {
-        Rule::Drop => &[Outcome::Dropped],
-        Rule::Keep { sample_rate } if sample_rate <= 1 => &[Outcome::Kept],
+        Rule::Drop if rule.minimum.is_none() => &[Outcome::Dropped],
+        Rule::Keep { sample_rate } if sample_rate <= 1 && rule.decay_to.is_none() => {
+            &[Outcome::Kept]
+        }
         Rule::RateLimit { .. } => &[Outcome::Kept],
-        Rule::Keep { .. } | Rule::Throughput(_) | Rule::Dynamic(_) => {
+        Rule::Factor { .. } => &[],
+        Rule::Drop | Rule::Keep { .. } | Rule::Throughput(_) | Rule::Dynamic(_) => {
             &[Outcome::Kept, Outcome::Dropped]
         }
     }
 }
 
 /// Registers the per-rule series of a (re)loaded rule set at zero: for each rule, the
-/// outcomes it can give ([`outcomes`]) by every trigger, and its matches.
+/// outcomes it can give ([`outcomes`]) by every trigger, and its matches; and whether it is
+/// active now (`tailsift_rule_active`, kept current by each decider tick).
 pub fn init_rules(rules: &[crate::rules::Rule]) {
+    let wall = std::time::SystemTime::now();
     for rule in rules {
         let name = rule.name.to_string();
+        let active = rule
+            .active
+            .is_none_or(|a| a.phase(wall) == crate::rules::Phase::Active);
+        metrics::gauge!(RULE_ACTIVE, "rule" => name.clone()).set(f64::from(u8::from(active)));
         for &outcome in outcomes(rule) {
             for trigger in crate::decision::Trigger::ALL {
                 metrics::counter!(TRACES_DECIDED,
