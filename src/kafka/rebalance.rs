@@ -4,9 +4,11 @@
 //! On revocation: let the decision log's records in flight arrive, commit what is safe while
 //! the partitions are still ours, and hand undecided traces back to the next owner. On
 //! assignment: look up each partition's read mark and head mark, and pause it while its
-//! decisions are read back from the decision log. librdkafka runs these callbacks inside
+//! decisions are read back from the decision log. After either: recompute this instance's
+//! share of the fleet's budgets (see `rules::Share`). librdkafka runs these callbacks inside
 //! `poll`, on the ingest thread.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -34,6 +36,9 @@ const REVOKE_FLUSH: Duration = Duration::from_secs(2);
 /// How long looking up the marks of newly assigned partitions may take.
 const MARKS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long looking up an input topic's partition count may take, per rebalance and topic.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The ingest consumer's context: the partition table and everything the callbacks touch.
 pub struct SourceContext {
     /// The clients that commit the read and head marks (the latter also reads heads back).
@@ -43,6 +48,8 @@ pub struct SourceContext {
     parts: Mutex<Partitions>,
     /// The decision log, unless it is off.
     log: Option<LogSide>,
+    /// The input topics, and the partition count each had when last looked up.
+    inputs: Mutex<HashMap<String, Option<usize>>>,
 }
 
 impl SourceContext {
@@ -120,7 +127,9 @@ impl SourceContext {
                 self.health.lag.revoked(&a.topic, a.partition);
             }
         }
+        let owned = parts.by_index.len();
         drop(parts);
+        self.reshare(owned);
         let (released, decided) = self.sampler.partitions_revoked(&revoked, Instant::now());
         let assigned = self.health.assigned.load(Ordering::Relaxed);
         let left = assigned.saturating_sub(revoked.len());
@@ -180,6 +189,7 @@ impl SourceContext {
         }
         let n = parts.by_index.len();
         drop(parts);
+        self.reshare(n);
         if let (Some(side), Some(job)) = (&self.log, job) {
             // Not ingested before its decisions are back (a message fetched before the pause
             // took effect waits for the read-back: see `consume::run`).
@@ -198,6 +208,44 @@ impl SourceContext {
             let _ = consumer.pause(tpl);
             metrics::gauge!(m::PAUSED_PARTITIONS).set(n as f64);
         }
+    }
+}
+
+impl SourceContext {
+    /// Sets the rules' share of the fleet's budgets to the `owned` input partitions over all
+    /// partitions of the input topics, looked up now (a topic's partitions can be added, and
+    /// that rebalances the group). A topic that cannot be looked up counts with its last
+    /// known size; one never seen counts for nothing, which can only raise the share, to at
+    /// most the whole budget.
+    fn reshare(&self, owned: usize) {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, size) in inputs.iter_mut() {
+            match self
+                .marks
+                .read
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            {
+                Ok(md) => {
+                    let n = md
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map(|t| t.partitions().len());
+                    if n.is_some() {
+                        *size = n;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, known = ?size,
+                        "cannot look up the input topic's partitions; its last known count is used");
+                }
+            }
+        }
+        let total: usize = inputs.values().map(|n| n.unwrap_or(0)).sum();
+        drop(inputs);
+        let share = self.sampler.set_share(owned, total);
+        metrics::gauge!(m::BUDGET_SHARE).set(share);
+        tracing::info!(owned, total, share, "budget share recomputed");
     }
 }
 
@@ -244,6 +292,7 @@ pub fn consumer(
             health,
             parts: Mutex::new(Partitions::default()),
             log,
+            inputs: Mutex::new(topics.iter().map(|t| (t.clone(), None)).collect()),
         };
         let consumer: BaseConsumer<SourceContext> = config.create_with_context(ctx)?;
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -180,6 +180,15 @@ impl Sampler {
         &self.decisions
     }
 
+    /// Sets this instance's share of the fleet's budgets to `owned` of `total` input
+    /// partitions (on every rebalance): it reaches the rules in use and every reload of them.
+    /// Returns the share set.
+    pub fn set_share(&self, owned: usize, total: usize) -> f64 {
+        let rules = self.rules.load();
+        rules.set_share(owned, total);
+        rules.share().fraction()
+    }
+
     /// Replaces the rules (a reload); returns the previous ones.
     pub fn swap_rules(&self, rules: Arc<RuleSet>) -> Arc<RuleSet> {
         self.rules.swap(rules)

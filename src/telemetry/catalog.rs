@@ -183,6 +183,11 @@ catalog! {
         labels: [],
         help: "Input partitions assigned to this instance.",
     }
+    BUDGET_SHARE: Gauge "tailsift_budget_share" {
+        unit: Count,
+        labels: [],
+        help: "This instance's share of the fleet's budgets (rate_limit, max_traces_per_second, throughput targets, min_traces), 0 to 1: the input partitions it owns over all partitions of the input topics. Recomputed on every rebalance; 0 until the first assignment.",
+    }
     REBALANCES: Counter "tailsift_rebalances_total" {
         unit: Count,
         labels: [Label::fixed("kind", RebalanceKind::NAMES)],
