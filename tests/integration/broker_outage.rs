@@ -3,7 +3,7 @@
 //! tailsift keeps running, reports itself unready while the broker does not answer, becomes
 //! ready again, and every trace the rules keep reaches the output whole.
 
-mod common;
+use crate::fixture as common;
 
 use std::time::{Duration, Instant};
 

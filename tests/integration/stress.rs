@@ -2,7 +2,7 @@
 //! mode (traces decided by trace id alone, errors kept, nothing buffered) and back once the
 //! lag is low again.
 
-mod common;
+use crate::fixture as common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;

@@ -7,7 +7,7 @@
 //! its trace's decision. The instances are the real binary, stopped by SIGTERM or SIGKILL,
 //! and scaled 1 → 3 → 1 under load.
 
-mod common;
+use crate::fixture as common;
 
 use std::path::Path;
 use std::time::Duration;

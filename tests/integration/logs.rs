@@ -1,7 +1,7 @@
 //! Logs of the binary on a real broker: text by default, JSON when the config says so, and no
 //! line per span at info level.
 
-mod common;
+use crate::fixture as common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

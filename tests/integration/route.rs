@@ -2,7 +2,7 @@
 //! come out split per trace and keyed by trace id, one partition per trace; fed to the
 //! sampler, every trace the rules keep is whole.
 
-mod common;
+use crate::fixture as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! replaces atomically. A valid change is swapped in; a bad one keeps the old rules.
 //! (Its own test binary: the reload metrics are process-wide.)
 
-mod common;
+use crate::fixture as common;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Bad input on a real broker: counted, logged, skipped; the pipeline goes on.
 
-mod common;
+use crate::fixture as common;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

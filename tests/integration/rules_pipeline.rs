@@ -1,7 +1,7 @@
 //! The rule language end to end through the pipeline on a real broker: one trace per operator
 //! family and per outcome (keep, drop, rate_limit, throughput, shadow), with marking.
 
-mod common;
+use crate::fixture as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The at-least-once promise with the real binary: SIGKILL mid-stream, restart, and every span
 //! of every trace the rules keep still reaches the output; then SIGTERM exits cleanly in time.
 
-mod common;
+use crate::fixture as common;
 
 use std::time::Duration;
 

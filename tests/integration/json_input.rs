@@ -1,7 +1,7 @@
 //! OTLP/JSON input on a real broker: sampled like protobuf, bad JSON counted and skipped.
 //! (Its own test binary: metrics are process-wide, and these assertions count exactly.)
 
-mod common;
+use crate::fixture as common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! `${env:...}`: every client tailsift makes authenticates and every kept trace arrives. With a
 //! wrong password tailsift stays up, unready, and its log says authentication failed.
 
-mod common;
+use crate::fixture as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

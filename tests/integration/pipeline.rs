@@ -1,6 +1,6 @@
 //! The pipeline end to end on a real broker: spans in, traces decided, kept traces out.
 
-mod common;
+use crate::fixture as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! picked up within seconds of its creation, not at librdkafka's 5-minute metadata refresh.
 //! On a real broker, with tailsift's own librdkafka settings (no override).
 
-mod common;
+use crate::fixture as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! none the rules drop is, no trace carries two different decisions, and the duplicates are
 //! measured and bounded.
 
-mod common;
+use crate::fixture as common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Secrets in the config, with the real binary: `${env:..}` and `${file:..}` property values are
 //! resolved at load, and the secret never shows in the logs or on the HTTP port.
 
-mod common;
+use crate::fixture as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Consumer lag and readiness on a real broker.
 
-mod common;
+use crate::fixture as common;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

@@ -4,7 +4,7 @@
 //! go on; a message far larger than an output message is split on the way out. None of it
 //! stops the pipeline. (Its own test binary: metrics are process-wide.)
 
-mod common;
+use crate::fixture as common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

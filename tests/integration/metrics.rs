@@ -4,7 +4,7 @@
 //! One test in this binary: the metrics recorder is global to the process, so the counts
 //! seen are exactly this test's traffic.
 
-mod common;
+use crate::fixture as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

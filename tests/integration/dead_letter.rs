@@ -2,7 +2,7 @@
 //! arrived, with headers naming where it came from and why it was refused; good traffic on
 //! the same partitions goes on. (Its own test binary: metrics are process-wide.)
 
-mod common;
+use crate::fixture as common;
 
 use std::time::Duration;
 

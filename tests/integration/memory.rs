@@ -1,7 +1,7 @@
 //! Bounded memory on a real broker: a flood against a small budget (with the real binary, so
 //! that its resident memory can be read), and one giant trace amid normal traffic.
 
-mod common;
+use crate::fixture as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

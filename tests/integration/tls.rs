@@ -3,7 +3,7 @@
 //! (consumer, producer, lag, read and head marks) works and every kept trace reaches the
 //! output; with another CA, tailsift stays up, unready, and says why.
 
-mod common;
+use crate::fixture as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
