@@ -3,17 +3,16 @@
 //! tailsift keeps running, reports itself unready while the broker does not answer, becomes
 //! ready again, and every trace the rules keep reaches the output whole.
 
-use crate::fixture as common;
-
 use std::time::{Duration, Instant};
 
-use common::broker::Broker;
-use common::instance::{start, Spec};
-use common::traffic::{self, RULES};
-use common::*;
+use crate::fixture::broker::Broker;
+use crate::fixture::instance::{launch, RunConfig};
+use crate::fixture::traffic::{self, RULES};
+use crate::fixture::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_broker_makes_tailsift_unready_then_it_recovers_and_loses_nothing() {
+    let _turn = several_processes().await;
     tokio::time::timeout(Duration::from_secs(240), outage())
         .await
         .expect("the outage test finishes within 4 minutes");
@@ -26,21 +25,10 @@ async fn outage() {
     create_topic_on(&broker.addr, &input, 4).await;
     create_topic_on(&broker.addr, &output, 1).await;
     let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let text = format!(
-        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n  commit_interval: 200ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 1500ms\n  root_grace: 500ms\nmonitoring:\n  lag_interval: 500ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
-        broker.addr,
-        unique("group"),
-        rules.path().display()
-    );
-    let mut inst = start(
-        dir.path(),
-        &text,
-        Spec {
-            name: "tailsift",
-            instance_id: None,
-        },
-        &[],
-    );
+    let config = RunConfig::quick(&input, &output, rules.path())
+        .set("kafka.brokers", broker.addr.as_str())
+        .set("monitoring.lag_interval", "500ms");
+    let mut inst = launch(dir.path(), "tailsift", &config).start();
     inst.wait_ready(Duration::from_secs(60)).await;
     let p = producer_on(&broker.addr);
     traffic::send_interleaved(&p, &input, 3, 0..300, Duration::from_millis(2));
@@ -92,7 +80,7 @@ async fn outage() {
     let expected = traffic::expected(rules.path(), 3, 0..600);
     let mut reader = Reader::on(&broker.addr, &output);
     reader.read_until(Duration::from_secs(60), |m| traffic::complete(&expected, m));
-    reader.read_until(Duration::from_secs(1), |_| false);
+    reader.settle(secs(1));
     let v = traffic::verdict(&expected, &reader.messages);
     eprintln!(
         "outage: {} kept traces, {} duplicate spans (rate {:.4})",

@@ -1,16 +1,15 @@
 //! The at-least-once promise with the real binary: SIGKILL mid-stream, restart, and every span
 //! of every trace the rules keep still reaches the output; then SIGTERM exits cleanly in time.
 
-use crate::fixture as common;
-
 use std::time::Duration;
 
-use common::instance::{start, Spec};
-use common::traffic::{self, RULES};
-use common::*;
+use crate::fixture::instance::{launch, RunConfig};
+use crate::fixture::traffic::{self, RULES};
+use crate::fixture::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_loses_no_span_of_a_kept_trace() {
+    let _turn = several_processes().await;
     tokio::time::timeout(Duration::from_secs(240), crash_and_restart())
         .await
         .expect("the crash test finishes within 4 minutes");
@@ -23,18 +22,8 @@ async fn crash_and_restart() {
     let rules = rules_dir(&[("rules.yaml", RULES)]);
     let dir = tempfile::tempdir().expect("tempdir");
     // Both instances share the group; only the HTTP port differs.
-    let text = format!(
-        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n  commit_interval: 200ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 1500ms\n  root_grace: 500ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
-        brokers(),
-        unique("crash-group"),
-        rules.path().display()
-    );
-    let spec = |name| Spec {
-        name,
-        instance_id: None,
-    };
-
-    let mut a = start(dir.path(), &text, spec("a"), &[]);
+    let config = RunConfig::quick(&input, &output, rules.path());
+    let mut a = launch(dir.path(), "a", &config).start();
     a.wait_ready(Duration::from_secs(60)).await;
     let mut reader = Reader::new(&output);
     // Traffic keeps flowing while instance A is killed and B takes over.
@@ -56,7 +45,7 @@ async fn crash_and_restart() {
         reader.messages.len()
     );
 
-    let mut b = start(dir.path(), &text, spec("b"), &[]);
+    let mut b = launch(dir.path(), "b", &config).start();
     b.wait_ready(Duration::from_secs(60)).await;
     sender.join().expect("sender");
     eprintln!("crash test: traffic sent");
@@ -64,7 +53,7 @@ async fn crash_and_restart() {
     // What arrived: every expected trace whole, nothing else, duplicates counted.
     let expected = traffic::expected(rules.path(), 0, 0..1200);
     let all_there = reader.read_until(Duration::from_secs(60), |m| traffic::complete(&expected, m));
-    reader.read_until(Duration::from_secs(2), |_| false);
+    reader.settle(secs(2));
     let v = traffic::verdict(&expected, &reader.messages);
     assert!(all_there || !v.missing.is_empty(), "read everything");
     v.assert_promise_kept();
@@ -100,12 +89,15 @@ async fn straddling_trace_is_decided_the_same_after(stop: &str, log: bool) {
     create_topic(&output, 1).await;
     let rules = rules_dir(&[("rules.yaml", RULES)]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let decisions = if log { "" } else { "  decision_topic: \"\"\n" };
-    let text = format!(
-        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {group}\n{decisions}  commit_interval: 100ms\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 60s\n  root_grace: 200ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
-        brokers(),
-        rules.path().display()
-    );
+    let mut config = RunConfig::new(&input, &output, rules.path())
+        .set("kafka.group_id", group.as_str())
+        .set("kafka.commit_interval", "100ms")
+        .set("completion.decision_wait", "60s")
+        .set("completion.root_grace", "200ms")
+        .set("shutdown_timeout", "10s");
+    if !log {
+        config = config.set("kafka.decision_topic", "");
+    }
     // Trace A fails in its first message (kept by `errors`); its later messages alone would
     // be kept by `half` instead: a partial view decides differently. Trace B never completes
     // before the stop, so it holds the commit offset between A's messages.
@@ -123,15 +115,7 @@ async fn straddling_trace_is_decided_the_same_after(stop: &str, log: bool) {
         tailsift::otlp::TraceId(tb).to_hex(),
     );
 
-    let mut first = start(
-        dir.path(),
-        &text,
-        Spec {
-            name: "first",
-            instance_id: None,
-        },
-        &[],
-    );
+    let mut first = launch(dir.path(), "first", &config).start();
     first.wait_ready(Duration::from_secs(60)).await;
     let p = producer();
     send(&p, &input, &ka, &ma[0]); // offset 0: A's failing span
@@ -140,10 +124,7 @@ async fn straddling_trace_is_decided_the_same_after(stop: &str, log: bool) {
     send(&p, &input, &ka, &ma[2]); // offset 3: A's root; A is decided and forwarded
     flush(&p);
     let mut reader = Reader::new(&output);
-    assert!(
-        reader.read_until(Duration::from_secs(30), |m| m.iter().any(|m| m.key == ka)),
-        "A is forwarded"
-    );
+    assert!(reader.read_key(secs(30), &ka), "A is forwarded");
     let committed_at_b = eventually(Duration::from_secs(30), || {
         committed(&group, &input, 0) == Some(1)
     })
@@ -160,15 +141,7 @@ async fn straddling_trace_is_decided_the_same_after(stop: &str, log: bool) {
         }
     }
 
-    let second = start(
-        dir.path(),
-        &text,
-        Spec {
-            name: "second",
-            instance_id: None,
-        },
-        &[],
-    );
+    let second = launch(dir.path(), "second", &config).start();
     second.wait_ready(Duration::from_secs(60)).await;
     send(&p, &input, &kb, &mb[1]);
     send(&p, &input, &kb, &mb[2]);
@@ -178,7 +151,7 @@ async fn straddling_trace_is_decided_the_same_after(stop: &str, log: bool) {
     assert!(expected.contains_key(&ka), "A is kept");
     let whole = reader.read_until(Duration::from_secs(30), |m| traffic::complete(&expected, m));
     // A replayed decision of A, if any, is on its way by now.
-    reader.read_until(Duration::from_secs(2), |_| false);
+    reader.settle(secs(2));
     let v = traffic::verdict(&expected, &reader.messages);
     assert!(whole, "every kept trace whole: missing {:?}", v.missing);
     let rules_of_a: std::collections::BTreeSet<_> = reader
@@ -217,6 +190,7 @@ async fn straddling_trace_is_decided_the_same_after(stop: &str, log: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_straddling_the_commit_is_decided_the_same_after_a_sigkill() {
+    let _turn = several_processes().await;
     tokio::time::timeout(
         Duration::from_secs(120),
         straddling_trace_is_decided_the_same_after("SIGKILL", false),
@@ -227,6 +201,7 @@ async fn a_trace_straddling_the_commit_is_decided_the_same_after_a_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_straddling_the_commit_follows_its_logged_decision_after_a_sigkill() {
+    let _turn = several_processes().await;
     tokio::time::timeout(
         Duration::from_secs(120),
         straddling_trace_is_decided_the_same_after("SIGKILL", true),
@@ -237,6 +212,7 @@ async fn a_trace_straddling_the_commit_follows_its_logged_decision_after_a_sigki
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_straddling_the_commit_is_decided_the_same_after_a_graceful_stop() {
+    let _turn = several_processes().await;
     tokio::time::timeout(
         Duration::from_secs(120),
         straddling_trace_is_decided_the_same_after("SIGTERM", false),

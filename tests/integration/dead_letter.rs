@@ -1,39 +1,31 @@
 //! The dead-letter topic on a real broker: every undecodable message is copied there as it
 //! arrived, with headers naming where it came from and why it was refused; good traffic on
-//! the same partitions goes on. (Its own test binary: metrics are process-wide.)
-
-use crate::fixture as common;
+//! the same partitions goes on.
 
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::*;
 use tailsift::dead_letter::*;
 use tailsift::otlp::build::*;
 use tailsift::otlp::{Encoding, TraceId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_messages_go_to_the_dead_letter_topic_with_their_origin() {
-    let (input, json_input, output, dlq) = (
-        unique("in"),
-        unique("in-json"),
-        unique("out"),
-        unique("dlq"),
-    );
-    for t in [&input, &json_input, &output, &dlq] {
+    own_process!(); // exact process-wide counts
+    let (json_input, dlq) = (unique("in-json"), unique("dlq"));
+    for t in [&json_input, &dlq] {
         create_topic(t, 1).await;
     }
-    let rules = rules_dir(&[(
-        "rules.yaml",
-        "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
-    )]);
-    let mut config = config(&input, &output, rules.path());
-    config.kafka.input_topics.push(json_input.clone());
-    config
-        .kafka
-        .input_encodings
-        .insert(json_input.clone(), Encoding::OtlpJson);
-    config.kafka.dead_letter_topic = Some(dlq.clone());
-    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let (j, d) = (json_input.clone(), dlq.clone());
+    let pipe = pipeline(ERRORS_ELSE_DROP)
+        .config(move |c| {
+            c.kafka.input_topics.push(j.clone());
+            c.kafka.input_encodings.insert(j, Encoding::OtlpJson);
+            c.kafka.dead_letter_topic = Some(d);
+        })
+        .start()
+        .await;
+    let input = &pipe.input;
 
     let p = producer();
     let t = trace_id(5);
@@ -41,14 +33,14 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_with_their_origin() {
     // (topic, key, payload, kind)
     let bad: Vec<(&str, &str, Vec<u8>, &str)> = vec![
         (
-            &input,
+            input,
             "garbage",
             b"\x0a\xff\xff\xff\x0f not protobuf".to_vec(),
             "malformed_protobuf",
         ),
-        (&input, "empty", Vec::new(), "empty"),
+        (input, "empty", Vec::new(), "empty"),
         (
-            &input,
+            input,
             "truncated",
             good[..good.len() - 3].to_vec(),
             "malformed_protobuf",
@@ -64,13 +56,11 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_with_their_origin() {
     for (topic, key, payload, _) in &bad {
         send(&p, topic, key, payload);
     }
-    send(&p, &input, &TraceId(t).to_hex(), &good);
+    send(&p, input, &TraceId(t).to_hex(), &good);
     flush(&p);
 
-    let mut out = Reader::new(&output);
-    let hex = TraceId(t).to_hex();
     assert!(
-        out.read_until(Duration::from_secs(20), |m| m.iter().any(|m| m.key == hex)),
+        pipe.reader().read_key(secs(20), &TraceId(t).to_hex()),
         "the good trace after the bad messages is kept"
     );
     let mut letters = Reader::new(&dlq);
@@ -79,14 +69,10 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_with_their_origin() {
         "every undecodable message reaches the dead-letter topic: {:?}",
         letters.messages.iter().map(|m| &m.key).collect::<Vec<_>>()
     );
-    letters.read_until(Duration::from_secs(1), |_| false);
+    letters.settle(secs(1));
     assert_eq!(letters.messages.len(), bad.len(), "each exactly once");
     for (topic, key, payload, kind) in &bad {
-        let l = letters
-            .messages
-            .iter()
-            .find(|m| m.key == *key)
-            .unwrap_or_else(|| panic!("dead letter {key}"));
+        let l = letters.first(key);
         assert_eq!(&l.payload, payload, "{key}: the payload as it arrived");
         assert_eq!(l.headers[SOURCE_TOPIC_HEADER], **topic, "{key}");
         assert_eq!(l.headers[SOURCE_PARTITION_HEADER], "0", "{key}");
@@ -99,18 +85,11 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_with_their_origin() {
     }
     let offsets: Vec<&str> = ["garbage", "empty", "truncated"]
         .iter()
-        .map(|k| {
-            let l = letters
-                .messages
-                .iter()
-                .find(|m| m.key == *k)
-                .expect("letter");
-            l.headers[SOURCE_OFFSET_HEADER].as_str()
-        })
+        .map(|k| letters.first(k).headers[SOURCE_OFFSET_HEADER].as_str())
         .collect();
     assert_eq!(offsets, ["0", "1", "2"], "offsets name the source messages");
 
-    let (_, body) = http_get(running.http_addr, "/metrics").expect("scrape");
+    let body = pipe.scrape();
     assert_eq!(
         metric(&body, "tailsift_dead_letters_total", ""),
         Some(bad.len() as f64),
@@ -120,15 +99,11 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_with_their_origin() {
         metric(&body, "tailsift_decode_failures_total", ""),
         Some(bad.len() as f64)
     );
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            http_get(running.http_addr, "/metrics")
-                .ok()
-                .and_then(|(_, b)| metric(&b, "tailsift_offsets_held_back", ""))
-                == Some(0.0)
-        })
-        .await,
-        "the dead letters are acknowledged and their offsets released"
-    );
-    running.shutdown().await.expect("shutdown");
+    wait_for(
+        secs(10),
+        "the dead letters are acknowledged and their offsets released",
+        || metric(&pipe.scrape(), "tailsift_offsets_held_back", "") == Some(0.0),
+    )
+    .await;
+    pipe.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! The decision cache allocates nothing once it is full: inserting a decision reuses the place
 //! of the one it pushes out (or of the ones that expired). Counted with a global allocator that
-//! counts per thread, so the test harness's own threads do not disturb the count.
+//! counts per thread, so the test harness's own threads do not disturb the count. It is the
+//! allocator of the whole test binary: the other tests, on their own threads, do not either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -7,105 +7,15 @@
 //! its trace's decision. The instances are the real binary, stopped by SIGTERM or SIGKILL,
 //! and scaled 1 → 3 → 1 under load.
 
-use crate::fixture as common;
-
-use std::path::Path;
 use std::time::Duration;
 
-use common::instance::{start, Instance, Spec};
-use common::traffic::{self, RULES};
-use common::*;
+use crate::fixture::traffic::{self, Group};
+use crate::fixture::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 
 /// Duplicate spans per kept span a SIGKILL may cause (the target).
 const MAX_DUPLICATES_AFTER_SIGKILL: f64 = 0.005;
-
-/// The tests that run several tailsift processes take turns: a duplicate is a kept trace whose
-/// output was acknowledged and whose decision record was not yet when the process died, and
-/// that window widens with the load sibling tests put on the machine, which is not what is
-/// measured here.
-static PROCESSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn config_text(input: &str, output: &str, group: &str, rules: &Path) -> String {
-    format!(
-        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {group}\n  commit_interval: 200ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 30s\n  root_grace: 500ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
-        brokers(),
-        rules.display()
-    )
-}
-
-struct Setup {
-    input: String,
-    output: String,
-    text: String,
-    rules: tempfile::TempDir,
-    dir: tempfile::TempDir,
-}
-
-async fn setup(partitions: i32) -> Setup {
-    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
-    create_topic(&input, partitions).await;
-    create_topic(&output, 3).await;
-    let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let text = config_text(&input, &output, &group, rules.path());
-    Setup {
-        input,
-        output,
-        text,
-        rules,
-        dir: tempfile::tempdir().expect("tempdir"),
-    }
-}
-
-impl Setup {
-    fn start(&self, name: &str) -> Instance {
-        start(
-            self.dir.path(),
-            &self.text,
-            Spec {
-                name,
-                instance_id: None,
-            },
-            &[],
-        )
-    }
-
-    /// Sends traces `0..n` of `run` with their late spans, on a thread.
-    fn sender(&self, run: u64, n: u64, pace: Duration) -> std::thread::JoinHandle<()> {
-        let input = self.input.clone();
-        std::thread::spawn(move || {
-            let p = producer();
-            traffic::send_with_late_spans(&p, &input, run, 0..n, pace);
-        })
-    }
-
-    /// Waits for every kept trace whole, late spans included, and checks the promise.
-    fn check(&self, run: u64, n: u64, what: &str) -> traffic::Verdict {
-        let expected = traffic::expected_with_late_spans(self.rules.path(), run, 0..n);
-        let mut reader = Reader::new(&self.output);
-        let whole = reader.read_until(Duration::from_secs(90), |m| traffic::complete(&expected, m));
-        reader.read_until(Duration::from_secs(2), |_| false);
-        let v = traffic::verdict(&expected, &reader.messages);
-        let late = (0..n)
-            .filter(|i| traffic::has_late_span(*i))
-            .filter(|i| {
-                expected.contains_key(&tailsift::otlp::TraceId(traffic::trace(run, *i).0).to_hex())
-            })
-            .count();
-        eprintln!(
-            "{what}: {} kept traces ({} spans, {late} with a late span), {} spans out, {} duplicate spans: duplicate rate {:.5}",
-            v.kept_traces,
-            v.expected_spans,
-            v.spans_out,
-            v.duplicate_spans,
-            v.duplicate_rate()
-        );
-        assert!(whole || !v.missing.is_empty(), "read everything");
-        v.assert_promise_kept();
-        v
-    }
-}
 
 fn sleep(ms: u64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_millis(ms))
@@ -113,9 +23,12 @@ fn sleep(ms: u64) -> tokio::time::Sleep {
 
 /// One instance stopped by `stop` while traffic with late spans flows, then a fresh one.
 async fn restart(stop: &str) -> (traffic::Verdict, f64, f64) {
-    let _turn = PROCESSES.lock().await;
-    let s = setup(4).await;
-    let mut a = s.start("a");
+    // A duplicate is a kept trace whose output was acknowledged and whose decision record was
+    // not yet when the process died: that window widens with the load other tests' processes
+    // put on the machine, which is not what is measured here.
+    let _turn = load_sensitive().await;
+    let s = Group::new(4, true).await;
+    let mut a = s.start("a", None);
     a.wait_ready(Duration::from_secs(60)).await;
     let n = 1200;
     let sender = s.sender(3, n, Duration::from_millis(4));
@@ -129,7 +42,7 @@ async fn restart(stop: &str) -> (traffic::Verdict, f64, f64) {
             assert!(ok, "clean exit on SIGTERM");
         }
     }
-    let b = s.start("b");
+    let b = s.start("b", None);
     b.wait_ready(Duration::from_secs(60)).await;
     sender.join().expect("sender");
     let v = s.check(3, n, &format!("restart after {stop}"));
@@ -172,15 +85,15 @@ async fn late_spans_follow_their_decision_across_a_sigkill_with_few_duplicates()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_one_to_three_to_one_under_load_keeps_late_spans_with_their_traces() {
     tokio::time::timeout(Duration::from_secs(300), async {
-        let _turn = PROCESSES.lock().await;
-        let s = setup(6).await;
-        let mut a = s.start("a");
+        let _turn = load_sensitive().await;
+        let s = Group::new(6, true).await;
+        let mut a = s.start("a", None);
         a.wait_ready(Duration::from_secs(60)).await;
         let n = 2400;
         let sender = s.sender(4, n, Duration::from_millis(4));
         sleep(2000).await;
-        let mut b = s.start("b");
-        let mut c = s.start("c");
+        let mut b = s.start("b", None);
+        let mut c = s.start("c", None);
         eprintln!("scale: 1 -> 3");
         sleep(4000).await;
         let (ok_b, _) = b.terminate(Duration::from_secs(15)).await;
@@ -202,38 +115,20 @@ async fn scaling_one_to_three_to_one_under_load_keeps_late_spans_with_their_trac
 /// under its hex trace id, as the README documents it, and agrees with the output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_is_a_public_interface_a_plain_consumer_joins_on_trace_id() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let config = common::config(&input, &output, rules.path());
-    let log_topic = config
-        .decision_log_topics()
-        .expect("on by default")
-        .log_of(&input);
-    assert_eq!(
-        log_topic,
-        format!("{}.decisions.{input}", config.kafka.group_id)
-    );
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    assert!(
-        eventually(Duration::from_secs(30), || running
-            .health
-            .assigned
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 2
-            && running
-                .health
-                .reading_back
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0)
-        .await
-    );
+    let setup = pipeline(traffic::RULES).partitions(2).create().await;
+    let input = &setup.input;
+    let log_topic = setup.log_topic(); // on by default
+    assert_eq!(log_topic, format!("{}.decisions.{input}", setup.group()));
+    let pipe = setup.start().await;
+    wait_for(secs(30), "assigned, decisions read back", || {
+        pipe.assigned() == 2 && pipe.reading_back() == 0
+    })
+    .await;
     let p = producer();
     let n = 60;
-    traffic::send_interleaved(&p, &input, 5, 0..n, Duration::from_millis(2));
-    let expected = traffic::expected(rules.path(), 5, 0..n);
-    let mut out = Reader::new(&output);
+    traffic::send_interleaved(&p, input, 5, 0..n, Duration::from_millis(2));
+    let expected = traffic::expected(&pipe.rules, 5, 0..n);
+    let mut out = pipe.reader();
     assert!(out.read_until(Duration::from_secs(30), |m| traffic::complete(&expected, m)));
 
     // The log: one decision per trace, keep or drop, keyed by trace id.
@@ -308,11 +203,7 @@ async fn the_log_is_a_public_interface_a_plain_consumer_joins_on_trace_id() {
             assert_eq!(d["sample_rate"], rate);
             assert!(d["through"].as_i64().is_some(), "how far it was forwarded");
             // The output agrees.
-            let msg = out
-                .messages
-                .iter()
-                .find(|m| m.key == id)
-                .expect("in the output");
+            let msg = out.first(&id); // in the output
             assert_eq!(msg.headers["tailsift.rule"], rule);
             assert!(!spans.is_empty());
         } else {
@@ -321,22 +212,19 @@ async fn the_log_is_a_public_interface_a_plain_consumer_joins_on_trace_id() {
             assert!(d.get("through").is_none() && d.get("sample_rate").is_none());
         }
     }
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }
 
 /// A log topic with fewer partitions than its input stops the start, saying what to do; `""`
 /// runs without a log and writes none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_with_too_few_partitions_stops_the_start_and_an_empty_name_turns_it_off() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 3).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let mut config = common::config(&input, &output, rules.path());
+    own_process!(); // tailsift_decision_log_records_total counts every pipeline's
+    let mut setup = pipeline(traffic::RULES).partitions(3).create().await;
     let log_topic = unique("small-log");
     create_topic(&log_topic, 2).await;
-    config.kafka.decision_topic = Some(log_topic.clone());
-    let err = match tailsift::pipeline::start(&config).await {
+    setup.config.kafka.decision_topic = Some(log_topic.clone());
+    let err = match setup.try_start().await {
         Ok(_) => panic!("a log with 2 partitions for an input with 3 must not start"),
         Err(e) => format!("{e:#}"),
     };
@@ -349,34 +237,28 @@ async fn a_log_with_too_few_partitions_stops_the_start_and_an_empty_name_turns_i
         assert!(err.contains(part), "`{part}` in: {err}");
     }
 
-    config.kafka.decision_topic = Some(String::new());
-    assert!(config.decision_log_topics().is_none());
-    let running = tailsift::pipeline::start(&config)
-        .await
-        .expect("starts without a log");
+    setup.config.kafka.decision_topic = Some(String::new());
+    assert!(setup.config.decision_log_topics().is_none());
+    let pipe = setup.try_start().await.expect("starts without a log");
     let p = producer();
-    traffic::send_interleaved(&p, &input, 6, 0..20, Duration::from_millis(1));
-    let expected = traffic::expected(rules.path(), 6, 0..20);
-    let mut out = Reader::new(&output);
+    traffic::send_interleaved(&p, &pipe.input, 6, 0..20, Duration::from_millis(1));
+    let expected = traffic::expected(&pipe.rules, 6, 0..20);
+    let mut out = pipe.reader();
     assert!(out.read_until(Duration::from_secs(30), |m| traffic::complete(&expected, m)));
-    let body = http_get(running.http_addr, "/metrics").expect("metrics").1;
     assert_eq!(
-        metric(&body, "tailsift_decision_log_records_total", ""),
+        metric(&pipe.scrape(), "tailsift_decision_log_records_total", ""),
         Some(0.0),
         "nothing logged"
     );
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }
 
 /// Records that do not decode are counted and skipped; the good ones around them are used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_log_records_are_counted_and_skipped_on_read_back() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 1).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let config = common::config(&input, &output, rules.path());
-    let log_topic = config.decision_log_topics().expect("on").log_of(&input);
+    own_process!(); // exact process-wide counts
+    let setup = pipeline(traffic::RULES).create().await;
+    let log_topic = setup.log_topic();
     create_topic(&log_topic, 1).await;
     // A decision made "before": trace 0 of run 8 kept by `errors`, whose spans were never
     // forwarded; then garbage of every kind.
@@ -396,17 +278,17 @@ async fn undecodable_log_records_are_counted_and_skipped_on_read_back() {
     send(&p, &log_topic, &id, good.as_bytes());
     flush(&p);
 
-    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let pipe = setup.start().await;
     // Only the last message of the trace: alone it would be decided by `half` (or dropped).
-    send(&p, &input, &id, &msgs[2]);
+    send(&p, &pipe.input, &id, &msgs[2]);
     flush(&p);
-    let mut out = Reader::new(&output);
+    let mut out = pipe.reader();
     assert!(
-        out.read_until(Duration::from_secs(30), |m| m.iter().any(|m| m.key == id)),
+        out.read_key(Duration::from_secs(30), &id),
         "the span follows the logged decision"
     );
     assert_eq!(out.messages[0].headers["tailsift.rule"], "errors");
-    let body = http_get(running.http_addr, "/metrics").expect("metrics").1;
+    let body = pipe.scrape();
     for kind in ["key", "value", "version"] {
         assert_eq!(
             metric(
@@ -426,72 +308,53 @@ async fn undecodable_log_records_are_counted_and_skipped_on_read_back() {
         ),
         Some(1.0)
     );
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }
 
 /// The log becoming unwritable (its topic deleted) holds commits back and makes the instance
 /// unready, saying why; once it is back, everything is logged, committed and forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_log_holds_commits_back_and_is_reported_then_recovers_losing_nothing() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 1).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let mut config = common::config(&input, &output, rules.path());
-    config.monitoring.lag_interval = Duration::from_millis(200);
-    config.monitoring.stall_timeout = Duration::from_secs(3);
-    let log_topic = config.decision_log_topics().expect("on").log_of(&input);
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let addr = running.http_addr;
-    assert!(
-        eventually(Duration::from_secs(30), || http_get(addr, "/readyz")
-            .is_ok_and(|(s, _)| s == 200))
-        .await,
-        "ready"
-    );
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        client_config(&brokers(), &[]).create().expect("admin");
-    for r in admin
-        .delete_topics(&[&log_topic], &AdminOptions::new())
-        .await
-        .expect("delete request")
-    {
-        r.unwrap_or_else(|(t, e)| panic!("delete {t}: {e}"));
-    }
+    let setup = pipeline(traffic::RULES)
+        .config(|c| {
+            c.monitoring.lag_interval = Duration::from_millis(200);
+            c.monitoring.stall_timeout = Duration::from_secs(3);
+        })
+        .create()
+        .await;
+    let log_topic = setup.log_topic();
+    let pipe = setup.start().await;
+    let (input, group) = (&pipe.input, pipe.group());
+    pipe.wait_ready(secs(30)).await;
+    kafka::delete_topic(&log_topic).await;
     let p = producer();
-    traffic::send_interleaved(&p, &input, 9, 0..40, Duration::from_millis(2));
+    traffic::send_interleaved(&p, input, 9, 0..40, Duration::from_millis(2));
     let unready = eventually(Duration::from_secs(90), || {
-        http_get(addr, "/readyz").is_ok_and(|(s, b)| s == 503 && b.contains("decision log"))
+        let (s, b) = pipe.readyz();
+        s == 503 && b.contains("decision log")
     })
     .await;
-    let (_, why) = http_get(addr, "/readyz").expect("readyz");
+    let (_, why) = pipe.readyz();
     assert!(unready, "unready because of the decision log: {why}");
     assert!(why.contains("records waiting"), "{why}");
     eprintln!("unwritable log: /readyz said: {}", why.trim());
-    let group = config.kafka.group_id.clone();
     assert!(
-        committed(&group, &input, 0).unwrap_or(0) < 40,
+        committed(group, input, 0).unwrap_or(0) < 40,
         "no commit past an unlogged decision"
     );
 
     create_topic(&log_topic, 1).await;
-    let expected = traffic::expected(rules.path(), 9, 0..40);
-    let mut out = Reader::new(&output);
+    let expected = traffic::expected(&pipe.rules, 9, 0..40);
+    let mut out = pipe.reader();
     assert!(out.read_until(Duration::from_secs(90), |m| traffic::complete(&expected, m)));
     let messages = 40 * 3;
     assert!(
-        eventually(Duration::from_secs(90), || committed(&group, &input, 0)
+        eventually(Duration::from_secs(90), || committed(group, input, 0)
             == Some(messages))
         .await,
         "everything committed once logged (committed: {:?})",
-        committed(&group, &input, 0)
+        committed(group, input, 0)
     );
-    assert!(
-        eventually(Duration::from_secs(30), || http_get(addr, "/readyz")
-            .is_ok_and(|(s, _)| s == 200))
-        .await,
-        "ready again"
-    );
-    running.shutdown().await.expect("shutdown");
+    pipe.wait_ready(secs(30)).await; // ready again
+    pipe.shutdown().await;
 }

@@ -1,13 +1,9 @@
 //! Consumer lag and readiness on a real broker.
 
-use crate::fixture as common;
-
-use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
-use rdkafka::config::ClientConfig;
+use crate::fixture::broker::Broker;
+use crate::fixture::*;
 use rdkafka::consumer::BaseConsumer;
 use tailsift::lag::{measure, LagSettings, LagTracker};
 use tailsift::otlp::build::*;
@@ -33,8 +29,7 @@ async fn lag_is_the_distance_from_the_read_position_to_the_partition_end() {
     let topic = unique("lag");
     create_topic(&topic, 2).await;
     send_spans(&topic, 0..30, 10);
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let client: BaseConsumer = client_config(&brokers(), &[])
         .set("group.id", unique("group"))
         .create()
         .expect("client");
@@ -73,8 +68,7 @@ async fn lag_is_the_distance_from_the_read_position_to_the_partition_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_reported() {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:1")
+    let client: BaseConsumer = client_config("127.0.0.1:1", &[])
         .set("group.id", unique("group"))
         .create()
         .expect("client");
@@ -92,17 +86,20 @@ async fn an_unreachable_broker_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_503_before_assignment_and_200_after_with_lag_measured() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&output, 1).await;
-    let mut config = config(&input, &output, Path::new("rules"));
-    config.monitoring.lag_interval = Duration::from_millis(200);
     // The input topic does not exist yet: the group has nothing to assign.
-    config
-        .kafka
-        .consumer_properties
-        .insert("topic.metadata.refresh.interval.ms".into(), "500".into());
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let addr = running.http_addr;
+    let setup = example_pipeline()
+        .partitions(2)
+        .without_input_topic()
+        .config(|c| {
+            c.monitoring.lag_interval = Duration::from_millis(200);
+            c.kafka
+                .consumer_properties
+                .insert("topic.metadata.refresh.interval.ms".into(), "500".into());
+        })
+        .create()
+        .await;
+    let pipe = setup.start().await;
+    let (addr, input) = (pipe.addr(), &pipe.input);
     assert_eq!(http_get(addr, "/healthz").expect("healthz").0, 200);
     for _ in 0..5 {
         let (status, body) = http_get(addr, "/readyz").expect("readyz");
@@ -111,15 +108,16 @@ async fn readyz_answers_503_before_assignment_and_200_after_with_lag_measured() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    create_topic(&input, 2).await;
-    send_spans(&input, 0..20, 10);
+    setup.create_input().await;
+    send_spans(input, 0..20, 10);
     assert!(
         eventually(Duration::from_secs(30), || {
-            http_get(addr, "/readyz").is_ok_and(|(s, b)| s == 200 && b.contains("lag 0"))
+            let (s, b) = pipe.readyz();
+            s == 200 && b.contains("lag 0")
         })
         .await,
         "ready once assigned and caught up: {:?}",
-        http_get(addr, "/readyz")
+        pipe.readyz()
     );
     // Every message read, and both partitions' lag exposed at 0 (the first "lag 0" may
     // come before the messages arrived).
@@ -129,15 +127,8 @@ async fn readyz_answers_503_before_assignment_and_200_after_with_lag_measured() 
             "tailsift_consumer_lag",
             &format!("topic=\"{input}\",partition=\"{p}\""),
         )
-        .or_else(|| {
-            metric(
-                body,
-                "tailsift_consumer_lag",
-                &format!("partition=\"{p}\",topic=\"{input}\""),
-            )
-        })
     };
-    let scrape = || http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default();
+    let scrape = || pipe.scrape();
     assert!(
         eventually(Duration::from_secs(20), || {
             let b = scrape();
@@ -153,71 +144,55 @@ async fn readyz_answers_503_before_assignment_and_200_after_with_lag_measured() 
         "lag of both partitions exposed at 0: {:?}",
         scrape()
             .lines()
-            .filter(|l| l.contains(&input))
+            .filter(|l| l.contains(input.as_str()))
             .collect::<Vec<_>>()
     );
-    assert_eq!(running.health.lag.total(), Some(0));
-    running.shutdown().await.expect("shutdown");
+    assert_eq!(pipe.lag(), Some(0));
+    pipe.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 1).await;
-    create_topic(&output, 1).await;
     // Every trace is kept, and the output's broker is unreachable: once the producer's queue
     // is full, no decision can hand its trace over, the buffer stays over its high watermark,
     // fetching stays paused while more messages arrive, so lag grows and nothing is consumed.
     // (Undeliverable traces alone do not stall: while paused, the oldest are decided to make
     // room, and that needs the producer.)
-    let rules = rules_dir(&[("all.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
-    let mut config = config(&input, &output, rules.path());
-    let unreachable = common::instance::free_addr().to_string();
-    config
-        .kafka
-        .producer_properties
-        .insert("bootstrap.servers".into(), unreachable);
-    config.completion.decision_wait = Duration::from_secs(120);
-    config.completion.max_trace_age = Duration::from_secs(120);
-    config.buffer.max_bytes = Some(tailsift::config::ByteSize(1 << 20));
-    config.monitoring.lag_interval = Duration::from_millis(200);
-    config.monitoring.stall_timeout = Duration::from_secs(2);
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let addr = running.http_addr;
-    assert!(
-        eventually(Duration::from_secs(20), || running
-            .health
-            .assigned
-            .load(Ordering::Relaxed)
-            == 1)
-        .await
-    );
-    send_spans(&input, 0..160, 40_000); // 6.4 MB of spans
-    assert!(
-        eventually(Duration::from_secs(20), || running
-            .health
-            .paused
-            .load(Ordering::Relaxed))
-        .await,
-        "fetching pauses over budget"
-    );
-    send_spans(&input, 40..60, 10);
+    let unreachable = free_addr().to_string();
+    let pipe = pipeline(KEEP_ALL)
+        .config(move |c| {
+            c.kafka
+                .producer_properties
+                .insert("bootstrap.servers".into(), unreachable);
+            c.completion.decision_wait = Duration::from_secs(120);
+            c.completion.max_trace_age = Duration::from_secs(120);
+            c.buffer.max_bytes = Some(tailsift::config::ByteSize(1 << 20));
+            c.monitoring.lag_interval = Duration::from_millis(200);
+            c.monitoring.stall_timeout = Duration::from_secs(2);
+        })
+        .start()
+        .await;
+    pipe.wait_assigned(1, secs(20)).await;
+    send_spans(&pipe.input, 0..160, 40_000); // 6.4 MB of spans
+    wait_for(secs(20), "fetching pauses over budget", || pipe.paused()).await;
+    send_spans(&pipe.input, 40..60, 10);
     assert!(
         eventually(Duration::from_secs(20), || {
-            http_get(addr, "/readyz").is_ok_and(|(s, b)| s == 503 && b.contains("stuck"))
+            let (s, b) = pipe.readyz();
+            s == 503 && b.contains("stuck")
         })
         .await,
         "stuck: {:?}",
-        http_get(addr, "/readyz")
+        pipe.readyz()
     );
-    let (_, body) = http_get(addr, "/readyz").expect("readyz");
+    let (_, body) = pipe.readyz();
     assert!(body.contains("fetching paused"), "{body}");
-    assert!(running.health.lag.total().is_some_and(|l| l >= 20));
+    assert!(pipe.lag().is_some_and(|l| l >= 20));
     // Shutdown keeps its bound with the output unreachable: the deciders waiting for room
     // give up, and what they held stays uncommitted.
+    let bound = pipe.config.shutdown_timeout + Duration::from_secs(5);
     let started = std::time::Instant::now();
-    running.shutdown().await.expect("shutdown");
-    let bound = config.shutdown_timeout + Duration::from_secs(5);
+    pipe.shutdown().await;
     assert!(
         started.elapsed() <= bound,
         "shutdown took {:?}, over its bound {bound:?}",
@@ -227,136 +202,60 @@ async fn readyz_reports_a_consumer_stuck_behind_its_lag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn red_metrics_can_be_turned_off() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 1).await;
-    create_topic(&output, 1).await;
-    let mut config = config(&input, &output, Path::new("rules"));
-    config.monitoring.red_metrics = false;
-    let running = tailsift::pipeline::start(&config).await.expect("start");
+    let pipe = example_pipeline()
+        .config(|c| c.monitoring.red_metrics = false)
+        .start()
+        .await;
     let service = unique("red-off");
     let p = producer();
     let t = trace_id(4242);
     send(
         &p,
-        &input,
+        &pipe.input,
         &TraceId(t).to_hex(),
         &request(&service, vec![span(t, 1, None, "GET /", 1, 2)]),
     );
     flush(&p);
-    assert!(
-        eventually(Duration::from_secs(20), || running.sampler.stats.kept()
-            + running.sampler.stats.dropped()
-            == 1)
-        .await,
-        "the trace is decided"
-    );
+    wait_for(secs(20), "the trace is decided", || pipe.decided() == 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // past the next flush tick
-    let (_, body) = http_get(running.http_addr, "/metrics").expect("metrics");
+    let (_, body) = http_get(pipe.addr(), "/metrics").expect("metrics");
     assert!(
         !body.contains(&format!("service=\"{service}\"")),
         "no RED series for {service}"
     );
-    running.shutdown().await.expect("shutdown");
-}
-
-/// A nisshi broker of this test's own (tests that stop a broker never touch the shared one).
-struct OwnBroker {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl OwnBroker {
-    fn start() -> Option<Self> {
-        let bin = std::env::var("TAILSIFT_NISSHI")
-            .unwrap_or_else(|_| "/opt/tailsift-ci/nisshi-0.7.0/bin/nisshi".into());
-        if !std::path::Path::new(&bin).exists() {
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = tempfile::tempfile().expect("log file");
-        let child = std::process::Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                "memory://nisshi/",
-                "--group-initial-rebalance-delay",
-                "100ms",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start nisshi");
-        let addr = format!("127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(OwnBroker { child, addr })
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    pipe.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_unreachable_brokers() {
-    let Some(mut broker) = OwnBroker::start() else {
-        panic!("set TAILSIFT_NISSHI to the nisshi binary (scripts/test.sh does)");
-    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
     let (input, output) = (unique("in"), unique("out"));
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &broker.addr)
-            .create()
-            .expect("admin");
     for t in [&input, &output] {
-        let topic = rdkafka::admin::NewTopic::new(t, 1, rdkafka::admin::TopicReplication::Fixed(1));
-        admin
-            .create_topics(&[topic], &rdkafka::admin::AdminOptions::new())
-            .await
-            .expect("create topics");
+        create_topic_on(&broker.addr, t, 1).await;
     }
-    let mut config = config(&input, &output, Path::new("rules"));
+    let mut config = pipeline::config(&input, &output, std::path::Path::new("rules"));
     config.kafka.brokers = broker.addr.clone();
     config.monitoring.lag_interval = Duration::from_millis(200);
     config.shutdown_timeout = Duration::from_secs(2);
     let running = tailsift::pipeline::start(&config).await.expect("start");
     let addr = running.http_addr;
+    let readyz = || http_get(addr, "/readyz").unwrap_or_default();
     assert!(
-        eventually(Duration::from_secs(30), || {
-            http_get(addr, "/readyz").is_ok_and(|(s, _)| s == 200)
-        })
-        .await,
+        eventually(Duration::from_secs(30), || readyz().0 == 200).await,
         "ready: {:?}",
-        http_get(addr, "/readyz")
+        readyz()
     );
 
-    let _ = broker.child.kill();
-    let _ = broker.child.wait();
+    drop(broker);
     assert!(
         eventually(Duration::from_secs(20), || {
-            http_get(addr, "/readyz")
-                .is_ok_and(|(s, b)| s == 503 && b.contains("brokers unreachable"))
+            let (s, b) = readyz();
+            s == 503 && b.contains("brokers unreachable")
         })
         .await,
         "not ready once the broker is gone: {:?}",
-        http_get(addr, "/readyz")
+        readyz()
     );
     assert_eq!(
         http_get(addr, "/healthz").expect("healthz").0,

@@ -1,11 +1,8 @@
 //! OTLP/JSON input on a real broker: sampled like protobuf, bad JSON counted and skipped.
-//! (Its own test binary: metrics are process-wide, and these assertions count exactly.)
-
-use crate::fixture as common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::*;
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
 
@@ -19,53 +16,49 @@ fn collector_json(trace_hex: &str, span_hex: &str, error: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_json_input_is_sampled_like_protobuf_and_bad_json_is_counted() {
-    let (input, output) = (unique("in-json"), unique("out"));
-    create_topic(&input, 1).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[(
-        "rules.yaml",
-        "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
-    )]);
-    let mut config = config(&input, &output, rules.path());
-    config.kafka.input_encoding = tailsift::otlp::Encoding::OtlpJson;
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let p = producer();
+    own_process!(); // exact process-wide counts
+    let pipe = pipeline(ERRORS_ELSE_DROP)
+        .input_named("in-json")
+        .config(|c| c.kafka.input_encoding = tailsift::otlp::Encoding::OtlpJson)
+        .start()
+        .await;
+    let (p, input) = (producer(), &pipe.input);
     let (kept, dropped) = (
         TraceId(trace_id(21)).to_hex(),
         TraceId(trace_id(22)).to_hex(),
     );
-    send(&p, &input, "bad", b"{\"resourceSpans\": [");
+    send(&p, input, "bad", b"{\"resourceSpans\": [");
     send(
         &p,
-        &input,
+        input,
         "proto",
         &request("svc", vec![span(trace_id(23), 1, None, "x", 1, 2)]),
     );
-    send(&p, &input, "empty", b"");
+    send(&p, input, "empty", b"");
     send(
         &p,
-        &input,
+        input,
         &dropped,
         collector_json(&dropped, "00000000000000a2", false).as_bytes(),
     );
     // Uppercase hex ids are valid OTLP/JSON; the output key is the canonical lowercase form.
     let upper = collector_json(&kept.to_uppercase(), "00000000000000A1", true);
-    send(&p, &input, &kept, upper.as_bytes());
+    send(&p, input, &kept, upper.as_bytes());
     flush(&p);
 
-    let mut reader = Reader::new(&output);
+    let mut reader = pipe.reader();
     assert!(
-        reader.read_until(Duration::from_secs(20), |m| m.iter().any(|m| m.key == kept)),
+        reader.read_key(Duration::from_secs(20), &kept),
         "the failed JSON trace is kept"
     );
-    reader.read_until(Duration::from_secs(3), |_| false);
+    reader.settle(secs(3));
     assert_eq!(reader.messages.len(), 1, "only the kept trace is forwarded");
     let spans = spans_of(&reader.messages[0].payload).expect("protobuf out");
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].0, "checkout");
     assert_eq!(spans[0].1.name, "POST /checkout");
     assert_eq!(spans[0].1.end_time_unix_nano, 1_700_000_000_250_000_000);
-    let (_, body) = http_get(running.http_addr, "/metrics").expect("scrape");
+    let body = pipe.scrape();
     assert_eq!(
         metric(
             &body,
@@ -79,5 +72,5 @@ async fn otlp_json_input_is_sampled_like_protobuf_and_bad_json_is_counted() {
         metric(&body, "tailsift_decode_failures_total", "kind=\"empty\""),
         Some(1.0)
     );
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }

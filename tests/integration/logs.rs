@@ -1,65 +1,41 @@
 //! Logs of the binary on a real broker: text by default, JSON when the config says so, and no
 //! line per span at info level.
 
-use crate::fixture as common;
-
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::instance::{launch, log_of, Instance, RunConfig};
+use crate::fixture::*;
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The repository's example rules, by absolute path.
+fn example_rules() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
 }
 
-/// Starts `tailsift run` on a config with `extra` appended; stderr goes to a file.
-fn start(input: &str, output: &str, extra: &str) -> (Killed, tempfile::TempDir) {
+/// Starts `tailsift run` with its own log settings; stderr goes to `<dir>/tailsift.log`.
+fn start(config: &RunConfig) -> (Instance, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("tailsift.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n\
-             rules:\n  dir: {}/rules\ncompletion:\n  decision_wait: 1s\n  root_grace: 200ms\n\
-             http:\n  listen: 127.0.0.1:0\n{extra}",
-            brokers(),
-            unique("group"),
-            env!("CARGO_MANIFEST_DIR"),
-        ),
-    )
-    .expect("config");
-    let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("TAILSIFT_LOG_FORMAT")
-        .env_remove("TAILSIFT_BROKERS")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tailsift");
-    (Killed(child), dir)
+    let inst = launch(dir.path(), "tailsift", config).default_log().start();
+    (inst, dir)
 }
 
 fn log_text(dir: &tempfile::TempDir) -> String {
-    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+    log_of(dir.path(), "tailsift")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_text_by_default_json_by_config_and_never_one_line_per_span() {
+    let _turn = several_processes().await;
     let (input, output) = (unique("in"), unique("out"));
     create_topic(&input, 1).await;
     create_topic(&output, 1).await;
+    let config = RunConfig::new(&input, &output, &example_rules())
+        .set("completion.decision_wait", "1s")
+        .set("completion.root_grace", "200ms");
 
-    let (text_run, text_dir) = start(&input, &output, "");
+    let (text_run, text_dir) = start(&config);
     assert!(
         eventually(Duration::from_secs(30), || log_text(&text_dir)
             .contains("partitions assigned"))
@@ -88,7 +64,7 @@ async fn logs_are_text_by_default_json_by_config_and_never_one_line_per_span() {
     );
     drop(text_run);
 
-    let (_json_run, json_dir) = start(&input, &output, "log:\n  format: json\n");
+    let (_json_run, json_dir) = start(&config.clone().set("log.format", "json"));
     assert!(
         eventually(Duration::from_secs(30), || log_text(&json_dir)
             .contains("partitions assigned"))
@@ -129,31 +105,13 @@ async fn logs_are_text_by_default_json_by_config_and_never_one_line_per_span() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_down_librdkafka_errors_are_rate_limited() {
+    let _turn = several_processes().await;
     // Nothing listens there: every client of tailsift fails to connect, again and again.
-    let dead = common::instance::free_addr();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("tailsift.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kafka:\n  brokers: {dead}\n  input_topics: [in]\n  output_topic: out\n\
-             rules:\n  dir: {}/rules\nmonitoring:\n  lag_interval: 500ms\nhttp:\n  listen: 127.0.0.1:0\n",
-            env!("CARGO_MANIFEST_DIR"),
-        ),
-    )
-    .expect("config");
-    let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("TAILSIFT_LOG_FORMAT")
-        .env_remove("TAILSIFT_BROKERS")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tailsift");
-    let _run = Killed(child);
+    let dead = free_addr().to_string();
+    let config = RunConfig::new("in", "out", &example_rules())
+        .set("kafka.brokers", dead)
+        .set("monitoring.lag_interval", "500ms");
+    let (_run, dir) = start(&config);
     tokio::time::sleep(Duration::from_secs(20)).await;
     let text = log_text(&dir);
     let librdkafka: Vec<&str> = text.lines().filter(|l| l.contains("librdkafka")).collect();

@@ -1,14 +1,11 @@
 //! Bounded memory on a real broker: a flood against a small budget (with the real binary, so
 //! that its resident memory can be read), and one giant trace amid normal traffic.
 
-use crate::fixture as common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::fixture::instance::{launch, RunConfig};
+use crate::fixture::*;
 use prost::Message;
 use tailsift::demo::generator::{GeneratedTrace, Generator, GeneratorConfig, TraceKind};
 use tailsift::otlp::build::*;
@@ -24,21 +21,6 @@ const RULES: &str = "rules:
     sample_rate: 10
 ";
 
-/// A tailsift process, killed when the test ends however it ends.
-struct Instance(Child);
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// (VmRSS, VmHWM) of a process, in bytes.
 fn memory_of(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -50,10 +32,6 @@ fn memory_of(pid: u32) -> (u64, u64) {
             .map_or(0, |kb| kb * 1024)
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default()
 }
 
 /// The spans of generated traces, re-encoded, by trace key (how the output is compared).
@@ -77,7 +55,7 @@ fn spans_by_key(traces: &[GeneratedTrace]) -> BTreeMap<String, BTreeSet<Vec<u8>>
 fn read_checked(reader: &mut Reader, timeout: Duration, done: impl Fn(&[OutMsg]) -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        reader.read_until(Duration::from_secs(2), |_| false);
+        reader.settle(Duration::from_secs(2));
         if done(&reader.messages) {
             return true;
         }
@@ -87,20 +65,9 @@ fn read_checked(reader: &mut Reader, timeout: Duration, done: impl Fn(&[OutMsg])
     }
 }
 
-fn output_by_key(out: &[OutMsg]) -> BTreeMap<String, Vec<Vec<u8>>> {
-    let mut m: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    for msg in out {
-        for (_, s) in spans_of(&msg.payload).expect("output decodes as OTLP") {
-            m.entry(msg.key.clone())
-                .or_default()
-                .push(s.encode_to_vec());
-        }
-    }
-    m
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_stays_within_the_budget_pauses_resumes_and_decides_every_trace() {
+    let _turn = several_processes().await;
     tokio::time::timeout(Duration::from_secs(240), flood())
         .await
         .expect("the flood test finishes within 4 minutes");
@@ -115,37 +82,17 @@ async fn flood() {
     create_topic(&output, 1).await;
     let rules = rules_dir(&[("rules.yaml", RULES)]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config_path = dir.path().join("tailsift.yaml");
-    let addr = free_addr();
     // Traces stay buffered 3 s (their root's grace): the steady rate needs about a third of
     // the budget, the flood about three times the budget.
-    std::fs::write(
-        &config_path,
-        format!(
-            "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n  commit_interval: 200ms\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 3s\n  root_grace: 3s\nbuffer:\n  max_bytes: {BUDGET}\nhttp:\n  listen: {addr}\nshutdown_timeout: 10s\n",
-            brokers(),
-            unique("flood-group"),
-            rules.path().display()
-        ),
-    )
-    .expect("write config");
-    let log = std::fs::File::create(dir.path().join("tailsift.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn,tailsift=info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tailsift");
-    let instance = Instance(child);
-    let pid = instance.0.id();
-    assert!(
-        eventually(Duration::from_secs(60), || http_get(addr, "/readyz")
-            .is_ok_and(|(s, _)| s == 200))
-        .await,
-        "tailsift became ready"
-    );
+    let config = RunConfig::new(&input, &output, rules.path())
+        .set("kafka.commit_interval", "200ms")
+        .set("completion.decision_wait", "3s")
+        .set("completion.root_grace", "3s")
+        .set("buffer.max_bytes", BUDGET)
+        .set("shutdown_timeout", "10s");
+    let instance = launch(dir.path(), "tailsift", &config).start();
+    let (pid, addr) = (instance.child.id(), instance.addr);
+    instance.wait_ready(Duration::from_secs(60)).await;
 
     // Steady: 100 traces/s for 2 s; flood: 1000 traces/s for 5 s; steady again for 2 s.
     let mut gen = Generator::new(GeneratorConfig::default(), 11);
@@ -252,15 +199,15 @@ async fn flood() {
     // Output: every error trace whole, exactly the sampled others, each whole, once.
     let mut reader = Reader::new(&output);
     let complete = |out: &[OutMsg]| {
-        let got = output_by_key(out);
+        let got = output_spans(out);
         expected.iter().all(|(k, spans)| {
             got.get(k)
                 .is_some_and(|g| g.iter().cloned().collect::<BTreeSet<_>>() == *spans)
         })
     };
     let whole = read_checked(&mut reader, Duration::from_secs(90), complete);
-    reader.read_until(Duration::from_secs(1), |_| false);
-    let got = output_by_key(&reader.messages);
+    reader.settle(secs(1));
+    let got = output_spans(&reader.messages);
     let missing: Vec<&String> = errors
         .iter()
         .filter(|k| {
@@ -286,15 +233,13 @@ async fn flood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_giant_trace_is_decided_at_its_limit_and_the_others_are_unaffected() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
-    let mut config = config(&input, &output, rules.path());
-    config.kafka.max_message_bytes = 4 << 20;
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-
-    let p = producer();
+    own_process!(); // exact process-wide counts
+    let pipe = pipeline(KEEP_ALL)
+        .partitions(2)
+        .config(|c| c.kafka.max_message_bytes = 4 << 20)
+        .start()
+        .await;
+    let (p, input) = (producer(), &pipe.input);
     let giant = trace_id(9_000_000);
     let giant_hex = TraceId(giant).to_hex();
     let base = 1_700_000_000_000_000_000u64;
@@ -321,27 +266,27 @@ async fn a_giant_trace_is_decided_at_its_limit_and_the_others_are_unaffected() {
                 span(giant, id, Some(1), "batch item", base + id, base + id + 5)
             })
             .collect();
-        send(&p, &input, &giant_hex, &request("batch", spans));
+        send(&p, input, &giant_hex, &request("batch", spans));
         for t in normals.by_ref().take(3) {
             for m in normal_trace(*t) {
-                send(&p, &input, &TraceId(*t).to_hex(), &m);
+                send(&p, input, &TraceId(*t).to_hex(), &m);
             }
         }
     }
     flush(&p);
 
-    let mut reader = Reader::new(&output);
+    let mut reader = pipe.reader();
     let want_normals: BTreeSet<String> = normal.iter().map(|t| TraceId(*t).to_hex()).collect();
     let done = |out: &[OutMsg]| {
-        let got = output_by_key(out);
+        let got = output_spans(out);
         got.get(&giant_hex).is_some_and(|s| s.len() >= 100_000)
             && want_normals
                 .iter()
                 .all(|k| got.get(k).is_some_and(|s| s.len() == 2))
     };
     let all_there = read_checked(&mut reader, Duration::from_secs(90), done);
-    reader.read_until(Duration::from_secs(1), |_| false);
-    let got = output_by_key(&reader.messages);
+    reader.settle(secs(1));
+    let got = output_spans(&reader.messages);
     assert!(
         all_there,
         "giant trace: {} spans out; normal traces complete: {}",
@@ -356,7 +301,7 @@ async fn a_giant_trace_is_decided_at_its_limit_and_the_others_are_unaffected() {
         100_000,
         "every span of the giant trace, once"
     );
-    let (_, m) = http_get(running.http_addr, "/metrics").expect("scrape");
+    let m = pipe.scrape();
     assert_eq!(
         metric(
             &m,
@@ -371,20 +316,15 @@ async fn a_giant_trace_is_decided_at_its_limit_and_the_others_are_unaffected() {
         0.0,
         "nothing was decided early for memory"
     );
-    let late = running
-        .sampler
-        .stats
-        .late_kept
-        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
-        late,
+        pipe.late_kept(),
         100_000 - 10_000,
         "the spans after the limit followed the decision"
     );
     assert_eq!(
-        running.sampler.stats.kept(),
+        pipe.kept(),
         1 + normal.len() as u64,
         "each normal trace decided once, on its own"
     );
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }

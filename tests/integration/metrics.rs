@@ -1,15 +1,13 @@
 //! `/metrics` after known traffic on a real broker: the counters equal what was sent, and the
 //! catalog in docs/metrics.md matches what is exposed, both ways.
 //!
-//! One test in this binary: the metrics recorder is global to the process, so the counts
-//! seen are exactly this test's traffic.
-
-use crate::fixture as common;
+//! The test runs in a process of its own: the metrics recorder is global to the process, so
+//! the counts seen are exactly this test's traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::*;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
@@ -98,23 +96,19 @@ fn trace(n: u64, error: bool) -> Vec<(&'static str, Vec<Span>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[(
-        "rules.yaml",
-        "rules:\n  - name: keep-errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: drop-rest\n    outcome: drop\n",
-    )]);
-    let mut config = config(&input, &output, rules.path());
-    config.monitoring.lag_interval = Duration::from_millis(200);
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let addr = running.http_addr;
+    own_process!();
+    let pipe = pipeline(ERRORS_ELSE_DROP)
+        .partitions(2)
+        .config(|c| c.monitoring.lag_interval = Duration::from_millis(200))
+        .start()
+        .await;
+    let input = &pipe.input;
 
     // Known traffic: 10 error traces (kept), 20 ordinary ones (dropped), one malformed message.
     let p = producer();
     let (mut messages, mut spans, mut bytes) = (0u64, 0u64, 0u64);
     let mut send_msg = |key: &str, payload: &[u8], n_spans: u64| {
-        send(&p, &input, key, payload);
+        send(&p, input, key, payload);
         messages += 1;
         spans += n_spans;
         bytes += payload.len() as u64;
@@ -148,7 +142,7 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
     let all = errors + ordinary + broken + rootless;
     let dropped = ordinary + broken + rootless;
 
-    let scrape = || http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default();
+    let scrape = || pipe.scrape();
     let value = |body: &str, name: &str, labels: &str| metric(body, name, labels).unwrap_or(0.0);
     let decided = |b: &str| value(b, "tailsift_traces_decided_total", "");
     assert!(
@@ -202,22 +196,22 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
         ),
         (
             "tailsift_traces_decided_total",
-            "outcome=\"kept\",rule=\"keep-errors\"".into(),
+            "outcome=\"kept\",rule=\"errors\"".into(),
             errors as f64,
         ),
         (
             "tailsift_traces_decided_total",
-            "outcome=\"dropped\",rule=\"drop-rest\"".into(),
+            "outcome=\"dropped\",rule=\"rest\"".into(),
             dropped as f64,
         ),
         (
             "tailsift_traces_decided_total",
-            "rule=\"drop-rest\",trigger=\"root\"".into(),
+            "rule=\"rest\",trigger=\"root\"".into(),
             (ordinary + broken) as f64,
         ),
         (
             "tailsift_traces_decided_total",
-            "rule=\"drop-rest\",trigger=\"idle\"".into(),
+            "rule=\"rest\",trigger=\"idle\"".into(),
             rootless as f64,
         ),
         ("tailsift_late_spans_total", "outcome=\"kept\"".into(), 1.0),
@@ -376,20 +370,11 @@ async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed
         assert_eq!(labels, elabels, "label names of {name}");
         assert!(name.starts_with("tailsift_"));
     }
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }
 
 /// Sum of the samples of `name` whose labels contain every `k="v"` of `labels` (comma
-/// separated, in any order).
+/// separated, in any order); 0 if there is none.
 fn labels_match(body: &str, name: &str, labels: &str) -> f64 {
-    let want: Vec<&str> = labels.split(',').filter(|s| !s.is_empty()).collect();
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let end = l.find(['{', ' ']).unwrap_or(l.len());
-            &l[..end] == name
-        })
-        .filter(|l| want.iter().all(|w| l.contains(w)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric(body, name, labels).unwrap_or(0.0)
 }

@@ -2,14 +2,12 @@
 //! UTF-8 in strings is passed through byte for byte; absurd timestamps decide like any other
 //! trace; spans without a trace id are counted and skipped while their message's other spans
 //! go on; a message far larger than an output message is split on the way out. None of it
-//! stops the pipeline. (Its own test binary: metrics are process-wide.)
-
-use crate::fixture as common;
+//! stops the pipeline.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::*;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
@@ -31,16 +29,12 @@ fn patched(service: &str, spans: Vec<Span>, from: &[u8], to: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_but_decodable_input_follows_its_defined_behaviour() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[(
-        "rules.yaml",
-        "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
-    )]);
-    let mut config = config(&input, &output, rules.path());
-    config.kafka.max_message_bytes = 64 * 1024;
-    let running = tailsift::pipeline::start(&config).await.expect("start");
+    own_process!(); // exact process-wide counts
+    let pipe = pipeline(ERRORS_ELSE_DROP)
+        .partitions(2)
+        .config(|c| c.kafka.max_message_bytes = 64 * 1024)
+        .start()
+        .await;
     let p = producer();
 
     // Invalid UTF-8 in the span name and an attribute value: forwarded exactly as it came.
@@ -98,7 +92,7 @@ async fn odd_but_decodable_input_follows_its_defined_behaviour() {
         (good, &mixed_msg),
         (big, &big_msg),
     ] {
-        send(&p, &input, &TraceId(t).to_hex(), m);
+        send(&p, &pipe.input, &TraceId(t).to_hex(), m);
     }
     flush(&p);
 
@@ -106,7 +100,7 @@ async fn odd_but_decodable_input_follows_its_defined_behaviour() {
         .iter()
         .map(|t| TraceId(*t).to_hex())
         .collect();
-    let mut out = Reader::new(&output);
+    let mut out = pipe.reader();
     let all_there = out.read_until(Duration::from_secs(30), |m| {
         let have: BTreeSet<&str> = m.iter().map(|m| m.key.as_str()).collect();
         let big_spans: usize = m
@@ -154,7 +148,7 @@ async fn odd_but_decodable_input_follows_its_defined_behaviour() {
         .collect();
     assert_eq!(good_spans.len(), 1);
     assert_eq!(good_spans[0].1.name, "root");
-    let (_, body) = http_get(running.http_addr, "/metrics").expect("scrape");
+    let body = pipe.scrape();
     assert_eq!(
         metric(&body, "tailsift_invalid_spans_total", ""),
         Some(2.0),
@@ -173,7 +167,6 @@ async fn odd_but_decodable_input_follows_its_defined_behaviour() {
         0.0,
         "nothing refused"
     );
-    let (ready, _) = http_get(running.http_addr, "/readyz").expect("readyz");
-    assert_eq!(ready, 200, "the pipeline goes on");
-    running.shutdown().await.expect("shutdown");
+    assert_eq!(pipe.readyz().0, 200, "the pipeline goes on");
+    pipe.shutdown().await;
 }

@@ -1,13 +1,11 @@
 //! The pipeline end to end on a real broker: spans in, traces decided, kept traces out.
 
-use crate::fixture as common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::kafka::TestProducer;
+use crate::fixture::*;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tailsift::otlp::build::*;
@@ -61,25 +59,7 @@ fn span_bytes(msgs: &[(&str, Vec<Span>)]) -> BTreeSet<Vec<u8>> {
         .collect()
 }
 
-/// Output spans by trace key.
-fn output_spans(out: &[OutMsg]) -> BTreeMap<String, Vec<Vec<u8>>> {
-    let mut m: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    for msg in out {
-        for (_, s) in spans_of(&msg.payload).expect("output decodes as OTLP") {
-            m.entry(msg.key.clone())
-                .or_default()
-                .push(s.encode_to_vec());
-        }
-    }
-    m
-}
-
-fn send_trace(
-    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-    topic: &str,
-    t: [u8; 16],
-    msgs: &[(&str, Vec<Span>)],
-) {
+fn send_trace(p: &TestProducer, topic: &str, t: [u8; 16], msgs: &[(&str, Vec<Span>)]) {
     let key = TraceId(t).to_hex();
     for (svc, spans) in msgs {
         send(p, topic, &key, &request(svc, spans.clone()));
@@ -88,13 +68,8 @@ fn send_trace(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_errors_whole_slow_traces_and_a_deterministic_baseline() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 3).await;
-    create_topic(&output, 1).await;
-    let config = config(&input, &output, Path::new("rules"));
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-
-    let p = producer();
+    let pipe = example_pipeline().partitions(3).start().await;
+    let (p, input) = (producer(), &pipe.input);
     // An error trace whose spans come from three services in three messages, sent with
     // other traffic in between and out of order (root last, the payment span first).
     let err_id = trace_id(1_000_001);
@@ -102,12 +77,12 @@ async fn keeps_errors_whole_slow_traces_and_a_deterministic_baseline() {
     let slow_id = trace_id(1_000_002);
     let slow = checkout(slow_id, 3_000, false);
     let ordinary: Vec<[u8; 16]> = (0..400).map(trace_id).collect();
-    send_trace(&p, &input, err_id, &err[..1]);
+    send_trace(&p, input, err_id, &err[..1]);
     for (i, t) in ordinary.iter().enumerate() {
-        send_trace(&p, &input, *t, &checkout(*t, 80, false));
+        send_trace(&p, input, *t, &checkout(*t, 80, false));
         if i == 100 {
-            send_trace(&p, &input, err_id, &err[1..]);
-            send_trace(&p, &input, slow_id, &slow);
+            send_trace(&p, input, err_id, &err[1..]);
+            send_trace(&p, input, slow_id, &slow);
         }
     }
     flush(&p);
@@ -120,12 +95,12 @@ async fn keeps_errors_whole_slow_traces_and_a_deterministic_baseline() {
         .map(|id| id.to_hex())
         .collect();
     let want_keys = expected_baseline.len() + 2;
-    let mut reader = Reader::new(&output);
+    let mut reader = pipe.reader();
     let done = reader.read_until(Duration::from_secs(30), |m| {
         m.iter().map(|m| &m.key).collect::<BTreeSet<_>>().len() >= want_keys
     });
     // Give stragglers (wrongly kept traces) a moment to show up before judging.
-    reader.read_until(Duration::from_secs(2), |_| false);
+    reader.settle(secs(2));
     assert!(
         done,
         "only {} of {want_keys} kept traces arrived",
@@ -141,16 +116,12 @@ async fn keeps_errors_whole_slow_traces_and_a_deterministic_baseline() {
         "the error trace is kept whole, byte for byte"
     );
     assert_eq!(by_key[&err_hex].len(), 3, "each span once");
-    let err_msg = reader.messages.iter().find(|m| m.key == err_hex).unwrap();
+    let err_msg = reader.first(&err_hex);
     assert_eq!(err_msg.headers["tailsift.rule"], "errors");
     assert_eq!(err_msg.headers["tailsift.sample_rate"], "1");
 
     let slow_hex = TraceId(slow_id).to_hex();
-    let slow_msg = reader
-        .messages
-        .iter()
-        .find(|m| m.key == slow_hex)
-        .expect("slow trace kept");
+    let slow_msg = reader.first(&slow_hex); // the slow trace is kept
     assert_eq!(slow_msg.headers["tailsift.rule"], "slow-checkout");
 
     let kept_ordinary: BTreeSet<String> = by_key
@@ -169,59 +140,43 @@ async fn keeps_errors_whole_slow_traces_and_a_deterministic_baseline() {
     );
     for k in &kept_ordinary {
         assert_eq!(by_key[k].len(), 3, "ordinary trace {k} kept whole");
-        let m = reader.messages.iter().find(|m| &m.key == k).unwrap();
+        let m = reader.first(k);
         assert_eq!(m.headers["tailsift.rule"], "baseline");
         assert_eq!(m.headers["tailsift.sample_rate"], "10");
     }
-    let stats = &running.sampler.stats;
-    assert_eq!(stats.kept() as usize, want_keys);
-    assert_eq!(
-        (stats.kept() + stats.dropped()) as usize,
-        ordinary.len() + 2
-    );
-    running.shutdown().await.expect("shutdown");
+    assert_eq!(pipe.kept() as usize, want_keys);
+    assert_eq!(pipe.decided() as usize, ordinary.len() + 2);
+    pipe.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_spans_follow_their_traces_decision() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[(
-        "rules.yaml",
-        "rules:\n  - name: errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
-    )]);
-    let config = config(&input, &output, rules.path());
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let p = producer();
+    let pipe = pipeline(ERRORS_ELSE_DROP).partitions(2).start().await;
+    let (p, input) = (producer(), &pipe.input);
     let (kept, dropped) = (trace_id(77), trace_id(78));
-    send_trace(&p, &input, kept, &checkout(kept, 50, true));
-    send_trace(&p, &input, dropped, &checkout(dropped, 50, false));
+    send_trace(&p, input, kept, &checkout(kept, 50, true));
+    send_trace(&p, input, dropped, &checkout(dropped, 50, false));
     flush(&p);
-    let mut reader = Reader::new(&output);
+    let mut reader = pipe.reader();
     let kept_hex = TraceId(kept).to_hex();
-    assert!(reader.read_until(Duration::from_secs(20), |m| m
-        .iter()
-        .any(|m| m.key == kept_hex)));
-    assert!(
-        eventually(Duration::from_secs(10), || running.sampler.stats.dropped()
-            == 1)
-        .await,
-        "the ordinary trace is decided (dropped)"
-    );
+    assert!(reader.read_key(secs(20), &kept_hex));
+    wait_for(secs(10), "the ordinary trace is decided (dropped)", || {
+        pipe.dropped() == 1
+    })
+    .await;
 
     // Late spans of both traces, after their decisions.
     let late_kept = span(kept, 40, Some(1), "late work", 10, 20);
     let late_dropped = span(dropped, 41, Some(1), "late work", 10, 20);
     send(
         &p,
-        &input,
+        input,
         &TraceId(dropped).to_hex(),
         &request("worker", vec![late_dropped]),
     );
     send(
         &p,
-        &input,
+        input,
         &kept_hex,
         &request("worker", vec![late_kept.clone()]),
     );
@@ -238,87 +193,68 @@ async fn late_spans_follow_their_traces_decision() {
         late_msg.headers["tailsift.rule"], "errors",
         "with the trace's rule"
     );
-    assert!(
-        eventually(Duration::from_secs(10), || running
-            .sampler
-            .stats
-            .late_dropped
-            .load(Ordering::Relaxed)
-            == 1)
-        .await,
-        "the late span of the dropped trace is dropped"
-    );
-    reader.read_until(Duration::from_secs(2), |_| false);
+    wait_for(
+        secs(10),
+        "the late span of the dropped trace is dropped",
+        || pipe.late_dropped() == 1,
+    )
+    .await;
+    reader.settle(secs(2));
     let by_key = output_spans(&reader.messages);
     assert!(
         !by_key.contains_key(&TraceId(dropped).to_hex()),
         "nothing of the dropped trace is forwarded"
     );
     assert_eq!(by_key[&kept_hex].len(), 4);
-    assert_eq!(running.sampler.stats.late_kept.load(Ordering::Relaxed), 1);
-    running.shutdown().await.expect("shutdown");
+    assert_eq!(pipe.late_kept(), 1);
+    pipe.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partitions_undecided_traces_are_released_to_the_new_owner_whole() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 6).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
     // Traces wait for their root (or 60 s): partial traces stay buffered across the rebalance.
-    let mut config = config(&input, &output, rules.path());
-    config.completion.decision_wait = Duration::from_secs(60);
-    config.completion.max_trace_age = Duration::from_secs(60);
-    let a = tailsift::pipeline::start(&config).await.expect("start A");
-    assert!(
-        eventually(Duration::from_secs(20), || a
-            .health
-            .assigned
-            .load(Ordering::Relaxed)
-            == 6)
-        .await
-    );
+    let a = pipeline(KEEP_ALL)
+        .partitions(6)
+        .config(|c| {
+            c.completion.decision_wait = Duration::from_secs(60);
+            c.completion.max_trace_age = Duration::from_secs(60);
+        })
+        .start()
+        .await;
+    a.wait_assigned(6, secs(20)).await;
 
-    let p = producer();
+    let (p, input) = (producer(), &a.input);
     let traces: Vec<([u8; 16], Messages)> = (0..120)
         .map(|i| (trace_id(500 + i), checkout(trace_id(500 + i), 40, false)))
         .collect();
     for (t, msgs) in &traces {
-        send_trace(&p, &input, *t, &msgs[..2]); // no root yet
+        send_trace(&p, input, *t, &msgs[..2]); // no root yet
     }
     flush(&p);
-    assert!(
-        eventually(Duration::from_secs(20), || a.sampler.buffer.len()
-            == traces.len())
-        .await,
-        "A buffers every partial trace"
-    );
+    wait_for(secs(20), "A buffers every partial trace", || {
+        a.buffered() == traces.len()
+    })
+    .await;
 
     // B joins the group: some of A's partitions move to B.
-    let b = tailsift::pipeline::start(&config).await.expect("start B");
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            let (na, nb) = (
-                a.health.assigned.load(Ordering::Relaxed),
-                b.health.assigned.load(Ordering::Relaxed),
-            );
-            na > 0 && nb > 0 && na + nb == 6
-        })
-        .await,
-        "the partitions are shared"
-    );
-    let released = a.sampler.stats.released.load(Ordering::Relaxed);
+    let b = a.start_member().await;
+    wait_for(secs(30), "the partitions are shared", || {
+        let (na, nb) = (a.assigned(), b.assigned());
+        na > 0 && nb > 0 && na + nb == 6
+    })
+    .await;
+    let released = a.released();
     assert!(
         released > 0,
         "A handed back the undecided traces of its revoked partitions"
     );
-    assert_eq!(a.sampler.stats.kept(), 0, "nothing was decided early");
+    assert_eq!(a.kept(), 0, "nothing was decided early");
 
     for (t, msgs) in &traces {
-        send_trace(&p, &input, *t, &msgs[2..]); // the roots
+        send_trace(&p, input, *t, &msgs[2..]); // the roots
     }
     flush(&p);
-    let mut reader = Reader::new(&output);
+    let mut reader = a.reader();
     let want: BTreeMap<String, BTreeSet<Vec<u8>>> = traces
         .iter()
         .map(|(t, m)| (TraceId(*t).to_hex(), span_bytes(m)))
@@ -334,20 +270,14 @@ async fn a_revoked_partitions_undecided_traces_are_released_to_the_new_owner_who
         reader.read_until(Duration::from_secs(30), whole),
         "every trace arrives whole"
     );
-    reader.read_until(Duration::from_secs(1), |_| false);
+    reader.settle(secs(1));
     let got = output_spans(&reader.messages);
     assert!(
         got.values().all(|s| s.len() == 3),
         "each span once: released traces were not forwarded by A"
     );
-    assert!(
-        b.sampler.stats.kept() >= released,
-        "B decided the released traces"
-    );
-    assert_eq!(
-        a.sampler.stats.kept() + b.sampler.stats.kept(),
-        traces.len() as u64
-    );
-    b.shutdown().await.expect("shutdown B");
-    a.shutdown().await.expect("shutdown A");
+    assert!(b.kept() >= released, "B decided the released traces");
+    assert_eq!(a.kept() + b.kept(), traces.len() as u64);
+    b.shutdown().await;
+    a.shutdown().await;
 }

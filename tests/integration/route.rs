@@ -2,14 +2,12 @@
 //! come out split per trace and keyed by trace id, one partition per trace; fed to the
 //! sampler, every trace the rules keep is whole.
 
-use crate::fixture as common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::instance::{start_command, Spec};
-use common::traffic::{self, RULES};
-use common::*;
+use crate::fixture::instance::{launch, RunConfig};
+use crate::fixture::traffic::{self, RULES};
+use crate::fixture::*;
 use prost::Message;
 use tailsift::otlp::build::spans_of;
 use tailsift::otlp::TraceId;
@@ -42,20 +40,14 @@ fn routed(messages: &[OutMsg]) -> Routed<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole() {
-    let (input, sampling, output) = (unique("raw"), unique("sampling"), unique("out"));
+    // The sampler reads what the router writes.
+    let sampler = pipeline(RULES).partitions(4).start().await;
+    let (sampling, output) = (&sampler.input, &sampler.output);
+    let input = unique("raw");
     create_topic(&input, 3).await;
-    create_topic(&sampling, 4).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let route_config = {
-        let mut c = config(&input, &sampling, rules.path());
-        c.kafka.dead_letter_topic = None;
-        c
-    };
+    let mut route_config = pipeline::config(&input, sampling, &sampler.rules);
+    route_config.kafka.dead_letter_topic = None;
     let router = tailsift::route::start(&route_config).await.expect("route");
-    let sampler = tailsift::pipeline::start(&config(&sampling, &output, rules.path()))
-        .await
-        .expect("sampler");
 
     // 200 traces of 3 spans. Each batch concatenates one span of each of 20 traces (a valid
     // ExportTraceServiceRequest: repeated fields append), under a key that is no trace's.
@@ -76,7 +68,7 @@ async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole()
     flush(&p);
 
     // The sampling topic: one trace per message, keyed by it, each trace in one partition.
-    let mut keyed = Reader::new(&sampling);
+    let mut keyed = Reader::new(sampling);
     assert!(
         keyed.read_until(Duration::from_secs(30), |m| m.len() >= (3 * n) as usize),
         "every (batch, trace) pair is routed: {} messages",
@@ -98,8 +90,8 @@ async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole()
     }
 
     // Sampled downstream: the promise holds through the extra stage.
-    let expected = traffic::expected(rules.path(), run, 0..n);
-    let mut out = Reader::new(&output);
+    let expected = traffic::expected(&sampler.rules, run, 0..n);
+    let mut out = Reader::new(output);
     out.read_until(Duration::from_secs(30), |m| traffic::complete(&expected, m));
     let v = traffic::verdict(&expected, &out.messages);
     v.assert_promise_kept();
@@ -119,7 +111,7 @@ async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole()
         .unwrap_or(0.0)
             >= 1.0
     );
-    sampler.shutdown().await.expect("sampler shutdown");
+    sampler.shutdown().await;
     router.shutdown().await.expect("route shutdown");
 }
 
@@ -128,6 +120,7 @@ async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole()
 /// partition (at least once: the commit follows the produce acknowledgements).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_command_loses_no_span_across_a_sigkill() {
+    let _turn = several_processes().await;
     tokio::time::timeout(Duration::from_secs(180), route_across_a_sigkill())
         .await
         .expect("finishes within 3 minutes");
@@ -139,16 +132,10 @@ async fn route_across_a_sigkill() {
     create_topic(&sampling, 4).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let text = format!(
-        "kafka:\n  brokers: {}\n  input_topics: [{input}]\n  output_topic: {sampling}\n  group_id: {}\n  commit_interval: 100ms\n  consumer_properties:\n    session.timeout.ms: \"6000\"\nrules:\n  dir: {}\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
-        brokers(),
-        unique("route-group"),
-        rules.path().display()
-    );
-    let spec = |name| Spec {
-        name,
-        instance_id: None,
-    };
+    let config = RunConfig::new(&input, &sampling, rules.path())
+        .set("kafka.commit_interval", "100ms")
+        .consumer_property("session.timeout.ms", "6000")
+        .set("shutdown_timeout", "10s");
     let (run, n) = (5u64, 600u64);
     // Batches of 10 traces' spans, under keys that are no trace's.
     let batches: Vec<Vec<u8>> = (0..3)
@@ -165,7 +152,9 @@ async fn route_across_a_sigkill() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let mut first = start_command("route", dir.path(), &text, spec("first"), &[]);
+    let mut first = launch(dir.path(), "first", &config)
+        .command("route")
+        .start();
     first.wait_ready(Duration::from_secs(60)).await;
     // Batches keep coming while the first router is killed and the second takes over.
     let sender = {
@@ -186,7 +175,9 @@ async fn route_across_a_sigkill() {
     );
     first.kill9();
     let killed_after = keyed.messages.len();
-    let second = start_command("route", dir.path(), &text, spec("second"), &[]);
+    let second = launch(dir.path(), "second", &config)
+        .command("route")
+        .start();
     second.wait_ready(Duration::from_secs(60)).await;
     sender.join().expect("sender");
 

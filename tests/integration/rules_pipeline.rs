@@ -1,12 +1,11 @@
 //! The rule language end to end through the pipeline on a real broker: one trace per operator
 //! family and per outcome (keep, drop, rate_limit, throughput, shadow), with marking.
 
-use crate::fixture as common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::kafka::TestProducer;
+use crate::fixture::*;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tailsift::config::MarkingConfig;
@@ -16,8 +15,6 @@ use tailsift::otlp::TraceId;
 
 const MS: u64 = 1_000_000;
 const BASE: u64 = 1_700_000_000_000 * MS;
-
-type Producer = rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
 
 fn marking() -> MarkingConfig {
     tailsift::yaml::from_str("{}").expect("default marking")
@@ -33,7 +30,7 @@ fn root(
     with_attrs(span(t, 1, None, name, BASE, BASE + ms * MS), attrs)
 }
 
-fn send_spans(p: &Producer, topic: &str, t: [u8; 16], msgs: Vec<(&str, Vec<Span>)>) {
+fn send_spans(p: &TestProducer, topic: &str, t: [u8; 16], msgs: Vec<(&str, Vec<Span>)>) {
     for (svc, spans) in msgs {
         send(p, topic, &TraceId(t).to_hex(), &request(svc, spans));
     }
@@ -46,16 +43,6 @@ fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a AnyValue> {
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref())
         .and_then(|v| v.value.as_ref())
-}
-
-/// The sum of a metric's samples whose labels contain every one of `labels`.
-fn metric_with(body: &str, name: &str, labels: &[&str]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(name))
-        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 const RULES: &str = r#"
@@ -121,14 +108,12 @@ rules:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_spans() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 2).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let mut config = config(&input, &output, rules.path());
-    config.rules.marking = Some(marking());
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let p = producer();
+    let pipe = pipeline(RULES)
+        .partitions(2)
+        .config(|c| c.rules.marking = Some(marking()))
+        .start()
+        .await;
+    let (p, input) = (producer(), &pipe.input);
 
     let mut n = 0u64;
     let mut next = || {
@@ -137,11 +122,13 @@ async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_sp
     };
     // trace id -> the rule expected to keep it (None: expected not forwarded).
     let mut expect: BTreeMap<String, Option<&str>> = BTreeMap::new();
-    let mut add =
-        |p: &Producer, t: [u8; 16], rule: Option<&'static str>, msgs: Vec<(&str, Vec<Span>)>| {
-            send_spans(p, &input, t, msgs);
-            expect.insert(TraceId(t).to_hex(), rule);
-        };
+    let mut add = |p: &TestProducer,
+                   t: [u8; 16],
+                   rule: Option<&'static str>,
+                   msgs: Vec<(&str, Vec<Span>)>| {
+        send_spans(p, input, t, msgs);
+        expect.insert(TraceId(t).to_hex(), rule);
+    };
 
     // Comparisons: ints against numbers (also a double), durations, counts.
     for (rule, status) in [(Some("op-compare"), 503), (None, 404)] {
@@ -249,7 +236,7 @@ async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_sp
     for t in &limited {
         send_spans(
             &p,
-            &input,
+            input,
             *t,
             vec![("gateway", vec![root(*t, "limited", 5, vec![])])],
         );
@@ -259,7 +246,7 @@ async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_sp
     for t in &hot {
         send_spans(
             &p,
-            &input,
+            input,
             *t,
             vec![(
                 "gateway",
@@ -288,19 +275,15 @@ async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_sp
     flush(&p);
     let sent = expect.len() + limited.len() + hot.len();
 
-    let stats = &running.sampler.stats;
     assert!(
-        eventually(Duration::from_secs(30), || (stats.kept() + stats.dropped())
-            as usize
-            == sent)
-        .await,
+        eventually(Duration::from_secs(30), || pipe.decided() as usize == sent).await,
         "every trace is decided ({} of {sent})",
-        stats.kept() + stats.dropped()
+        pipe.decided()
     );
-    let mut reader = Reader::new(&output);
-    let kept_total = stats.kept() as usize;
+    let mut reader = pipe.reader();
+    let kept_total = pipe.kept() as usize;
     reader.read_until(Duration::from_secs(20), |m| m.len() >= kept_total);
-    reader.read_until(Duration::from_secs(1), |_| false);
+    reader.settle(secs(1));
     let by_key: BTreeMap<&str, &OutMsg> = reader
         .messages
         .iter()
@@ -343,7 +326,7 @@ async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_sp
         "hot key kept {} of 30",
         hot_kept.len()
     );
-    let by_rule = stats.by_rule();
+    let by_rule = pipe.by_rule();
     let tp = by_rule
         .iter()
         .find(|r| r.0 == "out-throughput")
@@ -379,79 +362,71 @@ async fn every_operator_family_and_outcome_decides_live_traces_and_marks_kept_sp
     }
 
     // Per-rule metrics, flushed per decider tick.
-    let addr = running.http_addr;
     let limited_kept_n = limited_kept.len() as f64;
     assert!(
         eventually(Duration::from_secs(10), || {
-            let body = http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default();
-            metric_with(
-                &body,
+            let body = pipe.scrape();
+            let n =
+                |name: &str, labels: &[&str]| metric(&body, name, &labels.join(",")).unwrap_or(0.0);
+            n(
                 "tailsift_rule_traces_total",
                 &["rule=\"out-limited\"", "result=\"matched\""],
             ) == 6.0
-                && metric_with(
-                    &body,
+                && n(
                     "tailsift_rule_traces_total",
                     &["rule=\"out-limited\"", "result=\"kept\""],
                 ) == limited_kept_n
-                && metric_with(
-                    &body,
+                && n(
                     "tailsift_rule_traces_total",
                     &["rule=\"out-limited-rest\"", "result=\"dropped\""],
                 ) == 6.0 - limited_kept_n
-                && metric_with(
-                    &body,
+                && n(
                     "tailsift_rule_spans_total",
                     &["rule=\"op-compare\"", "result=\"kept\""],
                 ) == 2.0
-                && metric_with(
-                    &body,
+                && n(
                     "tailsift_rule_traces_total",
                     &["rule=\"out-throughput\"", "result=\"matched\""],
                 ) == 31.0
         })
         .await,
         "per-rule counts: {}",
-        http_get(addr, "/metrics")
-            .map(|r| r.1)
-            .unwrap_or_default()
+        pipe.scrape()
             .lines()
             .filter(|l| l.contains("tailsift_rule_"))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_mode_forwards_every_trace_marked_with_what_the_rules_would_do() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 1).await;
-    create_topic(&output, 1).await;
-    let rules = rules_dir(&[(
-        "rules.yaml",
+    let pipe = pipeline(
         "rules:\n  - name: shadow-errors\n    conditions: trace.error = true\n    outcome: keep\n  - name: shadow-rest\n    outcome: drop\n",
-    )]);
-    let mut config = config(&input, &output, rules.path());
-    config.rules.mode = tailsift::config::RulesMode::Shadow;
-    config.rules.marking = Some(marking());
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let p = producer();
+    )
+    .config(|c| {
+        c.rules.mode = tailsift::config::RulesMode::Shadow;
+        c.rules.marking = Some(marking());
+    })
+    .start()
+    .await;
+    let (p, input) = (producer(), &pipe.input);
     let failed = trace_id(8_000_001);
     let mut r = with_error(root(failed, "pay", 5, vec![]));
     r.trace_state = "vendor=x".into();
-    send_spans(&p, &input, failed, vec![("gateway", vec![r.clone()])]);
+    send_spans(&p, input, failed, vec![("gateway", vec![r.clone()])]);
     let ordinary: Vec<[u8; 16]> = (2..5).map(|i| trace_id(8_000_000 + i)).collect();
     for t in &ordinary {
         send_spans(
             &p,
-            &input,
+            input,
             *t,
             vec![("gateway", vec![root(*t, "get", 5, vec![])])],
         );
     }
     flush(&p);
-    let mut reader = Reader::new(&output);
+    let mut reader = pipe.reader();
     assert!(
         reader.read_until(Duration::from_secs(30), |m| m.len() >= 4),
         "every trace is forwarded in shadow mode ({} of 4)",
@@ -481,11 +456,10 @@ async fn shadow_mode_forwards_every_trace_marked_with_what_the_rules_would_do() 
             Some(&AnyValue::StringValue(want.1.into()))
         );
     }
-    let stats = &running.sampler.stats;
     assert_eq!(
-        (stats.kept(), stats.dropped()),
+        (pipe.kept(), pipe.dropped()),
         (1, 3),
         "counted as the rules decided"
     );
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }

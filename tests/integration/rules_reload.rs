@@ -1,15 +1,12 @@
 //! Hot reload through the running pipeline on a real broker, with the rules directory laid out
 //! as Kubernetes mounts a ConfigMap: files are symlinks through `..data`, which an update
 //! replaces atomically. A valid change is swapped in; a bad one keeps the old rules.
-//! (Its own test binary: the reload metrics are process-wide.)
-
-use crate::fixture as common;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::fixture::*;
 use tailsift::otlp::build::*;
 use tailsift::otlp::TraceId;
 
@@ -32,10 +29,6 @@ fn publish(dir: &Path, version: &str, files: &[(&str, &str)]) {
             symlink(format!("..data/{name}"), &link).expect("file symlink");
         }
     }
-}
-
-fn metrics(addr: std::net::SocketAddr) -> String {
-    http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default()
 }
 
 fn info_version(body: &str) -> Option<String> {
@@ -63,19 +56,18 @@ fn alias_bomb() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
-    let (input, output) = (unique("in"), unique("out"));
-    create_topic(&input, 1).await;
-    create_topic(&output, 1).await;
+    // The reload metrics are process-wide, and SIGHUP reaches every pipeline of the process.
+    own_process!();
     let dir = tempfile::tempdir().expect("tempdir");
     publish(dir.path(), "v1", &[("rules.yaml", DROP_ALL)]);
-    let mut config = config(&input, &output, dir.path());
     // The file watch must do it: no periodic check.
-    config.rules.poll_interval = Duration::ZERO;
-    let running = tailsift::pipeline::start(&config).await.expect("start");
-    let addr = running.http_addr;
-    let v1 = info_version(&metrics(addr)).expect("version exposed");
+    let pipe = pipeline_on(dir.path())
+        .config(|c| c.rules.poll_interval = Duration::ZERO)
+        .start()
+        .await;
+    let v1 = info_version(&pipe.scrape()).expect("version exposed");
     assert_eq!(
-        metrics(addr).matches("tailsift_rules_info{").count(),
+        pipe.scrape().matches("tailsift_rules_info{").count(),
         1,
         "one series"
     );
@@ -93,34 +85,33 @@ async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
         );
         send(
             &p,
-            &input,
+            &pipe.input,
             &TraceId(t).to_hex(),
             &request("gateway", vec![s]),
         );
         flush(&p);
         TraceId(t).to_hex()
     };
-    let stats = &running.sampler.stats;
     send_one(1);
-    assert!(eventually(Duration::from_secs(20), || stats.dropped() == 1).await);
+    assert!(eventually(Duration::from_secs(20), || pipe.dropped() == 1).await);
 
     // A valid update.
     publish(dir.path(), "v2", &[("rules.yaml", KEEP_ALL)]);
     assert!(
         eventually(Duration::from_secs(20), || {
-            let body = metrics(addr);
+            let body = pipe.scrape();
             metric(&body, "tailsift_rules_reloads_total", "result=\"success\"") == Some(1.0)
                 && info_version(&body).is_some_and(|v| v != v1)
         })
         .await,
         "the update is loaded: {}",
-        metrics(addr)
+        pipe.scrape()
     );
-    let v2 = info_version(&metrics(addr)).expect("version");
+    let v2 = info_version(&pipe.scrape()).expect("version");
     let kept = send_one(2);
-    let mut reader = Reader::new(&output);
+    let mut reader = pipe.reader();
     assert!(
-        reader.read_until(Duration::from_secs(20), |m| m.iter().any(|m| m.key == kept)),
+        reader.read_key(Duration::from_secs(20), &kept),
         "the new rules keep the trace"
     );
     assert_eq!(
@@ -142,19 +133,17 @@ async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
     );
     assert!(
         eventually(Duration::from_secs(20), || metric(
-            &metrics(addr),
+            &pipe.scrape(),
             "tailsift_rules_reloads_total",
             "result=\"failure\""
         ) == Some(1.0))
         .await,
         "the bad update is counted"
     );
-    assert_eq!(info_version(&metrics(addr)).as_deref(), Some(v2.as_str()));
+    assert_eq!(info_version(&pipe.scrape()).as_deref(), Some(v2.as_str()));
     let still = send_one(3);
     assert!(
-        reader.read_until(Duration::from_secs(20), |m| m
-            .iter()
-            .any(|m| m.key == still)),
+        reader.read_key(Duration::from_secs(20), &still),
         "the old rules still run"
     );
     assert_eq!(
@@ -169,10 +158,10 @@ async fn a_configmap_update_is_swapped_in_and_a_bad_one_keeps_the_old_rules() {
         libc::kill(libc::getpid(), libc::SIGHUP);
     }
     assert!(
-        eventually(Duration::from_secs(10), || failures(&metrics(addr))
+        eventually(Duration::from_secs(10), || failures(&pipe.scrape())
             == Some(2.0))
         .await,
         "SIGHUP re-reads the directory"
     );
-    running.shutdown().await.expect("shutdown");
+    pipe.shutdown().await;
 }

@@ -7,17 +7,15 @@
 //! `${env:...}`: every client tailsift makes authenticates and every kept trace arrives. With a
 //! wrong password tailsift stays up, unready, and its log says authentication failed.
 
-use crate::fixture as common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::broker::Broker;
-use common::instance::{free_addr, start, Spec};
-use common::traffic::{self, RULES};
-use common::*;
+use crate::fixture::broker::{self_signed, Broker};
+use crate::fixture::instance::{launch, log_of, RunConfig};
+use crate::fixture::traffic::{self, RULES};
+use crate::fixture::*;
 
 const USER: &str = "tailsift";
 const PASSWORD: &str = "scram-test-password";
@@ -194,26 +192,6 @@ impl Drop for Postgres {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 and its key, made with the `openssl` command.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("broker.pem"), dir.join("broker-key.pem"));
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("the SASL_SSL test needs the `openssl` command (.ci/run installs it)");
-    assert!(status.success(), "openssl made a certificate");
-    (cert, key)
-}
-
 /// A broker on `storage` requiring SCRAM, with user `USER` created while it was still open
 /// (a fresh broker has no user to authenticate the request that creates one).
 fn scram_broker(dir: &Path, storage: &str, tls: &[&str]) -> Broker {
@@ -237,22 +215,26 @@ fn scram_broker(dir: &Path, storage: &str, tls: &[&str]) -> Broker {
     Broker::start_from(dir, &bin, storage, &free_addr().to_string(), &args)
 }
 
-fn config_text(
+/// The config of an instance on `broker` with `props` and the password from `${env:..}`.
+/// (The lag interval is 3 s, and so the lag queries' timeout: nisshi on PostgreSQL answered
+/// end-offset queries after traffic in more than the 1 s a 500 ms interval gives them, on
+/// this shared machine.)
+fn config(
     broker: &str,
     input: &str,
     output: &str,
     props: &[(&str, &str)],
     rules: &Path,
-) -> String {
-    let props: String = props
-        .iter()
-        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
-        .collect();
-    format!(
-        "kafka:\n  brokers: {broker}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n  commit_interval: 200ms\n  properties:\n{props}    sasl.password: \"${{env:{PASSWORD_ENV}}}\"\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 1500ms\n  root_grace: 300ms\nmonitoring:\n  lag_interval: 3s\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
-        unique("sasl-group"),
-        rules.display()
-    )
+) -> RunConfig {
+    let mut c = RunConfig::quick(input, output, rules)
+        .set("kafka.brokers", broker)
+        .remove("kafka.consumer_properties")
+        .set("completion.root_grace", "300ms")
+        .set("monitoring.lag_interval", "3s");
+    for (k, v) in props {
+        c = c.property(k, v);
+    }
+    c.property("sasl.password", &format!("${{env:{PASSWORD_ENV}}}"))
 }
 
 /// Sends traffic through tailsift on `broker` with `props` (the password apart) and checks
@@ -279,16 +261,10 @@ async fn kept_traces_arrive(
     create_topic_with(broker, &input, 2, &client_props).await;
     create_topic_with(broker, &output, 1, &client_props).await;
     let rules = rules_dir(&[("rules.yaml", RULES)]);
-    let text = config_text(broker, &input, &output, props, rules.path());
-    let inst = start(
-        dir,
-        &text,
-        Spec {
-            name,
-            instance_id: None,
-        },
-        &[(PASSWORD_ENV, PASSWORD)],
-    );
+    let config = config(broker, &input, &output, props, rules.path());
+    let inst = launch(dir, name, &config)
+        .env(PASSWORD_ENV, PASSWORD)
+        .start();
     inst.wait_ready(Duration::from_secs(60)).await;
     let p = producer_with(broker, &client_props);
     let (run, n) = (13, 200);
@@ -304,9 +280,7 @@ async fn kept_traces_arrive(
     );
     v.assert_promise_kept();
     // The lag client authenticates too: its queries answer (/readyz fails while the last one
-    // did not) and the lag is exposed. (The lag interval is 3 s, and so the queries' timeout:
-    // nisshi on PostgreSQL answered end-offset queries after traffic in more than the 1 s a
-    // 500 ms interval gives them, on this shared machine.)
+    // did not) and the lag is exposed.
     let addr = inst.addr;
     assert!(
         eventually(Duration::from_secs(30), || http_get(addr, "/readyz")
@@ -322,15 +296,9 @@ async fn kept_traces_arrive(
     drop(inst);
 
     let wrong_name = format!("{name}-wrong");
-    let mut wrong = start(
-        dir,
-        &text,
-        Spec {
-            name: &wrong_name,
-            instance_id: None,
-        },
-        &[(PASSWORD_ENV, "not-the-password")],
-    );
+    let mut wrong = launch(dir, &wrong_name, &config)
+        .env(PASSWORD_ENV, "not-the-password")
+        .start();
     let addr = wrong.addr;
     assert!(
         eventually(Duration::from_secs(30), || http_get(addr, "/readyz")
@@ -344,12 +312,9 @@ async fn kept_traces_arrive(
         status, 503,
         "{name}: never ready with a wrong password: {why}"
     );
-    assert!(
-        wrong.child.try_wait().expect("wait").is_none(),
-        "{name}: tailsift keeps running"
-    );
+    assert!(wrong.is_running(), "{name}: tailsift keeps running");
     wrong.kill9();
-    let log = std::fs::read_to_string(dir.join(format!("{wrong_name}.log"))).unwrap_or_default();
+    let log = log_of(dir, &wrong_name);
     assert!(
         log.to_lowercase().contains("authentication"),
         "{name}: the log says authentication failed: {}",
@@ -363,6 +328,8 @@ async fn kept_traces_arrive(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_over_plaintext_and_tls_keeps_every_trace_and_a_wrong_password_is_unready() {
+    // Its lag queries against nisshi on PostgreSQL are slow under load.
+    let _turn = load_sensitive().await;
     tokio::time::timeout(Duration::from_secs(300), sasl())
         .await
         .expect("the SASL test finishes within 5 minutes");
@@ -379,7 +346,7 @@ async fn sasl() {
     kept_traces_arrive(dir.path(), "sasl-plaintext", &broker.addr, &props, &[]).await;
     drop(broker);
 
-    let (cert, key) = self_signed(dir.path());
+    let (cert, key) = self_signed(dir.path(), "broker");
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let broker = scram_broker(
         dir.path(),

@@ -1,43 +1,37 @@
 //! Secrets in the config, with the real binary: `${env:..}` and `${file:..}` property values are
 //! resolved at load, and the secret never shows in the logs or on the HTTP port.
 
-use crate::fixture as common;
-
+use std::path::Path;
 use std::time::Duration;
 
-use common::instance::{start, Spec};
-use common::*;
+use crate::fixture::instance::{launch, log_of, RunConfig};
+use crate::fixture::*;
 
 const SECRET_ENV: &str = "correct-horse-battery-staple";
 const SECRET_FILE: &str = "tr0ub4dor-and-3";
 
-fn config(dir: &std::path::Path, secret_file: &std::path::Path) -> String {
-    format!(
-        "kafka:\n  brokers: {}\n  input_topics: [{}]\n  output_topic: {}\n  properties:\n    security.protocol: SASL_PLAINTEXT\n    sasl.mechanism: PLAIN\n    sasl.username: tailsift\n    sasl.password: \"${{env:TAILSIFT_TEST_SASL_PASSWORD}}\"\n  producer_properties:\n    sasl.password: \"${{file:{}}}\"\nrules:\n  dir: {}\nhttp:\n  listen: \"{{listen}}\"\n",
-        brokers(),
-        unique("in"),
-        unique("out"),
-        secret_file.display(),
-        dir.display()
-    )
+/// A SASL config whose password comes from `${env:..}`, the producer's from `${file:..}`.
+fn config(rules: &Path, secret_file: &Path) -> RunConfig {
+    RunConfig::new(&unique("in"), &unique("out"), rules)
+        .property("security.protocol", "SASL_PLAINTEXT")
+        .property("sasl.mechanism", "PLAIN")
+        .property("sasl.username", "tailsift")
+        .property("sasl.password", "${env:TAILSIFT_TEST_SASL_PASSWORD}")
+        .producer_property(
+            "sasl.password",
+            &format!("${{file:{}}}", secret_file.display()),
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_from_env_and_file_are_used_but_never_logged_or_served() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rules = rules_dir(&[("r.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
+    let rules = rules_dir(&[("r.yaml", KEEP_ALL)]);
     let secret_file = dir.path().join("password");
     std::fs::write(&secret_file, format!("{SECRET_FILE}\n")).expect("write secret");
-    let text = config(rules.path(), &secret_file);
-    let inst = start(
-        dir.path(),
-        &text,
-        Spec {
-            name: "secret",
-            instance_id: None,
-        },
-        &[("TAILSIFT_TEST_SASL_PASSWORD", SECRET_ENV)],
-    );
+    let inst = launch(dir.path(), "secret", &config(rules.path(), &secret_file))
+        .env("TAILSIFT_TEST_SASL_PASSWORD", SECRET_ENV)
+        .start();
     // The broker speaks no SASL: the clients fail to authenticate and keep retrying, while the
     // process and its HTTP port run.
     let addr = inst.addr;
@@ -62,7 +56,7 @@ async fn secrets_from_env_and_file_are_used_but_never_logged_or_served() {
         }
     }
     drop(inst);
-    let log = std::fs::read_to_string(dir.path().join("secret.log")).expect("log");
+    let log = log_of(dir.path(), "secret");
     assert!(
         log.contains("tailsift running") && log.contains("<redacted>"),
         "the config is logged, redacted: {log}"
@@ -80,8 +74,9 @@ async fn secrets_from_env_and_file_are_used_but_never_logged_or_served() {
 fn config_check_names_a_missing_secret_without_printing_values() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("t.yaml");
-    let text =
-        config(dir.path(), &dir.path().join("no-such-file")).replace("{listen}", "127.0.0.1:0");
+    let text = config(dir.path(), &dir.path().join("no-such-file"))
+        .yaml()
+        .replace("{listen}", "127.0.0.1:0");
     std::fs::write(&path, &text).expect("write");
     let run = |env: &[(&str, &str)]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tailsift"));
@@ -122,33 +117,26 @@ async fn tls_and_sasl_scram_configs_are_accepted_by_the_kafka_clients() {
     // built with TLS and SCRAM (no "not supported" at client creation) and tailsift runs on.
     for (protocol, mechanism) in [("SASL_SSL", "SCRAM-SHA-512"), ("SSL", "PLAIN")] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let rules = rules_dir(&[("r.yaml", "rules:\n  - name: all\n    outcome: keep\n")]);
-        let text = format!(
-            "kafka:\n  brokers: {}\n  input_topics: [{}]\n  output_topic: {}\n  properties:\n    security.protocol: {protocol}\n    sasl.mechanism: {mechanism}\n    sasl.username: tailsift\n    sasl.password: \"${{env:TAILSIFT_TEST_SASL_PASSWORD}}\"\n    ssl.endpoint.identification.algorithm: none\nrules:\n  dir: {}\nhttp:\n  listen: \"{{listen}}\"\n",
-            brokers(),
-            unique("in"),
-            unique("out"),
-            rules.path().display()
-        );
-        let mut inst = start(
-            dir.path(),
-            &text,
-            Spec {
-                name: "tls",
-                instance_id: None,
-            },
-            &[("TAILSIFT_TEST_SASL_PASSWORD", SECRET_ENV)],
-        );
+        let rules = rules_dir(&[("r.yaml", KEEP_ALL)]);
+        let config = RunConfig::new(&unique("in"), &unique("out"), rules.path())
+            .property("security.protocol", protocol)
+            .property("sasl.mechanism", mechanism)
+            .property("sasl.username", "tailsift")
+            .property("sasl.password", "${env:TAILSIFT_TEST_SASL_PASSWORD}")
+            .property("ssl.endpoint.identification.algorithm", "none");
+        let mut inst = launch(dir.path(), "tls", &config)
+            .env("TAILSIFT_TEST_SASL_PASSWORD", SECRET_ENV)
+            .start();
         let addr = inst.addr;
         let up = eventually(Duration::from_secs(30), || {
             http_get(addr, "/healthz").is_ok_and(|(s, _)| s == 200)
         })
         .await;
-        let exited = inst.child.try_wait().expect("wait");
+        let running = inst.is_running();
         drop(inst);
-        let log = std::fs::read_to_string(dir.path().join("tls.log")).expect("log");
+        let log = log_of(dir.path(), "tls");
         assert!(
-            up && exited.is_none(),
+            up && running,
             "{protocol}/{mechanism}: tailsift starts: {log}"
         );
         assert!(

@@ -3,51 +3,27 @@
 //! (consumer, producer, lag, read and head marks) works and every kept trace reaches the
 //! output; with another CA, tailsift stays up, unready, and says why.
 
-use crate::fixture as common;
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common::broker::Broker;
-use common::instance::{start, Spec};
-use common::traffic::{self, RULES};
-use common::*;
+use crate::fixture::broker::{self_signed, Broker};
+use crate::fixture::instance::{launch, log_of, RunConfig};
+use crate::fixture::traffic::{self, RULES};
+use crate::fixture::*;
 
-/// A self-signed certificate for 127.0.0.1 and its key, made with the `openssl` command.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("the TLS test needs the `openssl` command (.ci/run installs it)");
-    assert!(status.success(), "openssl made a certificate");
-    (cert, key)
-}
-
-fn config_text(broker: &str, input: &str, output: &str, ca: &Path, rules: &Path) -> String {
-    format!(
-        "kafka:\n  brokers: {broker}\n  input_topics: [{input}]\n  output_topic: {output}\n  group_id: {}\n  commit_interval: 200ms\n  properties:\n    security.protocol: SSL\n    ssl.ca.location: {}\nrules:\n  dir: {}\ncompletion:\n  decision_wait: 1500ms\n  root_grace: 300ms\nmonitoring:\n  lag_interval: 500ms\nhttp:\n  listen: \"{{listen}}\"\nshutdown_timeout: 10s\n",
-        unique("tls-group"),
-        ca.display(),
-        rules.display()
-    )
+fn config(broker: &str, input: &str, output: &str, ca: &Path, rules: &Path) -> RunConfig {
+    RunConfig::quick(input, output, rules)
+        .set("kafka.brokers", broker)
+        .remove("kafka.consumer_properties")
+        .property("security.protocol", "SSL")
+        .property("ssl.ca.location", &ca.display().to_string())
+        .set("completion.root_grace", "300ms")
+        .set("monitoring.lag_interval", "500ms")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_every_kept_trace_arrives_and_a_wrong_ca_is_reported_unready() {
+    let _turn = several_processes().await;
     tokio::time::timeout(Duration::from_secs(180), tls())
         .await
         .expect("the TLS test finishes within 3 minutes");
@@ -76,16 +52,8 @@ async fn tls() {
     create_topic_with(&broker.addr, &output, 1, &ssl).await;
     let rules = rules_dir(&[("rules.yaml", RULES)]);
 
-    let text = config_text(&broker.addr, &input, &output, &cert, rules.path());
-    let inst = start(
-        dir.path(),
-        &text,
-        Spec {
-            name: "tls",
-            instance_id: None,
-        },
-        &[],
-    );
+    let trusted = config(&broker.addr, &input, &output, &cert, rules.path());
+    let inst = launch(dir.path(), "tls", &trusted).start();
     inst.wait_ready(Duration::from_secs(60)).await;
     let p = producer_with(&broker.addr, &ssl);
     let (run, n) = (11, 200);
@@ -111,16 +79,8 @@ async fn tls() {
 
     // The same with a CA that did not sign the broker's certificate: no connection, no crash,
     // unready with the reason, and the log says what failed.
-    let wrong = config_text(&broker.addr, &input, &output, &other_ca, rules.path());
-    let mut untrusted = start(
-        dir.path(),
-        &wrong,
-        Spec {
-            name: "untrusted",
-            instance_id: None,
-        },
-        &[],
-    );
+    let wrong = config(&broker.addr, &input, &output, &other_ca, rules.path());
+    let mut untrusted = launch(dir.path(), "untrusted", &wrong).start();
     let addr = untrusted.addr;
     let answered = eventually(Duration::from_secs(30), || {
         http_get(addr, "/readyz").is_ok_and(|(s, _)| s == 503)
@@ -130,12 +90,9 @@ async fn tls() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (status, why) = http_get(addr, "/readyz").expect("readyz");
     assert_eq!(status, 503, "never ready without a trusted broker: {why}");
-    assert!(
-        untrusted.child.try_wait().expect("wait").is_none(),
-        "tailsift keeps running"
-    );
+    assert!(untrusted.is_running(), "tailsift keeps running");
     untrusted.kill9();
-    let log = std::fs::read_to_string(dir.path().join("untrusted.log")).unwrap_or_default();
+    let log = log_of(dir.path(), "untrusted");
     assert!(
         log.contains("certificate verify failed") || log.contains("SSL handshake failed"),
         "the log says the broker's certificate was not trusted: {}",
