@@ -19,7 +19,7 @@ fi
 NISSHI="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
 # The broker-outage test starts (and freezes) a broker of its own from this binary.
 export TAILSIFT_NISSHI="${TAILSIFT_NISSHI:-$NISSHI}"
-# The SASL test (tests/sasl.rs) needs nisshi's PostgreSQL storage engine, where it keeps SCRAM
+# The SASL test (tests/integration/sasl.rs) needs nisshi's PostgreSQL storage engine, where it keeps SCRAM
 # users, and a PostgreSQL server (Debian's `postgresql`; .ci/run installs it): another build
 # of the same version with that engine, sharing the build directory (~8 more minutes, once).
 NISSHI_PG="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION-postgres/bin/nisshi"

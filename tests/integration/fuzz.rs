@@ -3,7 +3,7 @@
 //! the case count is small for CI. A longer run:
 //!
 //! ```sh
-//! PROPTEST_CASES=20000 cargo test --release --test fuzz
+//! PROPTEST_CASES=20000 cargo test --release --test integration fuzz::
 //! ```
 
 use proptest::prelude::*;
