@@ -61,11 +61,12 @@ if [ -z "${TAILSIFT_TEST_BROKERS:-}" ]; then
 fi
 
 OUT=$(mktemp -t tailsift-test.XXXXXX.log)
+STARTED=$SECONDS
 set +e
 cargo test "$@" 2>&1 | tee "$OUT"
 STATUS=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run: cargo prints one per test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$OUT"
+awk -v secs=$((SECONDS - STARTED)) '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed in %d s (build included)\n", p, f, secs }' "$OUT"
 exit "$STATUS"

@@ -40,7 +40,8 @@ fn routed(messages: &[OutMsg]) -> Routed<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_splits_mixed_batches_per_trace_and_the_sampler_keeps_them_whole() {
-    // The sampler reads what the router writes.
+    own_process!(); // exact process-wide counts
+                    // The sampler reads what the router writes.
     let sampler = pipeline(RULES).partitions(4).start().await;
     let (sampling, output) = (&sampler.input, &sampler.output);
     let input = unique("raw");
