@@ -1,4 +1,10 @@
-//! The integration tests, in one binary: one module per area, and the fixture they share.
+//! The integration tests, in one binary (rdkafka is linked once, not once per file): one
+//! module per area, and the fixture they share (`fixture/`: topics, readers, a pipeline built
+//! from rules, instances of the binary, brokers of a test's own, the checkout traffic).
+//!
+//! Tests share this process; `fixture/process.rs` says what that changes and how the tests
+//! that cannot share it (exact process-wide metric values, SIGHUP) run in a process of their
+//! own. A new test goes into a module here, not into a new file under `tests/`.
 
 mod fixture;
 
