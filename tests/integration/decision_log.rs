@@ -32,8 +32,21 @@ async fn restart(stop: &str) -> (traffic::Verdict, f64, f64) {
     a.wait_ready(Duration::from_secs(60)).await;
     let n = 1200;
     let sender = s.sender(3, n, Duration::from_millis(4));
-    // Mid-stream, with decided traces whose late spans are still to come.
-    sleep(2500).await;
+    // Mid-stream, with decided traces whose late spans are still to come: once `a` has
+    // forwarded kept traces and logged decisions (on a loaded machine that takes longer than
+    // the 2 s root grace; a fixed sleep then stopped `a` before it had forwarded anything,
+    // leaving nothing for the new instance to recognise), and a little more so that some are
+    // forwarded and logged but not yet committed.
+    wait_for(
+        secs(60),
+        "a forwarded kept traces and logged decisions",
+        || {
+            a.metric("tailsift_spans_forwarded_total", "") > 0.0
+                && a.metric("tailsift_decision_log_records_total", "") > 0.0
+        },
+    )
+    .await;
+    sleep(500).await;
     match stop {
         "SIGKILL" => a.kill9(),
         _ => {
