@@ -60,9 +60,11 @@ pub struct StressSettings {
     /// Enter when the total lag stayed above this many messages for `enter_after`, and grew
     /// over that time.
     pub enter_lag: i64,
+    /// How long the lag must stay above `enter_lag`, and grow, before degraded mode starts.
     pub enter_after: Duration,
     /// Leave when the total lag stayed below this many messages for `exit_after`.
     pub exit_lag: i64,
+    /// How long the lag must stay below `exit_lag` before normal mode returns.
     pub exit_after: Duration,
 }
 
@@ -78,6 +80,7 @@ pub struct StressRelief {
 }
 
 impl StressRelief {
+    /// Normal mode, with no condition holding yet.
     pub fn new(settings: StressSettings) -> Self {
         StressRelief {
             settings,
@@ -87,6 +90,7 @@ impl StressRelief {
         }
     }
 
+    /// Whether degraded mode is on.
     pub fn degraded(&self) -> bool {
         self.degraded
     }

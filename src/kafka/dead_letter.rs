@@ -50,9 +50,9 @@ impl LogOnce {
     }
 }
 
-/// A message that does not decode: counted, logged (see [`LogOnce`]), and copied to the
-/// dead-letter topic if there is one. The copy holds the message's offset until the broker
-/// has it.
+/// A message that does not decode: logged (see [`LogOnce`]), and copied to the dead-letter
+/// topic if there is one. The copy holds the message's offset until the broker has it.
+/// Counting it is the caller's: the ingest path's sampler counts where decoding failed.
 pub fn refuse(
     msg: &BorrowedMessage<'_>,
     e: &DecodeError,
@@ -60,7 +60,6 @@ pub fn refuse(
     letters: Option<&DeadLetters>,
     log: &mut LogOnce,
 ) {
-    metrics::counter!(m::DECODE_FAILURES, "kind" => e.kind()).increment(1);
     if log.should_log(e.kind()) {
         tracing::warn!(
             topic = msg.topic(),

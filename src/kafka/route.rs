@@ -34,8 +34,7 @@ use crate::health::Health;
 use crate::http::{ListenError, Server};
 use crate::offsets::{OffsetHold, PartitionOffsets};
 use crate::otlp::decode::Decoder;
-use crate::otlp::encode::encode_trace;
-use crate::otlp::SpanContext;
+use crate::otlp::encode::{encode_trace, span_shares};
 use crate::telemetry as m;
 
 /// Why `tailsift route` could not start.
@@ -177,7 +176,7 @@ pub async fn start(config: &Config) -> Result<Router, RouteError> {
         config.kafka.dead_letter_topic.as_deref(),
     )?;
     let health = Arc::new(Health::default());
-    let http = crate::http::start(config, handle, health.clone()).await?;
+    let http = crate::http::start(config, handle, None, health.clone()).await?;
     let table: Arc<Table> = Arc::default();
     let ctx = RouteConsumerContext {
         producer: producer.clone(),
@@ -281,16 +280,7 @@ fn run(
                     let mut traces = 0u64;
                     for group in decoder.groups(proto) {
                         traces += 1;
-                        let mut chunks: Vec<(Arc<SpanContext>, Vec<u8>)> = Vec::new();
-                        for span in group.spans() {
-                            match chunks
-                                .iter_mut()
-                                .find(|(c, _)| Arc::ptr_eq(c, span.context))
-                            {
-                                Some((_, b)) => b.extend_from_slice(span.field),
-                                None => chunks.push((span.context.clone(), span.field.to_vec())),
-                            }
-                        }
+                        let chunks = group.by_context();
                         let messages = encode_trace(
                             chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
                             settings.max_message_bytes,
@@ -314,7 +304,10 @@ fn run(
                     }
                     metrics::counter!(m::ROUTED_TRACES).increment(traces);
                 }
-                Err(e) => refuse(&msg, &e, &hold, ctx.dead_letters.as_deref(), &mut log),
+                Err(e) => {
+                    metrics::counter!(m::DECODE_FAILURES, "kind" => e.kind()).increment(1);
+                    refuse(&msg, &e, &hold, ctx.dead_letters.as_deref(), &mut log)
+                }
             }
             let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = t.get_mut(&key) {
@@ -332,13 +325,6 @@ fn run(
     writers.extend(ctx.dead_letters.as_deref().map(|d| d as &dyn Flush));
     flush_all(deadline, &writers);
     commit(&consumer, &table, CommitMode::Sync);
-}
-
-/// How many of a trace's `spans` each of its `messages` carries: spread evenly, the first
-/// ones taking the remainder, so that the counts add up to the trace's.
-fn span_shares(spans: u32, messages: usize) -> impl Iterator<Item = u32> {
-    let count = messages.max(1) as u32;
-    (0..count).map(move |i| spans / count + u32::from(i < spans % count))
 }
 
 fn commit(consumer: &BaseConsumer<RouteConsumerContext>, table: &Table, mode: CommitMode) {
@@ -362,28 +348,6 @@ fn commit(consumer: &BaseConsumer<RouteConsumerContext>, table: &Table, mode: Co
             for p in t.values_mut() {
                 p.committed = None;
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn span_counts_of_a_split_trace_add_up_to_its_spans() {
-        // (spans, messages, shares)
-        let cases: &[(u32, usize, &[u32])] = &[
-            (5, 1, &[5]),
-            (7, 3, &[3, 2, 2]),
-            (2, 3, &[1, 1, 0]),
-            (9, 3, &[3, 3, 3]),
-            (4, 0, &[4]),
-        ];
-        for &(spans, messages, want) in cases {
-            let got: Vec<u32> = span_shares(spans, messages).collect();
-            assert_eq!(got, want, "{spans} spans over {messages} messages");
-            assert_eq!(got.iter().sum::<u32>(), spans);
         }
     }
 }

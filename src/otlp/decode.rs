@@ -127,6 +127,23 @@ impl<'a> TraceGroup<'a> {
             facts: s.facts,
         })
     }
+
+    /// The group's span bytes regrouped by context (resource and scope), in order of first
+    /// appearance: what a buffered trace entry holds, and what [`super::encode::encode_trace`]
+    /// takes. For spans that are forwarded without being buffered (late spans, `route`).
+    pub fn by_context(&self) -> Vec<(Arc<SpanContext>, Vec<u8>)> {
+        let mut chunks: Vec<(Arc<SpanContext>, Vec<u8>)> = Vec::new();
+        for span in self.spans() {
+            match chunks
+                .iter_mut()
+                .find(|(c, _)| Arc::ptr_eq(c, span.context))
+            {
+                Some((_, bytes)) => bytes.extend_from_slice(span.field),
+                None => chunks.push((span.context.clone(), span.field.to_vec())),
+            }
+        }
+        chunks
+    }
 }
 
 fn wire(at: &'static str) -> impl Fn(WireError) -> DecodeError {

@@ -24,6 +24,13 @@ fn put_piece(out: &mut Vec<u8>, ctx: &SpanContext, spans: &[u8]) {
 /// The encoded messages of one trace: almost always one, kept inline.
 pub type Messages = smallvec::SmallVec<[Vec<u8>; 1]>;
 
+/// How many of a trace's `spans` each of its `messages` carries: spread evenly, the first
+/// ones taking the remainder, so that the counts add up to the trace's.
+pub fn span_shares(spans: u32, messages: usize) -> impl Iterator<Item = u32> {
+    let count = messages.max(1) as u32;
+    (0..count).map(move |i| spans / count + u32::from(i < spans % count))
+}
+
 /// Encodes chunks of `(context, span fields)` — each span field being a `ScopeSpans.spans`
 /// entry with its tag and length — into requests of at most `max_bytes` each. A single span
 /// larger than the limit still gets a message of its own.
@@ -91,4 +98,26 @@ where
     }
     flush(&mut current, &mut messages, size);
     messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_span_counts_of_a_split_trace_add_up_to_its_spans() {
+        // (spans, messages, shares)
+        let cases: &[(u32, usize, &[u32])] = &[
+            (5, 1, &[5]),
+            (7, 3, &[3, 2, 2]),
+            (2, 3, &[1, 1, 0]),
+            (9, 3, &[3, 3, 3]),
+            (4, 0, &[4]),
+        ];
+        for &(spans, messages, want) in cases {
+            let got: Vec<u32> = span_shares(spans, messages).collect();
+            assert_eq!(got, want, "{spans} spans over {messages} messages");
+            assert_eq!(got.iter().sum::<u32>(), spans);
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::decision::{unix_ms, Decision, Remembered};
 use crate::journal::Delivery;
 use crate::offsets::{Hold, Holds};
 use crate::otlp::decode::TraceGroup;
-use crate::otlp::encode::{encode_trace, Messages};
+use crate::otlp::encode::{encode_trace, span_shares, Messages};
 use crate::otlp::{SpanContext, TraceId};
 
 use super::{Sampler, Ticket};
@@ -79,18 +79,11 @@ impl Sampler {
         replayed: bool,
         now: Instant,
     ) {
-        // Regroup the spans by context, as a trace entry would hold them.
-        let mut chunks: Vec<(Arc<SpanContext>, Vec<u8>)> = Vec::new();
-        for span in group.spans() {
-            match chunks
-                .iter_mut()
-                .find(|(c, _)| Arc::ptr_eq(c, span.context))
-            {
-                Some((_, bytes)) => bytes.extend_from_slice(span.field),
-                None => chunks.push((span.context.clone(), span.field.to_vec())),
-            }
-        }
+        let chunks = group.by_context();
         let decision = &remembered.decision;
+        if let Some(ex) = &self.exemplars {
+            ex.offer_group(group, decision.forwarded_rate()); // late spans refresh exemplars
+        }
         let spans = group.len() as u32;
         let messages =
             self.encode_marked(decision, chunks.iter().map(|(c, b)| (&**c, b.as_slice())));
@@ -121,14 +114,11 @@ impl Sampler {
 
     /// Hands the messages to the output, each with its ticket.
     fn send(&self, id: &TraceId, decision: &Decision, messages: Messages, s: Shipment<'_>) {
-        let count = messages.len().max(1) as u32;
-        let spans = s.spans;
+        let shares = span_shares(s.spans, messages.len());
         let with_tickets = messages
             .into_iter()
-            .enumerate()
-            .map(|(i, msg)| {
-                // Spans are spread over the messages; counts add up to the trace's.
-                let share = spans / count + u32::from((i as u32) < spans % count);
+            .zip(shares)
+            .map(|(msg, share)| {
                 let ticket = Ticket {
                     holds: s.holds.clone(),
                     spans: share,

@@ -66,10 +66,14 @@ pub enum LogError {
     /// The cluster answered, and the answer needs an operator.
     #[error("{0}")]
     Topic(String),
+    /// A fence (the marker a read-back reads up to) was not written.
     #[error("the fence on {topic}/{partition} was not acknowledged: {why}")]
     Fence {
+        /// The log topic.
         topic: String,
+        /// The log partition.
         partition: i32,
+        /// The delivery error.
         why: String,
     },
 }
@@ -85,14 +89,18 @@ struct Target {
 pub enum Opaque {
     /// A decision: its trace's offsets, released (dropped) when the broker has it.
     Decision {
-        #[allow(dead_code)] // held, never read: dropping it is what counts
+        /// The trace's offset holds: held, never read; dropping them is what counts.
+        #[allow(dead_code)]
         holds: Holds,
+        /// Whether the trace was kept (which count its delivery goes to).
         kept: bool,
     },
     /// A drop list: the offsets of its traces, and how many traces.
     Drops {
-        #[allow(dead_code)] // as above
+        /// The traces' offset holds (as above: dropping them is what counts).
+        #[allow(dead_code)]
         holds: Vec<Arc<OffsetHold>>,
+        /// How many traces the list names.
         traces: u64,
     },
     /// A fence: whoever wrote it waits for its offset.
@@ -163,7 +171,9 @@ pub struct DecisionLog {
     /// Ingest index of an input partition -> where its records go. Indexes are never reused;
     /// one entry per assignment, kept for the records of traces decided after a revocation.
     targets: RwLock<HashMap<u32, Target, foldhash::fast::RandomState>>,
+    /// The log topic of each input topic.
     pub topics: LogTopics,
+    /// Whether the log is being written, for `/readyz` and the read-back.
     pub health: Arc<LogHealth>,
     /// Input topic -> partitions its log is known to have (checked or created).
     ensured: Mutex<HashMap<String, i32>>,

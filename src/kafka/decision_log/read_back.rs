@@ -33,7 +33,9 @@ use crate::telemetry as m;
 pub struct Part {
     /// Its ingest index: decisions read back apply to spans of this assignment only.
     pub idx: u32,
+    /// The input topic.
     pub topic: String,
+    /// The input partition (and so the log partition).
     pub partition: i32,
 }
 
@@ -54,12 +56,19 @@ pub enum Ended {
     /// Every decision of the last ttl was read.
     Complete,
     /// More decisions than the cache holds: only the newest `max_records` were read.
-    CutShort { left_out: i64 },
+    CutShort {
+        /// Records older than the ones read.
+        left_out: i64,
+    },
     /// Not finished in time, or the log could not be read: the rest is decided anew.
-    Incomplete { why: String },
+    Incomplete {
+        /// What stopped it.
+        why: String,
+    },
 }
 
 impl Ended {
+    /// The `result` label of `tailsift_decision_log_read_backs_total`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Ended::Complete => "complete",
@@ -72,9 +81,11 @@ impl Ended {
 /// What one partition's read-back did.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The partition read back.
     pub part: Part,
     /// Decisions read into the cache.
     pub decisions: u64,
+    /// How it ended.
     pub ended: Ended,
 }
 

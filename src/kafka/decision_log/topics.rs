@@ -35,6 +35,7 @@ pub struct LogTopics {
 }
 
 impl LogTopics {
+    /// Log topic names from `kafka.decision_topic` (with or without [`TOPIC_PLACEHOLDER`]).
     pub fn new(template: &str) -> Self {
         LogTopics {
             template: template.to_string(),
@@ -88,9 +89,23 @@ impl Retention {
 /// What [`ensure`] found or did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ensured {
-    Created { partitions: i32 },
-    Present { partitions: i32 },
-    Grown { from: i32, to: i32 },
+    /// The topic was absent and is now created.
+    Created {
+        /// Its partitions.
+        partitions: i32,
+    },
+    /// The topic was there with enough partitions.
+    Present {
+        /// Its partitions.
+        partitions: i32,
+    },
+    /// The topic was there with too few partitions for a grown input topic, and was grown.
+    Grown {
+        /// Partitions it had.
+        from: i32,
+        /// Partitions it has now.
+        to: i32,
+    },
 }
 
 /// Makes sure the log topic `log` exists with at least `partitions` partitions (those of its
