@@ -58,6 +58,8 @@
 //!   rate-limited.
 //! - [`demo`]: the embedded default: in-process Kafka, trace generator, live summary.
 
+#![warn(missing_docs)]
+
 pub mod buffer;
 pub mod config;
 pub mod decision;

@@ -32,7 +32,9 @@ use crate::otlp::TraceId;
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
 pub struct CaseError {
+    /// The case file.
     pub file: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -46,6 +48,7 @@ struct CaseFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
+    /// Names the case in the report (and derives its trace id when none is given).
     pub name: String,
     /// 32 hex digits; derived from the case name when absent.
     #[serde(default)]
@@ -65,13 +68,17 @@ pub struct Case {
     /// Default: now.
     #[serde(default)]
     pub at: Option<String>,
+    /// What the case's trace should get.
     pub expect: Expect,
 }
 
+/// The outcome a case expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Expected {
+    /// The trace is kept (forwarded).
     Keep,
+    /// The trace is dropped.
     Drop,
 }
 
@@ -79,10 +86,13 @@ pub enum Expected {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
+    /// The name of the rule that decides the trace.
     #[serde(default)]
     pub rule: Option<String>,
+    /// Whether the trace is kept or dropped.
     #[serde(default)]
     pub outcome: Option<Expected>,
+    /// The sample rate the trace is kept (or would have been kept) at: keep 1 in N.
     #[serde(default)]
     pub sample_rate: Option<u32>,
     /// The marks the deciding rule adds to the kept trace's spans (`{}`: none, as for a
@@ -99,6 +109,7 @@ pub struct Expect {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaseSpan {
+    /// The span's name.
     pub name: String,
     /// The resource's `service.name`. Default `service`.
     #[serde(default)]
@@ -122,11 +133,13 @@ pub struct CaseSpan {
     /// Default 1ms.
     #[serde(default, with = "humantime_serde")]
     pub duration: Option<Duration>,
+    /// The span's attributes.
     #[serde(default)]
     pub attributes: BTreeMap<String, AttrValue>,
     /// Resource attributes besides `service.name`.
     #[serde(default)]
     pub resource: BTreeMap<String, AttrValue>,
+    /// The instrumentation scope the span is under. Default: none.
     #[serde(default)]
     pub scope: Option<CaseScope>,
     /// This many copies of the span (distinct ids), for large traces. Default 1.
@@ -150,10 +163,12 @@ pub struct CaseSpan {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaseEvent {
+    /// The event's name.
     pub name: String,
     /// After the span's start. Default 0.
     #[serde(default, with = "humantime_serde")]
     pub at: Option<Duration>,
+    /// The event's attributes.
     #[serde(default)]
     pub attributes: BTreeMap<String, AttrValue>,
 }
@@ -165,17 +180,22 @@ pub struct CaseLink {
     /// 32 hex digits; default: an id derived from the case's.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// The link's attributes.
     #[serde(default)]
     pub attributes: BTreeMap<String, AttrValue>,
 }
 
+/// The instrumentation scope of a case's span.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CaseScope {
+    /// The scope's name.
     #[serde(default)]
     pub name: String,
+    /// The scope's version.
     #[serde(default)]
     pub version: String,
+    /// The scope's attributes.
     #[serde(default)]
     pub attributes: BTreeMap<String, AttrValue>,
 }
@@ -183,9 +203,13 @@ pub struct CaseScope {
 /// An attribute value in a case file: a string, a number or a boolean.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
+    /// A string (quoted, or any YAML scalar that is not a number or boolean).
     Str(String),
+    /// `true` or `false`.
     Bool(bool),
+    /// A whole number.
     Int(i64),
+    /// A number with a fraction or exponent.
     Double(f64),
 }
 
@@ -506,7 +530,9 @@ pub fn with_trace<R>(
 /// The result of running case files.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Cases whose expectations held.
     pub passed: usize,
+    /// Cases that failed, or could not be run (a bad file, a trace that cannot be built).
     pub failed: usize,
     /// What a test runner prints.
     pub text: String,

@@ -15,8 +15,11 @@ use super::TraceView;
 /// A condition over the whole trace.
 #[derive(Debug, Clone)]
 pub enum Cond {
+    /// Every condition holds (a list, `all:`).
     All(Vec<Cond>),
+    /// At least one condition holds (`any:`).
     Any(Vec<Cond>),
+    /// The condition does not hold (`not:`).
     Not(Box<Cond>),
     /// A trace field's test, with the text it was written as (for `rules explain`).
     Trace(TraceField, Op, Arc<str>),
@@ -34,8 +37,11 @@ pub enum Cond {
 /// A condition over one span.
 #[derive(Debug, Clone)]
 pub enum SpanCond {
+    /// Every condition holds on the span.
     All(Vec<SpanCond>),
+    /// At least one condition holds on the span.
     Any(Vec<SpanCond>),
+    /// The condition does not hold on the span.
     Not(Box<SpanCond>),
     /// A span field's test, with the text it was written as (for `rules explain`).
     Field(SpanField, Op, Arc<str>),
@@ -306,6 +312,7 @@ fn flags(span: &SpanView<'_>) -> u64 {
 }
 
 impl SpanCond {
+    /// Whether the span, under its resource and scope `ctx`, satisfies the condition.
     pub fn eval(&self, span: &SpanView<'_>, ctx: &ContextView<'_>) -> bool {
         match self {
             SpanCond::All(cs) => cs.iter().all(|c| c.eval(span, ctx)),
@@ -348,7 +355,9 @@ fn service_count(t: &TraceView<'_>) -> usize {
 /// field of the root span (one value per trace).
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyField {
+    /// A trace field (`trace.duration`, `trace.error`...).
     Trace(TraceField),
+    /// A field of the root span (`root.service`, `root.attr.http.route`...).
     Root(SpanField),
     /// A resource attribute: the root span's resource's, or the first span's while the root
     /// has not arrived (a trace's spans mostly share a few resources).
@@ -397,6 +406,7 @@ impl KeyField {
 }
 
 impl Cond {
+    /// Whether the trace satisfies the condition (compiled at load: no parsing here).
     pub fn eval(&self, t: &TraceView<'_>) -> bool {
         match self {
             Cond::All(cs) => cs.iter().all(|c| c.eval(t)),

@@ -195,6 +195,7 @@ pub struct GoalRate {
 }
 
 impl GoalRate {
+    /// A sampler with the spec's goal rate, window and key bound, knowing no traffic yet.
     pub fn new(spec: &DynamicSpec) -> Self {
         GoalRate {
             goal: spec.goal_rate,

@@ -12,9 +12,13 @@ use super::yaml::{Kind, Node, Scalar};
 /// A mark's value: an attribute of one of the scalar types.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MarkValue {
+    /// A string attribute.
     Str(String),
+    /// An integer attribute.
     Int(i64),
+    /// A double attribute.
     Double(f64),
+    /// A boolean attribute.
     Bool(bool),
 }
 

@@ -68,11 +68,15 @@ use crate::telemetry as m;
 /// A rule-file mistake, located by file, line, rule and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct RuleError {
+    /// The file the mistake is in (or the directory, for a mistake of the whole set).
     pub file: String,
     /// 1-based; 0 when the mistake has no line (a missing file, an empty directory).
     pub line: usize,
+    /// The rule, as `` `name` `` or `#N` (its position in the file) when it has no name; `-` outside a rule.
     pub rule: String,
+    /// The key or part of the rule (`conditions`, `sample_rate`...); `-` for the file as a whole.
     pub field: String,
+    /// What is wrong, and what would be accepted.
     pub message: String,
 }
 
@@ -128,16 +132,20 @@ pub struct DynamicSpec {
     pub max_keys: usize,
 }
 
+/// What a rule does with the traces its conditions match.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Keep 1 in `sample_rate` of the matching traces, chosen by trace id.
     Keep {
+        /// Keep 1 in this many (1: every trace).
         sample_rate: u32,
     },
+    /// Drop the trace.
     Drop,
     /// Keep at most `per_second` matching traces per second across the fleet (this instance
     /// takes its [`Share`]); the rest fall through to the next rule.
     RateLimit {
+        /// Traces kept per second by the whole fleet.
         per_second: f64,
     },
     /// Keep about `per_second` traces per second per key, each key at its own sample rate.
@@ -147,6 +155,7 @@ pub enum Outcome {
     /// Decide nothing: the rule that decides next keeps `factor` times as many of the traces
     /// this rule matched (its 1 in N becomes 1 in N/`factor`; factors multiply).
     Factor {
+        /// The multiplier: the deciding rule keeps this many times as many (below 1: fewer).
         factor: f64,
     },
 }
@@ -166,17 +175,23 @@ impl Outcome {
     }
 }
 
+/// One rule, compiled: conditions ready to evaluate, outcome and options checked.
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// Unique across the rule set; names the rule in decisions, marks and metrics.
     pub name: Arc<str>,
+    /// `description`: for people; not used in decisions.
     pub description: Option<String>,
     /// `None` matches every trace (the default rule).
     pub condition: Option<Cond>,
+    /// What the rule does with the traces it matches.
     pub outcome: Outcome,
-    /// The file the rule came from and the line it starts on, for messages.
+    /// The file the rule came from, for messages.
     pub file: String,
+    /// The 1-based line the rule starts on, for messages.
     pub line: usize,
-    /// What `rules check` warns about in this rule alone (see [`lint`] for the whole set).
+    /// What `rules check` warns about in this rule alone (see [`RuleSet::warnings`] for the
+    /// whole set).
     pub warnings: Vec<RuleError>,
     /// `max_traces_per_second`: at most this many of the traces the outcome keeps, per
     /// second; the ones over it fall through to the next rule, as a rate limit's do.
@@ -241,12 +256,17 @@ impl Rule {
 
 /// A trace as the rules see it: every span parsed once, with its resource and scope.
 pub struct TraceView<'a> {
+    /// The trace's id.
     pub id: TraceId,
+    /// Every span that arrived, parsed once, with the resource and scope it came under.
     pub spans: Vec<(SpanView<'a>, ContextView<'a>)>,
     /// Index into `spans` of the root span, if it arrived.
     pub root: Option<usize>,
+    /// From the earliest span start to the latest span end.
     pub duration_nanos: u64,
+    /// Spans buffered for the trace.
     pub span_count: u32,
+    /// Whether any span has error status.
     pub has_error: bool,
 }
 
@@ -263,6 +283,7 @@ thread_local! {
 }
 
 impl<'a> TraceView<'a> {
+    /// A view of a buffered trace: its spans parsed for the rules (nothing is copied).
     pub fn new(id: TraceId, entry: &'a TraceEntry) -> Self {
         // An empty vector of any lifetime coerces to a shorter one.
         let mut spans: Spans<'a> = REUSED_SPANS.try_with(|r| r.take()).unwrap_or_default();
@@ -320,6 +341,7 @@ pub enum Mode {
 pub struct RuleOptions {
     /// Salt for sample-rate decisions (the same on every instance).
     pub salt: Option<String>,
+    /// Whether decisions are applied (`enforce`) or only computed and marked (`shadow`).
     pub mode: Mode,
     /// How kept spans are marked; `None` forwards them byte for byte.
     pub marking: Option<Marking>,
@@ -410,6 +432,7 @@ pub struct RuleSet {
 pub struct Verdict {
     /// Index of the deciding rule.
     pub rule: usize,
+    /// Whether the trace is kept (in shadow mode: would be).
     pub keep: bool,
     /// The sample rate the trace was (or would have been) kept at: it stands for this many.
     pub sample_rate: u32,
@@ -498,10 +521,12 @@ impl RuleSet {
         rule.active.map(|a| a.phase(self.clock.wall(now)))
     }
 
+    /// The rules, in evaluation order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
+    /// The options the set was built with (the same for every reload).
     pub fn options(&self) -> &RuleOptions {
         &self.options
     }

@@ -34,6 +34,7 @@ pub enum Reloaded {
 /// Where new rules go: swaps them in, returns the rules they replace.
 pub type Swap = Arc<dyn Fn(Arc<RuleSet>) -> Arc<RuleSet> + Send + Sync>;
 
+/// The mode's name in `tailsift_rules_info` and the logs: `enforce` or `shadow`.
 pub fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Enforce => "enforce",
