@@ -72,7 +72,16 @@ fn the_language_reference_rules_pass_their_cases() {
         assert!(expected, "no case expects rule `{}`", r.name);
     }
     let out = tailsift(&["rules", "check", "--strict", "rules/language"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    // Where each time-boxed rule stands, one line each.
+    assert!(
+        t.contains(
+            "time-boxed: rule `debug-payment` (rules/language/30-time-boxed.yaml:7) is not active yet: from 2099-06-01T14:00:00Z until 2099-06-01T15:00:00Z\n"
+        ),
+        "{t}"
+    );
+    assert_eq!(t.matches("time-boxed: rule").count(), 2, "{t}");
 }
 
 #[test]
