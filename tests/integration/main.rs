@@ -10,6 +10,7 @@ mod fixture;
 
 mod bad_input;
 mod broker_outage;
+mod budgets;
 mod chart_schema;
 mod cli;
 mod configmap_reload;
