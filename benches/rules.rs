@@ -8,6 +8,8 @@
 //! - `RuleSet/decide`: the rules alone, on a view built beforehand;
 //! - `Cond/*`: one condition alone, for what each construct costs (`every`, `count`, span
 //!   events, tracestate, trace bytes, beside an attribute of any span);
+//! - `Outcome/*`: a rule set of one rule and a default, decided, for what time boxes, decaying
+//!   rates, factors and minimums add to a plain `keep 1 in 10`;
 //! - `Marks/mark_spans`: marking a kept trace's spans (rule, rate, tracestate).
 
 use std::sync::Arc;
@@ -105,6 +107,35 @@ fn rules(c: &mut Criterion) {
         let cond = rules[0].condition.clone().expect("condition");
         g.bench_function(name, |b| {
             b.iter(|| views.iter().filter(|v| cond.eval(v)).count())
+        });
+    }
+    g.finish();
+
+    // What the outcomes of item 5 add to deciding a trace: each set's first rule matches
+    // every trace (`trace.span_count > 0`), so its outcome runs for each.
+    let mut g = c.benchmark_group("Outcome");
+    g.throughput(Throughput::Elements(views.len() as u64));
+    let rule = "  - name: r\n    conditions: trace.span_count > 0\n    outcome: keep\n    sample_rate: 10\n";
+    let rest = "  - name: rest\n    outcome: drop\n";
+    let window = "    active_from: 2000-01-01T00:00:00Z\n    active_until: 2999-01-01T00:00:00Z\n";
+    for (name, text) in [
+        ("keep", format!("{rule}{rest}")),
+        ("time_boxed", format!("{rule}{window}{rest}")),
+        (
+            "time_boxed_decaying",
+            format!("{rule}{window}    decay_to_sample_rate: 100\n{rest}"),
+        ),
+        (
+            "factor_then_keep",
+            format!("  - name: f\n    conditions: trace.span_count > 0\n    outcome: factor\n    factor: 2\n{rule}{rest}"),
+        ),
+        ("min_traces", format!("{rule}    min_traces: 5\n{rest}")),
+    ] {
+        let rules = tailsift::rules::parse_file("bench.yaml", &format!("rules:\n{text}"))
+            .expect("outcome");
+        let set = tailsift::rules::RuleSet::new(rules, None).expect("set");
+        g.bench_function(name, |b| {
+            b.iter(|| views.iter().filter(|v| set.decide_at(v, now).is_keep()).count())
         });
     }
     g.finish();
