@@ -202,6 +202,9 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> Result<Running
         &producer_config(config),
         config.kafka.dead_letter_topic.as_deref(),
     )?;
+    if let Some(d) = &dead_letters {
+        sink.set_dead_letters(d.clone());
+    }
     let settings = IngestSettings {
         dead_letters: dead_letters.clone(),
         commit_interval: config.kafka.commit_interval,

@@ -1,0 +1,200 @@
+//! Redaction: sensitive attributes of forwarded spans removed, masked, hashed or scrubbed on
+//! the way out, at field level. The rules decide on the original values; only what leaves is
+//! redacted.
+//!
+//! Declared in `redaction.yaml` (or `.yml`) beside the rule files, loaded, validated and
+//! hot-reloaded with them: one version, one swap, so a kept trace is never judged by new rules
+//! and redacted by old ones, and a bad redaction file keeps the old rules *and* redaction.
+//!
+//! - `config`: the file walked by hand (every mistake reported with file:line, entry, key,
+//!   did-you-mean and what is accepted), compiled into [`Redaction`]: matchers built once.
+//! - `scrub`: the patterns scrubbed inside values (SQL literals, emails, card numbers).
+//! - `rewrite`: the field-level rewrite of spans, their events and links, and resources.
+//! - [`cases`]: what `rules test` asserts of a forwarded span.
+
+pub mod cases;
+mod config;
+mod rewrite;
+mod scrub;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hmac::Hmac;
+use sha2::Sha256;
+
+pub use config::{is_redaction_file, load, parse};
+pub use rewrite::{Chunk, Tally, Unparsable};
+
+use crate::telemetry as m;
+use crate::telemetry::labels::RedactAction;
+
+/// Which attributes an entry or allowlist names: exact keys, key prefixes, a regex.
+#[derive(Debug, Clone, Default)]
+struct Keys {
+    exact: Vec<Box<[u8]>>,
+    prefixes: Vec<Box<[u8]>>,
+    regex: Option<regex::bytes::Regex>,
+}
+
+impl Keys {
+    #[inline]
+    fn matches(&self, key: &[u8]) -> bool {
+        self.exact.iter().any(|k| **k == *key)
+            || self.prefixes.iter().any(|p| key.starts_with(p))
+            || self.regex.as_ref().is_some_and(|r| r.is_match(key))
+    }
+}
+
+/// What an entry does to the value of a matching attribute.
+#[derive(Debug, Clone)]
+enum Action {
+    /// The attribute is left out.
+    Remove,
+    /// The value becomes this string.
+    Replace(Box<[u8]>),
+    /// The value becomes the hex HMAC-SHA256 of its text under the hash key.
+    Hash,
+    /// Patterns inside a string value are replaced.
+    Scrub(scrub::Scrub),
+}
+
+impl Action {
+    fn label(&self) -> RedactAction {
+        match self {
+            Action::Remove => RedactAction::Remove,
+            Action::Replace(_) => RedactAction::Replace,
+            Action::Hash => RedactAction::Hash,
+            Action::Scrub(_) => RedactAction::Scrub,
+        }
+    }
+}
+
+/// One entry of `attributes:`: which keys, optionally which services, and the action.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: Arc<str>,
+    keys: Keys,
+    /// `None`: every service.
+    services: Option<Vec<Box<[u8]>>>,
+    action: Action,
+}
+
+/// One entry of `allowlists:`: for these services, only these keys survive.
+#[derive(Debug, Clone)]
+struct Allowlist {
+    name: Arc<str>,
+    services: Vec<Box<[u8]>>,
+    keys: Keys,
+}
+
+fn serves(services: &[Box<[u8]>], service: Option<&[u8]>) -> bool {
+    service.is_some_and(|s| services.iter().any(|x| **x == *s))
+}
+
+/// The compiled redaction of a rules directory: immutable but for its counters; a reload
+/// builds a new one and swaps it in with the rules.
+#[derive(Debug)]
+pub struct Redaction {
+    entries: Vec<Entry>,
+    allowlists: Vec<Allowlist>,
+    /// The HMAC keyed once; cloned per hashed value (keying costs two compressions).
+    hasher: Option<Hmac<Sha256>>,
+    /// Attributes redacted since the last flush: one counter per entry, then per allowlist.
+    counts: Vec<AtomicU64>,
+    /// Spans (and resources) rewritten, and spans refused, since the last flush.
+    rewritten: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Clone for Redaction {
+    /// The same configuration with fresh counters.
+    fn clone(&self) -> Self {
+        Redaction::new(
+            self.entries.clone(),
+            self.allowlists.clone(),
+            self.hasher.clone(),
+        )
+    }
+}
+
+impl Redaction {
+    fn new(
+        entries: Vec<Entry>,
+        allowlists: Vec<Allowlist>,
+        hasher: Option<Hmac<Sha256>>,
+    ) -> Self {
+        let counts = (0..entries.len() + allowlists.len())
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Redaction {
+            entries,
+            allowlists,
+            hasher,
+            counts,
+            rewritten: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads `redaction.yaml` from a rules directory, if it has one (see [`load`]).
+    pub fn load_dir(dir: &Path) -> Result<Option<Self>, crate::rules::RulesError> {
+        let files = crate::rules::read_dir(dir).map_err(crate::rules::RulesError)?;
+        load(&files).map_err(crate::rules::RulesError)
+    }
+
+    /// The names of the entries and allowlists, in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .map(|e| &*e.name)
+            .chain(self.allowlists.iter().map(|a| &*a.name))
+    }
+
+    /// Adds one forward's tally to the counters (once per forward, not per attribute).
+    pub fn record(&self, tally: &Tally) {
+        for (c, n) in self.counts.iter().zip(&tally.attributes) {
+            if *n > 0 {
+                c.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        if tally.rewritten > 0 {
+            self.rewritten.fetch_add(tally.rewritten, Ordering::Relaxed);
+        }
+        if tally.refused > 0 {
+            self.refused.fetch_add(tally.refused, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds the counts gathered since the last flush to the metrics, in bulk (per decider
+    /// tick, with the rules' counts).
+    pub fn flush_metrics(&self) {
+        let labels = self
+            .entries
+            .iter()
+            .map(|e| (&e.name, e.action.label()))
+            .chain(
+                self.allowlists
+                    .iter()
+                    .map(|a| (&a.name, RedactAction::Allowlist)),
+            );
+        for (c, (name, action)) in self.counts.iter().zip(labels) {
+            let n = c.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                metrics::counter!(m::REDACTED_ATTRIBUTES, "action" => action, "redaction" => name.to_string())
+                    .increment(n);
+            }
+        }
+        let n = self.rewritten.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            metrics::counter!(m::REDACTION_REWRITTEN).increment(n);
+        }
+        let n = self.refused.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            metrics::counter!(m::REDACTION_REFUSED).increment(n);
+        }
+    }
+}
