@@ -14,10 +14,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
+use super::dead_letter::{DeadLetters, Letter, UNREDACTABLE};
 use super::producer::{
     refused_as_too_large, Deliveries, Flush, Outbound, Outgoing, RetryingProducer, Stage,
 };
-use super::dead_letter::{DeadLetters, Letter, UNREDACTABLE};
 use super::SetupError;
 use crate::decision::Decision;
 use crate::offsets::Holds;

@@ -162,7 +162,13 @@ pub fn check(spans: &[Forwarded], want: &[ForwardedSpan]) -> String {
         }
         for f in named {
             let place = format!("span `{}`: attribute", w.span);
-            check_attrs(&place, &f.span.attributes, &w.attributes, &w.absent, &mut why);
+            check_attrs(
+                &place,
+                &f.span.attributes,
+                &w.attributes,
+                &w.absent,
+                &mut why,
+            );
             let place = format!("span `{}`: resource attribute", w.span);
             check_attrs(
                 &place,

@@ -219,7 +219,11 @@ fn list<'a>(doc: &'a Node, key: &str) -> &'a [Node] {
 fn items<'a>(doc: &'a Node, key: &str, err: &mut Errors<'_>) -> &'a [Node] {
     match doc.get(key) {
         Some(n) if !matches!(n.kind, Kind::Seq(_)) && !n.is_null() => {
-            err.push(n.line, key, format!("expected a list, got {}", n.describe()));
+            err.push(
+                n.line,
+                key,
+                format!("expected a list, got {}", n.describe()),
+            );
             &[]
         }
         _ => list(doc, key),
@@ -232,7 +236,14 @@ fn hash_key(
     err: &mut Errors<'_>,
 ) -> Option<Hmac<Sha256>> {
     let Some(text) = k.as_str() else {
-        err.push(k.line, "hash_key", format!("expected ${{env:NAME}} or ${{file:/path}}, got {}", k.describe()));
+        err.push(
+            k.line,
+            "hash_key",
+            format!(
+                "expected ${{env:NAME}} or ${{file:/path}}, got {}",
+                k.describe()
+            ),
+        );
         return None;
     };
     let read = |p: &Path| std::fs::read_to_string(p);
@@ -280,7 +291,10 @@ fn strings(n: &Node, field: &str, err: &mut Errors<'_>) -> Vec<String> {
             _ => err.push(
                 item.line,
                 field,
-                format!("expected a non-empty string or a list of them, got {}", item.describe()),
+                format!(
+                    "expected a non-empty string or a list of them, got {}",
+                    item.describe()
+                ),
             ),
         }
     }
@@ -313,7 +327,9 @@ fn regex(n: &Node, field: &str, err: &mut Errors<'_>) -> Option<regex::bytes::Re
 }
 
 fn bytes_list(v: Vec<String>) -> Vec<Box<[u8]>> {
-    v.into_iter().map(|s| s.into_bytes().into_boxed_slice()).collect()
+    v.into_iter()
+        .map(|s| s.into_bytes().into_boxed_slice())
+        .collect()
 }
 
 /// Opens an entry: its label for messages, unknown and misplaced keys.
@@ -330,7 +346,11 @@ fn open<'a>(
         .map(|n| format!("`{n}`"))
         .unwrap_or_else(|| format!("#{}", index + 1));
     let Some(m) = v.as_map() else {
-        err.push(v.line, "-", format!("{what} is a map, got {}", v.describe()));
+        err.push(
+            v.line,
+            "-",
+            format!("{what} is a map, got {}", v.describe()),
+        );
         return None;
     };
     for (k, _) in m {
@@ -346,7 +366,11 @@ fn name(v: &Node, err: &mut Errors<'_>) -> Option<std::sync::Arc<str>> {
     match v.get("name").and_then(Node::as_str) {
         Some(n) if !n.trim().is_empty() => Some(n.into()),
         _ => {
-            err.push(v.line, "name", "every entry needs a non-empty `name` (it labels the metrics)");
+            err.push(
+                v.line,
+                "name",
+                "every entry needs a non-empty `name` (it labels the metrics)",
+            );
             None
         }
     }
@@ -357,14 +381,20 @@ fn entry(index: usize, v: &Node, err: &mut Errors<'_>) -> Option<Entry> {
     open(index, v, &ENTRY_KEYS, "an attribute entry", err)?;
     let name = name(v, err);
     let keys = Keys {
-        exact: v.get("key").map(|n| bytes_list(strings(n, "key", err))).unwrap_or_default(),
+        exact: v
+            .get("key")
+            .map(|n| bytes_list(strings(n, "key", err)))
+            .unwrap_or_default(),
         prefixes: v
             .get("key_prefix")
             .map(|n| bytes_list(strings(n, "key_prefix", err)))
             .unwrap_or_default(),
         regex: v.get("key_regex").and_then(|n| regex(n, "key_regex", err)),
     };
-    if ["key", "key_prefix", "key_regex"].iter().all(|k| v.get(k).is_none()) {
+    if ["key", "key_prefix", "key_regex"]
+        .iter()
+        .all(|k| v.get(k).is_none())
+    {
         err.push(
             v.line,
             "key",
@@ -377,13 +407,20 @@ fn entry(index: usize, v: &Node, err: &mut Errors<'_>) -> Option<Entry> {
         .map(|n| bytes_list(strings(n, "services", err)));
     let action_name = v.get("action").and_then(Node::as_str);
     let line = |k: &str| v.get(k).map_or(v.line, |n| n.line);
-    for (key, owner) in [("mask", &["replace", "scrub"][..]), ("patterns", &["scrub"]), ("regex", &["scrub"])] {
+    for (key, owner) in [
+        ("mask", &["replace", "scrub"][..]),
+        ("patterns", &["scrub"]),
+        ("regex", &["scrub"]),
+    ] {
         if let (Some(n), Some(a)) = (v.get(key), action_name) {
             if ACTIONS.contains(&a) && !owner.contains(&a) {
                 err.push(
                     n.line,
                     key,
-                    format!("`{key}` applies to `action: {}` only; this entry's action is `{a}`", owner.join("` or `action: ")),
+                    format!(
+                        "`{key}` applies to `action: {}` only; this entry's action is `{a}`",
+                        owner.join("` or `action: ")
+                    ),
                 );
             }
         }
@@ -393,7 +430,11 @@ fn entry(index: usize, v: &Node, err: &mut Errors<'_>) -> Option<Entry> {
         Some(n) => match n.as_str() {
             Some(s) => Some(s.as_bytes().to_vec().into_boxed_slice()),
             None => {
-                err.push(n.line, "mask", format!("expected a string, got {}", n.describe()));
+                err.push(
+                    n.line,
+                    "mask",
+                    format!("expected a string, got {}", n.describe()),
+                );
                 None
             }
         },
@@ -477,7 +518,10 @@ fn allowlist(index: usize, v: &Node, err: &mut Errors<'_>) -> Option<Allowlist> 
         }
     };
     let keys = Keys {
-        exact: v.get("keys").map(|n| bytes_list(strings(n, "keys", err))).unwrap_or_default(),
+        exact: v
+            .get("keys")
+            .map(|n| bytes_list(strings(n, "keys", err)))
+            .unwrap_or_default(),
         prefixes: v
             .get("key_prefixes")
             .map(|n| bytes_list(strings(n, "key_prefixes", err)))

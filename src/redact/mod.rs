@@ -122,11 +122,7 @@ impl Clone for Redaction {
 }
 
 impl Redaction {
-    fn new(
-        entries: Vec<Entry>,
-        allowlists: Vec<Allowlist>,
-        hasher: Option<Hmac<Sha256>>,
-    ) -> Self {
+    fn new(entries: Vec<Entry>, allowlists: Vec<Allowlist>, hasher: Option<Hmac<Sha256>>) -> Self {
         let counts = (0..entries.len() + allowlists.len())
             .map(|_| AtomicU64::new(0))
             .collect();

@@ -248,7 +248,11 @@ fn value_text(any: &[u8]) -> Result<Text<'_>, Unparsable> {
         })?;
         text = match (f.number, f.value) {
             (1, Value::Bytes(s)) => Text::Str(s),
-            (2, Value::Varint(b)) => Text::Other(if b != 0 { b"true".to_vec() } else { b"false".to_vec() }),
+            (2, Value::Varint(b)) => Text::Other(if b != 0 {
+                b"true".to_vec()
+            } else {
+                b"false".to_vec()
+            }),
             (3, Value::Varint(i)) => Text::Other((i as i64).to_string().into_bytes()),
             (4, Value::Fixed64(d)) => Text::Other(f64::from_bits(d).to_string().into_bytes()),
             (5..=7, Value::Bytes(b)) => Text::Other(b.to_vec()),

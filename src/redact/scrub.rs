@@ -90,7 +90,7 @@ fn luhn(s: &[u8]) -> bool {
         sum += n;
         double = !double;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn ident_start(b: u8) -> bool {
@@ -180,9 +180,18 @@ mod tests {
                 Some("SELECT * FROM users WHERE email = ? AND id = ?"),
             ),
             ("SELECT name FROM t1 WHERE x = $1", None),
-            ("SELECT 'it''s', 3.14, 1e-5, 0x1F", Some("SELECT ?, ?, ?, ?")),
-            ("UPDATE \"t2\" SET a = 'x\\'y' WHERE b=:p1", Some("UPDATE \"t2\" SET a = ? WHERE b=:p1")),
-            ("INSERT INTO t VALUES (-7, 'unterminated", Some("INSERT INTO t VALUES (-?, ?")),
+            (
+                "SELECT 'it''s', 3.14, 1e-5, 0x1F",
+                Some("SELECT ?, ?, ?, ?"),
+            ),
+            (
+                "UPDATE \"t2\" SET a = 'x\\'y' WHERE b=:p1",
+                Some("UPDATE \"t2\" SET a = ? WHERE b=:p1"),
+            ),
+            (
+                "INSERT INTO t VALUES (-7, 'unterminated",
+                Some("INSERT INTO t VALUES (-?, ?"),
+            ),
             ("SELECT count(*) FROM orders", None),
         ];
         for (input, want) in cases {
@@ -201,7 +210,10 @@ mod tests {
             mask: b"[REDACTED]".to_vec().into(),
         };
         let cases: &[(&str, Option<&str>)] = &[
-            ("mail jane.doe+x@example.co.uk now", Some("mail [REDACTED] now")),
+            (
+                "mail jane.doe+x@example.co.uk now",
+                Some("mail [REDACTED] now"),
+            ),
             ("card 4111 1111 1111 1111 ok", Some("card [REDACTED] ok")),
             ("card 4111-1111-1111-1111", Some("card [REDACTED]")),
             ("order 4111111111111112", None), // fails Luhn
@@ -209,7 +221,9 @@ mod tests {
             ("nothing here", None),
         ];
         for (input, want) in cases {
-            let got = s.apply(input.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+            let got = s
+                .apply(input.as_bytes())
+                .map(|v| String::from_utf8(v).unwrap());
             assert_eq!(got.as_deref(), *want, "{input}");
         }
     }

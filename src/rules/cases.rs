@@ -451,8 +451,7 @@ fn got(set: &RuleSet, v: &Verdict) -> String {
 /// Runs one case; `Ok(None)` when it passes, `Ok(Some(why))` when it fails.
 fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String>, String> {
     let e = &case.expect;
-    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() && e.forwarded.is_none()
-    {
+    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() && e.forwarded.is_none() {
         return Err("`expect` needs at least one of rule, outcome, sample_rate, forwarded".into());
     }
     if let Some(r) = &e.rule {

@@ -10,8 +10,8 @@
 use metrics::Unit;
 
 use super::labels::{
-    CacheLookup, Eviction, HeadRead, Outcome, ReadBack, RebalanceKind, RedKind, RedactAction, Reload,
-    RuleResult,
+    CacheLookup, Eviction, HeadRead, Outcome, ReadBack, RebalanceKind, RedKind, RedactAction,
+    Reload, RuleResult,
 };
 use super::{Exposed, Kind, Label, MetricDef};
 
@@ -45,8 +45,12 @@ const RED: &[Label] = &[
 const DECODE_KIND: Label = Label::fixed("kind", crate::otlp::decode::DecodeError::KINDS);
 /// The `kind` of a dead letter: a decode error's, or `unredactable` (a test holds this list to
 /// `DecodeError::KINDS`).
-pub(crate) const LETTER_KINDS: &[&str] =
-    &["malformed_protobuf", "malformed_json", "empty", "unredactable"];
+pub(crate) const LETTER_KINDS: &[&str] = &[
+    "malformed_protobuf",
+    "malformed_json",
+    "empty",
+    "unredactable",
+];
 
 /// Defines a `pub const` per metric name (documented with its help) and [`CATALOG`], the
 /// rows in the order given.
@@ -317,7 +321,7 @@ catalog! {
     DEAD_LETTERS: Counter "tailsift_dead_letters_total" {
         unit: Count,
         labels: [Label::fixed("kind", LETTER_KINDS)],
-        help: "Letters written to kafka.dead_letter_topic (acknowledged), by kind: undecodable messages by decode error, and `unredactable` (spans of kept traces whose attributes cannot be parsed for redaction).",
+        help: "Letters written to kafka.dead_letter_topic (acknowledged), by kind: undecodable messages by decode error, and unredactable (spans of kept traces whose attributes cannot be parsed for redaction).",
     }
     DEAD_LETTER_ERRORS: Counter "tailsift_dead_letter_errors_total" {
         unit: Count,
