@@ -189,6 +189,16 @@ pub fn parse(
         }
     }
     err.entry = "-".into();
+    if entries.len() > super::MAX_ENTRIES {
+        err.push(
+            list(&doc, "attributes")[super::MAX_ENTRIES].line,
+            "attributes",
+            format!(
+                "at most {} entries: give an entry several keys (`key: [a, b]`) instead",
+                super::MAX_ENTRIES
+            ),
+        );
+    }
     let hashes = entries.iter().any(|e| matches!(e.action, Action::Hash));
     let hasher = match doc.get("hash_key") {
         None if hashes => {

@@ -43,9 +43,70 @@ struct Keys {
 impl Keys {
     #[inline]
     fn matches(&self, key: &[u8]) -> bool {
-        self.exact.iter().any(|k| **k == *key)
-            || self.prefixes.iter().any(|p| key.starts_with(p))
+        self.exact.iter().any(|k| **k == *key) || self.matches_pattern(key)
+    }
+
+    /// By prefix or regex only.
+    #[inline]
+    fn matches_pattern(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p))
             || self.regex.as_ref().is_some_and(|r| r.is_match(key))
+    }
+}
+
+/// Entries allowed in one file: their set fits a `u64` bitmask.
+pub const MAX_ENTRIES: usize = 64;
+
+/// The entries' keys compiled for the hot path: most attributes of most spans match nothing,
+/// so the common answer must be cheap. An attribute's key is looked up once in a hash map of
+/// the exact keys (after a check on its length), and only the entries with prefixes or a
+/// regex are tried one by one. Measured with five entries on the demo traffic: the per-entry
+/// comparisons this replaces were the largest part of redaction's cost (BENCHMARKS.md).
+#[derive(Debug, Clone, Default)]
+struct Matcher {
+    /// Bit `n` set: some exact key is `n` bytes long (keys of 64 bytes or more: bit 63).
+    lengths: u64,
+    /// Exact key -> the entries naming it.
+    exact: std::collections::HashMap<Box<[u8]>, u64, foldhash::fast::FixedState>,
+    /// The entries with a prefix or a regex.
+    patterns: u64,
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+impl Matcher {
+    fn new(entries: &[Entry]) -> Self {
+        let mut m = Matcher::default();
+        for (i, e) in entries.iter().enumerate() {
+            for k in &e.keys.exact {
+                m.lengths |= length_bit(k.len());
+                *m.exact.entry(k.clone()).or_default() |= 1 << i;
+            }
+            if !e.keys.prefixes.is_empty() || e.keys.regex.is_some() {
+                m.patterns |= 1 << i;
+            }
+        }
+        m
+    }
+
+    /// The entries among `active` that match `key`.
+    #[inline]
+    fn matching(&self, entries: &[Entry], active: u64, key: &[u8]) -> u64 {
+        let mut hit = 0;
+        if self.lengths & length_bit(key.len()) != 0 {
+            hit |= self.exact.get(key).copied().unwrap_or(0);
+        }
+        let mut patterns = self.patterns & active & !hit;
+        while patterns != 0 {
+            let i = patterns.trailing_zeros() as usize;
+            patterns &= patterns - 1;
+            if entries[i].keys.matches_pattern(key) {
+                hit |= 1 << i;
+            }
+        }
+        hit & active
     }
 }
 
@@ -99,7 +160,11 @@ fn serves(services: &[Box<[u8]>], service: Option<&[u8]>) -> bool {
 /// builds a new one and swaps it in with the rules.
 #[derive(Debug)]
 pub struct Redaction {
+    /// Unique per compiled configuration (so per hash key): what is remembered per thread is
+    /// remembered for one generation only.
+    generation: u64,
     entries: Vec<Entry>,
+    matcher: Matcher,
     allowlists: Vec<Allowlist>,
     /// The HMAC keyed once; cloned per hashed value (keying costs two compressions).
     hasher: Option<Hmac<Sha256>>,
@@ -108,6 +173,10 @@ pub struct Redaction {
     /// Spans (and resources) rewritten, and spans refused, since the last flush.
     rewritten: AtomicU64,
     refused: AtomicU64,
+    /// Resources already redacted, by service and content (see `rewrite`).
+    resources: std::sync::Mutex<
+        std::collections::HashMap<Box<[u8]>, rewrite::Remembered, foldhash::fast::FixedState>,
+    >,
 }
 
 impl Clone for Redaction {
@@ -126,13 +195,17 @@ impl Redaction {
         let counts = (0..entries.len() + allowlists.len())
             .map(|_| AtomicU64::new(0))
             .collect();
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         Redaction {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            matcher: Matcher::new(&entries),
             entries,
             allowlists,
             hasher,
             counts,
             rewritten: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            resources: Default::default(),
         }
     }
 

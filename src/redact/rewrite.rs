@@ -5,11 +5,20 @@
 //! length. A span with nothing to redact costs one walk and no allocation, and leaves as it
 //! arrived. Resources (`ResourceSpans.resource`, attributes at 1) likewise.
 
+use std::sync::Arc;
+
 use hmac::Mac;
 
-use super::{serves, Action, Allowlist, Entry, Redaction};
-use crate::otlp::wire::{put_len_prefix, Fields, Value, WireError};
+use super::{serves, Action, Allowlist, Redaction};
+use crate::otlp::wire::{len_field_size, put_len_prefix, Fields, Value, WireError};
 use crate::otlp::SpanContext;
+
+/// Distinct resources whose redaction is remembered; past this the memory starts afresh.
+const RESOURCES_CACHED: usize = 4096;
+
+/// A resource's redaction as remembered: the rewritten fields (or `None`, or why not), and
+/// what the walk counted.
+pub(super) type Remembered = (Result<Option<Arc<[u8]>>, Unparsable>, Tally);
 
 /// Why a span (or resource) cannot be redacted: it is then not forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +48,19 @@ pub struct Tally {
 }
 
 impl Tally {
+    fn add(&mut self, other: &Tally) {
+        if !other.attributes.is_empty() {
+            if self.attributes.is_empty() {
+                self.attributes.resize(other.attributes.len(), 0);
+            }
+            for (a, b) in self.attributes.iter_mut().zip(&other.attributes) {
+                *a += b;
+            }
+        }
+        self.rewritten += other.rewritten;
+        self.refused += other.refused;
+    }
+
     fn count(&mut self, slot: usize, slots: usize) {
         if self.attributes.is_empty() {
             self.attributes.resize(slots, 0);
@@ -50,8 +72,17 @@ impl Tally {
 /// The entries and allowlist that apply to one service.
 struct Plan<'r> {
     red: &'r Redaction,
-    entries: smallvec::SmallVec<[(usize, &'r Entry); 8]>,
+    /// Bit `i`: entry `i` applies.
+    active: u64,
     allow: Option<(usize, &'r Allowlist)>,
+}
+
+/// Buffers reused from span to span of a chunk: a rewritten span's fields, and a rewritten
+/// event's or link's (built before their length is known).
+#[derive(Default)]
+struct Scratch {
+    span: Vec<u8>,
+    nested: Vec<u8>,
 }
 
 /// Where attributes sit in each message redaction walks into.
@@ -113,12 +144,12 @@ impl Redaction {
     fn plan(&self, service: Option<&[u8]>) -> Plan<'_> {
         Plan {
             red: self,
-            entries: self
+            active: self
                 .entries
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| e.services.as_ref().is_none_or(|s| serves(s, service)))
-                .collect(),
+                .fold(0, |m, (i, _)| m | 1 << i),
             allow: self
                 .allowlists
                 .iter()
@@ -128,19 +159,69 @@ impl Redaction {
         }
     }
 
+    /// The context's resource fields redacted; `None`: unchanged. Remembered by content (with
+    /// the service, which decides the plan): the resource of a service is the same in every
+    /// message it sends, and walking its dozen attributes again for every forwarded trace was a
+    /// quarter of redaction's cost. What the walk counted is remembered and counted again.
+    fn resource(
+        &self,
+        plan: &Plan<'_>,
+        ctx: &SpanContext,
+        tally: &mut Tally,
+        scratch: &mut Scratch,
+    ) -> Result<Option<Arc<[u8]>>, Unparsable> {
+        let fields = ctx.resource_fields();
+        let service = ctx.service_name().unwrap_or_default();
+        let mut key = Vec::with_capacity(service.len() + fields.len() + 8);
+        key.extend_from_slice(&(service.len() as u64).to_le_bytes());
+        key.extend_from_slice(service);
+        key.extend_from_slice(fields);
+        if let Some((got, counted)) = self
+            .resources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key.as_slice())
+        {
+            tally.add(counted);
+            return got.clone();
+        }
+        let mut counted = Tally::default();
+        scratch.span.clear();
+        let got = plan
+            .message(
+                fields,
+                Level::ResourceSpans,
+                &mut counted,
+                &mut scratch.span,
+                &mut scratch.nested,
+            )
+            .map(|changed| changed.then(|| Arc::from(scratch.span.as_slice())));
+        tally.add(&counted);
+        let mut cache = self.resources.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= RESOURCES_CACHED {
+            cache.clear();
+        }
+        cache.insert(key.into(), (got.clone(), counted));
+        got
+    }
+
     /// Redacts one chunk of a forwarded trace: `spans` is a run of `ScopeSpans.spans` fields
     /// under `ctx`. Counts into `tally`.
     pub fn chunk(&self, ctx: &SpanContext, spans: &[u8], tally: &mut Tally) -> Chunk {
         let plan = self.plan(ctx.service_name());
         let mut chunk = Chunk::default();
-        if plan.entries.is_empty() && plan.allow.is_none() {
+        if plan.active == 0 && plan.allow.is_none() {
             return chunk;
         }
-        match plan.message(ctx.resource_fields(), Level::ResourceSpans, tally) {
+        let mut scratch = Scratch::default();
+        match self.resource(&plan, ctx, tally, &mut scratch) {
             Ok(None) => {}
             Ok(Some(resource)) => {
                 tally.rewritten += 1;
-                chunk.context = Some(SpanContext::new(resource, ctx.scope_fields().to_vec()));
+                chunk.context = Some(SpanContext::new(
+                    resource.to_vec(),
+                    ctx.scope_fields().to_vec(),
+                ));
             }
             Err(e) => {
                 // Every span of the chunk would leave under an unredacted resource.
@@ -159,28 +240,34 @@ impl Redaction {
                 continue;
             };
             let start = offset(spans, f.raw);
-            let replacement = match plan.message(span, Level::Span, tally) {
-                Ok(None) => continue,
-                Ok(Some(new)) => {
+            scratch.span.clear();
+            let result = plan.message(
+                span,
+                Level::Span,
+                tally,
+                &mut scratch.span,
+                &mut scratch.nested,
+            );
+            if let Ok(false) = result {
+                continue;
+            }
+            let out = chunk
+                .spans
+                .get_or_insert_with(|| Vec::with_capacity(spans.len() + 64));
+            out.extend_from_slice(&spans[copied..start]);
+            copied = start + f.raw.len();
+            match result {
+                Ok(_) => {
                     tally.rewritten += 1;
-                    let mut field = Vec::with_capacity(new.len() + 6);
-                    put_len_prefix(&mut field, f.number, new.len());
-                    field.extend_from_slice(&new);
-                    field
+                    put_len_prefix(out, f.number, scratch.span.len());
+                    out.extend_from_slice(&scratch.span);
                 }
                 Err(e) => {
                     tally.refused += 1;
                     chunk.refused.extend_from_slice(f.raw);
                     chunk.reason.get_or_insert(e);
-                    Vec::new()
                 }
-            };
-            let out = chunk
-                .spans
-                .get_or_insert_with(|| Vec::with_capacity(spans.len() + 64));
-            out.extend_from_slice(&spans[copied..start]);
-            out.extend_from_slice(&replacement);
-            copied = start + f.raw.len();
+            }
         }
         if let Some(out) = &mut chunk.spans {
             out.extend_from_slice(&spans[copied..]);
@@ -208,7 +295,34 @@ struct Attr<'a> {
     value: &'a [u8],
 }
 
+/// An attribute's key and value. The layout every SDK writes — the key (under 128 bytes),
+/// then the value (under 128 bytes), nothing else — is read without the general walk: most
+/// attributes of most spans are only looked at for their key.
+#[inline]
 fn attr(kv: &[u8]) -> Result<Attr<'_>, Unparsable> {
+    if let [0x0a, klen, rest @ ..] = kv {
+        let klen = usize::from(*klen);
+        if let Some((key, tail)) = rest.split_at_checked(klen).filter(|_| klen < 0x80) {
+            let value = match tail {
+                [] => Some(&[][..]),
+                [0x12, vlen, value @ ..] if *vlen < 0x80 && usize::from(*vlen) == value.len() => {
+                    Some(value)
+                }
+                _ => None,
+            };
+            if let Some(value) = value {
+                return Ok(Attr {
+                    key_raw: &kv[..2 + klen],
+                    key,
+                    value,
+                });
+            }
+        }
+    }
+    attr_walked(kv)
+}
+
+fn attr_walked(kv: &[u8]) -> Result<Attr<'_>, Unparsable> {
     let mut a = Attr {
         key_raw: &[],
         key: &[],
@@ -263,15 +377,79 @@ fn value_text(any: &[u8]) -> Result<Text<'_>, Unparsable> {
     Ok(text)
 }
 
-/// A `KeyValue` payload with `key_raw` (the key field as it arrived) and a string value.
-fn string_kv(key_raw: &[u8], s: &[u8]) -> Vec<u8> {
-    let any = crate::otlp::wire::len_field_size(1, s.len());
-    let mut out = Vec::with_capacity(key_raw.len() + any + 8);
+/// Appends an attribute field `field` holding `key_raw` (the key field as it arrived) and a
+/// string value.
+fn put_string_kv(out: &mut Vec<u8>, field: u32, key_raw: &[u8], s: &[u8]) {
+    let any = len_field_size(1, s.len());
+    put_len_prefix(out, field, key_raw.len() + len_field_size(2, any));
     out.extend_from_slice(key_raw);
-    put_len_prefix(&mut out, 2, any);
-    put_len_prefix(&mut out, 1, s.len());
+    put_len_prefix(out, 2, any);
+    put_len_prefix(out, 1, s.len());
     out.extend_from_slice(s);
-    out
+}
+
+/// Hashed values remembered per thread, at most; past this the memory starts afresh.
+const HASHES_REMEMBERED: usize = 1024;
+
+type Memo = std::collections::HashMap<Box<[u8]>, [u8; 64], foldhash::fast::FixedState>;
+
+thread_local! {
+    /// The last hashed values and their hashes, for the redaction of this generation: an id
+    /// repeats across the spans of a trace and the traces of a user, and an HMAC-SHA256 costs
+    /// some 7 000 instructions without the CPU's SHA extensions.
+    static HASHES: std::cell::RefCell<(u64, Memo)> = std::cell::RefCell::default();
+}
+
+/// The hex HMAC-SHA256 of `value` under `keyed`, remembered for `generation`'s redaction.
+fn memo_hash(generation: u64, keyed: &hmac::Hmac<sha2::Sha256>, value: &[u8]) -> [u8; 64] {
+    let compute = || {
+        let mut h = keyed.clone();
+        h.update(value);
+        let mut hex = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(h.finalize().into_bytes(), &mut hex);
+        hex
+    };
+    HASHES
+        .try_with(|m| {
+            let mut m = m.borrow_mut();
+            if m.0 != generation {
+                *m = (generation, Memo::default());
+            }
+            if let Some(hex) = m.1.get(value) {
+                return *hex;
+            }
+            let hex = compute();
+            if m.1.len() >= HASHES_REMEMBERED {
+                m.1.clear();
+            }
+            m.1.insert(value.into(), hex);
+            hex
+        })
+        .unwrap_or_else(|_| compute())
+}
+
+/// What becomes of an attribute that changes.
+enum Fate<'a> {
+    Remove,
+    /// A new string value.
+    Value(Vec<u8>),
+    /// A keyed hash, hex.
+    Hash([u8; 64]),
+    /// The mask of a `replace`.
+    Mask(&'a [u8]),
+}
+
+impl Fate<'_> {
+    /// Appends the attribute's field, if it still has one.
+    fn put(&self, out: &mut Vec<u8>, field: u32, key_raw: &[u8]) {
+        match self {
+            Fate::Remove => {}
+            Fate::Value(v) => put_string_kv(out, field, key_raw, v),
+            Fate::Hash(hex) => put_string_kv(out, field, key_raw, hex),
+            Fate::Mask(m) => put_string_kv(out, field, key_raw, m),
+        }
+    }
 }
 
 impl Plan<'_> {
@@ -279,107 +457,103 @@ impl Plan<'_> {
         self.red.entries.len() + self.red.allowlists.len()
     }
 
-    /// The attribute's fate: `None` kept as it is, `Some(None)` removed, `Some(Some(kv))`
-    /// replaced by the `KeyValue` payload `kv`.
-    fn attribute(
+    /// What becomes of the attribute `kv`, with its key field; `None`: it stays as it arrived.
+    fn attribute<'k>(
         &self,
-        kv: &[u8],
+        kv: &'k [u8],
         tally: &mut Tally,
-    ) -> Result<Option<Option<Vec<u8>>>, Unparsable> {
+    ) -> Result<Option<(Fate<'_>, &'k [u8])>, Unparsable> {
         let a = attr(kv)?;
         if let Some((slot, allow)) = self.allow {
             if !allow.keys.matches(a.key) {
                 tally.count(slot, self.slots());
-                return Ok(Some(None));
+                return Ok(Some((Fate::Remove, a.key_raw)));
             }
         }
-        let Some((slot, entry)) = self.entries.iter().find(|(_, e)| e.keys.matches(a.key)) else {
+        let hit = self
+            .red
+            .matcher
+            .matching(&self.red.entries, self.active, a.key);
+        if hit == 0 {
             return Ok(None);
-        };
-        let new = match &entry.action {
-            Action::Remove => None,
-            Action::Replace(mask) => Some(string_kv(a.key_raw, mask)),
+        }
+        let slot = hit.trailing_zeros() as usize;
+        let fate = match &self.red.entries[slot].action {
+            Action::Remove => Fate::Remove,
+            Action::Replace(mask) => Fate::Mask(mask),
             Action::Hash => {
+                // A hash entry cannot be compiled without a key (a load error).
+                let Some(h) = &self.red.hasher else {
+                    return Ok(None);
+                };
                 let text = value_text(a.value)?;
                 let bytes = match &text {
                     Text::Str(s) => s,
                     Text::Other(b) => b.as_slice(),
                 };
-                // A hash entry cannot be compiled without a key (a load error).
-                let Some(h) = &self.red.hasher else {
-                    return Ok(None);
-                };
-                let mut h = h.clone();
-                h.update(bytes);
-                let hex = hex::encode(h.finalize().into_bytes());
-                Some(string_kv(a.key_raw, hex.as_bytes()))
+                Fate::Hash(memo_hash(self.red.generation, h, bytes))
             }
             Action::Scrub(scrub) => match value_text(a.value)? {
                 Text::Str(s) => match scrub.apply(s) {
-                    Some(v) => Some(string_kv(a.key_raw, &v)),
+                    Some(v) => Fate::Value(v),
                     None => return Ok(None),
                 },
                 Text::Other(_) => return Ok(None),
             },
         };
-        tally.count(*slot, self.slots());
-        Ok(Some(new))
+        tally.count(slot, self.slots());
+        Ok(Some((fate, a.key_raw)))
     }
 
-    /// The message rewritten (its fields, without tag or length), or `None` when nothing in it
-    /// changes.
+    /// Writes `msg` rewritten (its fields, without tag or length) to `out`, which must be
+    /// empty, and says so; `Ok(false)` when nothing in it changes, `out` left empty. `nested`
+    /// is scratch for the messages inside (events, links, the resource).
     fn message(
         &self,
         msg: &[u8],
         level: Level,
         tally: &mut Tally,
-    ) -> Result<Option<Vec<u8>>, Unparsable> {
+        out: &mut Vec<u8>,
+        nested: &mut Vec<u8>,
+    ) -> Result<bool, Unparsable> {
         let attrs = level.attributes();
-        let mut out: Option<Vec<u8>> = None;
+        let mut changed = false;
         let mut copied = 0;
         for f in Fields::new(msg) {
             let f = f.map_err(wire(level))?;
-            let replacement = if Some(f.number) == attrs {
+            let start = offset(msg, f.raw);
+            if Some(f.number) == attrs {
                 let kv = f
                     .value
                     .as_bytes()
                     .ok_or(Unparsable::NotMessage("an attribute"))?;
-                match self.attribute(kv, tally)? {
-                    None => continue,
-                    Some(None) => Vec::new(),
-                    Some(Some(kv)) => {
-                        let mut field = Vec::with_capacity(kv.len() + 4);
-                        put_len_prefix(&mut field, f.number, kv.len());
-                        field.extend_from_slice(&kv);
-                        field
-                    }
-                }
+                let Some((fate, key_raw)) = self.attribute(kv, tally)? else {
+                    continue;
+                };
+                out.extend_from_slice(&msg[copied..start]);
+                fate.put(out, f.number, key_raw);
             } else if let Some(inner) = level.nested(f.number) {
                 let body = f
                     .value
                     .as_bytes()
                     .ok_or(Unparsable::NotMessage(inner.name()))?;
-                match self.message(body, inner, tally)? {
-                    None => continue,
-                    Some(new) => {
-                        let mut field = Vec::with_capacity(new.len() + 6);
-                        put_len_prefix(&mut field, f.number, new.len());
-                        field.extend_from_slice(&new);
-                        field
-                    }
+                nested.clear();
+                // Events and links hold no messages with attributes further down.
+                if !self.message(body, inner, tally, nested, &mut Vec::new())? {
+                    continue;
                 }
+                out.extend_from_slice(&msg[copied..start]);
+                put_len_prefix(out, f.number, nested.len());
+                out.extend_from_slice(nested);
             } else {
                 continue;
-            };
-            let start = offset(msg, f.raw);
-            let o = out.get_or_insert_with(|| Vec::with_capacity(msg.len()));
-            o.extend_from_slice(&msg[copied..start]);
-            o.extend_from_slice(&replacement);
+            }
+            changed = true;
             copied = start + f.raw.len();
         }
-        if let Some(o) = &mut out {
-            o.extend_from_slice(&msg[copied..]);
+        if changed {
+            out.extend_from_slice(&msg[copied..]);
         }
-        Ok(out)
+        Ok(changed)
     }
 }

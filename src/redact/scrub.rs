@@ -43,13 +43,14 @@ impl Scrub {
                 changed = true;
             }
         }
-        if self.email {
+        // Cheap checks first: most values hold no `@` and fewer than 13 digits.
+        if self.email && memchr_at(&v) {
             if let Cow::Owned(o) = EMAIL.replace_all(&v, &*self.mask) {
                 v = Cow::Owned(o);
                 changed = true;
             }
         }
-        if self.card {
+        if self.card && v.iter().filter(|b| b.is_ascii_digit()).count() >= 13 {
             let mut hit = false;
             let out = CARD.replace_all(&v, |c: &Captures<'_>| {
                 let m = &c[0];
@@ -73,6 +74,10 @@ impl Scrub {
         }
         changed.then(|| v.into_owned())
     }
+}
+
+fn memchr_at(v: &[u8]) -> bool {
+    v.contains(&b'@')
 }
 
 /// Whether the digits of `s` pass the Luhn check (card numbers do).
