@@ -2,8 +2,9 @@
 //! attributes at 3) and its links' (13, attributes at 4). Nothing is copied until the first
 //! attribute that changes; from there the span is rebuilt from its original field bytes, only
 //! the changed attributes (and the event or link holding them) re-encoded, and given a new
-//! length. A span with nothing to redact costs one walk and no allocation, and leaves as it
-//! arrived. Resources (`ResourceSpans.resource`, attributes at 1) likewise.
+//! length. A span with nothing to redact costs one walk and no allocation (or only a search of
+//! its bytes, when the prefilter proves it holds no named key), and leaves as it arrived.
+//! Resources (`ResourceSpans.resource`, attributes at 1) likewise.
 
 use std::sync::Arc;
 
@@ -239,6 +240,9 @@ impl Redaction {
             let Value::Bytes(span) = f.value else {
                 continue;
             };
+            if !plan.may_change(span) {
+                continue;
+            }
             let start = offset(spans, f.raw);
             scratch.span.clear();
             let result = plan.message(
@@ -453,6 +457,13 @@ impl Fate<'_> {
 }
 
 impl Plan<'_> {
+    /// Whether anything in `span` may change; `false` only when that is proved without
+    /// walking it. An allowlist removes every key it does not list: always walked.
+    #[inline]
+    fn may_change(&self, span: &[u8]) -> bool {
+        self.allow.is_some() || self.red.matcher.may_match(self.active, span)
+    }
+
     fn slots(&self) -> usize {
         self.red.entries.len() + self.red.allowlists.len()
     }

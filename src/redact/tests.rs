@@ -15,9 +15,9 @@ use crate::otlp::wire::{put_len_prefix, Fields};
 use crate::otlp::SpanContext;
 use hmac::Mac as _;
 
-const KEY: &str = "0123456789abcdef-secret";
+pub(super) const KEY: &str = "0123456789abcdef-secret";
 
-fn env(k: &str) -> Option<String> {
+pub(super) fn env(k: &str) -> Option<String> {
     (k == "HASH_KEY").then(|| KEY.to_string())
 }
 
@@ -52,7 +52,7 @@ fn redaction() -> Redaction {
     parse("redaction.yaml", CONFIG, &env).expect("the example config loads")
 }
 
-fn ctx(service: &str, extra: Vec<KeyValue>) -> SpanContext {
+pub(super) fn ctx(service: &str, extra: Vec<KeyValue>) -> SpanContext {
     let mut attributes = vec![attr_str("service.name", service)];
     attributes.extend(extra);
     let r = Resource {
@@ -66,7 +66,7 @@ fn ctx(service: &str, extra: Vec<KeyValue>) -> SpanContext {
     SpanContext::new(fields, Vec::new())
 }
 
-fn field(s: &Span) -> Vec<u8> {
+pub(super) fn field(s: &Span) -> Vec<u8> {
     let b = s.encode_to_vec();
     let mut out = Vec::new();
     put_len_prefix(&mut out, 2, b.len());
@@ -74,20 +74,20 @@ fn field(s: &Span) -> Vec<u8> {
     out
 }
 
-fn spans_of(fields: &[u8]) -> Vec<Span> {
+pub(super) fn spans_of(fields: &[u8]) -> Vec<Span> {
     Fields::new(fields)
         .map(|f| Span::decode(f.unwrap().value.as_bytes().unwrap()).unwrap())
         .collect()
 }
 
-fn get(kv: &[KeyValue], k: &str) -> Option<V> {
+pub(super) fn get(kv: &[KeyValue], k: &str) -> Option<V> {
     kv.iter()
         .find(|a| a.key == k)
         .and_then(|a| a.value.clone())
         .and_then(|v| v.value)
 }
 
-fn hmac_hex(v: &str) -> String {
+pub(super) fn hmac_hex(v: &str) -> String {
     let mut h = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
     hmac::Mac::update(&mut h, v.as_bytes());
     hex::encode(hmac::Mac::finalize(h).into_bytes())
