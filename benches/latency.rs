@@ -33,16 +33,6 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Resident memory of this process, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -81,7 +71,7 @@ fn main() {
     );
     let mut gen = Generator::new(GeneratorConfig::default(), 8);
     let mut d = Decoder::new();
-    let before = rss();
+    let before = common::rss();
     let (mut spans, mut span_bytes) = (0u64, 0u64);
     let mut offset = 0i64;
     // Generating a million traces would take minutes: a thousand are generated and copied
@@ -102,7 +92,7 @@ fn main() {
         }
         let _ = sampler.ingest(&mut d, m, &hold, false, Instant::now());
     }
-    let after = rss();
+    let after = common::rss();
     let traces = sampler.buffered_traces() as u64;
     let grown = after.saturating_sub(before);
     println!(

@@ -12,6 +12,8 @@
 //! Allocation sizes do not depend on the build profile, so `--profile dev` gives the same
 //! figures, faster to build.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,25 +23,7 @@ use tailsift::demo::generator::{Generator, GeneratorConfig};
 use tailsift::offsets::OffsetHold;
 use tailsift::otlp::decode::Decoder;
 use tailsift::otlp::TraceId;
-use tailsift::sampler::{Output, Sampler, Ticket};
-
-struct Discard;
-
-impl Output for Discard {
-    fn send(&self, _: &TraceId, _: &Decision, messages: Vec<(Vec<u8>, Ticket)>) {
-        std::hint::black_box(messages);
-    }
-}
-
-/// Resident memory of this process, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+use tailsift::sampler::Sampler;
 
 /// Returns freed heap memory to the system, so that the baseline is what is really in use.
 fn trim() {
@@ -63,9 +47,9 @@ fn main() {
             max_trace_age: never,
             ..Completion::default()
         },
-        tailsift::demo::embedded_rules().expect("example rules"),
+        common::example_rules(),
         DecisionCache::new(10, never),
-        Arc::new(Discard),
+        Arc::new(common::Discard),
         1_000_000,
     );
     let mut gen = Generator::new(GeneratorConfig::default(), 7);
@@ -77,7 +61,7 @@ fn main() {
         std::hint::black_box(t);
     }
     trim();
-    let before = rss();
+    let before = common::rss();
     let (mut spans, mut span_bytes, mut message_bytes) = (0u64, 0u64, 0u64);
     for i in 0..traces {
         let t = gen.next_trace(1_700_000_000_000_000_000 + i as u64 * 1_000_000);
@@ -100,7 +84,7 @@ fn main() {
         }
     }
     trim();
-    let after = rss();
+    let after = common::rss();
     assert_eq!(sampler.buffered_traces(), traces, "every trace is buffered");
     let resident = after.saturating_sub(before);
     let counted = sampler.buffered_bytes();
@@ -148,7 +132,7 @@ fn main() {
     // The decision cache: resident bytes per remembered decision, in a full cache sized in
     // bytes as the pipeline sizes it, after pushing out twice its capacity (the steady state).
     trim();
-    let before = rss();
+    let before = common::rss();
     let max_bytes = (traces as u64 * 4 * CACHE_ENTRY_BYTES).max(1 << 20);
     let cache = DecisionCache::with_max_bytes(max_bytes, never);
     let capacity = DecisionCache::capacity_for_bytes(max_bytes);
@@ -161,7 +145,7 @@ fn main() {
     }
     let stats = cache.stats();
     trim();
-    let resident = rss().saturating_sub(before);
+    let resident = common::rss().saturating_sub(before);
     println!(
         "decision cache: bound {max_bytes} B, {} entries, {} B counted, {resident} B resident: \
          {:.0} resident B/entry (counted at CACHE_ENTRY_BYTES = {CACHE_ENTRY_BYTES})",

@@ -19,7 +19,7 @@ fi
 NISSHI="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION/bin/nisshi"
 # The broker-outage test starts (and freezes) a broker of its own from this binary.
 export TAILSIFT_NISSHI="${TAILSIFT_NISSHI:-$NISSHI}"
-# The SASL test (tests/sasl.rs) needs nisshi's PostgreSQL storage engine, where it keeps SCRAM
+# The SASL test (tests/integration/sasl.rs) needs nisshi's PostgreSQL storage engine, where it keeps SCRAM
 # users, and a PostgreSQL server (Debian's `postgresql`; .ci/run installs it): another build
 # of the same version with that engine, sharing the build directory (~8 more minutes, once).
 NISSHI_PG="$TAILSIFT_TOOLS/nisshi-$NISSHI_VERSION-postgres/bin/nisshi"
@@ -61,11 +61,12 @@ if [ -z "${TAILSIFT_TEST_BROKERS:-}" ]; then
 fi
 
 OUT=$(mktemp -t tailsift-test.XXXXXX.log)
+STARTED=$SECONDS
 set +e
 cargo test "$@" 2>&1 | tee "$OUT"
 STATUS=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run: cargo prints one per test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$OUT"
+awk -v secs=$((SECONDS - STARTED)) '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed in %d s (build included)\n", p, f, secs }' "$OUT"
 exit "$STATUS"

@@ -1,6 +1,10 @@
 //! The HTTP port: `/metrics` for Prometheus, `/healthz` (alive) and `/readyz` (ready: in the
 //! group with partitions assigned, the brokers answering, not stuck, not shutting down). It
 //! exposes no configuration.
+//!
+//! `/metrics` negotiates: a scraper whose `Accept` prefers `application/openmetrics-text`
+//! (Prometheus with exemplar storage on) gets OpenMetrics with the RED metrics' exemplars
+//! ([`crate::telemetry::openmetrics`]); any other gets the classic Prometheus text, as before.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -8,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,16 +21,29 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::telemetry::exemplars::Exemplars;
+use crate::telemetry::openmetrics;
 
 #[derive(Clone)]
 struct AppState {
     metrics: PrometheusHandle,
+    exemplars: Option<Arc<Exemplars>>,
     health: Arc<Health>,
     stall_timeout: Duration,
 }
 
-async fn render_metrics(State(s): State<AppState>) -> String {
-    crate::telemetry::render(&s.metrics)
+async fn render_metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let body = crate::telemetry::render(&s.metrics);
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(openmetrics::accepts);
+    if !accept {
+        return body.into_response();
+    }
+    let body = openmetrics::render(&body, s.exemplars.as_deref());
+    ([(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -117,10 +135,11 @@ impl Server {
 }
 
 /// Binds `http.listen` (so a bad address fails at start) and serves `/metrics`, `/healthz`
-/// and `/readyz` on a task of its own.
+/// and `/readyz` on a task of its own. `exemplars`, if any, are shown in OpenMetrics scrapes.
 pub async fn start(
     config: &Config,
     metrics: PrometheusHandle,
+    exemplars: Option<Arc<Exemplars>>,
     health: Arc<Health>,
 ) -> Result<Server, ListenError> {
     let addr = config.http.listen;
@@ -133,6 +152,7 @@ pub async fn start(
         .route("/readyz", get(readyz))
         .with_state(AppState {
             metrics,
+            exemplars,
             health,
             stall_timeout: config.monitoring.stall_timeout,
         });

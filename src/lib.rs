@@ -53,8 +53,9 @@
 //!   Kafka edge, `/readyz` and stress relief.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: the catalog of every metric (one table: name, kind, unit, help, labels,
-//!   buckets), RED metrics ([`telemetry::red`]), broken traces ([`telemetry::broken`]), build
-//!   and process metrics.
+//!   buckets), RED metrics ([`telemetry::red`]) with exemplars from kept traces only
+//!   ([`telemetry::exemplars`], shown in OpenMetrics by [`telemetry::openmetrics`]), broken
+//!   traces ([`telemetry::broken`]), build and process metrics.
 //! - [`logs`]: log output (text or JSON, colour only on a terminal), librdkafka's repeats
 //!   rate-limited.
 //! - [`demo`]: the embedded default: in-process Kafka, trace generator, live summary.

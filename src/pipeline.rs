@@ -160,12 +160,19 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> Result<Running
     if let Some(log) = &decision_log {
         sampler = sampler.with_journal(log.clone());
     }
+    // Exemplars need the RED series (which RED registers) and kept traces (which the sampler
+    // offers): see telemetry::exemplars.
+    let exemplars = (config.monitoring.red_metrics && config.monitoring.exemplars)
+        .then(crate::telemetry::exemplars::Exemplars::new);
+    if let Some(e) = &exemplars {
+        sampler = sampler.with_exemplars(e.clone());
+    }
     let sampler = Arc::new(sampler);
     sampler
         .orphan_services
         .set_max(config.monitoring.max_services);
     let health = Arc::new(Health::default());
-    let http = crate::http::start(config, handle, health.clone()).await?;
+    let http = crate::http::start(config, handle, exemplars.clone(), health.clone()).await?;
 
     let consumer_config = consumer_config(config);
     let reset_to_latest = matches!(
@@ -209,13 +216,16 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> Result<Running
         dead_letters: dead_letters.clone(),
         commit_interval: config.kafka.commit_interval,
         budget,
-        red: config
-            .monitoring
-            .red_metrics
-            .then_some(crate::telemetry::red::RedLimits {
+        red: config.monitoring.red_metrics.then(|| {
+            let red = crate::telemetry::red::Red::new(crate::telemetry::red::RedLimits {
                 max_services: config.monitoring.max_services,
                 max_operations: config.monitoring.max_operations_per_service,
-            }),
+            });
+            match &exemplars {
+                Some(e) => red.with_exemplars(e.clone()),
+                None => red,
+            }
+        }),
         encodings: {
             let c = config.clone();
             Box::new(move |topic| c.encoding_of(topic))

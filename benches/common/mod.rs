@@ -76,6 +76,16 @@ pub fn keep_all_rules() -> RuleSet {
     RuleSet::new(rules, None).expect("keep-all rule set")
 }
 
+/// Resident memory of this process, in bytes (`VmRSS` in `/proc/self/status`).
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 pub fn sampler(rules: &RuleSet) -> Sampler {
     Sampler::new(
         Completion::default(),

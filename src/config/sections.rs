@@ -448,6 +448,10 @@ pub struct MonitoringConfig {
     /// Count rate, errors and duration of every SERVER and CONSUMER span, before sampling, per
     /// service and operation (`tailsift_red_*`). Default true.
     pub red_metrics: bool,
+    /// Attach exemplars to the RED metrics: the trace id and span id of a span of a *kept*
+    /// trace per series and duration bucket (latest wins), with the keeping rule's sample rate,
+    /// shown when `/metrics` is scraped as OpenMetrics. Never a dropped trace's. Default true.
+    pub exemplars: bool,
     /// Services given their own label in the RED and broken-trace metrics; spans of further
     /// services count as service `other`. Default 100.
     pub max_services: usize,
@@ -462,6 +466,7 @@ impl Default for MonitoringConfig {
             lag_interval: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(60),
             red_metrics: true,
+            exemplars: true,
             max_services: 100,
             max_operations_per_service: 50,
         }

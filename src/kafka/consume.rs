@@ -28,7 +28,7 @@ use crate::otlp::decode::Decoder;
 use crate::otlp::Encoding;
 use crate::sampler::{Counts, Sampler, TopicCounts};
 use crate::telemetry as m;
-use crate::telemetry::red::{Red, RedLimits};
+use crate::telemetry::red::Red;
 
 /// Settings of the ingest loop.
 pub struct IngestSettings {
@@ -40,8 +40,8 @@ pub struct IngestSettings {
     pub encodings: Box<dyn Fn(&str) -> Encoding + Send>,
     /// Where undecodable messages are copied, if anywhere.
     pub dead_letters: Option<Arc<DeadLetters>>,
-    /// RED metrics from every span, unless turned off.
-    pub red: Option<RedLimits>,
+    /// RED metrics from every span (with their exemplars' series), unless turned off.
+    pub red: Option<Red>,
 }
 
 /// Per-topic counts (the sampler's), looked up once per topic instead of per message.
@@ -95,7 +95,7 @@ pub fn run(consumer: BaseConsumer<SourceContext>, mut settings: IngestSettings) 
     let mut ingest = Ingest {
         sampler: ctx.sampler.clone(),
         health: ctx.health.clone(),
-        red: settings.red.take().map(Red::new),
+        red: settings.red.take(),
         settings,
         decoder: Decoder::new(),
         scratch: Vec::new(),

@@ -176,7 +176,7 @@ pub async fn start(config: &Config) -> Result<Router, RouteError> {
         config.kafka.dead_letter_topic.as_deref(),
     )?;
     let health = Arc::new(Health::default());
-    let http = crate::http::start(config, handle, health.clone()).await?;
+    let http = crate::http::start(config, handle, None, health.clone()).await?;
     let table: Arc<Table> = Arc::default();
     let ctx = RouteConsumerContext {
         producer: producer.clone(),

@@ -37,6 +37,10 @@ impl Sampler {
             let view = TraceView::new(*id, entry);
             let d = rules.decide(&view);
             self.decisions.insert(*id, d.clone());
+            // Exemplars from forwarded traces only, while the spans are parsed for the rules.
+            if let (Some(ex), true) = (&self.exemplars, d.forwards()) {
+                ex.offer_trace(&view, d.forwarded_rate());
+            }
             tally.without_root +=
                 u64::from(crate::telemetry::broken::inspect(&view, &mut tally.orphans));
             d

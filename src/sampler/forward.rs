@@ -100,6 +100,9 @@ impl Sampler {
     ) {
         let chunks = group.by_context();
         let decision = &remembered.decision;
+        if let Some(ex) = &self.exemplars {
+            ex.offer_group(group, decision.forwarded_rate()); // late spans refresh exemplars
+        }
         let spans = group.len() as u32;
         let holds: Holds = smallvec::smallvec![hold.hold()];
         let messages = self.encode_out(

@@ -26,6 +26,7 @@ use crate::memory::Budget;
 use crate::offsets::{DecidedRange, Holds};
 use crate::otlp::TraceId;
 use crate::rules::RuleSet;
+use crate::telemetry::exemplars::Exemplars;
 
 mod decide;
 mod forward;
@@ -95,6 +96,8 @@ pub struct Sampler {
     decided_ranges: Option<Mutex<Vec<DecidedRange>>>,
     /// Where decisions are recorded (the decision log), with the forwards in flight.
     forwards: Option<Arc<Forwards>>,
+    /// Where the spans of kept traces are offered as the RED metrics' exemplars.
+    exemplars: Option<Arc<Exemplars>>,
 }
 
 impl Sampler {
@@ -122,7 +125,15 @@ impl Sampler {
             stress_rate: AtomicU32::new(10),
             decided_ranges: None,
             forwards: None,
+            exemplars: None,
         }
+    }
+
+    /// Offers the spans of every forwarded trace (and of its late spans) to `exemplars`: see
+    /// [`crate::telemetry::exemplars`].
+    pub fn with_exemplars(mut self, exemplars: Arc<Exemplars>) -> Self {
+        self.exemplars = Some(exemplars);
+        self
     }
 
     /// Records every decision in `journal` (the decision log): see [`crate::journal`].

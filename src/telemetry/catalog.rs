@@ -331,18 +331,18 @@ catalog! {
     RED_REQUESTS: Counter "tailsift_red_requests_total" {
         unit: Count,
         labels: [RED[0], RED[1], RED[2]],
-        help: "SERVER and CONSUMER spans received, before sampling (request rate), by service, operation (the http.route attribute, else the span name) and kind.",
+        help: "SERVER and CONSUMER spans received, before sampling (request rate), by service, operation (the http.route attribute, else the span name) and kind. Exemplar (OpenMetrics): the latest span of a kept trace.",
     }
     RED_ERRORS: Counter "tailsift_red_errors_total" {
         unit: Count,
         labels: [RED[0], RED[1], RED[2]],
-        help: "Those of tailsift_red_requests_total whose status is error (error rate).",
+        help: "Those of tailsift_red_requests_total whose status is error (error rate). Exemplar (OpenMetrics): the latest error span of a kept trace.",
     }
     RED_DURATION: Histogram "tailsift_red_duration_seconds" {
         unit: Seconds,
         labels: [RED[0], RED[1], RED[2]],
         buckets: RED_DURATION_BUCKETS,
-        help: "Duration of the spans counted in tailsift_red_requests_total, end minus start.",
+        help: "Duration of the spans counted in tailsift_red_requests_total, end minus start. Exemplars (OpenMetrics): per bucket, the latest span of a kept trace there.",
     }
     RED_OVERFLOW: Counter "tailsift_red_overflow_spans_total" {
         unit: Count,

@@ -8,6 +8,8 @@
 //!   from it; callers use its name constants (`telemetry::TRACES_DECIDED`).
 //! - [`labels`]: the fixed label values as enums (`Outcome::Kept`), never string literals.
 //! - [`red`]: rate, errors and duration per service and operation from every span.
+//! - [`exemplars`]: the RED metrics' exemplars, taken only from kept traces.
+//! - [`openmetrics`]: `/metrics` in OpenMetrics text, with those exemplars, when asked for.
 //! - [`broken`]: broken traces at decision time: orphan spans per service, missing roots.
 //! - [`process`]: the standard `process_*` metrics, read from `/proc` at scrape time.
 //!
@@ -24,7 +26,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub mod broken;
 pub mod catalog;
+pub mod exemplars;
 pub mod labels;
+pub mod openmetrics;
 pub mod process;
 pub mod red;
 
@@ -237,7 +241,7 @@ pub fn init_rules(rules: &[crate::rules::Rule]) {
 }
 
 /// The recorder's builder, with the catalog's histogram buckets.
-fn builder() -> PrometheusBuilder {
+pub(crate) fn builder() -> PrometheusBuilder {
     let mut b = PrometheusBuilder::new();
     for d in CATALOG {
         if let Some(le) = d.buckets {

@@ -19,18 +19,32 @@ use crate::otlp::view::ContextView;
 use crate::otlp::wire::{Fields, Value};
 use crate::otlp::SpanContext;
 use crate::telemetry as m;
+use crate::telemetry::exemplars::Exemplars;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The operation of a span: its `http.route` string attribute if set, else its name. One walk
 /// over the span's fields.
-fn operation(span: &[u8]) -> Option<&[u8]> {
+///
+/// An attribute whose key comes first with a one-byte length, as every SDK writes a
+/// `KeyValue`, is skipped on that key without walking its value (a `KeyValue` repeating its
+/// key field, which no encoder writes, is judged by the first): the walk cost RED ~680
+/// instructions per span, and the exemplars of kept traces pay it again (BENCHMARKS.md).
+pub(crate) fn operation(span: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"http.route";
     let mut name = None;
     for f in Fields::new(span) {
         let f = f.ok()?;
         match (f.number, f.value) {
             (5, Value::Bytes(b)) => name = Some(b),
             (9, Value::Bytes(kv)) => {
+                // Tag of field 1 (length-delimited), then the key's length and the key.
+                if let [0x0a, len, rest @ ..] = kv {
+                    let len = usize::from(*len);
+                    if len < 0x80 && rest.get(..len).is_some_and(|k| k != KEY) {
+                        continue;
+                    }
+                }
                 let (mut key, mut value) = (None, None);
                 for g in Fields::new(kv).flatten() {
                     match (g.number, g.value) {
@@ -39,7 +53,7 @@ fn operation(span: &[u8]) -> Option<&[u8]> {
                         _ => {}
                     }
                 }
-                if key == Some(b"http.route".as_slice()) {
+                if key == Some(KEY) {
                     // AnyValue.string_value is field 1.
                     let route = value.and_then(|v| {
                         Fields::new(v)
@@ -98,6 +112,8 @@ struct Service {
     other: [Option<usize>; 2],
     overflow: u64,
     overflow_c: metrics::Counter,
+    /// Its number in the exemplar store, if there is one.
+    exemplars: Option<(Arc<Exemplars>, usize)>,
 }
 
 /// Local RED counts of the ingest thread.
@@ -108,6 +124,8 @@ pub struct Red {
     other: Option<usize>,
     /// Per message: context address -> service index (contexts are shared by their spans).
     ctx_cache: Vec<(usize, usize)>,
+    /// Where the series are registered for exemplars of kept traces, if anywhere.
+    exemplars: Option<Arc<Exemplars>>,
 }
 
 /// A label value from bytes: lossy UTF-8, cut to `MAX_LABEL` (128) bytes.
@@ -180,7 +198,8 @@ impl Op {
 }
 
 impl Service {
-    fn new(label: Arc<str>) -> Self {
+    /// A service `name` (`None`: the `other` of services over the cap) labelled `label`.
+    fn new(label: Arc<str>, name: Option<&[u8]>, exemplars: Option<&Arc<Exemplars>>) -> Self {
         let overflow_c = metrics::counter!(m::RED_OVERFLOW, "service" => label.to_string());
         overflow_c.absolute(0);
         Service {
@@ -190,7 +209,17 @@ impl Service {
             other: [None; 2],
             overflow: 0,
             overflow_c,
+            exemplars: exemplars.map(|e| (e.clone(), e.add_service(name))),
         }
+    }
+
+    /// Creates the series of operation `name` (`None`: `other`) labelled `label`.
+    fn push_op(&mut self, kind: u8, name: Option<&[u8]>, label: Arc<str>) -> usize {
+        if let Some((ex, service)) = &self.exemplars {
+            ex.add_series(*service, kind, name, (&self.label, &label));
+        }
+        self.ops.push(Op::new(&self.label, &label, kind));
+        self.ops.len() - 1
     }
 
     /// The operation's index, and whether it went over the cap (counted as `other`).
@@ -203,12 +232,11 @@ impl Service {
             if let Some(i) = self.other[k] {
                 return (i, true);
             }
-            self.ops.push(Op::new(&self.label, &Arc::from(OTHER), kind));
-            self.other[k] = Some(self.ops.len() - 1);
-            return (self.ops.len() - 1, true);
+            let i = self.push_op(kind, None, Arc::from(OTHER));
+            self.other[k] = Some(i);
+            return (i, true);
         }
-        self.ops.push(Op::new(&self.label, &label(name), kind));
-        let i = self.ops.len() - 1;
+        let i = self.push_op(kind, Some(name), label(name));
         self.by_name[k].insert(Box::from(name), i);
         (i, false)
     }
@@ -223,7 +251,15 @@ impl Red {
             services: Vec::new(),
             other: None,
             ctx_cache: Vec::new(),
+            exemplars: None,
         }
+    }
+
+    /// Registers every series in `exemplars`, so that kept traces' spans can be offered to
+    /// the series that counted them (see [`crate::telemetry::exemplars`]).
+    pub fn with_exemplars(mut self, exemplars: Arc<Exemplars>) -> Self {
+        self.exemplars = Some(exemplars);
+        self
     }
 
     fn service(&mut self, ctx: &Arc<SpanContext>) -> usize {
@@ -238,13 +274,15 @@ impl Red {
             None if self.by_name.len() >= self.limits.max_services => match self.other {
                 Some(i) => i,
                 None => {
-                    self.services.push(Service::new(Arc::from(OTHER)));
+                    let other = Service::new(Arc::from(OTHER), None, self.exemplars.as_ref());
+                    self.services.push(other);
                     self.other = Some(self.services.len() - 1);
                     self.services.len() - 1
                 }
             },
             None => {
-                self.services.push(Service::new(label(name)));
+                let service = Service::new(label(name), Some(name), self.exemplars.as_ref());
+                self.services.push(service);
                 let i = self.services.len() - 1;
                 self.by_name.insert(Box::from(name), i);
                 i
@@ -365,6 +403,31 @@ mod tests {
         assert_eq!(&*other.label, OTHER);
         assert_eq!(other.overflow, 2);
         assert_eq!(other.ops[0].requests, 2);
+    }
+
+    #[test]
+    fn the_operation_is_the_route_wherever_it_is_else_the_name() {
+        use prost::Message;
+        let t = trace_id(1);
+        let long_key = "k".repeat(200); // a key of a two-byte length: walked, not skipped
+        let cases = [
+            (vec![], "name"),
+            (vec![attr_str("http.route", "/a")], "/a"),
+            (
+                vec![
+                    attr_str("x", "1"),
+                    attr_str(&long_key, "2"),
+                    attr_str("http.route", "/b"),
+                ],
+                "/b",
+            ),
+            (vec![attr_str("http.route", "")], "name"),
+            (vec![attr_str("http.routes", "/c")], "name"),
+        ];
+        for (attrs, want) in cases {
+            let bytes = with_attrs(span(t, 1, None, "name", 0, 1), attrs).encode_to_vec();
+            assert_eq!(operation(&bytes), Some(want.as_bytes()), "{want}");
+        }
     }
 
     #[test]
