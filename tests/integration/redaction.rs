@@ -338,27 +338,27 @@ async fn nothing_sensitive_reaches_the_output_and_the_rest_is_byte_for_byte() {
     // The span as it arrived (prost cannot decode it: that is why it is here).
     assert_eq!(raw_spans(&letter.payload), vec![broken]);
 
-    // Counted per decider tick: user.id is hashed 3 times per trace (span, link, resource)
-    // (the late span's are counted at the next decision); every trace has one statement
-    // scrubbed.
-    let hashed_user_ids = || {
-        pipe.metric(
-            "tailsift_redacted_attributes_total",
-            r#"action="hash",redaction="user-id""#,
+    // Counted per decider tick, exactly (this process runs no other pipeline). Per trace:
+    // user.id hashed 3 times (span, link, resource), one statement scrubbed, 3 contacts
+    // scrubbed (the root's, the payment note, the event's detail), 4 rewrites (3 spans and
+    // the resource); the late span adds a hash, a contact and a rewrite; one span refused.
+    let n = TRACES as f64;
+    let counts = || {
+        let redacted = |labels: &str| pipe.metric("tailsift_redacted_attributes_total", labels);
+        (
+            redacted(r#"action="hash",redaction="user-id""#),
+            redacted(r#"action="scrub",redaction="sql""#),
+            redacted(r#"action="scrub",redaction="contact""#),
+            pipe.metric("tailsift_redaction_rewritten_total", ""),
+            pipe.metric("tailsift_redaction_refused_spans_total", ""),
         )
     };
-    let sql = || {
-        pipe.metric(
-            "tailsift_redacted_attributes_total",
-            r#"action="scrub",redaction="sql""#,
-        )
-    };
-    let refused = || pipe.metric("tailsift_redaction_refused_spans_total", "");
-    wait_for(
-        secs(10),
-        "redactions and the refused span are counted",
-        || refused() >= 1.0 && hashed_user_ids() >= (TRACES * 3) as f64 && sql() >= TRACES as f64,
-    )
-    .await;
+    let want = (3.0 * n + 1.0, n, 3.0 * n + 1.0, 4.0 * n + 1.0, 1.0);
+    eventually(secs(10), || counts() == want).await;
+    assert_eq!(
+        counts(),
+        want,
+        "(user.id hashed, statements scrubbed, contacts scrubbed, rewritten, refused)"
+    );
     pipe.shutdown().await;
 }
