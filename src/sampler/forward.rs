@@ -3,6 +3,7 @@
 //! message holds, what to count once it is acknowledged, and the decision log's bookkeeping.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -17,6 +18,11 @@ use crate::otlp::{SpanContext, TraceId};
 use crate::redact::Tally;
 
 use super::{Sampler, Ticket};
+
+/// Traces with spans refused by redaction, since the start: logged at the 1st, 2nd, 4th, 8th...
+/// (as undecodable messages are), so that a producer of broken spans cannot flood the log;
+/// `tailsift_redaction_refused_spans_total` counts every span.
+static REFUSALS: AtomicU64 = AtomicU64::new(0);
 
 /// A chunk's context as it leaves: the buffered one, or a copy with its resource redacted.
 enum Ctx<'a> {
@@ -217,8 +223,11 @@ impl Sampler {
             r.record(&tally);
         }
         for (ctx, spans, reason) in refused {
-            tracing::warn!(trace_id = %id, error = %reason,
-                "a kept span cannot be parsed for redaction; not forwarded");
+            let n = REFUSALS.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(trace_id = %id, error = %reason, refusals = n,
+                    "a kept span cannot be parsed for redaction; not forwarded");
+            }
             for msg in encode_trace(std::iter::once((ctx, spans.as_slice())), usize::MAX) {
                 self.output.refuse(id, msg, &reason.to_string(), holds);
             }
