@@ -1,11 +1,13 @@
 //! What redaction costs on the kept path: the whole in-process path (decode -> buffer ->
-//! complete -> decide -> encode) with a fifth of the traces kept, without and with five
-//! redaction entries on the demo traffic's attributes (a keyed hash, a SQL scrub, a replace,
-//! an email/card scrub on two keys, a removal).
+//! complete -> decide -> encode) with a fifth of the traces kept: without redaction, with five
+//! entries on the demo traffic's attributes (a keyed hash, a SQL scrub, a replace, an
+//! email/card scrub on two keys, a removal), and with one entry on a key no span sets (what a
+//! rarely set sensitive key costs: the prefilter's case).
 //!
 //! `cargo bench --bench redact` (criterion, CPU time). For a firm figure on a noisy machine,
-//! count instructions: `TAILSIFT_BENCH_DRIVER=plain|redact valgrind --tool=callgrind
-//! --toggle-collect='*run_path*' target/release/deps/redact-*` runs the path once and exits.
+//! count instructions: `TAILSIFT_BENCH_DRIVER=plain|redact|rare valgrind --tool=callgrind
+//! --collect-atstart=no --toggle-collect='*run_path*' target/release/deps/redact-*` runs the
+//! path once and exits.
 
 mod common;
 
@@ -43,20 +45,28 @@ attributes:
     action: remove
 "#;
 
-/// Keeps 1 in 5 traces (by trace id), with or without [`FIVE`].
-fn rules(redact: bool) -> RuleSet {
+/// One entry on a key the demo traffic never sets.
+pub const RARE: &str = r#"
+attributes:
+  - name: request-body
+    key: http.request.body.content
+    action: remove
+"#;
+
+/// Keeps 1 in 5 traces (by trace id), with the redaction file `redaction` if any.
+fn rules(redaction: Option<&str>) -> RuleSet {
     let rules = parse_file(
         "fifth.yaml",
         "rules:\n  - name: fifth\n    outcome: keep\n    sample_rate: 5\n",
     )
     .expect("rule");
     let set = RuleSet::new(rules, None).expect("rule set");
-    if !redact {
+    let Some(text) = redaction else {
         return set;
-    }
+    };
     let env = |k: &str| (k == "BENCH_KEY").then(|| "bench-hash-key-0123456789".to_string());
     set.with_redaction(Some(
-        tailsift::redact::parse("redaction.yaml", FIVE, &env).expect("redaction"),
+        tailsift::redact::parse("redaction.yaml", text, &env).expect("redaction"),
     ))
 }
 
@@ -79,11 +89,12 @@ fn sampler(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("Sampler");
     g.throughput(Throughput::Elements(t.spans));
     g.measurement_time(Duration::from_secs(8));
-    for (name, redact) in [
-        ("ingest_decide_encode/keep_fifth", false),
-        ("ingest_decide_encode/keep_fifth_redact5", true),
+    for (name, redaction) in [
+        ("ingest_decide_encode/keep_fifth", None),
+        ("ingest_decide_encode/keep_fifth_redact5", Some(FIVE)),
+        ("ingest_decide_encode/keep_fifth_redact_rare", Some(RARE)),
     ] {
-        let rules = rules(redact);
+        let rules = rules(redaction);
         g.bench_function(name, |b| {
             b.iter_batched(|| (), |()| run_path(&rules, &t), BatchSize::LargeInput)
         });
@@ -101,7 +112,11 @@ fn main() {
     // The callgrind driver: one run of the path, nothing else measured.
     if let Ok(which) = std::env::var("TAILSIFT_BENCH_DRIVER") {
         let t = traffic(TRACES * 5, 42);
-        let rules = rules(which == "redact");
+        let rules = rules(match which.as_str() {
+            "redact" => Some(FIVE),
+            "rare" => Some(RARE),
+            _ => None,
+        });
         std::hint::black_box(run_path(&rules, &t));
         println!("{which}: {} traces, {} spans", t.traces, t.spans);
         return;

@@ -12,6 +12,7 @@ use prost::Message;
 use super::tests::{ctx, env, get, hmac_hex, spans_of};
 use super::*;
 use crate::otlp::build::{span, trace_id};
+use crate::otlp::SpanContext;
 
 /// A key longer than 127 bytes: its length takes two bytes even when written shortest.
 fn long_key() -> String {
@@ -155,18 +156,21 @@ fn all_attributes(s: &Span) -> Vec<KeyValue> {
 
 /// Redacts `input` with and without the prefilter and checks both agree in every respect.
 fn agreed(service: &str, input: &[u8]) -> (Chunk, Tally) {
+    agreed_under(&ctx(service, vec![]), input)
+}
+
+/// [`agreed`], under the context `ctx`.
+fn agreed_under(ctx: &SpanContext, input: &[u8]) -> (Chunk, Tally) {
     let (red, walked) = with_and_without();
-    let ctx = ctx(service, vec![]);
     let (mut t1, mut t2) = (Tally::default(), Tally::default());
-    let a = red.chunk(&ctx, input, &mut t1);
-    let b = walked.chunk(&ctx, input, &mut t2);
-    assert_eq!(a.spans, b.spans, "{service}: the same spans leave");
-    assert_eq!(
-        a.refused, b.refused,
-        "{service}: the same spans are refused"
-    );
+    let a = red.chunk(ctx, input, &mut t1);
+    let b = walked.chunk(ctx, input, &mut t2);
+    let resource = |c: &Chunk| c.context.as_ref().map(|c| c.resource_fields().to_vec());
+    assert_eq!(resource(&a), resource(&b), "the same resource leaves");
+    assert_eq!(a.spans, b.spans, "the same spans leave");
+    assert_eq!(a.refused, b.refused, "the same spans are refused");
     assert_eq!(a.reason, b.reason);
-    assert_eq!(t1, t2, "{service}: the same counts");
+    assert_eq!(t1, t2, "the same counts");
     (a, t1)
 }
 
@@ -230,6 +234,50 @@ fn a_named_key_is_redacted_however_its_tag_and_length_are_written_and_wherever_i
             Some(V::StringValue("GET".into())),
             "{what}: the rest stays"
         );
+    }
+}
+
+#[test]
+fn a_named_key_in_a_resource_is_redacted_however_it_is_written() {
+    let input = span_field(&[(kv("http.method", "GET", SHORTEST), At::Span, SHORTEST)]);
+    for (what, key, pad, hashed) in [
+        ("shortest", "user.id", SHORTEST, true),
+        (
+            "length in two bytes",
+            "user.id",
+            Pad { tag: 0, len: 1 },
+            true,
+        ),
+        ("tag in two bytes", "user.id", Pad { tag: 1, len: 0 }, true),
+        ("no named key", "host.name", Pad { tag: 0, len: 2 }, false),
+    ] {
+        // Resource { attributes: [service.name, key] } as ResourceSpans.resource.
+        let mut resource = Vec::new();
+        put_field(
+            &mut resource,
+            1,
+            &kv("service.name", "orders", SHORTEST),
+            SHORTEST,
+        );
+        put_field(&mut resource, 1, &kv(key, "u-7", pad), SHORTEST);
+        let mut fields = Vec::new();
+        put_field(&mut fields, 1, &resource, SHORTEST);
+        let ctx = SpanContext::new(fields, Vec::new());
+        let (c, _) = agreed_under(&ctx, &input);
+        assert!(c.spans.is_none(), "{what}: the span names no key");
+        let Some(out) = c.context else {
+            assert!(!hashed, "{what}: the resource is redacted");
+            continue;
+        };
+        assert!(hashed, "{what}: the resource is left as it arrived");
+        let r = opentelemetry_proto::tonic::resource::v1::Resource::decode(out.resource_message())
+            .expect("decodes");
+        assert_eq!(
+            get(&r.attributes, key),
+            Some(V::StringValue(hmac_hex("u-7"))),
+            "{what}"
+        );
+        assert_eq!(out.service_name(), Some(&b"orders"[..]), "{what}");
     }
 }
 

@@ -160,10 +160,12 @@ impl Redaction {
         }
     }
 
-    /// The context's resource fields redacted; `None`: unchanged. Remembered by content (with
-    /// the service, which decides the plan): the resource of a service is the same in every
-    /// message it sends, and walking its dozen attributes again for every forwarded trace was a
-    /// quarter of redaction's cost. What the walk counted is remembered and counted again.
+    /// The context's resource fields redacted; `None`: unchanged. A resource the prefilter
+    /// proves clean is not looked at further. Otherwise it is remembered by content: the
+    /// resource of a service is the same in every message it sends, and walking its dozen
+    /// attributes again for every forwarded trace was a quarter of redaction's cost. The
+    /// content decides the plan too (the service is read from it). What the walk counted is
+    /// remembered and counted again.
     fn resource(
         &self,
         plan: &Plan<'_>,
@@ -172,16 +174,14 @@ impl Redaction {
         scratch: &mut Scratch,
     ) -> Result<Option<Arc<[u8]>>, Unparsable> {
         let fields = ctx.resource_fields();
-        let service = ctx.service_name().unwrap_or_default();
-        let mut key = Vec::with_capacity(service.len() + fields.len() + 8);
-        key.extend_from_slice(&(service.len() as u64).to_le_bytes());
-        key.extend_from_slice(service);
-        key.extend_from_slice(fields);
+        if !plan.may_change(fields) {
+            return Ok(None);
+        }
         if let Some((got, counted)) = self
             .resources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(key.as_slice())
+            .get(fields)
         {
             tally.add(counted);
             return got.clone();
@@ -202,7 +202,7 @@ impl Redaction {
         if cache.len() >= RESOURCES_CACHED {
             cache.clear();
         }
-        cache.insert(key.into(), (got.clone(), counted));
+        cache.insert(fields.into(), (got.clone(), counted));
         got
     }
 
