@@ -113,6 +113,9 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> Result<Running
     let settings = config.validate()?;
     let handle = crate::telemetry::install();
     crate::telemetry::init_series(&config.kafka.input_topics, rules.rules());
+    if let Some(r) = rules.redaction() {
+        r.register_metrics();
+    }
     crate::telemetry::set_rules_info(
         rules.version(),
         crate::rules::reload::mode_name(rules.options().mode),

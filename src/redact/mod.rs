@@ -283,19 +283,32 @@ impl Redaction {
         }
     }
 
-    /// Adds the counts gathered since the last flush to the metrics, in bulk (per decider
-    /// tick, with the rules' counts).
-    pub fn flush_metrics(&self) {
-        let labels = self
-            .entries
+    /// The labels of the attribute counters, in the order of `counts`: each entry's name and
+    /// action, then each allowlist's.
+    fn labels(&self) -> impl Iterator<Item = (&Arc<str>, RedactAction)> {
+        self.entries
             .iter()
             .map(|e| (&e.name, e.action.label()))
             .chain(
                 self.allowlists
                     .iter()
                     .map(|a| (&a.name, RedactAction::Allowlist)),
-            );
-        for (c, (name, action)) in self.counts.iter().zip(labels) {
+            )
+    }
+
+    /// Registers every entry's and allowlist's counter at zero (at start and on reload, as
+    /// the rules' are), so that its series exists before the first redaction.
+    pub fn register_metrics(&self) {
+        for (name, action) in self.labels() {
+            metrics::counter!(m::REDACTED_ATTRIBUTES, "action" => action, "redaction" => name.to_string())
+                .increment(0);
+        }
+    }
+
+    /// Adds the counts gathered since the last flush to the metrics, in bulk (per decider
+    /// tick, with the rules' counts).
+    pub fn flush_metrics(&self) {
+        for (c, (name, action)) in self.counts.iter().zip(self.labels()) {
             let n = c.swap(0, Ordering::Relaxed);
             if n > 0 {
                 metrics::counter!(m::REDACTED_ATTRIBUTES, "action" => action, "redaction" => name.to_string())

@@ -312,8 +312,29 @@ fn config_mistakes_name_the_line_entry_and_key_and_what_is_accepted() {
 }
 
 #[test]
-fn the_repository_example_loads_and_its_names_label_the_metrics() {
+fn every_entry_and_allowlist_labels_a_counter_registered_at_zero() {
     let red = redaction();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || red.register_metrics());
+    let mut series: Vec<String> = handle
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("tailsift_redacted_attributes_total{"))
+        .map(str::to_string)
+        .collect();
+    series.sort();
+    assert_eq!(
+        series,
+        [
+            r#"action="allowlist",redaction="payment-allowlist"} 0"#,
+            r#"action="hash",redaction="user-id"} 0"#,
+            r#"action="remove",redaction="bodies"} 0"#,
+            r#"action="replace",redaction="auth"} 0"#,
+            r#"action="scrub",redaction="contact"} 0"#,
+            r#"action="scrub",redaction="sql"} 0"#,
+        ]
+    );
     let names: Vec<&str> = red.names().collect();
     assert_eq!(
         names,

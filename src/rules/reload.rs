@@ -79,6 +79,9 @@ impl Loader {
                     .with_redaction(redaction);
                 let n = set.rules().len();
                 m::init_rules(set.rules());
+                if let Some(r) = set.redaction() {
+                    r.register_metrics();
+                }
                 let old = (self.swap)(Arc::new(set));
                 // Counts the old set gathered since the last decider tick.
                 old.flush_metrics();

@@ -389,7 +389,7 @@ catalog! {
             Label::fixed("action", RedactAction::NAMES),
             Label::seen("redaction", "entry and allowlist names of redaction.yaml"),
         ],
-        help: "Attributes of forwarded spans, events, links and resources redacted, by action and by the redaction.yaml entry that did it. Added per decider tick.",
+        help: "Attributes of forwarded spans, events, links and resources redacted, by action and by the redaction.yaml entry that did it. Every entry and allowlist is at zero from the start (and from a reload). Added per decider tick.",
     }
     REDACTION_REWRITTEN: Counter "tailsift_redaction_rewritten_total" {
         unit: Count,
