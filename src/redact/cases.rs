@@ -125,6 +125,16 @@ fn show(v: &Option<any_value::Value>) -> String {
     }
 }
 
+/// An expected value as a case file would write it (strings quoted).
+fn show_want(w: &AttrValue) -> String {
+    match w {
+        AttrValue::Str(s) => format!("{s:?}"),
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::Bool(b) => b.to_string(),
+        AttrValue::Double(d) => d.to_string(),
+    }
+}
+
 fn check_attrs(
     place: &str,
     got: &[KeyValue],
@@ -136,10 +146,19 @@ fn check_attrs(
         match value_of(got, k) {
             Some(g) if same(&g, w) => {}
             Some(g) => {
-                let _ = writeln!(why, "{place} `{k}`: expected {w:?}, got {}", show(&g));
+                let _ = writeln!(
+                    why,
+                    "{place} `{k}`: expected {}, got {}",
+                    show_want(w),
+                    show(&g)
+                );
             }
             None => {
-                let _ = writeln!(why, "{place} `{k}`: expected {w:?}, but it is absent");
+                let _ = writeln!(
+                    why,
+                    "{place} `{k}`: expected {}, but it is absent",
+                    show_want(w)
+                );
             }
         }
     }
@@ -180,4 +199,75 @@ pub fn check(spans: &[Forwarded], want: &[ForwardedSpan]) -> String {
         }
     }
     why
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::RuleSet;
+
+    const REDACTION: &str = "attributes:
+  - name: sql
+    key: db.statement
+    action: scrub
+    patterns: [sql_literals]
+  - name: email
+    key: user.email
+    action: remove
+  - name: host
+    key: host.secret
+    action: remove
+";
+
+    const CASES: &str = r#"cases:
+  - name: what leaves is what the case says
+    expect:
+      outcome: keep
+      forwarded:
+        - span: SELECT orders
+          attributes: { db.statement: "SELECT * FROM orders WHERE id = ?", db.system: postgresql }
+          absent: [user.email]
+          resource: { service.name: orders }
+          resource_absent: [host.secret]
+    spans: &spans
+      - service: orders
+        name: SELECT orders
+        attributes:
+          db.statement: SELECT * FROM orders WHERE id = 42
+          db.system: postgresql
+          user.email: a@b.io
+        resource: { host.secret: s3 }
+  - name: the original values do not leave
+    expect:
+      forwarded:
+        - span: SELECT orders
+          attributes: { db.statement: "SELECT * FROM orders WHERE id = 42" }
+          absent: [db.system]
+          resource: { host.secret: s3 }
+        - span: no such span
+    spans: *spans
+"#;
+
+    #[test]
+    fn a_case_asserts_the_forwarded_span_and_a_wrong_assertion_says_what_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        };
+        write("rules.yaml", "rules:\n  - name: all\n    outcome: keep\n");
+        write("redaction.yaml", REDACTION);
+        let cases = tempfile::tempdir().expect("tempdir");
+        let file = cases.path().join("cases.yaml");
+        std::fs::write(&file, CASES).expect("write");
+        let set = RuleSet::load(dir.path(), None).expect("rules and redaction load");
+        let report = crate::rules::cases::run(&set, &[file]);
+        assert_eq!((report.passed, report.failed), (1, 1), "{}", report.text);
+        for line in [
+            "span `SELECT orders`: attribute `db.statement`: expected \"SELECT * FROM orders WHERE id = 42\", got \"SELECT * FROM orders WHERE id = ?\"",
+            "span `SELECT orders`: attribute `db.system`: expected absent, got \"postgresql\"",
+            "span `SELECT orders`: resource attribute `host.secret`: expected \"s3\", but it is absent",
+            "no forwarded span is named `no such span`",
+        ] {
+            assert!(report.text.contains(line), "`{line}` in:\n{}", report.text);
+        }
+    }
 }
