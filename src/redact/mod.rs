@@ -63,7 +63,7 @@ pub const MAX_ENTRIES: usize = 64;
 /// so the common answer must be cheap. An attribute's key is looked up once in a hash map of
 /// the exact keys (after a check on its length), and only the entries with prefixes or a
 /// regex are tried one by one. Measured with five entries on the demo traffic: the per-entry
-/// comparisons this replaces were the largest part of redaction's cost (BENCHMARKS.md).
+/// comparisons this replaces were the largest part of redaction's cost then.
 #[derive(Debug, Clone, Default)]
 struct Matcher {
     /// Bit `n` set: some exact key is `n` bytes long (keys of 64 bytes or more: bit 63).
@@ -103,7 +103,7 @@ impl Matcher {
         }
         // The packed searcher (Teddy: SIMD over 16 or 32 bytes at a time), not a full
         // Aho-Corasick automaton: on these keys the automaton's own prefilter (one "rare" byte
-        // at a time) stopped at nearly every byte, and cost 13 000 instructions per span, four
+        // at a time) stopped at nearly every byte, and cost 13 000 instructions per span, seven
         // times the walk it saved; Teddy costs about 500 (BENCHMARKS.md). It is not built for
         // more than 128 literals, nor without SSSE3: every span is walked then.
         m.prefilter = aho_corasick::packed::Config::new()
