@@ -79,6 +79,9 @@ pub struct Expect {
     pub outcome: Option<Expected>,
     #[serde(default)]
     pub sample_rate: Option<u32>,
+    /// What the trace's spans look like as they leave, redacted (see [`crate::redact::cases`]).
+    #[serde(default)]
+    pub forwarded: Option<Vec<crate::redact::cases::ForwardedSpan>>,
 }
 
 /// A span in the compact form. Only `name` is required.
@@ -448,13 +451,23 @@ fn got(set: &RuleSet, v: &Verdict) -> String {
 /// Runs one case; `Ok(None)` when it passes, `Ok(Some(why))` when it fails.
 fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String>, String> {
     let e = &case.expect;
-    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() {
-        return Err("`expect` needs at least one of rule, outcome, sample_rate".into());
+    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() && e.forwarded.is_none() {
+        return Err("`expect` needs at least one of rule, outcome, sample_rate, forwarded".into());
     }
     if let Some(r) = &e.rule {
         if !set.rules().iter().any(|x| &*x.name == r) {
             return Err(format!("`expect.rule`: no rule is named `{r}`"));
         }
+    }
+    if let Some(want) = &e.forwarded {
+        let spans = crate::redact::cases::forwarded(set.redaction(), &case.requests(base_dir)?)?;
+        let why = crate::redact::cases::check(&spans, want);
+        if !why.is_empty() {
+            return Ok(Some(format!("forwarded spans:\n{why}")));
+        }
+    }
+    if e.rule.is_none() && e.outcome.is_none() && e.sample_rate.is_none() {
+        return Ok(None);
     }
     with_trace(case, base_dir, |t| {
         let v = explain::case_verdict(set, t, case.after);

@@ -21,7 +21,7 @@ pub mod explain;
 mod expr;
 mod file;
 pub mod reload;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::fmt;
 use std::path::Path;
@@ -273,6 +273,8 @@ pub struct RuleSet {
     salt: Option<u64>,
     options: RuleOptions,
     version: String,
+    /// `redaction.yaml` of the same directory: loaded, swapped and versioned with the rules.
+    redaction: Option<Arc<crate::redact::Redaction>>,
 }
 
 /// A rule's verdict on a trace, before the mode applies.
@@ -294,6 +296,7 @@ impl Clone for RuleSet {
             salt: self.salt,
             options: self.options.clone(),
             version: self.version.clone(),
+            redaction: self.redaction.as_deref().map(|r| Arc::new(r.clone())),
         }
     }
 }
@@ -333,8 +336,19 @@ impl RuleSet {
     /// Loads `dir` with the given options.
     pub fn load_with(dir: &Path, options: &RuleOptions) -> Result<Self, RulesError> {
         let files = read_dir(dir).map_err(RulesError)?;
-        let rules = file::parse_files(dir, &files).map_err(RulesError)?;
-        Ok(Self::checked(rules, options.clone(), version(&files)))
+        let (rules, redaction) = parse_all(dir, &files).map_err(RulesError)?;
+        Ok(Self::checked(rules, options.clone(), version(&files)).with_redaction(redaction))
+    }
+
+    /// The same set, redacting forwarded spans with `redaction`.
+    pub fn with_redaction(mut self, redaction: Option<crate::redact::Redaction>) -> Self {
+        self.redaction = redaction.map(Arc::new);
+        self
+    }
+
+    /// The redaction of forwarded spans, if the directory has a `redaction.yaml`.
+    pub fn redaction(&self) -> Option<&crate::redact::Redaction> {
+        self.redaction.as_deref()
     }
 
     fn checked(rules: Vec<Rule>, options: RuleOptions, version: String) -> Self {
@@ -347,6 +361,7 @@ impl RuleSet {
                 .map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes())),
             options,
             version,
+            redaction: None,
         }
     }
 
@@ -480,6 +495,9 @@ impl RuleSet {
 
     /// Adds the per-rule counts gathered since the last flush to the metrics, in bulk.
     pub fn flush_metrics(&self) {
+        if let Some(r) = &self.redaction {
+            r.flush_metrics();
+        }
         for (rule, state) in self.rules.iter().zip(&self.state) {
             for (i, result) in RESULTS.iter().enumerate() {
                 let traces = state.counts.traces[i].swap(0, Ordering::Relaxed);
@@ -494,6 +512,22 @@ impl RuleSet {
                 }
             }
         }
+    }
+}
+
+/// The rules and the redaction of a directory's files, every error of both reported.
+fn parse_all(
+    dir: &Path,
+    files: &[ReadFile],
+) -> Result<(Vec<Rule>, Option<crate::redact::Redaction>), Vec<RuleError>> {
+    match (file::parse_files(dir, files), crate::redact::load(files)) {
+        (Ok(rules), Ok(redaction)) => Ok((rules, redaction)),
+        (rules, redaction) => Err(rules
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(redaction.err().unwrap_or_default())
+            .collect()),
     }
 }
 
