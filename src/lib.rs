@@ -14,6 +14,8 @@
 //!   configuration, rule files and case files.
 //! - [`secrets`]: `${env:..}`/`${file:..}` property values, and their redaction in logs.
 //! - [`rules`]: rule files, compiled conditions, deterministic sampling, `rules test/explain`.
+//! - [`redact`]: `redaction.yaml` beside the rules, compiled; forwarded spans' sensitive
+//!   attributes removed, masked, hashed or scrubbed at field level on the way out.
 //!
 //! **The Kafka edge, in** ([`kafka`], one file per stage):
 //! - [`kafka::consume`]: the ingest thread: poll, decode or dead-letter, feed the sampler,
@@ -74,6 +76,7 @@ pub mod memory;
 pub mod offsets;
 pub mod otlp;
 pub mod pipeline;
+pub mod redact;
 pub mod rules;
 pub mod sampler;
 pub mod secrets;

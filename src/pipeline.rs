@@ -113,6 +113,9 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> Result<Running
     let settings = config.validate()?;
     let handle = crate::telemetry::install();
     crate::telemetry::init_series(&config.kafka.input_topics, rules.rules());
+    if let Some(r) = rules.redaction() {
+        r.register_metrics();
+    }
     crate::telemetry::set_rules_info(
         rules.version(),
         crate::rules::reload::mode_name(rules.options().mode),
@@ -209,6 +212,9 @@ pub async fn start_with_rules(config: &Config, rules: RuleSet) -> Result<Running
         &producer_config(config),
         config.kafka.dead_letter_topic.as_deref(),
     )?;
+    if let Some(d) = &dead_letters {
+        sink.set_dead_letters(d.clone());
+    }
     let settings = IngestSettings {
         dead_letters: dead_letters.clone(),
         commit_interval: config.kafka.commit_interval,

@@ -31,8 +31,11 @@ pub const SOURCE_PARTITION_HEADER: &str = "tailsift.source.partition";
 /// Header: its offset (decimal).
 pub const SOURCE_OFFSET_HEADER: &str = "tailsift.source.offset";
 /// Header: why it was refused (a small fixed word: `malformed_protobuf`, `malformed_json`,
-/// `empty`).
+/// `empty`, or [`UNREDACTABLE`]).
 pub const ERROR_KIND_HEADER: &str = "tailsift.error.kind";
+/// The `kind` of a letter holding spans of a kept trace that cannot be parsed for redaction
+/// (see [`crate::redact`]): never forwarded, set aside here.
+pub const UNREDACTABLE: &str = "unredactable";
 /// Header: the decoder's error message.
 pub const ERROR_HEADER: &str = "tailsift.error";
 

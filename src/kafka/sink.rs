@@ -7,18 +7,20 @@
 //! stay uncommitted. Only a span no broker would take (over `kafka.max_message_bytes`) is
 //! given up, counted and logged.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
+use super::dead_letter::{DeadLetters, Letter, UNREDACTABLE};
 use super::producer::{
     refused_as_too_large, Deliveries, Flush, Outbound, Outgoing, RetryingProducer, Stage,
 };
 use super::SetupError;
 use crate::decision::Decision;
+use crate::offsets::Holds;
 use crate::otlp::TraceId;
 use crate::sampler::{Output, Ticket};
 use crate::telemetry as m;
@@ -79,6 +81,8 @@ impl Deliveries for Forwarded {
 pub struct KafkaSink {
     producer: Arc<RetryingProducer<Forwarded>>,
     topic: String,
+    /// Where spans that cannot be redacted go, with `kafka.dead_letter_topic`.
+    dead_letters: OnceLock<Arc<DeadLetters>>,
 }
 
 impl KafkaSink {
@@ -89,7 +93,13 @@ impl KafkaSink {
         Ok(Arc::new(KafkaSink {
             producer,
             topic: topic.to_string(),
+            dead_letters: OnceLock::new(),
         }))
+    }
+
+    /// Sends spans that cannot be redacted to `letters` (set once, at start).
+    pub fn set_dead_letters(&self, letters: Arc<DeadLetters>) {
+        let _ = self.dead_letters.set(letters);
     }
 
     /// Messages not yet acknowledged.
@@ -137,5 +147,30 @@ impl Output for KafkaSink {
             };
             self.producer.send(record, ticket);
         }
+    }
+
+    /// To the dead-letter topic, keyed by trace id. The spans came from several messages, so
+    /// the source headers are empty (partition and offset -1); the letter holds the trace's
+    /// lowest offset, and so every later one of its partition, until the broker has it.
+    fn refuse(&self, trace_id: &TraceId, request: Vec<u8>, reason: &str, holds: &Holds) {
+        let (Some(letters), Some(hold)) = (
+            self.dead_letters.get(),
+            holds.iter().min_by_key(|h| h.offset),
+        ) else {
+            return;
+        };
+        let key = trace_id.to_hex();
+        letters.send(
+            Some(key.as_bytes()),
+            &request,
+            Letter {
+                topic: String::new(),
+                partition: -1,
+                offset: -1,
+                kind: UNREDACTABLE,
+                error: reason.to_string(),
+                hold: hold.clone(),
+            },
+        );
     }
 }

@@ -103,6 +103,9 @@ pub struct Expect {
     /// none). A factor rule decides no trace, so this is how a case names one.
     #[serde(default)]
     pub factors: Option<Vec<String>>,
+    /// What the trace's spans look like as they leave, redacted (see [`crate::redact::cases`]).
+    #[serde(default)]
+    pub forwarded: Option<Vec<crate::redact::cases::ForwardedSpan>>,
 }
 
 /// A span in the compact form. Only `name` is required.
@@ -613,9 +616,11 @@ fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String
         && e.sample_rate.is_none()
         && e.marks.is_none()
         && e.factors.is_none()
+        && e.forwarded.is_none()
     {
         return Err(
-            "`expect` needs at least one of rule, outcome, sample_rate, marks, factors".into(),
+            "`expect` needs at least one of rule, outcome, sample_rate, marks, factors, forwarded"
+                .into(),
         );
     }
     let is_factor = |name: &str| {
@@ -653,6 +658,21 @@ fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String
         .map(super::window::instant)
         .transpose()
         .map_err(|e| format!("`at`: {e}"))?;
+    if let Some(want) = &e.forwarded {
+        let spans = crate::redact::cases::forwarded(set.redaction(), &case.requests(base_dir)?)?;
+        let why = crate::redact::cases::check(&spans, want);
+        if !why.is_empty() {
+            return Ok(Some(format!("forwarded spans:\n{why}")));
+        }
+    }
+    if e.rule.is_none()
+        && e.outcome.is_none()
+        && e.sample_rate.is_none()
+        && e.marks.is_none()
+        && e.factors.is_none()
+    {
+        return Ok(None);
+    }
     with_trace(case, base_dir, |t| {
         let v = explain::case_verdict_at(set, t, case.after, at);
         let rule = &set.rules()[v.rule];

@@ -633,6 +633,9 @@ pub fn parse_files(dir: &Path, files: &[ReadFile]) -> Result<Vec<Rule>, Vec<Rule
     let mut rules = Vec::new();
     let mut errors = Vec::new();
     for (path, bytes) in files {
+        if crate::redact::is_redaction_file(path) {
+            continue; // not rules: see crate::redact
+        }
         let name = path.display().to_string();
         match text_of(&name, bytes).map(|text| parse_file(&name, &text)) {
             Ok(Ok(r)) => rules.extend(r),

@@ -35,7 +35,7 @@ mod minimum;
 pub mod reload;
 mod share;
 mod window;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::fmt;
 use std::path::Path;
@@ -425,6 +425,8 @@ pub struct RuleSet {
     version: String,
     /// The wall clock of time-boxed rules, read through tokio's.
     clock: Clock,
+    /// `redaction.yaml` of the same directory: loaded, swapped and versioned with the rules.
+    redaction: Option<Arc<crate::redact::Redaction>>,
 }
 
 /// A rule's verdict on a trace, before the mode applies.
@@ -456,6 +458,7 @@ impl Clone for RuleSet {
             options: self.options.clone(),
             version: self.version.clone(),
             clock: self.clock,
+            redaction: self.redaction.as_deref().map(|r| Arc::new(r.clone())),
         }
     }
 }
@@ -495,8 +498,19 @@ impl RuleSet {
     /// Loads `dir` with the given options.
     pub fn load_with(dir: &Path, options: &RuleOptions) -> Result<Self, RulesError> {
         let files = read_dir(dir).map_err(RulesError)?;
-        let rules = file::parse_files(dir, &files).map_err(RulesError)?;
-        Ok(Self::checked(rules, options.clone(), version(&files)))
+        let (rules, redaction) = parse_all(dir, &files).map_err(RulesError)?;
+        Ok(Self::checked(rules, options.clone(), version(&files)).with_redaction(redaction))
+    }
+
+    /// The same set, redacting forwarded spans with `redaction`.
+    pub fn with_redaction(mut self, redaction: Option<crate::redact::Redaction>) -> Self {
+        self.redaction = redaction.map(Arc::new);
+        self
+    }
+
+    /// The redaction of forwarded spans, if the directory has a `redaction.yaml`.
+    pub fn redaction(&self) -> Option<&crate::redact::Redaction> {
+        self.redaction.as_deref()
     }
 
     fn checked(rules: Vec<Rule>, options: RuleOptions, version: String) -> Self {
@@ -513,6 +527,7 @@ impl RuleSet {
             options,
             version,
             clock: Clock::now(),
+            redaction: None,
         }
     }
 
@@ -739,6 +754,9 @@ impl RuleSet {
 
     /// Adds the per-rule counts gathered since the last flush to the metrics, in bulk.
     pub fn flush_metrics(&self) {
+        if let Some(r) = &self.redaction {
+            r.flush_metrics();
+        }
         let wall = self.clock.wall(Instant::now());
         for (rule, state) in self.rules.iter().zip(&self.state) {
             let active = rule.active.is_none_or(|a| a.phase(wall) == Phase::Active);
@@ -757,6 +775,22 @@ impl RuleSet {
                 }
             }
         }
+    }
+}
+
+/// The rules and the redaction of a directory's files, every error of both reported.
+fn parse_all(
+    dir: &Path,
+    files: &[ReadFile],
+) -> Result<(Vec<Rule>, Option<crate::redact::Redaction>), Vec<RuleError>> {
+    match (file::parse_files(dir, files), crate::redact::load(files)) {
+        (Ok(rules), Ok(redaction)) => Ok((rules, redaction)),
+        (rules, redaction) => Err(rules
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(redaction.err().unwrap_or_default())
+            .collect()),
     }
 }
 

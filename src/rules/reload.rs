@@ -74,11 +74,15 @@ impl Loader {
         if !force && (v == self.current || self.failed.as_deref() == Some(&v)) {
             return Reloaded::Unchanged;
         }
-        match super::file::parse_files(&self.dir, &files) {
-            Ok(rules) => {
-                let set = RuleSet::checked(rules, self.options.clone(), v.clone());
+        match super::parse_all(&self.dir, &files) {
+            Ok((rules, redaction)) => {
+                let set = RuleSet::checked(rules, self.options.clone(), v.clone())
+                    .with_redaction(redaction);
                 let n = set.rules().len();
                 m::init_rules(set.rules());
+                if let Some(r) = set.redaction() {
+                    r.register_metrics();
+                }
                 let old = (self.swap)(Arc::new(set));
                 // Counts the old set gathered since the last decider tick.
                 old.flush_metrics();

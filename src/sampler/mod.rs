@@ -65,6 +65,13 @@ pub trait Output: Send + Sync {
     /// Sends the messages of one kept trace (usually one). Each message carries its ticket;
     /// the offsets it holds are released when the output drops it after acknowledgement.
     fn send(&self, trace_id: &TraceId, decision: &Decision, messages: Vec<(Vec<u8>, Ticket)>);
+
+    /// Spans of a kept trace that cannot be parsed for redaction, as one OTLP request: never
+    /// forwarded. The output may set them aside (the Kafka sink: to the dead-letter topic,
+    /// holding `holds` until the broker has them); by default they are only counted.
+    fn refuse(&self, trace_id: &TraceId, request: Vec<u8>, reason: &str, holds: &Holds) {
+        let _ = (trace_id, request, reason, holds);
+    }
 }
 
 /// The sampler: buffer, rules, decision cache and output, shared by the ingest thread and the

@@ -270,6 +270,10 @@ impl Default for Histograms {
 impl Sampler {
     /// Records a batch of counts: one metrics update per distinct label set, not per trace.
     pub(super) fn flush(&self, tally: Tally) {
+        // The counts the rule set gathered in atomics, in bulk too; on every tick, not only
+        // one that decides something: late spans are redacted (and counted) between decisions,
+        // and on a quiet input their counts would wait for the next trace.
+        self.rules.load().flush_metrics();
         if tally.decided.is_empty() {
             return;
         }
@@ -277,8 +281,6 @@ impl Sampler {
         if tally.without_root > 0 {
             metrics::counter!(m::TRACES_WITHOUT_ROOT).increment(tally.without_root);
         }
-        // The per-rule counts the rule set gathered in atomics, in bulk too.
-        self.rules.load().flush_metrics();
         let mut decided = self
             .counts
             .decided

@@ -10,7 +10,8 @@
 use metrics::Unit;
 
 use super::labels::{
-    CacheLookup, Eviction, HeadRead, Outcome, ReadBack, RebalanceKind, RedKind, Reload, RuleResult,
+    CacheLookup, Eviction, HeadRead, Outcome, ReadBack, RebalanceKind, RedKind, RedactAction,
+    Reload, RuleResult,
 };
 use super::{Exposed, Kind, Label, MetricDef};
 
@@ -42,6 +43,14 @@ const RED: &[Label] = &[
     Label::fixed("kind", RedKind::NAMES),
 ];
 const DECODE_KIND: Label = Label::fixed("kind", crate::otlp::decode::DecodeError::KINDS);
+/// The `kind` of a dead letter: a decode error's, or `unredactable` (a test holds this list to
+/// `DecodeError::KINDS`).
+pub(crate) const LETTER_KINDS: &[&str] = &[
+    "malformed_protobuf",
+    "malformed_json",
+    "empty",
+    "unredactable",
+];
 
 /// Defines a `pub const` per metric name (documented with its help) and [`CATALOG`], the
 /// rows in the order given.
@@ -316,8 +325,8 @@ catalog! {
     }
     DEAD_LETTERS: Counter "tailsift_dead_letters_total" {
         unit: Count,
-        labels: [DECODE_KIND],
-        help: "Undecodable messages written to kafka.dead_letter_topic (acknowledged), by kind.",
+        labels: [Label::fixed("kind", LETTER_KINDS)],
+        help: "Letters written to kafka.dead_letter_topic (acknowledged), by kind: undecodable messages by decode error, and unredactable (spans of kept traces whose attributes cannot be parsed for redaction).",
     }
     DEAD_LETTER_ERRORS: Counter "tailsift_dead_letter_errors_total" {
         unit: Count,
@@ -383,6 +392,24 @@ catalog! {
         ],
         exposed: Scrape,
         help: "The loaded rules: version (a hash of the rule files' names and contents) and mode (enforce, shadow). One series, value 1.",
+    }
+    REDACTED_ATTRIBUTES: Counter "tailsift_redacted_attributes_total" {
+        unit: Count,
+        labels: [
+            Label::fixed("action", RedactAction::NAMES),
+            Label::seen("redaction", "entry and allowlist names of redaction.yaml"),
+        ],
+        help: "Attributes of forwarded spans, events, links and resources redacted, by action and by the redaction.yaml entry that did it. Every entry and allowlist is at zero from the start (and from a reload). Added per decider tick.",
+    }
+    REDACTION_REWRITTEN: Counter "tailsift_redaction_rewritten_total" {
+        unit: Count,
+        labels: [],
+        help: "Forwarded spans and resources rewritten by redaction (the others leave byte for byte).",
+    }
+    REDACTION_REFUSED: Counter "tailsift_redaction_refused_spans_total" {
+        unit: Count,
+        labels: [],
+        help: "Spans of kept traces not forwarded because their attributes cannot be parsed for redaction; each is sent to kafka.dead_letter_topic when one is set.",
     }
     BUILD_INFO: Gauge "tailsift_build_info" {
         unit: Count,

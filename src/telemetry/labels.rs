@@ -116,6 +116,20 @@ label_values! {
         /// A CONSUMER span: a message processed.
         Consumer = "consumer",
     }
+
+    /// `action` of `tailsift_redacted_attributes_total`: what was done to an attribute.
+    RedactAction {
+        /// Left out.
+        Remove = "remove",
+        /// Its value replaced by a fixed mask.
+        Replace = "replace",
+        /// Its value replaced by a keyed hash.
+        Hash = "hash",
+        /// Patterns inside its value replaced.
+        Scrub = "scrub",
+        /// Left out: not on its service's allowlist.
+        Allowlist = "allowlist",
+    }
 }
 
 impl Outcome {

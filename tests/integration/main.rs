@@ -29,6 +29,7 @@ mod memory;
 mod metrics;
 mod odd_input;
 mod pipeline;
+mod redaction;
 mod route;
 mod rules_cli;
 mod rules_pipeline;

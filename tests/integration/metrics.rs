@@ -101,7 +101,16 @@ fn trace(n: u64, error: bool) -> Vec<(&'static str, Vec<Span>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_equal_the_traffic_sent_and_the_catalog_matches_what_is_exposed() {
     own_process!();
-    let pipe = pipeline(ERRORS_ELSE_DROP)
+    // A redaction file too, on a key the traffic does not set: its counters are in the
+    // catalog, and registered at zero from the start.
+    let rules = rules_dir(&[
+        ("rules.yaml", ERRORS_ELSE_DROP),
+        (
+            "redaction.yaml",
+            "attributes:\n  - name: ids\n    key: enduser.id\n    action: remove\n",
+        ),
+    ]);
+    let pipe = pipeline_on(rules.path())
         .partitions(2)
         .config(|c| c.monitoring.lag_interval = Duration::from_millis(200))
         .start()

@@ -86,6 +86,55 @@ async fn late_spans_follow_a_cached_decision_forwarded_if_kept_and_dropped_if_dr
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_late_spans_redactions_are_counted_at_the_next_tick_though_it_decides_nothing() {
+    let mut f = fixture();
+    let redaction = crate::redact::parse(
+        "redaction.yaml",
+        "attributes:\n  - name: drop-user\n    key: user.id\n    action: remove\n",
+        &|_| None,
+    )
+    .expect("redaction");
+    let rules = RuleSet::new(parse_file("rules.yaml", RULES).expect("rules"), None)
+        .expect("set")
+        .with_redaction(Some(redaction));
+    f.sampler.swap_rules(Arc::new(rules));
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let removed = || {
+        let series =
+            r#"tailsift_redacted_attributes_total{action="remove",redaction="drop-user"} "#;
+        handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    let (_, pay, root) = trace(1, true);
+    f.ingest(1, &pay, false);
+    f.ingest(2, &root, false);
+    metrics::with_local_recorder(&recorder, || {
+        assert_eq!(f.sampler.decide_due(past_root_grace()), 1, "kept")
+    });
+    assert_eq!(removed(), 0.0, "the trace had no user.id");
+    assert_eq!(f.output.take().len(), 1, "the trace is forwarded");
+
+    let late = with_attrs(
+        span(trace_id(1), 7, Some(1), "late", 3, 4),
+        vec![attr_str("user.id", "u-1")],
+    );
+    f.ingest(10, &request("stock", vec![late]), false);
+    assert_eq!(f.output.take().len(), 1, "the late span is forwarded");
+    metrics::with_local_recorder(&recorder, || {
+        assert_eq!(
+            f.sampler.decide_due(past_root_grace()),
+            0,
+            "nothing to decide"
+        )
+    });
+    assert_eq!(removed(), 1.0, "the late span's removal is counted");
+}
+
+#[tokio::test(start_paused = true)]
 async fn degraded_mode_decides_the_buffer_now_then_new_traces_by_id_until_it_is_off() {
     let mut f = fixture();
     let (err, err_pay, _) = trace(1, true);
