@@ -27,7 +27,7 @@ use sha2::Sha256;
 use super::scrub::{Scrub, PATTERNS};
 use super::{Action, Allowlist, Entry, Keys, Redaction};
 use crate::rules::yaml::{self, Kind, Node};
-use crate::rules::{did_you_mean, ReadFile, RuleError};
+use crate::rules::{unknown, ReadFile, RuleError};
 
 /// The file names read as redaction (any case), not as rules.
 const FILE_NAMES: [&str; 2] = ["redaction.yaml", "redaction.yml"];
@@ -55,16 +55,6 @@ pub fn is_redaction_file(p: &Path) -> bool {
     p.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| FILE_NAMES.iter().any(|f| f.eq_ignore_ascii_case(n)))
-}
-
-fn unknown(what: &str, got: &str, options: &[&str]) -> String {
-    let hint = did_you_mean(got, options)
-        .map(|o| format!(", did you mean `{o}`?"))
-        .unwrap_or_default();
-    format!(
-        "unknown {what} `{got}`{hint} (supported: {})",
-        options.join(", ")
-    )
 }
 
 struct Errors<'a> {

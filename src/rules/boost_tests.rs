@@ -177,16 +177,7 @@ fn time_boxed_rules_shadow_nothing_and_their_errors_say_what_is_accepted() {
             4,
         ),
     ];
-    for (body, want, line) in cases {
-        let text = format!("rules:\n{body}");
-        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
-        let msg = RulesError(errs.clone()).to_string();
-        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
-        assert!(
-            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
-            "{msg} should be at line {line}"
-        );
-    }
+    super::tests::assert_refused(cases);
 }
 
 const FACTORS: &str = "

@@ -70,6 +70,24 @@ struct KeyState {
     ema: Option<f64>,
 }
 
+impl KeyState {
+    /// Folds `windows` closed windows into the key's average (the current one with its count,
+    /// the rest empty) and starts a new one; `false` once the key has gone quiet enough to be
+    /// forgotten, which keeps the table small.
+    fn close(&mut self, windows: u32) -> bool {
+        let mut ema = match self.ema {
+            None => self.count as f64,
+            Some(e) => EMA_WEIGHT * self.count as f64 + (1.0 - EMA_WEIGHT) * e,
+        };
+        for _ in 1..windows.min(64) {
+            ema *= 1.0 - EMA_WEIGHT;
+        }
+        self.ema = Some(ema);
+        self.count = 0;
+        ema >= 0.5
+    }
+}
+
 #[derive(Debug)]
 struct Table {
     window_start: Option<Instant>,
@@ -122,18 +140,7 @@ impl Throughput {
             // Close the windows that passed: fold each key's count into its average; a key
             // that stays quiet decays and is forgotten, which keeps the table small.
             let windows = (elapsed.as_secs_f64() / self.window.as_secs_f64()).floor() as u32;
-            t.keys.retain(|_, k| {
-                let mut ema = match k.ema {
-                    None => k.count as f64,
-                    Some(e) => EMA_WEIGHT * k.count as f64 + (1.0 - EMA_WEIGHT) * e,
-                };
-                for _ in 1..windows.min(64) {
-                    ema *= 1.0 - EMA_WEIGHT;
-                }
-                k.ema = Some(ema);
-                k.count = 0;
-                ema >= 0.5
-            });
+            t.keys.retain(|_, k| k.close(windows));
             t.window_start = Some(start + self.window * windows);
         }
         let since = now.saturating_duration_since(t.window_start.unwrap_or(now));
@@ -244,18 +251,7 @@ impl GoalRate {
 
 /// Folds the closed windows into each key's average and recomputes the rates.
 fn close_window(g: &mut Goals, windows: u32, goal: f64) {
-    g.keys.retain(|_, k| {
-        let mut ema = match k.ema {
-            None => k.count as f64,
-            Some(e) => EMA_WEIGHT * k.count as f64 + (1.0 - EMA_WEIGHT) * e,
-        };
-        for _ in 1..windows.min(64) {
-            ema *= 1.0 - EMA_WEIGHT;
-        }
-        k.ema = Some(ema);
-        k.count = 0;
-        ema >= 0.5
-    });
+    g.keys.retain(|_, k| k.close(windows));
     g.warm = true;
     g.rates.clear();
     let traffic: Vec<(u64, f64)> = g

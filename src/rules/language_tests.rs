@@ -203,16 +203,7 @@ fn new_constructs_get_errors_as_good_as_the_old_ones() {
             5,
         ),
     ];
-    for (body, want, line) in cases {
-        let text = format!("rules:\n{body}");
-        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
-        let msg = RulesError(errs.clone()).to_string();
-        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
-        assert!(
-            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
-            "{msg} should be at line {line}"
-        );
-    }
+    super::tests::assert_refused(cases);
 }
 
 #[test]
@@ -348,16 +339,7 @@ fn composition_errors_name_the_key_and_what_is_accepted() {
             4,
         ),
     ];
-    for (body, want, line) in cases {
-        let text = format!("rules:\n{body}");
-        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
-        let msg = RulesError(errs.clone()).to_string();
-        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
-        assert!(
-            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
-            "{msg} should be at line {line}"
-        );
-    }
+    super::tests::assert_refused(cases);
 }
 
 const FLEET: &str = "rules:
@@ -620,16 +602,7 @@ fn marks_errors_name_the_mark_and_what_is_accepted() {
             4,
         ),
     ];
-    for (body, want, line) in cases {
-        let text = format!("rules:\n{body}");
-        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
-        let msg = RulesError(errs.clone()).to_string();
-        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
-        assert!(
-            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
-            "{msg} should be at line {line}"
-        );
-    }
+    super::tests::assert_refused(cases);
 }
 
 #[test]
@@ -688,16 +661,7 @@ fn a_dynamic_rule_parses_with_resource_keys_and_its_errors_say_what_is_accepted(
             4,
         ),
     ];
-    for (body, want, line) in cases {
-        let text = format!("rules:\n{body}");
-        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
-        let msg = RulesError(errs.clone()).to_string();
-        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
-        assert!(
-            msg.starts_with(&format!("rules/x.yaml:{line}: rule `a`: ")),
-            "{msg} should be at line {line}"
-        );
-    }
+    super::tests::assert_refused(cases);
 }
 
 #[test]

@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 pub use condition::{Cond, KeyField, SpanCond};
 pub use dynamic::{GoalRate, RateLimiter, Throughput};
-pub(crate) use expr::did_you_mean;
+pub(crate) use expr::{did_you_mean, unknown};
 pub use file::{
     check_set, load_dir, parse_file, parse_files, read_dir, rule_files, skipped_files, version,
     ReadFile,

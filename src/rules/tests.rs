@@ -343,17 +343,7 @@ fn load_errors_name_file_line_rule_field_and_what_is_accepted() {
             3,
         ),
     ];
-    for (body, want, line) in cases {
-        let text = format!("rules:\n{body}");
-        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
-        let msg = RulesError(errs.clone()).to_string();
-        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
-        assert!(
-            msg.starts_with(&format!("rules/x.yaml:{line}: rule ")),
-            "{msg} should be at line {line}"
-        );
-        assert!(errs[0].rule == "`a`" || errs[0].rule == "#1", "{errs:?}");
-    }
+    assert_refused(cases);
 }
 
 #[test]
@@ -590,6 +580,23 @@ proptest::proptest! {
         let tolerance = 5.0 * expected.sqrt() + 1.0; // ~5 sigma
         proptest::prop_assert!((kept as f64 - expected).abs() < tolerance,
             "kept {} of {}, expected {:.0} ± {:.0}", kept, n, expected, tolerance);
+    }
+}
+
+/// Parses each `(rules body, expected error, line)` case as the file `rules/x.yaml` and asserts
+/// that it is refused with that error, at that line, for the rule named `a` (or the first rule,
+/// `#1`, when it has no name).
+pub(super) fn assert_refused(cases: &[(&str, &str, usize)]) {
+    for &(body, want, line) in cases {
+        let text = format!("rules:\n{body}");
+        let errs = parse_file("rules/x.yaml", &text).expect_err(body);
+        let msg = RulesError(errs.clone()).to_string();
+        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        assert!(errs[0].rule == "`a`" || errs[0].rule == "#1", "{errs:?}");
+        assert!(
+            msg.starts_with(&format!("rules/x.yaml:{line}: rule {}: ", errs[0].rule)),
+            "{msg} should be at line {line}"
+        );
     }
 }
 
