@@ -45,7 +45,14 @@ mkdir -p "$WORK"
 
 cd fuzz
 started=$(date +%s)
-"$CARGO_FUZZ" build --release --sanitizer none --target-dir "$FUZZ_TARGET_DIR" 2>&1 | tail -n 3
+# The whole build log on failure (the fuzz crate is outside the workspace: `cargo clippy` does
+# not see it, and an API change shows up here first).
+if ! "$CARGO_FUZZ" build --release --sanitizer none --target-dir "$FUZZ_TARGET_DIR" >"$WORK/build.log" 2>&1; then
+  grep -v '^ *Compiling' "$WORK/build.log" | head -n 60
+  echo "fuzz build FAILED"
+  exit 1
+fi
+tail -n 1 "$WORK/build.log"
 echo "fuzz build: $(( $(date +%s) - started )) s"
 
 status=0

@@ -12,9 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(c) = Config::parse(Path::new("fuzz.yaml"), text) {
-        let _ = c.completion();
-        let _ = c.rule_options();
-        let _ = c.decision_cache_bytes();
+        let _ = c.validate();
         let _ = c.budget_from(Path::new("/nonexistent"));
         let _ = c.kafka.settings_line();
         let _ = c.stress.settings();
