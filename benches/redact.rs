@@ -80,7 +80,8 @@ fn run_path(rules: &RuleSet, t: &Traffic) -> usize {
         let _ = s.ingest(&mut d, m, &hold, false, now);
     }
     let decided = s.decide_due(now + Duration::from_secs(3600));
-    assert_eq!(decided as u64, t.traces);
+    // Every trace decided: by its completion here, or early (an early rule) as it was ingested.
+    assert!(decided as u64 <= t.traces && s.buffered_traces() == 0);
     decided
 }
 

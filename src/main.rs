@@ -173,8 +173,17 @@ fn rules_command(command: RulesCommand) -> ExitCode {
                         rules.rules().len(),
                         rules.version()
                     );
+                    if let Some(r) = rules.redaction() {
+                        let (entries, allowlists) = r.counts();
+                        text += &format!(
+                            "{}: {entries} entries, {allowlists} allowlists OK\n",
+                            r.file()
+                        );
+                    }
                     for line in
                         tailsift::rules::schedule(rules.rules(), std::time::SystemTime::now())
+                            .into_iter()
+                            .chain(tailsift::rules::early_notes(rules.rules()))
                     {
                         text += &line;
                         text.push('\n');

@@ -105,6 +105,12 @@ pub struct SpanContext {
     /// span of the context, so it is looked up once here (an interned context: once per
     /// distinct resource), not by walking the resource's attributes each time.
     service: Option<std::ops::Range<usize>>,
+    /// The generation of the last redaction (`redact::Redaction`) that found nothing to
+    /// redact in this context's resource; 0: none yet. An interned context is forwarded under
+    /// thousands of traces, and proving its resource clean again for each (a search of its
+    /// few hundred bytes) was a tenth of redaction's cost (BENCHMARKS.md, "Redaction").
+    /// Generations are never reused, so a reload cannot read another configuration's answer.
+    pub(crate) resource_clean_for: std::sync::atomic::AtomicU64,
 }
 
 /// Equal when the fields are, interned or not.
@@ -138,6 +144,7 @@ impl SpanContext {
             resource,
             scope,
             service,
+            resource_clean_for: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

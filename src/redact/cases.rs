@@ -71,7 +71,7 @@ pub fn forwarded(
                 let chunk = redaction.map(|red| red.chunk(&ctx, &spans, &mut tally));
                 let (ctx, spans) = match &chunk {
                     Some(c) => (
-                        c.context.as_ref().unwrap_or(&ctx),
+                        c.context.as_deref().unwrap_or(&ctx),
                         c.spans.as_deref().unwrap_or(&spans),
                     ),
                     None => (&*ctx, spans.as_slice()),

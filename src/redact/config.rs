@@ -206,7 +206,7 @@ pub fn parse(
     if !err.out.is_empty() {
         return Err(err.out);
     }
-    Ok(Redaction::new(entries, allowlists, hasher))
+    Ok(Redaction::new(file.into(), entries, allowlists, hasher))
 }
 
 fn list<'a>(doc: &'a Node, key: &str) -> &'a [Node] {

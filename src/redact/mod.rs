@@ -10,12 +10,16 @@
 //!   did-you-mean and what is accepted), compiled into [`Redaction`]: matchers built once.
 //! - `scrub`: the patterns scrubbed inside values (SQL literals, emails, card numbers).
 //! - `rewrite`: the field-level rewrite of spans, their events and links, and resources.
+//! - `read`: reading a message's fields and an attribute's key and value, with shortcuts.
+//! - `memo`: the keyed hashes of `action: hash`, remembered per thread.
 //! - [`cases`]: what `rules test` asserts of a forwarded span.
 
 pub mod cases;
 mod config;
+mod memo;
 #[cfg(test)]
 mod prefilter_tests;
+mod read;
 mod rewrite;
 mod scrub;
 #[cfg(test)]
@@ -70,10 +74,17 @@ struct Matcher {
     lengths: u64,
     /// Exact key -> the entries naming it.
     exact: std::collections::HashMap<Box<[u8]>, u64, foldhash::fast::FixedState>,
+    /// The same, by length (keys of 64 bytes or more: the last), when no length has more than
+    /// [`FEW_KEYS`]: then a key is compared with the one or two of its length, first and last
+    /// byte before the rest, which cost a third of hashing it (BENCHMARKS.md, "Redaction").
+    /// Empty: look keys up in `exact`.
+    by_length: Vec<Vec<(Box<[u8]>, u64)>>,
     /// The entries with a prefix or a regex.
     patterns: u64,
     /// The entries with a regex: only a walk can tell whether a span holds a key they match.
     regexes: u64,
+    /// The entries for every service (no `services:`): active without a look at the span's.
+    unscoped: u64,
     /// Finds the bytes of any exact key or key prefix anywhere in a span (see
     /// [`Matcher::may_match`]); `None` when there are none, or too many for it.
     prefilter: Option<aho_corasick::packed::Searcher>,
@@ -82,6 +93,9 @@ struct Matcher {
 fn length_bit(len: usize) -> u64 {
     1 << len.min(63)
 }
+
+/// Exact keys of one length compared one by one, at most; with more, they are hashed.
+const FEW_KEYS: usize = 4;
 
 impl Matcher {
     fn new(entries: &[Entry]) -> Self {
@@ -100,6 +114,16 @@ impl Matcher {
             if e.keys.regex.is_some() {
                 m.regexes |= 1 << i;
             }
+            if e.services.is_none() {
+                m.unscoped |= 1 << i;
+            }
+        }
+        let mut by_length: Vec<Vec<(Box<[u8]>, u64)>> = vec![Vec::new(); 65];
+        for (k, entries) in &m.exact {
+            by_length[k.len().min(64)].push((k.clone(), *entries));
+        }
+        if by_length.iter().all(|keys| keys.len() <= FEW_KEYS) {
+            m.by_length = by_length;
         }
         // The packed searcher (Teddy: SIMD over 16 or 32 bytes at a time), not a full
         // Aho-Corasick automaton: on these keys the automaton's own prefilter (one "rare" byte
@@ -130,10 +154,30 @@ impl Matcher {
     /// and is refused when it does.
     #[inline]
     fn may_match(&self, active: u64, span: &[u8]) -> bool {
-        match &self.prefilter {
-            Some(search) if self.regexes & active == 0 => search.find(span).is_some(),
-            _ => true,
-        }
+        self.searcher(active)
+            .is_none_or(|search| search.find(span).is_some())
+    }
+
+    /// The search that proves bytes clean for `active`; `None`: nothing can be proved so, every
+    /// span is walked (a regex entry is active, or there is no prefilter).
+    #[inline]
+    fn searcher(&self, active: u64) -> Option<&aho_corasick::packed::Searcher> {
+        self.prefilter
+            .as_ref()
+            .filter(|_| self.regexes & active == 0)
+    }
+
+    /// The entries naming `key` exactly.
+    #[inline]
+    fn exact_entries(&self, key: &[u8]) -> u64 {
+        let Some(keys) = self.by_length.get(key.len().min(64)) else {
+            return self.exact.get(key).copied().unwrap_or(0);
+        };
+        // Keys of the same length mostly differ in their first or last byte.
+        let ends = |k: &[u8]| (k.first().copied(), k.last().copied());
+        keys.iter()
+            .find(|(k, _)| ends(k) == ends(key) && **k == *key)
+            .map_or(0, |(_, entries)| *entries)
     }
 
     /// The entries among `active` that match `key`.
@@ -141,7 +185,7 @@ impl Matcher {
     fn matching(&self, entries: &[Entry], active: u64, key: &[u8]) -> u64 {
         let mut hit = 0;
         if self.lengths & length_bit(key.len()) != 0 {
-            hit |= self.exact.get(key).copied().unwrap_or(0);
+            hit |= self.exact_entries(key);
         }
         let mut patterns = self.patterns & active & !hit;
         while patterns != 0 {
@@ -205,6 +249,8 @@ fn serves(services: &[Box<[u8]>], service: Option<&[u8]>) -> bool {
 /// builds a new one and swaps it in with the rules.
 #[derive(Debug)]
 pub struct Redaction {
+    /// The file it was read from, as errors name it.
+    file: Arc<str>,
     /// Unique per compiled configuration (so per hash key): what is remembered per thread is
     /// remembered for one generation only.
     generation: u64,
@@ -228,6 +274,7 @@ impl Clone for Redaction {
     /// The same configuration with fresh counters.
     fn clone(&self) -> Self {
         Redaction::new(
+            self.file.clone(),
             self.entries.clone(),
             self.allowlists.clone(),
             self.hasher.clone(),
@@ -236,12 +283,18 @@ impl Clone for Redaction {
 }
 
 impl Redaction {
-    fn new(entries: Vec<Entry>, allowlists: Vec<Allowlist>, hasher: Option<Hmac<Sha256>>) -> Self {
+    fn new(
+        file: Arc<str>,
+        entries: Vec<Entry>,
+        allowlists: Vec<Allowlist>,
+        hasher: Option<Hmac<Sha256>>,
+    ) -> Self {
         let counts = (0..entries.len() + allowlists.len())
             .map(|_| AtomicU64::new(0))
             .collect();
         static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         Redaction {
+            file,
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             matcher: Matcher::new(&entries),
             entries,
@@ -258,6 +311,16 @@ impl Redaction {
     pub fn load_dir(dir: &Path) -> Result<Option<Self>, crate::rules::RulesError> {
         let files = crate::rules::read_dir(dir).map_err(crate::rules::RulesError)?;
         load(&files).map_err(crate::rules::RulesError)
+    }
+
+    /// The file it was read from (`rules check` names it).
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// How many entries (`attributes:`) and allowlists it has.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.entries.len(), self.allowlists.len())
     }
 
     /// The names of the entries and allowlists, in file order.

@@ -385,3 +385,109 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_run_is_searched_as_a_whole_and_every_span_holding_a_key_is_walked() {
+    let clean = || span_field(&[(kv("http.method", "GET", SHORTEST), At::Span, SHORTEST)]);
+    let named = || span_field(&[(kv("user.id", "u-1", SHORTEST), At::Span, SHORTEST)]);
+    // A span ending in the key's first bytes: the search looks past it into the next.
+    let tail = || span_field(&[(kv("note", "user.i", SHORTEST), At::Span, SHORTEST)]);
+    // Each run as letters: `c` a span naming nothing, `n` one holding user.id, `t` the near
+    // miss.
+    for (what, run) in [
+        ("after clean spans", "ccn"),
+        ("two apart", "ncctnc"),
+        ("back to back", "cnn"),
+        ("after a near miss", "tnt"),
+        ("none", "ctc"),
+    ] {
+        let spans: Vec<Vec<u8>> = run
+            .chars()
+            .map(|c| match c {
+                'n' => named(),
+                't' => tail(),
+                _ => clean(),
+            })
+            .collect();
+        let hashed: Vec<bool> = run.chars().map(|c| c == 'n').collect();
+        let input = spans.concat();
+        let (c, tally) = agreed("orders", &input);
+        let n = hashed.iter().filter(|h| **h).count() as u64;
+        assert_eq!(tally.rewritten, n, "{what}");
+        let out = c.spans.unwrap_or(input);
+        for (s, hashed) in spans_of(&out).iter().zip(hashed) {
+            let v = get(&s.attributes, "user.id");
+            assert_eq!(
+                v.is_some_and(|v| v == V::StringValue(hmac_hex("u-1"))),
+                hashed,
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_context_found_clean_by_one_redaction_is_still_redacted_by_another() {
+    let (red, _) = with_and_without();
+    let other = parse(
+        "redaction.yaml",
+        "attributes:\n  - name: host\n    key: host.name\n    action: remove\n",
+        &env,
+    )
+    .expect("loads");
+    let ctx = ctx(
+        "orders",
+        vec![crate::otlp::build::attr_str("host.name", "h-1")],
+    );
+    let input = span_field(&[(kv("http.method", "GET", SHORTEST), At::Span, SHORTEST)]);
+    for round in 0..2 {
+        let mut tally = Tally::default();
+        let c = red.chunk(&ctx, &input, &mut tally);
+        assert!(c.context.is_none(), "round {round}: nothing of it is named");
+        let c = other.chunk(&ctx, &input, &mut tally);
+        let out = c.context.expect("the other removes host.name");
+        assert!(
+            !out.resource_fields().windows(9).any(|w| w == b"host.name"),
+            "round {round}"
+        );
+        assert_eq!(tally.rewritten, 1, "round {round}: counted each time");
+    }
+}
+
+proptest! {
+    /// Where the walk's shortcut reads a field, it reads what the general walk reads.
+    #[test]
+    fn the_quick_field_read_agrees_with_the_general_one(
+        bytes in prop::collection::vec(any::<u8>(), 0..24),
+        at in 0..24usize,
+    ) {
+        if let Some((number, body, end)) = super::read::quick_field(&bytes, at) {
+            let f = crate::otlp::wire::Fields::new(&bytes[at..])
+                .next()
+                .expect("a field")
+                .expect("no error where the shortcut reads one");
+            prop_assert_eq!(number, f.number);
+            prop_assert_eq!(body, f.value.as_bytes());
+            prop_assert_eq!(end, at + f.raw.len());
+        }
+    }
+}
+
+#[test]
+fn attributes_before_the_first_named_key_are_still_checked_to_parse() {
+    // A broken attribute naming nothing, then `user.id`: the search finds the key after it,
+    // and the span is refused for the broken one, as when every attribute is looked up.
+    let mut body = span(trace_id(7), 1, None, "op", 1, 2).encode_to_vec();
+    put_field(&mut body, 9, &[0x0a, 0x05, b'a'], SHORTEST);
+    put_field(&mut body, 9, &kv("user.id", "u-1", SHORTEST), SHORTEST);
+    let mut broken_first = Vec::new();
+    put_field(&mut broken_first, 2, &body, SHORTEST);
+    let input = [
+        span_field(&[(kv("http.method", "GET", SHORTEST), At::Span, SHORTEST)]),
+        broken_first.clone(),
+    ]
+    .concat();
+    let (c, tally) = agreed("orders", &input);
+    assert_eq!(c.refused, broken_first);
+    assert_eq!(tally.refused, 1);
+}

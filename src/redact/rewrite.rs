@@ -6,12 +6,13 @@
 //! its bytes, when the prefilter proves it holds no named key), and leaves as it arrived.
 //! Resources (`ResourceSpans.resource`, attributes at 1) likewise.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hmac::Mac;
-
+use super::memo::memo_hash;
+use super::read::{attr, value_text, Text, Walk};
 use super::{serves, Action, Allowlist, Redaction};
-use crate::otlp::wire::{len_field_size, put_len_prefix, Fields, Value, WireError};
+use crate::otlp::wire::{len_field_size, put_len_prefix, Fields, WireError};
 use crate::otlp::SpanContext;
 
 /// Distinct resources whose redaction is remembered; past this the memory starts afresh.
@@ -78,12 +79,31 @@ struct Plan<'r> {
     allow: Option<(usize, &'r Allowlist)>,
 }
 
-/// Buffers reused from span to span of a chunk: a rewritten span's fields, and a rewritten
-/// event's or link's (built before their length is known).
+/// Buffers reused from span to span, and chunk to chunk on one thread: a rewritten span's
+/// fields, and a rewritten event's or link's (built before their length is known). Fresh
+/// buffers per chunk grew by doubling for every rewritten span, a tenth of what writing the
+/// changed attributes cost (BENCHMARKS.md, "Redaction").
 #[derive(Default)]
 struct Scratch {
     span: Vec<u8>,
     nested: Vec<u8>,
+}
+
+/// Scratch capacity kept between chunks, at most: one very large span does not pin its size.
+const SCRATCH_KEPT: usize = 256 << 10;
+
+impl Scratch {
+    fn trim(&mut self) {
+        for b in [&mut self.span, &mut self.nested] {
+            if b.capacity() > SCRATCH_KEPT {
+                *b = Vec::new();
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// Where attributes sit in each message redaction walks into.
@@ -131,7 +151,9 @@ impl Level {
 #[derive(Debug, Default)]
 pub struct Chunk {
     /// The context with its resource redacted; `None`: unchanged.
-    pub context: Option<SpanContext>,
+    /// Boxed: a chunk is returned for every run of spans, nearly always without one, and
+    /// moving a context inline cost a copy of its size each time.
+    pub context: Option<Box<SpanContext>>,
     /// The span fields rewritten; `None`: unchanged, forward the original bytes.
     pub spans: Option<Vec<u8>>,
     /// Span fields (tag and length included) that cannot be redacted and are not forwarded,
@@ -143,14 +165,27 @@ pub struct Chunk {
 
 impl Redaction {
     fn plan(&self, service: Option<&[u8]>) -> Plan<'_> {
+        let mut active = self.matcher.unscoped;
+        // Only the entries naming services are compared with this one: once per chunk.
+        // At most MAX_ENTRIES (64) entries; none: no bit.
+        let all = u64::MAX
+            .checked_shr(64 - self.entries.len().min(super::MAX_ENTRIES) as u32)
+            .unwrap_or(0);
+        let mut scoped = all & !active;
+        while scoped != 0 {
+            let i = scoped.trailing_zeros() as usize;
+            scoped &= scoped - 1;
+            if self.entries[i]
+                .services
+                .as_ref()
+                .is_none_or(|s| serves(s, service))
+            {
+                active |= 1 << i;
+            }
+        }
         Plan {
             red: self,
-            active: self
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.services.as_ref().is_none_or(|s| serves(s, service)))
-                .fold(0, |m, (i, _)| m | 1 << i),
+            active,
             allow: self
                 .allowlists
                 .iter()
@@ -160,13 +195,34 @@ impl Redaction {
         }
     }
 
-    /// The context's resource fields redacted; `None`: unchanged. A resource the prefilter
-    /// proves clean is not looked at further. Otherwise it is remembered by content: the
-    /// resource of a service is the same in every message it sends, and walking its dozen
+    /// The context's resource fields redacted; `None`: unchanged. A context whose resource
+    /// was found clean under this redaction says so itself (`resource_clean_for`), and is not
+    /// looked at again: an interned context comes back with trace after trace. A resource the
+    /// prefilter proves clean is not looked at further. Otherwise it is remembered by content:
+    /// the resource of a service is the same in every message it sends, and walking its dozen
     /// attributes again for every forwarded trace was a quarter of redaction's cost. The
     /// content decides the plan too (the service is read from it). What the walk counted is
     /// remembered and counted again.
     fn resource(
+        &self,
+        plan: &Plan<'_>,
+        ctx: &SpanContext,
+        tally: &mut Tally,
+        scratch: &mut Scratch,
+    ) -> Result<Option<Arc<[u8]>>, Unparsable> {
+        if ctx.resource_clean_for.load(Ordering::Relaxed) == self.generation {
+            return Ok(None);
+        }
+        let got = self.resource_walked(plan, ctx, tally, scratch);
+        if let Ok(None) = got {
+            // Unchanged means nothing was counted either: the next time costs nothing.
+            ctx.resource_clean_for
+                .store(self.generation, Ordering::Relaxed);
+        }
+        got
+    }
+
+    fn resource_walked(
         &self,
         plan: &Plan<'_>,
         ctx: &SpanContext,
@@ -192,6 +248,7 @@ impl Redaction {
             .message(
                 fields,
                 Level::ResourceSpans,
+                0,
                 &mut counted,
                 &mut scratch.span,
                 &mut scratch.nested,
@@ -210,19 +267,39 @@ impl Redaction {
     /// under `ctx`. Counts into `tally`.
     pub fn chunk(&self, ctx: &SpanContext, spans: &[u8], tally: &mut Tally) -> Chunk {
         let plan = self.plan(ctx.service_name());
-        let mut chunk = Chunk::default();
         if plan.active == 0 && plan.allow.is_none() {
-            return chunk;
+            return Chunk::default();
         }
-        let mut scratch = Scratch::default();
-        match self.resource(&plan, ctx, tally, &mut scratch) {
+        SCRATCH
+            .try_with(|s| match s.try_borrow_mut() {
+                Ok(mut s) => {
+                    let chunk = self.chunk_with(&plan, ctx, spans, tally, &mut s);
+                    s.trim();
+                    chunk
+                }
+                Err(_) => self.chunk_with(&plan, ctx, spans, tally, &mut Scratch::default()),
+            })
+            .unwrap_or_else(|_| self.chunk_with(&plan, ctx, spans, tally, &mut Scratch::default()))
+    }
+
+    #[inline]
+    fn chunk_with(
+        &self,
+        plan: &Plan<'_>,
+        ctx: &SpanContext,
+        spans: &[u8],
+        tally: &mut Tally,
+        scratch: &mut Scratch,
+    ) -> Chunk {
+        let mut chunk = Chunk::default();
+        match self.resource(plan, ctx, tally, scratch) {
             Ok(None) => {}
             Ok(Some(resource)) => {
                 tally.rewritten += 1;
-                chunk.context = Some(SpanContext::new(
+                chunk.context = Some(Box::new(SpanContext::new(
                     resource.to_vec(),
                     ctx.scope_fields().to_vec(),
-                ));
+                )));
             }
             Err(e) => {
                 // Every span of the chunk would leave under an unredacted resource.
@@ -234,20 +311,51 @@ impl Redaction {
             }
         }
         let mut copied = 0;
-        for f in Fields::new(spans) {
-            // The run was walked when it arrived; a field that fails now ends it, as in encoding.
-            let Ok(f) = f else { break };
-            let Value::Bytes(span) = f.value else {
-                continue;
+        // The prefilter searches the whole run, not span by span: one search finds the next
+        // span that may hold a named key, and the spans before it are skipped unwalked
+        // (BENCHMARKS.md: a search per span cost more in calls than in bytes). It never
+        // skips a span holding a key: a match is the leftmost at or after where the search
+        // began, so no key's bytes start between there and the match, and every span ending
+        // before the match holds none (a key inside a span starts inside it). A match across
+        // two spans, or in a span's tag, only walks a span for nothing.
+        let search = plan.searcher();
+        // Where the next match starts; `None`: not searched yet; `usize::MAX`: no more.
+        let mut next: Option<usize> = None;
+        for f in Walk::new(spans) {
+            let (number, span, field) = match f {
+                Ok((number, Some(span), field)) => (number, span, field),
+                Ok(_) => continue,
+                // The run was walked when it arrived; a field that fails now ends it, as in
+                // encoding.
+                Err(_) => break,
             };
-            if !plan.may_change(span) {
-                continue;
+            let start = field.start;
+            // Where in the span the first named key may start: nothing before it is looked up.
+            let mut clean_before = 0;
+            if let Some(search) = search {
+                let at = match next {
+                    Some(at) if at >= start => at,
+                    _ => {
+                        let found = search
+                            .find_in(spans, aho_corasick::Span::from(start..spans.len()))
+                            .map_or(usize::MAX, |m| m.start());
+                        next = Some(found);
+                        found
+                    }
+                };
+                if at == usize::MAX {
+                    break;
+                }
+                if at >= field.end {
+                    continue;
+                }
+                clean_before = at.saturating_sub(offset(spans, span));
             }
-            let start = offset(spans, f.raw);
             scratch.span.clear();
             let result = plan.message(
                 span,
                 Level::Span,
+                clean_before,
                 tally,
                 &mut scratch.span,
                 &mut scratch.nested,
@@ -259,16 +367,16 @@ impl Redaction {
                 .spans
                 .get_or_insert_with(|| Vec::with_capacity(spans.len() + 64));
             out.extend_from_slice(&spans[copied..start]);
-            copied = start + f.raw.len();
+            copied = field.end;
             match result {
                 Ok(_) => {
                     tally.rewritten += 1;
-                    put_len_prefix(out, f.number, scratch.span.len());
+                    put_len_prefix(out, number, scratch.span.len());
                     out.extend_from_slice(&scratch.span);
                 }
                 Err(e) => {
                     tally.refused += 1;
-                    chunk.refused.extend_from_slice(f.raw);
+                    chunk.refused.extend_from_slice(&spans[field]);
                     chunk.reason.get_or_insert(e);
                 }
             }
@@ -292,95 +400,6 @@ fn wire(what: Level) -> impl Fn(WireError) -> Unparsable {
     }
 }
 
-/// An attribute as found: its key field's raw bytes, its key, its `AnyValue` payload.
-struct Attr<'a> {
-    key_raw: &'a [u8],
-    key: &'a [u8],
-    value: &'a [u8],
-}
-
-/// An attribute's key and value. The layout every SDK writes — the key (under 128 bytes),
-/// then the value (under 128 bytes), nothing else — is read without the general walk: most
-/// attributes of most spans are only looked at for their key.
-#[inline]
-fn attr(kv: &[u8]) -> Result<Attr<'_>, Unparsable> {
-    if let [0x0a, klen, rest @ ..] = kv {
-        let klen = usize::from(*klen);
-        if let Some((key, tail)) = rest.split_at_checked(klen).filter(|_| klen < 0x80) {
-            let value = match tail {
-                [] => Some(&[][..]),
-                [0x12, vlen, value @ ..] if *vlen < 0x80 && usize::from(*vlen) == value.len() => {
-                    Some(value)
-                }
-                _ => None,
-            };
-            if let Some(value) = value {
-                return Ok(Attr {
-                    key_raw: &kv[..2 + klen],
-                    key,
-                    value,
-                });
-            }
-        }
-    }
-    attr_walked(kv)
-}
-
-fn attr_walked(kv: &[u8]) -> Result<Attr<'_>, Unparsable> {
-    let mut a = Attr {
-        key_raw: &[],
-        key: &[],
-        value: &[],
-    };
-    for f in Fields::new(kv) {
-        let f = f.map_err(|source| Unparsable::Wire {
-            what: "attribute",
-            source,
-        })?;
-        match (f.number, f.value) {
-            (1, Value::Bytes(k)) => {
-                a.key_raw = f.raw;
-                a.key = k;
-            }
-            (2, Value::Bytes(v)) => a.value = v,
-            (1 | 2, _) => return Err(Unparsable::NotMessage("an attribute's key or value")),
-            _ => {}
-        }
-    }
-    Ok(a)
-}
-
-/// An `AnyValue`'s text for hashing and scrubbing: a string as it is, numbers and booleans as
-/// they print, bytes, arrays and maps as their encoded bytes. `None` for a string-only use.
-enum Text<'a> {
-    Str(&'a [u8]),
-    Other(Vec<u8>),
-}
-
-fn value_text(any: &[u8]) -> Result<Text<'_>, Unparsable> {
-    let mut text = Text::Other(Vec::new());
-    for f in Fields::new(any) {
-        let f = f.map_err(|source| Unparsable::Wire {
-            what: "attribute value",
-            source,
-        })?;
-        text = match (f.number, f.value) {
-            (1, Value::Bytes(s)) => Text::Str(s),
-            (2, Value::Varint(b)) => Text::Other(if b != 0 {
-                b"true".to_vec()
-            } else {
-                b"false".to_vec()
-            }),
-            (3, Value::Varint(i)) => Text::Other((i as i64).to_string().into_bytes()),
-            (4, Value::Fixed64(d)) => Text::Other(f64::from_bits(d).to_string().into_bytes()),
-            (5..=7, Value::Bytes(b)) => Text::Other(b.to_vec()),
-            (1..=7, _) => return Err(Unparsable::NotMessage("an attribute value")),
-            _ => text,
-        };
-    }
-    Ok(text)
-}
-
 /// Appends an attribute field `field` holding `key_raw` (the key field as it arrived) and a
 /// string value.
 fn put_string_kv(out: &mut Vec<u8>, field: u32, key_raw: &[u8], s: &[u8]) {
@@ -390,47 +409,6 @@ fn put_string_kv(out: &mut Vec<u8>, field: u32, key_raw: &[u8], s: &[u8]) {
     put_len_prefix(out, 2, any);
     put_len_prefix(out, 1, s.len());
     out.extend_from_slice(s);
-}
-
-/// Hashed values remembered per thread, at most; past this the memory starts afresh.
-const HASHES_REMEMBERED: usize = 1024;
-
-type Memo = std::collections::HashMap<Box<[u8]>, [u8; 64], foldhash::fast::FixedState>;
-
-thread_local! {
-    /// The last hashed values and their hashes, for the redaction of this generation: an id
-    /// repeats across the spans of a trace and the traces of a user, and an HMAC-SHA256 costs
-    /// some 7 000 instructions without the CPU's SHA extensions.
-    static HASHES: std::cell::RefCell<(u64, Memo)> = std::cell::RefCell::default();
-}
-
-/// The hex HMAC-SHA256 of `value` under `keyed`, remembered for `generation`'s redaction.
-fn memo_hash(generation: u64, keyed: &hmac::Hmac<sha2::Sha256>, value: &[u8]) -> [u8; 64] {
-    let compute = || {
-        let mut h = keyed.clone();
-        h.update(value);
-        let mut hex = [0u8; 64];
-        // 32 bytes always fit 64 hex digits.
-        let _ = hex::encode_to_slice(h.finalize().into_bytes(), &mut hex);
-        hex
-    };
-    HASHES
-        .try_with(|m| {
-            let mut m = m.borrow_mut();
-            if m.0 != generation {
-                *m = (generation, Memo::default());
-            }
-            if let Some(hex) = m.1.get(value) {
-                return *hex;
-            }
-            let hex = compute();
-            if m.1.len() >= HASHES_REMEMBERED {
-                m.1.clear();
-            }
-            m.1.insert(value.into(), hex);
-            hex
-        })
-        .unwrap_or_else(|_| compute())
 }
 
 /// What becomes of an attribute that changes.
@@ -462,6 +440,16 @@ impl Plan<'_> {
     #[inline]
     fn may_change(&self, span: &[u8]) -> bool {
         self.allow.is_some() || self.red.matcher.may_match(self.active, span)
+    }
+
+    /// The search that proves a run of spans clean; `None`: every span is walked (as by
+    /// [`may_change`](Self::may_change)).
+    #[inline]
+    fn searcher(&self) -> Option<&aho_corasick::packed::Searcher> {
+        match self.allow {
+            Some(_) => None,
+            None => self.red.matcher.searcher(self.active),
+        }
     }
 
     fn slots(&self) -> usize {
@@ -519,10 +507,18 @@ impl Plan<'_> {
     /// Writes `msg` rewritten (its fields, without tag or length) to `out`, which must be
     /// empty, and says so; `Ok(false)` when nothing in it changes, `out` left empty. `nested`
     /// is scratch for the messages inside (events, links, the resource).
+    ///
+    /// `clean_before`: the prefilter found no named key starting before this offset, so the
+    /// attributes that end before it are only checked to parse, not looked up (a key inside
+    /// an attribute starts inside it). Those attributes are still read, so that a span that
+    /// may hold a key is refused for any broken attribute, wherever it sits, as when every
+    /// attribute is looked up.
+    #[allow(clippy::too_many_arguments)]
     fn message(
         &self,
         msg: &[u8],
         level: Level,
+        clean_before: usize,
         tally: &mut Tally,
         out: &mut Vec<u8>,
         nested: &mut Vec<u8>,
@@ -530,37 +526,34 @@ impl Plan<'_> {
         let attrs = level.attributes();
         let mut changed = false;
         let mut copied = 0;
-        for f in Fields::new(msg) {
-            let f = f.map_err(wire(level))?;
-            let start = offset(msg, f.raw);
-            if Some(f.number) == attrs {
-                let kv = f
-                    .value
-                    .as_bytes()
-                    .ok_or(Unparsable::NotMessage("an attribute"))?;
+        for f in Walk::new(msg) {
+            let (number, bytes, field) = f.map_err(wire(level))?;
+            if Some(number) == attrs {
+                let kv = bytes.ok_or(Unparsable::NotMessage("an attribute"))?;
+                if field.end <= clean_before {
+                    attr(kv)?;
+                    continue;
+                }
                 let Some((fate, key_raw)) = self.attribute(kv, tally)? else {
                     continue;
                 };
-                out.extend_from_slice(&msg[copied..start]);
-                fate.put(out, f.number, key_raw);
-            } else if let Some(inner) = level.nested(f.number) {
-                let body = f
-                    .value
-                    .as_bytes()
-                    .ok_or(Unparsable::NotMessage(inner.name()))?;
+                out.extend_from_slice(&msg[copied..field.start]);
+                fate.put(out, number, key_raw);
+            } else if let Some(inner) = level.nested(number) {
+                let body = bytes.ok_or(Unparsable::NotMessage(inner.name()))?;
                 nested.clear();
                 // Events and links hold no messages with attributes further down.
-                if !self.message(body, inner, tally, nested, &mut Vec::new())? {
+                if !self.message(body, inner, 0, tally, nested, &mut Vec::new())? {
                     continue;
                 }
-                out.extend_from_slice(&msg[copied..start]);
-                put_len_prefix(out, f.number, nested.len());
+                out.extend_from_slice(&msg[copied..field.start]);
+                put_len_prefix(out, number, nested.len());
                 out.extend_from_slice(nested);
             } else {
                 continue;
             }
             changed = true;
-            copied = start + f.raw.len();
+            copied = field.end;
         }
         if changed {
             out.extend_from_slice(&msg[copied..]);

@@ -490,3 +490,44 @@ fn dead_letter_kinds_are_the_decode_kinds_and_unredactable() {
     want.push(crate::kafka::dead_letter::UNREDACTABLE);
     assert_eq!(crate::telemetry::catalog::LETTER_KINDS, want.as_slice());
 }
+
+/// The example file the repository ships (`rules/redaction/redaction.yaml`) loads, and does
+/// what its comments say: it cannot rot.
+#[test]
+fn the_example_redaction_file_loads_and_does_what_it_says() {
+    let env = |k: &str| (k == "TAILSIFT_HASH_KEY").then(|| KEY.to_string());
+    let red = parse(
+        "rules/redaction/redaction.yaml",
+        include_str!("../../rules/redaction/redaction.yaml"),
+        &env,
+    )
+    .expect("the example loads");
+    assert_eq!(red.file(), "rules/redaction/redaction.yaml");
+    assert_eq!(red.counts(), (5, 1));
+    let s = with_attrs(
+        span(trace_id(3), 1, None, "GET /orders", 1, 2),
+        vec![
+            attr_str("user.id", "u-42"),
+            attr_str("db.statement", "SELECT * FROM t WHERE id = 42"),
+            attr_str("url.full", "https://shop.example/?mail=jane@example.com"),
+            attr_str("http.request.header.cookie", "session=abc"),
+            attr_str("http.route", "/orders"),
+        ],
+    );
+    let mut tally = Tally::default();
+    let c = red.chunk(&ctx("orders", vec![]), &field(&s), &mut tally);
+    let out = &spans_of(&c.spans.expect("rewritten"))[0].attributes;
+    let want = [
+        ("user.id", hmac_hex("u-42")),
+        ("db.statement", "SELECT * FROM t WHERE id = ?".to_string()),
+        (
+            "url.full",
+            "https://shop.example/?mail=[REDACTED]".to_string(),
+        ),
+        ("http.request.header.cookie", "***".to_string()),
+        ("http.route", "/orders".to_string()),
+    ];
+    for (k, v) in want {
+        assert_eq!(get(out, k), Some(V::StringValue(v)), "{k}");
+    }
+}

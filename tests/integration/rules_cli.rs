@@ -282,6 +282,36 @@ fn check_notes_files_it_does_not_read() {
     );
 }
 
+#[test]
+fn check_names_the_redaction_file_it_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("10-a.yaml"),
+        "rules:\n  - name: a\n    outcome: keep\n",
+    )
+    .expect("write");
+    // The repository's example, as a user would copy it beside their rules.
+    std::fs::copy(
+        "rules/redaction/redaction.yaml",
+        dir.path().join("redaction.yaml"),
+    )
+    .expect("copy the example");
+    let out = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["rules", "check", &dir.path().display().to_string()])
+        .env("RUST_LOG", "off")
+        .env("TAILSIFT_HASH_KEY", "0123456789abcdef-ci-key")
+        .output()
+        .expect("run tailsift");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("1 rules OK"), "{t}");
+    let file = dir.path().join("redaction.yaml");
+    assert!(
+        t.contains(&format!("{}: 5 entries, 1 allowlists OK\n", file.display())),
+        "{t}"
+    );
+}
+
 /// Runs tailsift with its stdout a pipe whose reader has already gone (`... | head -1`).
 fn with_closed_stdout(args: &[&str]) -> Output {
     let (reader, writer) = std::io::pipe().expect("pipe");
