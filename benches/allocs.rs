@@ -95,7 +95,8 @@ fn path(name: &str, rules: &RuleSet) {
     });
     let (_, ingested) = counted(|| ingest(&s, &mut d, &t.messages, now));
     let (decided, decide) = counted(|| s.decide_due(now + Duration::from_secs(3600)));
-    assert_eq!(decided as u64, t.traces);
+    // Every trace decided: by its completion here, or early (an early rule) as it was ingested.
+    assert!(decided as u64 <= t.traces && s.buffered_traces() == 0);
     println!(
         "{name}: {} traces, {} spans, {:.0} bytes/span on the wire",
         t.traces,

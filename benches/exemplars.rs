@@ -50,7 +50,8 @@ fn core_path(s: &Sampler, red: &mut Red, t: &Traffic) {
     }
     red.flush();
     let decided = s.decide_due(now + Duration::from_secs(3600));
-    assert_eq!(decided as u64, t.traces);
+    // Every trace decided: by its completion here, or early (an early rule) as it was ingested.
+    assert!(decided as u64 <= t.traces && s.buffered_traces() == 0);
 }
 
 fn rules(name: &str) -> RuleSet {

@@ -131,7 +131,8 @@ fn sampler(c: &mut Criterion<CpuTime>) {
                     }
                     let decided = s.decide_due(now + Duration::from_secs(3600));
                     assert_eq!(s.buffered_traces(), 0);
-                    assert_eq!(decided as u64, t.traces);
+                    // Every trace decided: by its completion here, or early (an early rule) as it was ingested.
+                    assert!(decided as u64 <= t.traces && s.buffered_traces() == 0);
                     s
                 },
                 BatchSize::LargeInput,

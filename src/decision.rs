@@ -131,6 +131,8 @@ pub enum Trigger {
     /// Decided early because its partition left this instance while it also held spans of
     /// a partition that stayed.
     Rebalance,
+    /// Decided as its spans arrived, by an `early` rule sure of the outcome.
+    Early,
 }
 
 impl Trigger {
@@ -144,6 +146,7 @@ impl Trigger {
         Trigger::Memory,
         Trigger::Stress,
         Trigger::Rebalance,
+        Trigger::Early,
     ];
 
     /// The trigger label of the metrics.
@@ -157,6 +160,7 @@ impl Trigger {
             Trigger::Memory => "memory",
             Trigger::Stress => "stress",
             Trigger::Rebalance => "rebalance",
+            Trigger::Early => "early",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::decision::{Decision, DecisionCache, Remembered, Trigger};
 use crate::offsets::{Hold, Holds};
 use crate::otlp::decode::TraceGroup;
 use crate::otlp::{SpanContext, TraceId};
+use crate::rules::{Probes, RuleSet};
 
 /// When a trace is complete. The first condition reached decides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +99,11 @@ pub struct TraceEntry {
     /// [`crate::heads`]). A decided trace whose range straddles the commit offset must be read
     /// back whole by whoever replays the partition.
     pub ranges: smallvec::SmallVec<[(i64, i64); 1]>,
+    /// Where the first root span lies: its group, and the offset of its field in the group's
+    /// `spans` (for the rules, which may read the root's fields when deciding).
+    pub root_at: Option<(u16, u32)>,
+    /// What the rules' probes found in the spans as they arrived (see [`crate::rules::Seen`]).
+    pub seen: crate::rules::Seen,
     /// The deadline-index bucket that owns this trace.
     scheduled: u64,
 }
@@ -125,7 +131,7 @@ impl TraceEntry {
         best
     }
 
-    fn append(&mut self, group: &TraceGroup<'_>, now: u64) -> usize {
+    fn append(&mut self, group: &TraceGroup<'_>, now: u64, probes: Option<&Probes>) -> usize {
         let mut added = 0;
         for (i, span) in group.spans().enumerate() {
             let slot = match self
@@ -161,6 +167,7 @@ impl TraceEntry {
                     .sum();
                 spans.reserve_exact(incoming.max(spans.len() / 4));
             }
+            let at = spans.len();
             spans.extend_from_slice(span.field);
             added += span.field.len();
             let f = span.facts;
@@ -169,8 +176,13 @@ impl TraceEntry {
             }
             self.end_max = self.end_max.max(f.end);
             self.has_error |= f.is_error;
-            if f.is_root && self.root_seen.is_none() {
+            let first_root = f.is_root && self.root_seen.is_none();
+            if first_root {
                 self.root_seen = Some(now);
+                self.root_at = Some((slot.min(usize::from(u16::MAX)) as u16, at as u32));
+            }
+            if let Some(p) = probes {
+                p.observe(&span, first_root, &mut self.seen);
             }
             self.span_count += 1;
         }
@@ -180,13 +192,20 @@ impl TraceEntry {
     }
 }
 
+/// `Some(Trigger::Early)` when an early rule of `rules` can decide the trace now.
+fn early(rules: Option<&RuleSet>, id: &TraceId, e: &TraceEntry, at: Instant) -> Option<Trigger> {
+    rules
+        .filter(|r| r.has_early() && r.decides_early(*id, e, at))
+        .map(|_| Trigger::Early)
+}
+
 /// What happened to a group of spans offered to the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ingested {
     /// Buffered with its trace.
     Buffered,
     /// Buffered, and the trace reached its span limit (trigger `span_limit`) or byte limit
-    /// (`byte_limit`): decide it now.
+    /// (`byte_limit`), or an early rule can decide it (`early`): decide it now.
     Full(Trigger),
     /// The trace was already decided: the spans follow that decision.
     Late(Remembered),
@@ -296,6 +315,7 @@ impl Buffer {
 
     /// Buffers a group of spans of one trace from the message `hold` stands for. A trace
     /// that is not yet buffered is looked up in `decided` first: late spans follow their trace.
+    /// Without rules, the spans are only buffered (see [`Buffer::ingest_with`]).
     pub fn ingest(
         &self,
         group: &TraceGroup<'_>,
@@ -304,10 +324,27 @@ impl Buffer {
         now: Instant,
         decided: &DecisionCache,
     ) -> Ingested {
-        let now = self.ms(now);
+        self.ingest_with(group, hold, replayed, now, decided, None)
+    }
+
+    /// [`Buffer::ingest`], running the probes of `rules` on each span as it joins its trace
+    /// (the one walk per span), and deciding it at once (trigger `early`) when an early rule
+    /// can.
+    pub fn ingest_with(
+        &self,
+        group: &TraceGroup<'_>,
+        hold: &impl Hold,
+        replayed: bool,
+        at: Instant,
+        decided: &DecisionCache,
+        rules: Option<&RuleSet>,
+    ) -> Ingested {
+        let now = self.ms(at);
         // Lock order everywhere: map shard, then decision cache, then deadline index.
         match self.map.entry(group.trace_id) {
-            Entry::Occupied(mut o) => self.append_to(o.get_mut(), group, hold, replayed, now),
+            Entry::Occupied(mut o) => {
+                self.append_to(o.get_mut(), group, hold, replayed, now, at, rules)
+            }
             Entry::Vacant(v) => {
                 if let Some(decision) = decided.lookup(&group.trace_id) {
                     return Ingested::Late(decision);
@@ -325,10 +362,14 @@ impl Buffer {
                     groups: smallvec::SmallVec::new(),
                     holds: smallvec::smallvec![hold.hold()],
                     ranges: smallvec::smallvec![(hold.offset(), hold.offset())],
+                    root_at: None,
+                    seen: rules.map(|r| r.probes().start()).unwrap_or_default(),
                     scheduled: 0,
                 };
-                e.append(group, now);
-                let full = self.full(&e);
+                e.append(group, now, rules.map(RuleSet::probes));
+                let full = self
+                    .full(&e)
+                    .or_else(|| early(rules, &group.trace_id, &e, at));
                 e.scheduled = self.index.bucket(e.deadline(&self.completion).0);
                 self.index.schedule(group.trace_id, e.scheduled);
                 self.bytes.fetch_add(i64::from(e.bytes), Ordering::Relaxed);
@@ -342,19 +383,23 @@ impl Buffer {
     }
 
     /// Buffers a group of spans only if its trace is already buffered (stress relief: new
-    /// traces are not buffered, the ones already there complete as usual).
+    /// traces are not buffered, the ones already there complete as usual). The spans go
+    /// through the probes of `rules` as in [`Buffer::ingest_with`]: the trace will be decided
+    /// from its probe bits, which must have seen every span.
     pub fn ingest_existing(
         &self,
         group: &TraceGroup<'_>,
         hold: &impl Hold,
         replayed: bool,
         now: Instant,
+        rules: Option<&RuleSet>,
     ) -> Option<Ingested> {
-        let now = self.ms(now);
+        let ms = self.ms(now);
         let mut e = self.map.get_mut(&group.trace_id)?;
-        Some(self.append_to(&mut e, group, hold, replayed, now))
+        Some(self.append_to(&mut e, group, hold, replayed, ms, now, rules))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn append_to(
         &self,
         e: &mut TraceEntry,
@@ -362,9 +407,11 @@ impl Buffer {
         hold: &impl Hold,
         replayed: bool,
         now: u64,
+        at: Instant,
+        rules: Option<&RuleSet>,
     ) -> Ingested {
         let root_before = e.root_seen.is_some();
-        let added = e.append(group, now);
+        let added = e.append(group, now, rules.map(RuleSet::probes));
         self.bytes.fetch_add(added as i64, Ordering::Relaxed);
         e.replayed |= replayed;
         let offset = hold.offset();
@@ -378,7 +425,10 @@ impl Buffer {
                 e.ranges.push((offset, offset));
             }
         }
-        if let Some(trigger) = self.full(e) {
+        if let Some(trigger) = self
+            .full(e)
+            .or_else(|| early(rules, &group.trace_id, e, at))
+        {
             return Ingested::Full(trigger);
         }
         if !root_before && e.root_seen.is_some() {
@@ -463,6 +513,17 @@ impl Buffer {
         self.bytes
             .fetch_sub(i64::from(entry.bytes), Ordering::Relaxed);
         decision.map(|d| (entry, d))
+    }
+
+    /// When the first span of `e` arrived, as a real instant (time with reading paused for
+    /// memory is not counted).
+    pub fn arrived(&self, e: &TraceEntry) -> Instant {
+        self.instant(e.first_seen)
+    }
+
+    /// Calls `f` with the buffered trace `id`, if it is buffered (for tests and tools).
+    pub fn with_entry<R>(&self, id: &TraceId, f: impl FnOnce(&TraceEntry) -> R) -> Option<R> {
+        self.map.get(id).map(|e| f(e.value()))
     }
 
     /// Removes, without deciding them, the traces for which `release` holds; returns how many.

@@ -229,3 +229,45 @@ async fn a_trace_holds_its_first_offset_until_taken() {
     }));
     assert_eq!(Arc::strong_count(&h1), 1);
 }
+
+/// Spans joining a trace already buffered in stress relief's degraded mode
+/// ([`Buffer::ingest_existing`]) are shown to the rules' probes like any other: the trace is
+/// decided from its probe bits, and a span they never saw would be missing from them.
+#[tokio::test(start_paused = true)]
+async fn spans_joining_in_degraded_mode_are_seen_by_the_rules() {
+    let rules = crate::rules::RuleSet::with_options(
+        crate::rules::parse_file(
+            "t.yaml",
+            "rules:\n  - name: inventory\n    conditions: span.service = inventory\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
+        )
+        .unwrap(),
+        crate::rules::RuleOptions::default(),
+        "test".into(),
+    )
+    .unwrap();
+    let (b, c) = (buffer(100), cache());
+    let t = trace_id(21);
+    let id = crate::otlp::TraceId(t);
+    let mut d = Decoder::new();
+    let h = hold(1);
+    let first = request("gateway", vec![span(t, 1, None, "GET /", 1, 9)]);
+    d.decode(&first).unwrap();
+    for g in d.groups(&first) {
+        b.ingest_with(&g, &h, false, Instant::now(), &c, Some(&rules));
+    }
+    // Degraded mode came on: the trace's next span joins it without buffering new traces.
+    let later = request("inventory", vec![span(t, 2, Some(1), "lookup", 2, 5)]);
+    d.decode(&later).unwrap();
+    for g in d.groups(&later) {
+        let got = b.ingest_existing(&g, &h, false, Instant::now(), Some(&rules));
+        assert_eq!(got, Some(Ingested::Buffered));
+    }
+    let decided = b.with_entry(&id, |e| {
+        assert!(rules.probes().current(&e.seen));
+        rules.decide_buffered(id, e, Instant::now())
+    });
+    assert_eq!(
+        decided.map(|d| d.rule().to_string()).as_deref(),
+        Some("inventory")
+    );
+}

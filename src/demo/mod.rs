@@ -25,11 +25,11 @@ use generator::{Generator, GeneratorConfig};
 
 /// The example rules, compiled in so the demo runs from anywhere.
 pub const EMBEDDED_RULES: &[(&str, &str)] = &[
-    (
-        "05-span-explosion.yaml",
-        include_str!("../../rules/05-span-explosion.yaml"),
-    ),
     ("10-errors.yaml", include_str!("../../rules/10-errors.yaml")),
+    (
+        "15-span-explosion.yaml",
+        include_str!("../../rules/15-span-explosion.yaml"),
+    ),
     (
         "20-drop-health-checks.yaml",
         include_str!("../../rules/20-drop-health-checks.yaml"),

@@ -44,6 +44,10 @@ impl Deliveries for Forwarded {
                 .increment(u64::from(ticket.replayed_spans));
         }
         metrics::histogram!(m::DECISION_LATENCY).record(ticket.due.elapsed().as_secs_f64());
+        if let Some((arrived, trigger)) = ticket.visible {
+            metrics::histogram!(m::TRACE_VISIBILITY, "trigger" => trigger.as_str())
+                .record(arrived.elapsed().as_secs_f64());
+        }
         // Releases the offsets it held (once the decision log has the decision, when there is
         // one).
         ticket.delivered();
@@ -149,9 +153,13 @@ impl Output for KafkaSink {
         }
     }
 
-    /// To the dead-letter topic, keyed by trace id. The spans came from several messages, so
-    /// the source headers are empty (partition and offset -1); the letter holds the trace's
-    /// lowest offset, and so every later one of its partition, until the broker has it.
+    /// To the dead-letter topic, keyed by trace id. The source headers are empty (partition
+    /// and offset -1): where a refused span arrived is not known here. A trace keeps one hold
+    /// per partition it has spans from, on its first message there, and names the partition
+    /// by its index in the ingest thread's table, not by topic and number; a span from a later
+    /// message, or a chunk merged from several, has no origin of its own to give. The letter
+    /// holds the trace's lowest offset, and so every later one of its partition, until the
+    /// broker has it.
     fn refuse(&self, trace_id: &TraceId, request: Vec<u8>, reason: &str, holds: &Holds) {
         let (Some(letters), Some(hold)) = (
             self.dead_letters.get(),

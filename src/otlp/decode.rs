@@ -10,7 +10,8 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::intern::Interner;
-use super::wire::{Fields, WireError};
+use super::view::SpanView;
+use super::wire::{Fields, Value, WireError};
 use super::{SpanContext, TraceId};
 
 /// Why a message could not be decoded. The message is skipped as a whole.
@@ -71,6 +72,11 @@ struct SpanRec {
     /// Length of the tag and length prefix within `raw`.
     header: u8,
     facts: SpanFacts,
+    /// Where the span id, parent span id and name lie in the span, (offset, length) each,
+    /// and its status code: what the rules' [`SpanView`] reads, found in the decoding walk so
+    /// that no one walks the span again for them.
+    slices: [(u32, u32); 3],
+    status_code: u8,
 }
 
 /// Reusable decoder: keeps its scratch space between messages so decoding allocates only the
@@ -107,6 +113,30 @@ pub struct GroupSpan<'a> {
     pub context: &'a Arc<SpanContext>,
     /// What completion needs to know about the span, read while decoding.
     pub facts: SpanFacts,
+    slices: [(u32, u32); 3],
+    status_code: u8,
+}
+
+impl<'a> GroupSpan<'a> {
+    /// The span as the rules read it, from what decoding found: no second walk. Times are
+    /// read as decoding reads them (a varint where a fixed64 belongs still counts).
+    pub fn view(&self) -> SpanView<'a> {
+        let slice = |(at, len): (u32, u32)| {
+            self.bytes
+                .get(at as usize..at as usize + len as usize)
+                .unwrap_or_default()
+        };
+        SpanView {
+            bytes: self.bytes,
+            span_id: slice(self.slices[0]),
+            parent_span_id: slice(self.slices[1]),
+            name: slice(self.slices[2]),
+            kind: u64::from(self.facts.kind),
+            start: self.facts.start,
+            end: self.facts.end,
+            status_code: u64::from(self.status_code),
+        }
+    }
 }
 
 impl<'a> TraceGroup<'a> {
@@ -125,6 +155,8 @@ impl<'a> TraceGroup<'a> {
             field: &self.buf[s.raw.clone()],
             context: &self.contexts[s.ctx as usize],
             facts: s.facts,
+            slices: s.slices,
+            status_code: s.status_code,
         })
     }
 
@@ -256,13 +288,28 @@ impl Decoder {
             is_root: true,
             ..SpanFacts::default()
         };
+        let mut slices = [(0u32, 0u32); 3];
+        let mut status_code = 0u8;
+        // Where a field's bytes lie within the span (spans are far below 4 GiB: Kafka
+        // messages are).
+        let at = |b: &[u8]| {
+            (
+                (b.as_ptr() as usize - span.as_ptr() as usize) as u32,
+                b.len() as u32,
+            )
+        };
         for f in Fields::new(span) {
             let f = f.map_err(wire("Span"))?;
             match (f.number, f.value) {
                 (1, v) => trace_id = v.as_bytes().and_then(TraceId::from_slice),
+                (2, Value::Bytes(b)) => slices[0] = at(b),
                 (4, v) => {
                     facts.is_root = v.as_bytes().is_none_or(|b| b.iter().all(|&x| x == 0));
+                    if let Value::Bytes(b) = v {
+                        slices[1] = at(b);
+                    }
                 }
+                (5, Value::Bytes(b)) => slices[2] = at(b),
                 (6, v) => facts.kind = v.as_u64().unwrap_or(0).min(255) as u8,
                 (7, v) => facts.start = v.as_u64().unwrap_or(0),
                 (8, v) => facts.end = v.as_u64().unwrap_or(0),
@@ -270,8 +317,10 @@ impl Decoder {
                     if let Some(status) = v.as_bytes() {
                         for s in Fields::new(status) {
                             let s = s.map_err(wire("Status"))?;
-                            if s.number == 3 && s.value.as_u64() == Some(2) {
-                                facts.is_error = true;
+                            if s.number == 3 {
+                                let code = s.value.as_u64().unwrap_or(0);
+                                status_code = code.min(255) as u8;
+                                facts.is_error |= code == 2;
                             }
                         }
                     }
@@ -288,6 +337,8 @@ impl Decoder {
                     raw: start..start + raw.len(),
                     header,
                     facts,
+                    slices,
+                    status_code,
                 });
             }
             None => self.invalid_spans += 1,

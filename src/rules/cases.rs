@@ -82,6 +82,16 @@ pub enum Expected {
     Drop,
 }
 
+/// When a case's trace is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    /// By an early rule, as its spans arrive (trigger `early`).
+    Early,
+    /// When it is complete (no early rule is sure before).
+    Complete,
+}
+
 /// What a case expects; every part given must hold.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +116,10 @@ pub struct Expect {
     /// What the trace's spans look like as they leave, redacted (see [`crate::redact::cases`]).
     #[serde(default)]
     pub forwarded: Option<Vec<crate::redact::cases::ForwardedSpan>>,
+    /// When the trace is decided, its spans arriving one by one in the order the case gives
+    /// them: `early` or `complete`.
+    #[serde(default)]
+    pub trigger: Option<When>,
 }
 
 /// A span in the compact form. Only `name` is required.
@@ -483,6 +497,19 @@ pub fn load(path: &Path) -> Result<Vec<Case>, CaseError> {
     Ok(file.cases)
 }
 
+/// A buffer of its own for one case, with what ingesting into it takes.
+fn scratch(completion: Completion) -> (Buffer, DecisionCache, Arc<OffsetHold>) {
+    let hold = Arc::new(OffsetHold {
+        partition: 0,
+        offset: 0,
+    });
+    (
+        Buffer::new(completion),
+        DecisionCache::new(16, Duration::from_secs(1)),
+        hold,
+    )
+}
+
 /// Buffers a case's requests as the pipeline would and hands the trace's view to `f`.
 pub fn with_trace<R>(
     case: &Case,
@@ -490,12 +517,7 @@ pub fn with_trace<R>(
     f: impl FnOnce(&TraceView<'_>) -> R,
 ) -> Result<R, String> {
     let requests = case.requests(base_dir)?;
-    let buffer = Buffer::new(Completion::default());
-    let cache = DecisionCache::new(16, Duration::from_secs(1));
-    let hold = Arc::new(OffsetHold {
-        partition: 0,
-        offset: 0,
-    });
+    let (buffer, cache, hold) = scratch(Completion::default());
     let mut decoder = Decoder::new();
     let mut ids = Vec::new();
     for r in &requests {
@@ -528,6 +550,64 @@ pub fn with_trace<R>(
         Decision::Drop { rule: "-".into() }
     });
     out.ok_or_else(|| "the trace was not buffered".into())
+}
+
+/// When a case's trace would be decided, its spans arriving one at a time in the order the
+/// case gives them: `Some((k, n, name))` when an early rule decides it as its `k`th span of `n`
+/// (named `name`) arrives, `None` when only its completion does.
+pub fn early_at(
+    set: &RuleSet,
+    case: &Case,
+    base_dir: &Path,
+) -> Result<Option<(usize, usize, String)>, String> {
+    let requests = case.requests(base_dir)?;
+    let (buffer, cache, hold) = scratch(Completion {
+        max_spans_per_trace: u32::MAX,
+        max_trace_bytes: u32::MAX,
+        ..Completion::default()
+    });
+    let mut decoder = Decoder::new();
+    let mut one = Decoder::new();
+    // Each span alone, as its own message: the finest arrival order there is.
+    let mut singles: Vec<(Vec<u8>, String)> = Vec::new();
+    for r in &requests {
+        decoder
+            .decode(r)
+            .map_err(|e| format!("the trace does not decode: {e}"))?;
+        for g in decoder.groups(r) {
+            for span in g.spans() {
+                let name = String::from_utf8_lossy(span.view().name).into_owned();
+                let msgs = crate::otlp::encode::encode_trace(
+                    std::iter::once((&**span.context, span.field)),
+                    usize::MAX,
+                );
+                singles.extend(msgs.into_iter().map(|m| (m.to_vec(), name.clone())));
+            }
+        }
+    }
+    let n = singles.len();
+    let now = Instant::now();
+    for (k, (msg, name)) in singles.iter().enumerate() {
+        one.decode(msg)
+            .map_err(|e| format!("the trace does not decode: {e}"))?;
+        for g in one.groups(msg) {
+            let got = buffer.ingest_with(&g, &hold, false, now, &cache, Some(set));
+            if got == crate::buffer::Ingested::Full(crate::decision::Trigger::Early) {
+                return Ok(Some((k + 1, n, name.clone())));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// How `rules test` and `rules explain` say when a trace is decided.
+pub fn show_when(at: &Option<(usize, usize, String)>) -> String {
+    match at {
+        Some((k, n, name)) => {
+            format!("decided early (trigger early), when span {k} of {n} (`{name}`) arrives")
+        }
+        None => "decided when the trace completes (no early rule is sure before)".into(),
+    }
 }
 
 /// The result of running case files.
@@ -617,9 +697,11 @@ fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String
         && e.marks.is_none()
         && e.factors.is_none()
         && e.forwarded.is_none()
+        && e.trigger.is_none()
     {
         return Err(
-            "`expect` needs at least one of rule, outcome, sample_rate, marks, factors, forwarded"
+            "`expect` needs at least one of rule, outcome, sample_rate, marks, factors, \
+             forwarded, trigger"
                 .into(),
         );
     }
@@ -663,6 +745,19 @@ fn run_case(set: &RuleSet, case: &Case, base_dir: &Path) -> Result<Option<String
         let why = crate::redact::cases::check(&spans, want);
         if !why.is_empty() {
             return Ok(Some(format!("forwarded spans:\n{why}")));
+        }
+    }
+    if let Some(want) = e.trigger {
+        let at = early_at(set, case, base_dir)?;
+        if (want == When::Early) != at.is_some() {
+            return Ok(Some(format!(
+                "expected: decided {}\ngot:      {}",
+                match want {
+                    When::Early => "early",
+                    When::Complete => "when the trace completes",
+                },
+                show_when(&at)
+            )));
         }
     }
     if e.rule.is_none()
@@ -768,7 +863,19 @@ pub fn explain_file(set: &RuleSet, file: &Path, only: Option<&str>) -> Result<St
             }
         };
         match with_trace(case, base, |t| explain::explain_at(set, t, case.after, at)) {
-            Ok(text) => out.push_str(&text),
+            Ok(text) => {
+                out.push_str(&text);
+                if set.has_early() {
+                    match early_at(set, case, base) {
+                        Ok(at) => {
+                            let _ = writeln!(out, "  {}", show_when(&at));
+                        }
+                        Err(e) => {
+                            let _ = writeln!(out, "  cannot tell when it is decided: {e}");
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 let _ = writeln!(out, "  cannot build the trace: {e}");
             }

@@ -24,14 +24,45 @@ pub enum Cond {
     /// A trace field's test, with the text it was written as (for `rules explain`).
     Trace(TraceField, Op, Arc<str>),
     /// True when at least one span satisfies the span condition (all of a group on one span).
-    AnySpan(SpanCond),
+    AnySpan(Probe),
     /// True when the root span arrived and satisfies the span condition.
-    Root(SpanCond),
+    Root(Probe),
     /// True when every span satisfies the span condition (`every:`).
-    EverySpan(SpanCond),
+    EverySpan(Probe),
     /// The number of spans that satisfy the span condition, compared (`count(...) > N`), with
     /// the text it was written as.
-    Count(SpanCond, Op, Arc<str>),
+    Count(Probe, Op, Arc<str>),
+}
+
+/// A span condition a trace condition applies to its spans (some, every, the root's, or
+/// counted): the buffer evaluates it on each span as the span arrives, and keeps the result
+/// per trace in the probe's slot (see `seen.rs`).
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The condition on one span.
+    pub cond: SpanCond,
+    /// Its slot in a rule set's probes, given when the set is built.
+    pub(crate) slot: u16,
+    /// For a `count(...)`: its counter among the set's counts.
+    pub(crate) counter: u16,
+}
+
+impl Probe {
+    /// A probe not yet given a slot.
+    pub(crate) fn new(cond: SpanCond) -> Self {
+        Probe {
+            cond,
+            slot: u16::MAX,
+            counter: u16::MAX,
+        }
+    }
+}
+
+impl std::ops::Deref for Probe {
+    type Target = SpanCond;
+    fn deref(&self) -> &SpanCond {
+        &self.cond
+    }
 }
 
 /// A condition over one span.
@@ -157,7 +188,7 @@ impl Op {
 
     /// Applies the operator to a value that may be missing. Negative operators are the exact
     /// negation of their positive twin, so they hold when the value is missing.
-    fn test(&self, v: Option<Val<'_>>) -> bool {
+    pub(crate) fn test(&self, v: Option<Val<'_>>) -> bool {
         let num = || match v {
             Some(Val::Num(n)) => Some(n),
             _ => None,
@@ -330,7 +361,9 @@ impl TraceField {
             TraceField::SpanCount => Val::Num(f64::from(t.span_count)),
             TraceField::Error => Val::Bool(t.has_error),
             TraceField::RootPresent => Val::Bool(t.root.is_some()),
-            TraceField::ServiceCount => Val::Num(service_count(t) as f64),
+            TraceField::ServiceCount => {
+                Val::Num(distinct_services(t.spans.iter().map(|(_, c)| c.service_name())) as f64)
+            }
             TraceField::Bytes => {
                 Val::Num(t.spans.iter().map(|(s, _)| s.bytes.len()).sum::<usize>() as f64)
             }
@@ -340,10 +373,9 @@ impl TraceField {
 
 /// Distinct service names of a trace (spans without one count as one more service). Computed
 /// only when a rule asks: services are few, so a small vector beats a hash set.
-fn service_count(t: &TraceView<'_>) -> usize {
+pub(crate) fn distinct_services<'a>(services: impl Iterator<Item = Option<&'a [u8]>>) -> usize {
     let mut seen: smallvec::SmallVec<[Option<&[u8]>; 8]> = smallvec::SmallVec::new();
-    for (_, ctx) in &t.spans {
-        let s = ctx.service_name();
+    for s in services {
         if !seen.contains(&s) {
             seen.push(s);
         }
@@ -366,42 +398,60 @@ pub enum KeyField {
 
 /// The hash of a trace's key: its values of `keys`, in order.
 pub(crate) fn key_hash(keys: &[KeyField], t: &TraceView<'_>) -> u64 {
+    let root = t.root.and_then(|i| t.spans.get(i)).copied();
+    let first = t.spans.first().map(|(_, c)| *c);
+    hash_keys(keys, |k| k.value(|f| f.value(t), root, first))
+}
+
+/// The hash of the values `value` gives each of `keys`, in order.
+pub(crate) fn hash_keys<'a>(
+    keys: &[KeyField],
+    mut value: impl FnMut(&KeyField) -> Option<Val<'a>>,
+) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for k in keys {
-        k.hash_into(t, &mut h);
+        hash_value(value(k), &mut h);
     }
     h.digest()
 }
 
 impl KeyField {
-    /// Feeds the field's value for `t` into `h` (a missing value hashes as such).
-    pub(crate) fn hash_into(&self, t: &TraceView<'_>, h: &mut xxhash_rust::xxh3::Xxh3) {
-        let v = match self {
-            KeyField::Trace(f) => Some(f.value(t)),
-            KeyField::Root(f) => t
-                .root
-                .and_then(|i| t.spans.get(i))
-                .and_then(|(s, ctx)| f.value(s, ctx)),
-            KeyField::Resource(k) => t
-                .spans
-                .get(t.root.unwrap_or(0))
-                .and_then(|(_, ctx)| ctx.resource_attr(k))
+    /// The field's value for a trace whose trace fields `trace` gives, with its root span (if
+    /// it arrived) and the context of its first span.
+    pub(crate) fn value<'a>(
+        &self,
+        trace: impl FnOnce(TraceField) -> Val<'static>,
+        root: Option<(SpanView<'a>, ContextView<'a>)>,
+        first: Option<ContextView<'a>>,
+    ) -> Option<Val<'a>> {
+        match self {
+            KeyField::Trace(f) => Some(trace(*f)),
+            KeyField::Root(f) => root.and_then(|(s, ctx)| f.value(&s, &ctx)),
+            // The root span's resource, or the first span's while the root has not arrived.
+            KeyField::Resource(k) => root
+                .map(|(_, ctx)| ctx)
+                .or(first)
+                .and_then(|c| c.resource_attr(k))
                 .map(Val::from),
-        };
-        match v {
-            None => h.update(&[0]),
-            Some(Val::Str(s)) => {
-                h.update(&[1]);
-                h.update(&(s.len() as u64).to_le_bytes());
-                h.update(s);
-            }
-            Some(Val::Num(n)) => {
-                h.update(&[2]);
-                h.update(&n.to_bits().to_le_bytes());
-            }
-            Some(Val::Bool(b)) => h.update(&[3, u8::from(b)]),
-            Some(Val::Opaque) => h.update(&[4]),
         }
+    }
+}
+
+/// Feeds a key field's value into `h` (a missing value hashes as such).
+pub(crate) fn hash_value(v: Option<Val<'_>>, h: &mut xxhash_rust::xxh3::Xxh3) {
+    match v {
+        None => h.update(&[0]),
+        Some(Val::Str(s)) => {
+            h.update(&[1]);
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s);
+        }
+        Some(Val::Num(n)) => {
+            h.update(&[2]);
+            h.update(&n.to_bits().to_le_bytes());
+        }
+        Some(Val::Bool(b)) => h.update(&[3, u8::from(b)]),
+        Some(Val::Opaque) => h.update(&[4]),
     }
 }
 

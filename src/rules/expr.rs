@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use regex::bytes::Regex;
 
-use super::condition::{Cond, Literal, Op, SpanCond};
+use super::condition::{Cond, Literal, Op, Probe, SpanCond};
 use super::field::{field, Field, Ty};
 use super::yaml::{Kind, Node};
 
@@ -385,7 +385,11 @@ fn count(expr: &str, scope: Scope) -> Result<Parsed, String> {
     } else {
         SpanCond::All(conds)
     };
-    Ok(Parsed::Trace(Cond::Count(group, op, expr.trim().into())))
+    Ok(Parsed::Trace(Cond::Count(
+        Probe::new(group),
+        op,
+        expr.trim().into(),
+    )))
 }
 
 /// Parses one comparison; the second part is a lint about it, if any.
@@ -431,9 +435,11 @@ fn predicate(expr: &str, scope: Scope) -> Result<(Parsed, Option<String>), Strin
         }
         (Field::Span(f), Scope::Span) => Parsed::Span(SpanCond::Field(f, op, label)),
         (Field::Span(f), Scope::Trace) => {
-            Parsed::Trace(Cond::AnySpan(SpanCond::Field(f, op, label)))
+            Parsed::Trace(Cond::AnySpan(Probe::new(SpanCond::Field(f, op, label))))
         }
-        (Field::Root(f), Scope::Trace) => Parsed::Trace(Cond::Root(SpanCond::Field(f, op, label))),
+        (Field::Root(f), Scope::Trace) => Parsed::Trace(Cond::Root(Probe::new(SpanCond::Field(
+            f, op, label,
+        )))),
         (Field::Root(_), Scope::Span) => {
             return Err(format!(
                 "`{name}`: inside a span/root/every group use `span.` fields"
@@ -559,13 +565,13 @@ fn cond(v: &Node, scope: Scope, errs: &mut Diags) -> Option<Parsed> {
                     span_cond(inner, errs).map(|c| Parsed::Span(SpanCond::Not(Box::new(c))))
                 }
                 ("span", Scope::Trace) => {
-                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::AnySpan(c)))
+                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::AnySpan(Probe::new(c))))
                 }
                 ("root", Scope::Trace) => {
-                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::Root(c)))
+                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::Root(Probe::new(c))))
                 }
                 ("every", Scope::Trace) => {
-                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::EverySpan(c)))
+                    span_cond(inner, errs).map(|c| Parsed::Trace(Cond::EverySpan(Probe::new(c))))
                 }
                 ("span" | "root" | "every", Scope::Span) => {
                     errs.push((

@@ -9,7 +9,7 @@ use super::expr::{self, unknown};
 use super::yaml::{self, Kind, Node};
 use super::{DynamicSpec, Outcome, Rule, RuleError, ThroughputSpec};
 
-const RULE_KEYS: [&str; 18] = [
+const RULE_KEYS: [&str; 19] = [
     "name",
     "description",
     "conditions",
@@ -28,6 +28,7 @@ const RULE_KEYS: [&str; 18] = [
     "factor",
     "min_traces",
     "min_traces_window",
+    "early",
 ];
 const OUTCOMES: [&str; 6] = [
     "keep",
@@ -48,8 +49,9 @@ fn extras(outcome: &str) -> &'static [&'static str] {
             "decay_to_sample_rate",
             "min_traces",
             "min_traces_window",
+            "early",
         ],
-        "drop" => &["min_traces", "min_traces_window"],
+        "drop" => &["min_traces", "min_traces_window", "early"],
         "rate_limit" => &["traces_per_second", "marks"],
         "throughput" => &[
             "traces_per_second",
@@ -314,6 +316,7 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
     };
     let (active, decay_to) = super::window::parse(v, &mut err);
     let minimum = super::minimum::parse(v, &mut err);
+    let early = early(v, condition.is_some(), max_per_second.is_some(), &mut err);
     if err.out.len() > before {
         return None;
     }
@@ -330,7 +333,48 @@ fn rule(file: &str, index: usize, v: &Node, errors: &mut Vec<RuleError>) -> Opti
         active,
         decay_to,
         minimum,
+        early,
     })
+}
+
+/// `early: true|false`. An early rule decides a trace as soon as its outcome is sure, so it
+/// must be one whose outcome depends on the trace alone: keep (at a sample rate) or drop, with
+/// conditions, and no cap that could send the trace on to the next rule.
+fn early(v: &Node, has_conditions: bool, capped: bool, err: &mut Errors<'_>) -> bool {
+    let Some(n) = v.get("early") else {
+        return false;
+    };
+    let on = match n.kind {
+        Kind::Scalar {
+            value: yaml::Scalar::Bool(b),
+            ..
+        } => b,
+        _ => {
+            err.push(
+                n.line,
+                "early",
+                format!("`early` is true or false, got {}", n.describe()),
+            );
+            return false;
+        }
+    };
+    if on && !has_conditions {
+        err.push(
+            n.line,
+            "early",
+            "an early rule needs `conditions`: without any it would decide every trace that \
+             reaches it at its first span",
+        );
+    }
+    if on && capped {
+        err.push(
+            n.line,
+            "early",
+            "an early rule cannot have `max_traces_per_second`: a trace over the cap goes on to \
+             the next rule, which cannot be sure of its outcome before the trace completes",
+        );
+    }
+    on
 }
 
 fn throughput(

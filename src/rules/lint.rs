@@ -10,6 +10,8 @@
 //! - A negative operator on a span field at trace scope (`span.service != payment`): it holds
 //!   when *some* span differs, which is nearly always (found while parsing, see `expr`).
 //! - A time-boxed rule past its `active_until`: it retired and matches no trace.
+//! - An early rule after a rule that can be known not to match only when the trace completes:
+//!   it decides no trace early (see `seen::knowable`).
 
 use super::condition::{Cond, Literal, Op, SpanCond};
 use super::{Rule, RuleError};
@@ -36,6 +38,30 @@ pub fn lint_at(rules: &[Rule], now: std::time::SystemTime) -> Vec<RuleError> {
                     super::window::show(until)
                 ),
             });
+        }
+        if r.early {
+            let blockers = super::seen::early_blockers(rules, i);
+            if let Some(b) = blockers.first() {
+                let names: Vec<String> = blockers.iter().map(|b| format!("`{}`", b.name)).collect();
+                out.push(RuleError {
+                    file: r.file.clone(),
+                    line: r.line,
+                    rule: format!("`{}`", r.name),
+                    field: "early".into(),
+                    message: format!(
+                        "this early rule decides no trace early: {} before it can be known not \
+                         to match only when the trace completes (`span:` conditions, growing \
+                         durations and counts compared with `>`), and until then it may still \
+                         decide the trace; move this rule above {}, or drop `early`",
+                        names.join(", "),
+                        if blockers.len() == 1 {
+                            format!("`{}` ({}:{})", b.name, b.file, b.line)
+                        } else {
+                            "them".into()
+                        }
+                    ),
+                });
+            }
         }
         let shadow = rules[..i]
             .iter()

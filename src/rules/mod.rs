@@ -15,6 +15,9 @@
 //! - `share`: this instance's share of the fleet's budgets, set on every rebalance.
 //! - `window`: time-boxed rules (active between two instants) and decaying sample rates.
 //! - `minimum`: reservoir minimums (at least N matching traces per window, fleet-wide).
+//! - `trace`: a trace as the rules read it, and the full walk over its spans.
+//! - `seen`: span conditions evaluated as spans arrive (one walk per span), and what is
+//!   settled early.
 //!
 //! A rule is a name, optional conditions and an outcome: `keep` (with a sample rate), `drop`,
 //! `rate_limit`, `throughput`, `dynamic`, or `factor` (which decides nothing: it multiplies
@@ -33,7 +36,9 @@ mod lint;
 mod marks;
 mod minimum;
 pub mod reload;
+mod seen;
 mod share;
+mod trace;
 mod window;
 pub(crate) mod yaml;
 
@@ -45,7 +50,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use condition::{Cond, KeyField, SpanCond};
+pub use condition::{Cond, KeyField, Probe, SpanCond};
 pub use dynamic::{GoalRate, RateLimiter, Throughput};
 pub(crate) use expr::{did_you_mean, unknown};
 pub use file::{
@@ -54,14 +59,14 @@ pub use file::{
 };
 pub use marks::{MarkValue, RuleMarks};
 pub use minimum::{Minimum, MinimumSpec, DEFAULT_MIN_WINDOW};
+pub use seen::{early_notes, knowable, Buffered, Known, Probes, Seen, MAX_PROBES};
 pub use share::Share;
+pub use trace::{Evaluate, TraceView};
 pub use window::{schedule, Active, Clock, Phase};
 
 use crate::buffer::TraceEntry;
 use crate::decision::Decision;
 use crate::otlp::mark::{Marking, Marks};
-use crate::otlp::view::{ContextView, SpanView};
-use crate::otlp::wire::Fields;
 use crate::otlp::TraceId;
 use crate::telemetry as m;
 
@@ -205,6 +210,9 @@ pub struct Rule {
     pub decay_to: Option<u32>,
     /// `min_traces`: at least this many matching traces kept per window, fleet-wide.
     pub minimum: Option<MinimumSpec>,
+    /// `early: true`: the rule decides a trace as soon as its conditions are sure to hold and
+    /// every rule before it is sure not to match, without waiting for the trace to complete.
+    pub early: bool,
 }
 
 impl Rule {
@@ -251,78 +259,6 @@ impl Rule {
             out += &format!(", marks {{{}}}", marks.join(", "));
         }
         out
-    }
-}
-
-/// A trace as the rules see it: every span parsed once, with its resource and scope.
-pub struct TraceView<'a> {
-    /// The trace's id.
-    pub id: TraceId,
-    /// Every span that arrived, parsed once, with the resource and scope it came under.
-    pub spans: Vec<(SpanView<'a>, ContextView<'a>)>,
-    /// Index into `spans` of the root span, if it arrived.
-    pub root: Option<usize>,
-    /// From the earliest span start to the latest span end.
-    pub duration_nanos: u64,
-    /// Spans buffered for the trace.
-    pub span_count: u32,
-    /// Whether any span has error status.
-    pub has_error: bool,
-}
-
-/// A view's spans; each decider thread keeps one such vector to reuse from trace to trace.
-type Spans<'a> = Vec<(SpanView<'a>, ContextView<'a>)>;
-
-/// Spans kept for reuse at most: a giant trace's vector is not held on to.
-const REUSED_SPANS_MAX: usize = 4096;
-
-thread_local! {
-    /// The vector the last view on this thread gave back (empty), so that building a view
-    /// allocates nothing in the steady state.
-    static REUSED_SPANS: std::cell::Cell<Spans<'static>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-impl<'a> TraceView<'a> {
-    /// A view of a buffered trace: its spans parsed for the rules (nothing is copied).
-    pub fn new(id: TraceId, entry: &'a TraceEntry) -> Self {
-        // An empty vector of any lifetime coerces to a shorter one.
-        let mut spans: Spans<'a> = REUSED_SPANS.try_with(|r| r.take()).unwrap_or_default();
-        spans.reserve(entry.span_count as usize);
-        for g in &entry.groups {
-            let ctx = ContextView::new(&g.ctx);
-            for f in Fields::new(&g.spans) {
-                let Some(bytes) = f.ok().and_then(|f| f.value.as_bytes()) else {
-                    break;
-                };
-                // Spans were walked once when they arrived; one that fails here is skipped.
-                if let Ok(span) = SpanView::parse(bytes) {
-                    spans.push((span, ctx));
-                }
-            }
-        }
-        let root = spans.iter().position(|(s, _)| s.is_root());
-        TraceView {
-            id,
-            spans,
-            root,
-            duration_nanos: entry.duration_nanos(),
-            span_count: entry.span_count,
-            has_error: entry.has_error,
-        }
-    }
-}
-
-impl Drop for TraceView<'_> {
-    fn drop(&mut self) {
-        let mut spans = std::mem::take(&mut self.spans);
-        if spans.capacity() > REUSED_SPANS_MAX {
-            return;
-        }
-        spans.clear();
-        // Forget the lifetime of the (now empty) vector, keeping its allocation: collecting
-        // an emptied vector's iterator into one of the same layout reuses its buffer.
-        let spans: Spans<'static> = spans.into_iter().map(|_| unreachable!()).collect();
-        let _ = REUSED_SPANS.try_with(|r| r.set(spans));
     }
 }
 
@@ -427,6 +363,10 @@ pub struct RuleSet {
     clock: Clock,
     /// `redaction.yaml` of the same directory: loaded, swapped and versioned with the rules.
     redaction: Option<Arc<crate::redact::Redaction>>,
+    /// The span conditions the buffer evaluates as spans arrive.
+    probes: Probes,
+    /// Whether some rule is `early`.
+    early: bool,
 }
 
 /// A rule's verdict on a trace, before the mode applies.
@@ -447,8 +387,12 @@ pub struct Verdict {
 impl Clone for RuleSet {
     /// The same rules with fresh state (counters, rate limits, throughput tables).
     fn clone(&self) -> Self {
+        let mut rules = self.rules.clone();
+        let probes = Probes::assign(&mut rules);
         RuleSet {
-            rules: self.rules.clone(),
+            rules,
+            probes,
+            early: self.early,
             state: self
                 .rules
                 .iter()
@@ -513,8 +457,11 @@ impl RuleSet {
         self.redaction.as_deref()
     }
 
-    fn checked(rules: Vec<Rule>, options: RuleOptions, version: String) -> Self {
+    fn checked(mut rules: Vec<Rule>, options: RuleOptions, version: String) -> Self {
+        let probes = Probes::assign(&mut rules);
         RuleSet {
+            probes,
+            early: rules.iter().any(|r| r.early),
             state: rules
                 .iter()
                 .map(|r| RuleState::new(r, &options.share))
@@ -612,10 +559,10 @@ impl RuleSet {
 
     /// Decides a trace at `now`: the first matching rule's outcome, with the mode applied,
     /// and counts it for the per-rule metrics.
-    pub fn decide_at(&self, trace: &TraceView<'_>, now: Instant) -> Decision {
+    pub fn decide_at(&self, trace: &impl Evaluate, now: Instant) -> Decision {
         let v = self.verdict(trace, now);
         let counts = &self.state[v.rule].counts;
-        let spans = u64::from(trace.span_count);
+        let spans = u64::from(trace.span_count());
         let result = if v.keep { KEPT } else { DROPPED };
         counts.traces[result].fetch_add(1, Ordering::Relaxed);
         counts.spans[result].fetch_add(spans, Ordering::Relaxed);
@@ -636,8 +583,8 @@ impl RuleSet {
 
     /// Which rule decides the trace, and how. Counts the matches (including rate-limited
     /// traces that fall through, and factors) but not the outcome.
-    pub fn verdict(&self, trace: &TraceView<'_>, now: Instant) -> Verdict {
-        let spans = u64::from(trace.span_count);
+    pub fn verdict(&self, trace: &impl Evaluate, now: Instant) -> Verdict {
+        let spans = u64::from(trace.span_count());
         // The product of the factors of the factor rules matched so far.
         let mut factor = 1.0f64;
         for (i, rule) in self.rules.iter().enumerate() {
@@ -647,7 +594,7 @@ impl RuleSet {
             {
                 continue; // not yet, or retired
             }
-            if !rule.condition.as_ref().is_none_or(|c| c.eval(trace)) {
+            if !rule.condition.as_ref().is_none_or(|c| trace.holds(c)) {
                 continue;
             }
             let state = &self.state[i];
@@ -686,14 +633,14 @@ impl RuleSet {
                     (true, 1)
                 }
                 Outcome::Throughput(spec) => {
-                    let key = condition::key_hash(&spec.keys, trace);
+                    let key = trace.key(&spec.keys);
                     (
                         true,
                         state.throughput.as_ref().map_or(1, |t| t.rate(key, now)),
                     )
                 }
                 Outcome::Dynamic(spec) => {
-                    let key = condition::key_hash(&spec.keys, trace);
+                    let key = trace.key(&spec.keys);
                     (true, state.goal.as_ref().map_or(1, |g| g.rate(key, now)))
                 }
                 Outcome::Factor { .. } => continue, // taken above
@@ -704,7 +651,7 @@ impl RuleSet {
             let (keep, sample_rate, unboosted) = if sampled {
                 let boosted = boost(sample_rate, factor);
                 (
-                    self.sampled(&trace.id, boosted),
+                    self.sampled(&trace.id(), boosted),
                     boosted,
                     (boosted != sample_rate).then_some(sample_rate),
                 )
@@ -736,6 +683,57 @@ impl RuleSet {
             unboosted: None,
             minimum: false,
         }
+    }
+
+    /// Decides a buffered trace at `now` from what its spans showed the probes as they
+    /// arrived; a trace buffered under other rules (a reload since) is walked in full. The
+    /// result is the same either way (`seen_tests.rs` holds both to it).
+    pub fn decide_buffered(&self, id: TraceId, entry: &TraceEntry, now: Instant) -> Decision {
+        if self.probes.current(&entry.seen) {
+            self.decide_at(&Buffered::new(id, entry), now)
+        } else {
+            self.decide_at(&TraceView::new(id, entry), now)
+        }
+    }
+
+    /// The probes the buffer runs on each arriving span for this set.
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// Whether an `early` rule can decide the buffered trace now: the first rule (active at
+    /// `now`) whose conditions are not settled not to hold is settled to hold and is early,
+    /// and every factor rule before it is settled. Always false for a trace seen under other
+    /// rules.
+    pub fn decides_early(&self, id: TraceId, entry: &TraceEntry, now: Instant) -> bool {
+        if !self.early || !self.probes.current(&entry.seen) {
+            return false;
+        }
+        let t = Buffered::new(id, entry);
+        for rule in &self.rules {
+            if rule
+                .active
+                .is_some_and(|a| a.phase(self.clock.wall(now)) != Phase::Active)
+            {
+                continue;
+            }
+            let (holds, settled) = rule
+                .condition
+                .as_ref()
+                .map_or((true, true), |c| t.settle(c));
+            if !settled {
+                return false;
+            }
+            if holds && !matches!(rule.outcome, Outcome::Factor { .. }) {
+                return rule.early;
+            }
+        }
+        false
+    }
+
+    /// Whether some rule of the set is `early`.
+    pub fn has_early(&self) -> bool {
+        self.early
     }
 
     /// Whether a trace falls in the kept 1-in-`rate`: the trace id's 56 random bits (or their
@@ -798,5 +796,7 @@ fn parse_all(
 mod boost_tests;
 #[cfg(test)]
 mod language_tests;
+#[cfg(test)]
+mod seen_tests;
 #[cfg(test)]
 mod tests;

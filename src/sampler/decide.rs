@@ -34,15 +34,17 @@ impl Sampler {
     ) -> Option<Decision> {
         let rules = self.rules.load();
         let (entry, decision) = self.buffer.take(id, |id, entry| {
-            let view = TraceView::new(*id, entry);
-            let d = rules.decide(&view);
+            // From what the spans showed the rules as they arrived: no span is parsed here.
+            let d = rules.decide_buffered(*id, entry, Instant::now());
             self.decisions.insert(*id, d.clone());
-            // Exemplars from forwarded traces only, while the spans are parsed for the rules.
+            // Exemplars from forwarded traces only (their spans are read again for it).
             if let (Some(ex), true) = (&self.exemplars, d.forwards()) {
-                ex.offer_trace(&view, d.forwarded_rate());
+                ex.offer_trace(&TraceView::new(*id, entry), d.forwarded_rate());
             }
-            tally.without_root +=
-                u64::from(crate::telemetry::broken::inspect(&view, &mut tally.orphans));
+            tally.without_root += u64::from(crate::telemetry::broken::inspect_entry(
+                entry,
+                &mut tally.orphans,
+            ));
             d
         })?;
         tally.decided(&decision, trigger);
@@ -53,7 +55,7 @@ impl Sampler {
         self.histograms.spans.record(f64::from(entry.span_count));
         if decision.forwards() {
             tracing::debug!(trace_id = %id, rule = decision.rule(), trigger = trigger.as_str(), spans = entry.span_count, "trace forwarded");
-            self.forward(id, &decision, entry, due);
+            self.forward(id, &decision, entry, due, trigger);
         } else if let Some(f) = &self.forwards {
             // Its offsets stay held until the decision log has the decision.
             f.record_now(JournalEntry {

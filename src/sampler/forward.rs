@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::buffer::TraceEntry;
-use crate::decision::{unix_ms, Decision, Remembered};
+use crate::decision::{unix_ms, Decision, Remembered, Trigger};
 use crate::journal::Delivery;
 use crate::offsets::{Hold, Holds};
 use crate::otlp::decode::TraceGroup;
@@ -27,7 +27,7 @@ static REFUSALS: AtomicU64 = AtomicU64::new(0);
 /// A chunk's context as it leaves: the buffered one, or a copy with its resource redacted.
 enum Ctx<'a> {
     Shared(&'a SpanContext),
-    Redacted(SpanContext),
+    Redacted(Box<SpanContext>),
 }
 
 impl Ctx<'_> {
@@ -47,6 +47,8 @@ struct Shipment<'a> {
     replayed: bool,
     due: Instant,
     delivery: Option<Arc<Delivery>>,
+    /// A trace decided from the buffer: its first span's arrival and its trigger.
+    visible: Option<(Instant, Trigger)>,
 }
 
 impl Sampler {
@@ -57,7 +59,9 @@ impl Sampler {
         decision: &Decision,
         entry: TraceEntry,
         due: Instant,
+        trigger: Trigger,
     ) {
+        let visible = Some((self.buffer.arrived(&entry), trigger));
         let messages = self.encode_out(
             id,
             decision,
@@ -90,6 +94,7 @@ impl Sampler {
                 replayed: entry.replayed,
                 due,
                 delivery,
+                visible,
             },
         );
     }
@@ -137,6 +142,7 @@ impl Sampler {
                 replayed,
                 due: now,
                 delivery,
+                visible: None,
             },
         );
     }
@@ -155,13 +161,15 @@ impl Sampler {
         let with_tickets = messages
             .into_iter()
             .zip(shares)
-            .map(|(msg, share)| {
+            .enumerate()
+            .map(|(i, (msg, share))| {
                 let ticket = Ticket {
                     holds: s.holds.clone(),
                     spans: share,
                     replayed_spans: if s.replayed { share } else { 0 },
                     due: s.due,
                     delivery: s.delivery.clone(),
+                    visible: s.visible.filter(|_| i == 0),
                 };
                 (msg, ticket)
             })
@@ -195,35 +203,35 @@ impl Sampler {
         }
         let mut tally = Tally::default();
         let mut refused = Vec::new();
-        let out: Vec<(Ctx<'a>, Cow<'a, [u8]>)> = chunks
-            .filter_map(|(ctx, spans)| {
-                let (ctx, spans) = match redaction {
-                    None => (Ctx::Shared(ctx), Cow::Borrowed(spans)),
-                    Some(r) => {
-                        let c = r.chunk(ctx, spans, &mut tally);
-                        if let Some(reason) = c.reason {
-                            refused.push((ctx, c.refused, reason));
-                        }
-                        (
-                            c.context.map_or(Ctx::Shared(ctx), Ctx::Redacted),
-                            c.spans.map_or(Cow::Borrowed(spans), Cow::Owned),
-                        )
+        // Sized up front: an entry holds a whole context, and growing by doubling moved them.
+        let mut out: Vec<(Ctx<'a>, Cow<'a, [u8]>)> = Vec::with_capacity(chunks.clone().count());
+        out.extend(chunks.filter_map(|(ctx, spans)| {
+            let (ctx, spans) = match redaction {
+                None => (Ctx::Shared(ctx), Cow::Borrowed(spans)),
+                Some(r) => {
+                    let c = r.chunk(ctx, spans, &mut tally);
+                    if let Some(reason) = c.reason {
+                        refused.push((ctx, c.refused, reason));
                     }
-                };
-                if spans.is_empty() {
-                    return None;
+                    (
+                        c.context.map_or(Ctx::Shared(ctx), Ctx::Redacted),
+                        c.spans.map_or(Cow::Borrowed(spans), Cow::Owned),
+                    )
                 }
-                let spans = match &marks {
-                    None => spans,
-                    Some(m) => {
-                        let mut out = Vec::new();
-                        m.mark_spans(&spans, &mut out);
-                        Cow::Owned(out)
-                    }
-                };
-                Some((ctx, spans))
-            })
-            .collect();
+            };
+            if spans.is_empty() {
+                return None;
+            }
+            let spans = match &marks {
+                None => spans,
+                Some(m) => {
+                    let mut out = Vec::new();
+                    m.mark_spans(&spans, &mut out);
+                    Cow::Owned(out)
+                }
+            };
+            Some((ctx, spans))
+        }));
         if let Some(r) = redaction {
             r.record(&tally);
         }

@@ -76,6 +76,7 @@ impl Sampler {
         };
         let mut full = Vec::new();
         let degraded = self.degraded();
+        let rules = self.rules.load();
         for group in decoder.groups(payload) {
             if let Some(h) = heads.as_deref_mut() {
                 if !degraded {
@@ -83,7 +84,10 @@ impl Sampler {
                 }
             }
             let ingested = if degraded {
-                match self.buffer.ingest_existing(&group, hold, replayed, now) {
+                match self
+                    .buffer
+                    .ingest_existing(&group, hold, replayed, now, Some(&rules))
+                {
                     Some(i) => i,
                     None => {
                         self.ingest_degraded(&group, hold, replayed, now, &mut tally);
@@ -92,7 +96,7 @@ impl Sampler {
                 }
             } else {
                 self.buffer
-                    .ingest(&group, hold, replayed, now, &self.decisions)
+                    .ingest_with(&group, hold, replayed, now, &self.decisions, Some(&rules))
             };
             match ingested {
                 Ingested::Buffered => {}
@@ -151,11 +155,16 @@ impl Sampler {
                 continue; // it decoded when stored; cannot happen
             }
             let hold = HeadHold { tail, offset };
+            let rules = self.rules.load();
             for group in decoder.groups(payload).filter(|g| g.trace_id == *id) {
-                match self
-                    .buffer
-                    .ingest(&group, &hold, true, now, &self.decisions)
-                {
+                match self.buffer.ingest_with(
+                    &group,
+                    &hold,
+                    true,
+                    now,
+                    &self.decisions,
+                    Some(&rules),
+                ) {
                     Ingested::Full(trigger) => full.push((*id, trigger)),
                     Ingested::Buffered | Ingested::Late(_) => {}
                 }

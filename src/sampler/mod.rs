@@ -48,6 +48,9 @@ pub struct Ticket {
     pub due: Instant,
     /// With a decision log: the forward this message is part of, told of its acknowledgement.
     pub delivery: Option<Arc<Delivery>>,
+    /// On the first message of a trace decided from the buffer: when its first span arrived
+    /// and what decided it, for the visibility histogram.
+    pub visible: Option<(Instant, crate::decision::Trigger)>,
 }
 
 impl Ticket {

@@ -10,25 +10,101 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::rules::TraceView;
+use crate::buffer::TraceEntry;
+use crate::otlp::view::SpanView;
+use crate::otlp::wire::Fields;
 use crate::telemetry::red::{label, OTHER, UNKNOWN_SERVICE};
 
-/// Adds the orphan spans of `view` to `out`, per service; returns whether the root is missing.
-pub fn inspect(view: &TraceView<'_>, out: &mut Vec<(Box<[u8]>, u64)>) -> bool {
-    let mut ids: smallvec::SmallVec<[&[u8]; 16]> =
-        view.spans.iter().map(|(s, _)| s.span_id).collect();
-    ids.sort_unstable();
-    for (span, ctx) in &view.spans {
-        if span.is_root() || ids.binary_search(&span.parent_span_id).is_ok() {
-            continue;
-        }
-        let service = ctx.service_name().unwrap_or(UNKNOWN_SERVICE);
-        match out.iter_mut().find(|(s, _)| **s == *service) {
-            Some((_, n)) => *n += 1,
-            None => out.push((Box::from(service), 1)),
-        }
+/// Adds the orphan spans of a buffered trace to `out`, per service; returns whether the root
+/// is missing. Reads each span's ids only (the fields SDKs write first), not the whole span:
+/// see [`span_ids`]. Ids are compared as numbers (8-byte ids as they are, others hashed), in
+/// scratch vectors the thread keeps, so counting allocates nothing.
+pub fn inspect_entry(entry: &TraceEntry, out: &mut Vec<(Box<[u8]>, u64)>) -> bool {
+    /// Span ids, and (parent id, group) of the spans that have a parent.
+    type Scratch = (Vec<u64>, Vec<(u64, u16)>);
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = const {
+            std::cell::RefCell::new((Vec::new(), Vec::new()))
+        };
     }
-    view.root.is_none()
+    let mut count = |(ids, parents): &mut Scratch| {
+        ids.clear();
+        parents.clear();
+        for (gi, g) in entry.groups.iter().enumerate() {
+            for f in Fields::new(&g.spans).map_while(Result::ok) {
+                if let Some(span) = f.value.as_bytes() {
+                    let (id, parent) = span_ids(span);
+                    ids.push(id64(id));
+                    if !parent.iter().all(|&b| b == 0) {
+                        parents.push((id64(parent), gi as u16));
+                    }
+                }
+            }
+        }
+        ids.sort_unstable();
+        for (parent, gi) in parents.iter() {
+            if ids.binary_search(parent).is_ok() {
+                continue;
+            }
+            let service = entry
+                .groups
+                .get(usize::from(*gi))
+                .and_then(|g| g.ctx.service_name())
+                .unwrap_or(UNKNOWN_SERVICE);
+            match out.iter_mut().find(|(s, _)| **s == *service) {
+                Some((_, n)) => *n += 1,
+                None => out.push((Box::from(service), 1)),
+            }
+        }
+        if ids.capacity() > 4096 {
+            *ids = Vec::new();
+            *parents = Vec::new();
+        }
+    };
+    if SCRATCH.try_with(|s| count(&mut s.borrow_mut())).is_err() {
+        count(&mut (Vec::new(), Vec::new()));
+    }
+    entry.root_seen.is_none()
+}
+
+/// A span id as a number: an 8-byte id (what the spec requires) as it is, any other hashed.
+fn id64(id: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(id) {
+        Ok(a) => u64::from_be_bytes(a),
+        Err(_) => xxhash_rust::xxh3::xxh3_64(id) | 1 << 63,
+    }
+}
+
+/// A span's id and parent span id. Every SDK writes a span's fields in field-number order, and
+/// the ids are fields 2 and 4: reading stops at the first field numbered above 4, so that
+/// counting orphans does not walk the attributes. A span whose id was not found before that
+/// (an encoder writing in another order) is walked whole.
+pub fn span_ids(span: &[u8]) -> (&[u8], &[u8]) {
+    // How SDKs write it, read without the general walk (this runs for every span decided):
+    // one-byte tags and lengths, trace id, span id, perhaps a trace state, perhaps a parent.
+    let mut rest = span;
+    let (mut id, mut parent) = (None, &[][..]);
+    while let [tag, len, tail @ ..] = rest {
+        let (field, len) = (tag >> 3, usize::from(*len));
+        if tag & 7 != 2 || field == 0 || field > 4 || len >= 0x80 || tail.len() < len {
+            break;
+        }
+        let (value, after) = tail.split_at(len);
+        match field {
+            2 => id = Some(value),
+            4 => parent = value,
+            _ => {}
+        }
+        rest = after;
+    }
+    match (id, rest.first()) {
+        // Stopped at a later field: the ids were all before it.
+        (Some(id), Some(tag)) if tag >> 3 > 4 => return (id, parent),
+        (Some(id), None) => return (id, parent),
+        _ => {}
+    }
+    // Another encoding (long lengths, fields out of order): the whole walk.
+    SpanView::parse(span).map_or((&[][..], &[][..]), |v| (v.span_id, v.parent_span_id))
 }
 
 /// Service labels of the orphan counter, capped: services beyond `max_services` are `other`.
@@ -111,8 +187,8 @@ mod tests {
         let id: TraceId = id.unwrap();
         let mut out = Vec::new();
         let mut no_root = false;
-        buffer.take(&id, |id, e| {
-            no_root = inspect(&TraceView::new(*id, e), &mut out);
+        buffer.take(&id, |_, e| {
+            no_root = inspect_entry(e, &mut out);
             crate::decision::Decision::Drop { rule: "x".into() }
         });
         let out = out
@@ -154,5 +230,30 @@ mod tests {
         assert_eq!(whole, (vec![], false));
         let rootless = check(vec![("svc", vec![span(t, 2, Some(1), "c", 1, 2)])]);
         assert_eq!(rootless, (vec![("svc".to_string(), 1)], true));
+    }
+
+    #[test]
+    fn span_ids_are_read_from_the_front_or_by_the_whole_walk() {
+        use prost::Message;
+        let t = trace_id(3);
+        let s = span(t, 7, Some(9), "name", 1, 2);
+        let bytes = s.encode_to_vec();
+        assert_eq!(
+            span_ids(&bytes),
+            (&7u64.to_be_bytes()[..], &9u64.to_be_bytes()[..])
+        );
+        // Fields in another order (allowed by protobuf): the name first, the ids after it.
+        let mut odd = vec![0x2a, 1, b'n'];
+        odd.extend_from_slice(&[0x12, 8]);
+        odd.extend_from_slice(&7u64.to_be_bytes());
+        odd.extend_from_slice(&[0x22, 8]);
+        odd.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(
+            span_ids(&odd),
+            (&7u64.to_be_bytes()[..], &9u64.to_be_bytes()[..])
+        );
+        // A root: no parent.
+        let root = span(t, 1, None, "r", 1, 2).encode_to_vec();
+        assert_eq!(span_ids(&root), (&1u64.to_be_bytes()[..], &[][..]));
     }
 }

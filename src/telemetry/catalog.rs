@@ -31,6 +31,7 @@ const TRIGGERS: &[&str] = &[
     "memory",
     "stress",
     "rebalance",
+    "early",
 ];
 
 const TOPIC: Label = Label::topics("topic");
@@ -127,7 +128,7 @@ catalog! {
     TRACES_DECIDED: Counter "tailsift_traces_decided_total" {
         unit: Count,
         labels: [RULE, OUTCOME, Label::fixed("trigger", TRIGGERS)],
-        help: "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, byte_limit, max_age, memory, stress, rebalance). At start every trigger is at zero for each outcome its rule can give (a drop rule never keeps, a keep-all or rate_limit rule never drops).",
+        help: "Traces decided, by rule, outcome (kept, dropped) and trigger (idle, root, span_limit, byte_limit, max_age, memory, stress, rebalance, early: an early rule was sure of the outcome as the spans arrived). At start every trigger is at zero for each outcome its rule can give (a drop rule never keeps, a keep-all or rate_limit rule never drops).",
     }
     SPANS_FORWARDED: Counter "tailsift_spans_forwarded_total" {
         unit: Count,
@@ -159,6 +160,12 @@ catalog! {
         labels: [],
         buckets: &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         help: "Time from a trace's completion deadline (or a late span's arrival) to the acknowledgement of its output.",
+    }
+    TRACE_VISIBILITY: Histogram "tailsift_trace_visibility_seconds" {
+        unit: Seconds,
+        labels: [Label::fixed("trigger", TRIGGERS)],
+        buckets: &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        help: "Time from the arrival of a kept trace's first span to the acknowledgement of its first output message, by the trigger that decided it: how long a kept trace takes to become visible in the backend (early rules shorten it).",
     }
     TRACE_DURATION: Histogram "tailsift_trace_duration_seconds" {
         unit: Seconds,

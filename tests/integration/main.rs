@@ -19,6 +19,7 @@ mod dashboard;
 mod dead_letter;
 mod decision_cache;
 mod decision_log;
+mod early;
 mod exemplars;
 mod fuzz;
 mod health;

@@ -1,0 +1,469 @@
+//! One walk per span: the span conditions of a rule set evaluated as the spans arrive.
+//!
+//! Every span-level part of a trace condition (`span:`, `every:`, `root:`, `count(...)`, and a
+//! bare span field, which means "some span") is a [`Probe`] with a slot. When a span joins its
+//! buffered trace, the buffer runs the set's probes on it once, with the span as decoding read
+//! it (no second walk), and folds the results into the trace's [`Seen`]: which probes some
+//! span passed, which every span passed, the root span's results, and counts. Deciding the
+//! trace then reads those bits and the trace's own facts (duration, span count, error,
+//! services, bytes); it parses one span at most (the root, for a throughput or dynamic
+//! sampler's key).
+//!
+//! The bits belong to the rule set that computed them: each set has a generation, and a trace
+//! whose spans were seen under another (a reload while it was buffered) is decided by the full
+//! walk over its spans ([`super::TraceView`]) instead, with the same result. Sets with more
+//! than [`MAX_PROBES`] probes always take the full walk.
+//!
+//! Because what is known only grows as spans arrive, a condition can also be *settled*: sure
+//! to hold, or sure not to, whatever spans come later ([`Buffered::settle`]). Early rules
+//! (`early: true`) decide a trace as soon as they are settled to hold and every rule before
+//! them is settled not to.
+
+use std::cell::OnceCell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::buffer::TraceEntry;
+use crate::otlp::decode::GroupSpan;
+use crate::otlp::view::{ContextView, SpanView};
+use crate::otlp::wire::Fields;
+use crate::otlp::TraceId;
+
+use super::condition::{self, Cond, KeyField, Literal, Op, Probe, SpanCond, TraceField, Val};
+use super::Rule;
+
+/// Probes a set may have for the incremental evaluation: one bit each in a trace's masks.
+pub const MAX_PROBES: usize = 64;
+
+/// How a trace condition applies a probe to the spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Some span passes (`span:`).
+    Some,
+    /// Every span passes (`every:`).
+    Every,
+    /// The root span passes (`root:`).
+    Root,
+    /// Spans that pass, counted (`count(...)`): the counter's index.
+    Count(u16),
+}
+
+/// The probes of one rule set, in slot order.
+#[derive(Debug, Default)]
+pub struct Probes {
+    /// 0: the set has too many probes, every trace takes the full walk.
+    generation: u32,
+    list: Vec<(Kind, SpanCond)>,
+    counters: usize,
+    /// The slots of the `every:` probes.
+    every_mask: u64,
+}
+
+/// Generations are unique per process; 0 means "none".
+static GENERATION: AtomicU32 = AtomicU32::new(1);
+
+impl Probes {
+    /// Gives every probe of `rules` its slot and collects them.
+    pub(crate) fn assign(rules: &mut [Rule]) -> Self {
+        let mut p = Probes {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed).max(1),
+            ..Probes::default()
+        };
+        for r in rules.iter_mut() {
+            if let Some(c) = &mut r.condition {
+                p.collect(c);
+            }
+        }
+        if p.list.len() > MAX_PROBES {
+            p.generation = 0;
+        }
+        p
+    }
+
+    fn collect(&mut self, c: &mut Cond) {
+        let (probe, kind) = match c {
+            Cond::All(cs) | Cond::Any(cs) => {
+                cs.iter_mut().for_each(|c| self.collect(c));
+                return;
+            }
+            Cond::Not(c) => return self.collect(c),
+            Cond::Trace(..) => return,
+            Cond::AnySpan(p) => (p, Kind::Some),
+            Cond::EverySpan(p) => (p, Kind::Every),
+            Cond::Root(p) => (p, Kind::Root),
+            Cond::Count(p, ..) => {
+                p.counter = self.counters.min(usize::from(u16::MAX)) as u16;
+                self.counters += 1;
+                let kind = Kind::Count(p.counter);
+                (p, kind)
+            }
+        };
+        probe.slot = self.list.len().min(usize::from(u16::MAX - 1)) as u16;
+        if kind == Kind::Every && self.list.len() < 64 {
+            self.every_mask |= 1 << self.list.len();
+        }
+        self.list.push((kind, probe.cond.clone()));
+    }
+
+    /// Whether traces are evaluated as their spans arrive (the set has few enough probes).
+    pub fn enabled(&self) -> bool {
+        self.generation != 0
+    }
+
+    /// The state of a new trace under these probes.
+    pub fn start(&self) -> Seen {
+        Seen {
+            generation: self.generation,
+            every: u64::MAX,
+            counts: smallvec::smallvec![0; self.counters],
+            ..Seen::default()
+        }
+    }
+
+    /// Runs the probes on one span joining a trace whose state is `seen`; `first_root` says
+    /// the span is the trace's first root span. A trace seen under other probes (a reload)
+    /// is left alone: it will be decided by the full walk.
+    #[inline]
+    pub fn observe(&self, span: &GroupSpan<'_>, first_root: bool, seen: &mut Seen) {
+        if seen.generation != self.generation || self.generation == 0 || self.list.is_empty() {
+            return;
+        }
+        let view = span.view();
+        let ctx = ContextView::new(span.context);
+        let mut passed = 0u64;
+        for (slot, (kind, cond)) in self.list.iter().enumerate() {
+            let bit = 1u64 << slot;
+            match kind {
+                Kind::Root => {
+                    if first_root && cond.eval(&view, &ctx) {
+                        seen.root |= bit;
+                    }
+                }
+                Kind::Count(i) => {
+                    if cond.eval(&view, &ctx) {
+                        if let Some(n) = seen.counts.get_mut(usize::from(*i)) {
+                            *n = n.saturating_add(1);
+                        }
+                    }
+                }
+                // Settled already: some span passed, or one failed every:.
+                Kind::Some if seen.some & bit != 0 => {}
+                Kind::Every if seen.every & bit == 0 => {}
+                Kind::Some | Kind::Every => {
+                    if cond.eval(&view, &ctx) {
+                        passed |= bit;
+                    }
+                }
+            }
+        }
+        seen.some |= passed;
+        seen.every &= passed | !self.every_mask;
+    }
+
+    /// Whether `seen` was computed under these probes.
+    pub(crate) fn current(&self, seen: &Seen) -> bool {
+        self.generation != 0 && seen.generation == self.generation
+    }
+}
+
+/// What a buffered trace's spans showed the probes, so far. About 48 bytes per trace (one
+/// counter inline; more `count(...)` probes spill to the heap).
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    generation: u32,
+    /// Bit per slot: some span passed the probe.
+    some: u64,
+    /// Bit per slot: every span so far passed the probe (all ones before the first span).
+    every: u64,
+    /// Bit per slot: the root span passed the probe (0 while the root has not arrived).
+    root: u64,
+    counts: smallvec::SmallVec<[u32; 1]>,
+}
+
+/// A buffered trace, as the rules read it from what the buffer gathered as its spans
+/// arrived: the incremental counterpart of [`super::TraceView`].
+pub struct Buffered<'a> {
+    /// The trace's id.
+    pub id: TraceId,
+    entry: &'a TraceEntry,
+    root: OnceCell<Option<(SpanView<'a>, ContextView<'a>)>>,
+}
+
+impl<'a> Buffered<'a> {
+    /// The trace `id` buffered as `entry`; its `seen` must be current for the rule set.
+    pub fn new(id: TraceId, entry: &'a TraceEntry) -> Self {
+        Buffered {
+            id,
+            entry,
+            root: OnceCell::new(),
+        }
+    }
+
+    /// The root span, parsed on first use (the only span deciding may parse).
+    fn root(&self) -> Option<&(SpanView<'a>, ContextView<'a>)> {
+        self.root
+            .get_or_init(|| {
+                let (group, at) = self.entry.root_at?;
+                let g = self.entry.groups.get(usize::from(group))?;
+                let field = g.spans.get(at as usize..)?;
+                let bytes = Fields::new(field).next()?.ok()?.value.as_bytes()?;
+                Some((SpanView::parse(bytes).ok()?, ContextView::new(&g.ctx)))
+            })
+            .as_ref()
+    }
+
+    fn trace_value(&self, f: TraceField) -> Val<'static> {
+        let e = self.entry;
+        match f {
+            TraceField::Duration => Val::Num(e.duration_nanos() as f64),
+            TraceField::SpanCount => Val::Num(f64::from(e.span_count)),
+            TraceField::Error => Val::Bool(e.has_error),
+            TraceField::RootPresent => Val::Bool(e.root_seen.is_some()),
+            TraceField::ServiceCount => Val::Num(condition::distinct_services(
+                e.groups.iter().map(|g| g.ctx.service_name()),
+            ) as f64),
+            TraceField::Bytes => Val::Num(
+                e.groups
+                    .iter()
+                    .flat_map(|g| Fields::new(&g.spans).map_while(Result::ok))
+                    .filter_map(|f| f.value.as_bytes())
+                    .map(<[u8]>::len)
+                    .sum::<usize>() as f64,
+            ),
+        }
+    }
+
+    fn bit(mask: u64, p: &Probe) -> bool {
+        p.slot < 64 && mask & (1u64 << p.slot) != 0
+    }
+
+    fn count(&self, p: &Probe) -> u32 {
+        self.entry
+            .seen
+            .counts
+            .get(usize::from(p.counter))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the trace satisfies `c`, from what its spans showed the probes.
+    pub fn holds(&self, c: &Cond) -> bool {
+        let seen = &self.entry.seen;
+        match c {
+            Cond::All(cs) => cs.iter().all(|c| self.holds(c)),
+            Cond::Any(cs) => cs.iter().any(|c| self.holds(c)),
+            Cond::Not(c) => !self.holds(c),
+            Cond::Trace(f, op, _) => op.test(Some(self.trace_value(*f))),
+            Cond::AnySpan(p) => Self::bit(seen.some, p),
+            Cond::EverySpan(p) => Self::bit(seen.every, p),
+            Cond::Root(p) => Self::bit(seen.root, p),
+            Cond::Count(p, op, _) => op.test(Some(Val::Num(f64::from(self.count(p))))),
+        }
+    }
+
+    /// Whether `c` holds now, and whether that is settled: no span arriving later can change
+    /// it. What is known only grows: a span that passed stays passed, counts, the span count,
+    /// the duration, the bytes and the services only grow, an error stays, a root stays.
+    pub fn settle(&self, c: &Cond) -> (bool, bool) {
+        let seen = &self.entry.seen;
+        match c {
+            Cond::All(cs) => {
+                let mut all = (true, true);
+                for c in cs {
+                    match self.settle(c) {
+                        (false, true) => return (false, true),
+                        (v, s) => all = (all.0 && v, all.1 && s),
+                    }
+                }
+                all
+            }
+            Cond::Any(cs) => {
+                let mut any = (false, true);
+                for c in cs {
+                    match self.settle(c) {
+                        (true, true) => return (true, true),
+                        (v, s) => any = (any.0 || v, any.1 && s),
+                    }
+                }
+                any
+            }
+            Cond::Not(c) => {
+                let (v, s) = self.settle(c);
+                (!v, s)
+            }
+            Cond::AnySpan(p) => {
+                let v = Self::bit(seen.some, p);
+                (v, v)
+            }
+            Cond::EverySpan(p) => {
+                let v = Self::bit(seen.every, p);
+                (v, !v)
+            }
+            Cond::Root(p) => (Self::bit(seen.root, p), self.entry.root_seen.is_some()),
+            Cond::Count(p, op, _) => {
+                let v = op.test(Some(Val::Num(f64::from(self.count(p)))));
+                (v, growing_settled(op, v))
+            }
+            Cond::Trace(f, op, _) => {
+                let v = op.test(Some(self.trace_value(*f)));
+                let settled = match f {
+                    TraceField::Error | TraceField::RootPresent => flag_settled(op, v),
+                    TraceField::Duration
+                    | TraceField::SpanCount
+                    | TraceField::ServiceCount
+                    | TraceField::Bytes => growing_settled(op, v),
+                };
+                (v, settled)
+            }
+        }
+    }
+}
+
+/// For a number that only grows: `> x` and `>= x` stay true once true; `< x` and `<= x` stay
+/// false once false. Nothing else is sure before the trace completes.
+fn growing_settled(op: &Op, v: bool) -> bool {
+    match op {
+        Op::Gt(_) | Op::Ge(_) => v,
+        Op::Lt(_) | Op::Le(_) => !v,
+        _ => false,
+    }
+}
+
+/// For a flag that can only turn on (`trace.error`, `trace.root_present`): once on, every
+/// test of it is settled; while off, a test that holds only when it is off is not.
+fn flag_settled(op: &Op, v: bool) -> bool {
+    let on_means = |l: &Literal| matches!(l, Literal::Bool(true));
+    match op {
+        // `= true` true: settled; `= false` false (flag on): settled.
+        Op::Eq(l) => on_means(l) == v,
+        Op::Ne(l) => on_means(l) != v,
+        Op::Exists => true,
+        Op::NotExists => true,
+        _ => false,
+    }
+}
+
+impl super::Evaluate for Buffered<'_> {
+    fn id(&self) -> TraceId {
+        self.id
+    }
+    fn span_count(&self) -> u32 {
+        self.entry.span_count
+    }
+    fn holds(&self, c: &Cond) -> bool {
+        Buffered::holds(self, c)
+    }
+    fn key(&self, keys: &[KeyField]) -> u64 {
+        let root = self.root().copied();
+        let first = self.entry.groups.first().map(|g| ContextView::new(&g.ctx));
+        condition::hash_keys(keys, |k| k.value(|f| self.trace_value(f), root, first))
+    }
+}
+
+/// The earliest a condition can be known, true or false, as a trace's spans arrive. Ordered:
+/// any span can tell, then only the root can, then only the trace's completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Known {
+    /// As the spans arrive (a span that passes a `span:` condition, a count past its bound).
+    Arrival,
+    /// When the root span arrives (`root:` conditions).
+    Root,
+    /// Only when the trace is complete (no span can rule out `span:`; durations can grow).
+    Completion,
+}
+
+/// When `c` can be known to hold, and when known not to: what [`Buffered::settle`] can tell
+/// at best, from the condition's form alone.
+pub fn knowable(c: &Cond) -> (Known, Known) {
+    use Known::*;
+    let growing = |op: &Op| match op {
+        Op::Gt(_) | Op::Ge(_) => (Arrival, Completion),
+        Op::Lt(_) | Op::Le(_) => (Completion, Arrival),
+        _ => (Completion, Completion),
+    };
+    match c {
+        Cond::All(cs) => cs
+            .iter()
+            .map(knowable)
+            .fold((Arrival, Completion), |(t, f), (ct, cf)| {
+                (t.max(ct), f.min(cf))
+            }),
+        Cond::Any(cs) => cs
+            .iter()
+            .map(knowable)
+            .fold((Completion, Arrival), |(t, f), (ct, cf)| {
+                (t.min(ct), f.max(cf))
+            }),
+        Cond::Not(c) => {
+            let (t, f) = knowable(c);
+            (f, t)
+        }
+        Cond::AnySpan(_) => (Arrival, Completion),
+        Cond::EverySpan(_) => (Completion, Arrival),
+        Cond::Root(_) => (Root, Root),
+        Cond::Count(_, op, _) => growing(op),
+        Cond::Trace(TraceField::Error | TraceField::RootPresent, op, _) => {
+            let on = |l: &Literal| matches!(l, Literal::Bool(true));
+            match op {
+                Op::Eq(l) if on(l) => (Arrival, Completion),
+                Op::Ne(l) if !on(l) => (Arrival, Completion),
+                Op::Eq(_) | Op::Ne(_) => (Completion, Arrival),
+                Op::Exists | Op::NotExists => (Arrival, Arrival),
+                _ => (Completion, Completion),
+            }
+        }
+        Cond::Trace(_, op, _) => growing(op),
+    }
+}
+
+/// For each early rule, which rules before it can hold its decision back, and until when
+/// (`rules check` prints these). A rule before it that can be known not to match only when
+/// the trace completes makes the early rule decide no trace early: `early_blockers` says
+/// which, for the warning.
+pub fn early_notes(rules: &[Rule]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.early) {
+        let waits: Vec<String> = holders(&rules[..i])
+            .map(|(h, until)| {
+                let until = match until {
+                    Known::Arrival => "until a span rules it out",
+                    Known::Root => "until the root span arrives",
+                    Known::Completion => "until the trace completes",
+                };
+                format!("`{}` ({until})", h.name)
+            })
+            .collect();
+        out.push(match waits.as_slice() {
+            [] => format!("early: `{}` decides as soon as its conditions hold", r.name),
+            _ => format!(
+                "early: `{}` decides once its conditions hold and the rules before it are sure \
+                 not to match: {}",
+                r.name,
+                waits.join(", ")
+            ),
+        });
+    }
+    out
+}
+
+/// The rules before an early rule that can keep it waiting, and until when: a factor rule
+/// until it is known either way, any other until it is known not to match (once known to
+/// match, it decides the trace itself).
+fn holders(before: &[Rule]) -> impl Iterator<Item = (&Rule, Known)> {
+    before.iter().filter_map(|h| {
+        let (t, f) = knowable(h.condition.as_ref()?);
+        let until = match h.outcome {
+            super::Outcome::Factor { .. } => t.min(f),
+            _ => f,
+        };
+        Some((h, until))
+    })
+}
+
+/// The rules before early rule `rules[i]` that can be known not to match only when the trace
+/// completes: while one comes first, the early rule decides no trace early.
+pub fn early_blockers(rules: &[Rule], i: usize) -> Vec<&Rule> {
+    holders(&rules[..i])
+        .filter(|(_, until)| *until == Known::Completion)
+        .map(|(h, _)| h)
+        .collect()
+}
