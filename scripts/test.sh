@@ -65,6 +65,13 @@ STARTED=$SECONDS
 set +e
 cargo test "$@" 2>&1 | tee "$OUT"
 STATUS=${PIPESTATUS[0]}
+# Then, with no arguments, the tests marked #[ignore] because what they measure is distorted
+# by the load of tests running beside them (duplicates after a SIGKILL): alone, one at a time.
+if [ "$STATUS" -eq 0 ] && [ $# -eq 0 ]; then
+  echo "tests that run alone:"
+  cargo test --test integration -- --ignored --test-threads=1 2>&1 | tee -a "$OUT"
+  STATUS=${PIPESTATUS[0]}
+fi
 set -e
 # One closing line for the whole run: cargo prints one per test binary.
 awk -v secs=$((SECONDS - STARTED)) '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }

@@ -78,7 +78,15 @@ async fn late_spans_follow_their_decision_across_a_sigterm_and_restart() {
     );
 }
 
+/// Runs alone, after the rest of the suite (`scripts/test.sh` runs the ignored tests one at a
+/// time): the duplicates a SIGKILL leaves are the kept traces whose output was acknowledged
+/// and whose decision record was not, a window of one round trip to the log. A loaded
+/// machine stalls the instance, which then decides and forwards what piled up at once; a kill
+/// landing just after such a burst duplicates all of it. With three CPU-bound processes on
+/// the two cores, 3 runs of 21 ended some 20 ms after bursts of 26 to 35 traces and
+/// exceeded the target (3.5 to 4.8 %); alone, or beside one such process, 21 of 21 left none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures duplicates after a SIGKILL: scripts/test.sh runs it alone after the suite"]
 async fn late_spans_follow_their_decision_across_a_sigkill_with_few_duplicates() {
     let (v, followed, skipped) = tokio::time::timeout(Duration::from_secs(240), restart("SIGKILL"))
         .await
