@@ -72,10 +72,11 @@ struct SpanRec {
     /// Length of the tag and length prefix within `raw`.
     header: u8,
     facts: SpanFacts,
-    /// Where the span id, parent span id and name lie in the span, (offset, length) each,
-    /// and its status code: what the rules' [`SpanView`] reads, found in the decoding walk so
-    /// that no one walks the span again for them.
-    slices: [(u32, u32); 3],
+    /// Where the span id, parent span id, name and run of attributes (from the first
+    /// attribute field to the end of the last) lie in the span, (offset, length) each, and its
+    /// status code: what the rules' [`SpanView`] reads, found in the decoding walk so that no
+    /// one walks the span again for them.
+    slices: [(u32, u32); 4],
     status_code: u8,
 }
 
@@ -113,7 +114,7 @@ pub struct GroupSpan<'a> {
     pub context: &'a Arc<SpanContext>,
     /// What completion needs to know about the span, read while decoding.
     pub facts: SpanFacts,
-    slices: [(u32, u32); 3],
+    slices: [(u32, u32); 4],
     status_code: u8,
 }
 
@@ -131,6 +132,7 @@ impl<'a> GroupSpan<'a> {
             span_id: slice(self.slices[0]),
             parent_span_id: slice(self.slices[1]),
             name: slice(self.slices[2]),
+            attrs: slice(self.slices[3]),
             kind: u64::from(self.facts.kind),
             start: self.facts.start,
             end: self.facts.end,
@@ -288,7 +290,7 @@ impl Decoder {
             is_root: true,
             ..SpanFacts::default()
         };
-        let mut slices = [(0u32, 0u32); 3];
+        let mut slices = [(0u32, 0u32); 4];
         let mut status_code = 0u8;
         // Where a field's bytes lie within the span (spans are far below 4 GiB: Kafka
         // messages are).
@@ -310,6 +312,14 @@ impl Decoder {
                     }
                 }
                 (5, Value::Bytes(b)) => slices[2] = at(b),
+                (9, _) => {
+                    // The run of attributes: from the first one's tag to the last one's end.
+                    let (from, len) = at(f.raw);
+                    if slices[3].1 == 0 {
+                        slices[3].0 = from;
+                    }
+                    slices[3].1 = from + len - slices[3].0;
+                }
                 (6, v) => facts.kind = v.as_u64().unwrap_or(0).min(255) as u8,
                 (7, v) => facts.start = v.as_u64().unwrap_or(0),
                 (8, v) => facts.end = v.as_u64().unwrap_or(0),

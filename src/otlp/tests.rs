@@ -218,6 +218,30 @@ proptest! {
     }
 
     #[test]
+    fn the_decoders_view_of_a_span_is_the_full_walks(seed in any::<u64>()) {
+        let mut gen = Generator::new(GeneratorConfig::default(), seed);
+        let t = gen.next_trace(1_000_000_000);
+        let mut d = Decoder::new();
+        let mut found = 0;
+        for m in &t.messages {
+            d.decode(m).expect("generated traffic decodes");
+            for g in d.groups(m) {
+                for s in g.spans() {
+                    let (fast, walked) = (s.view(), SpanView::parse(s.bytes).expect("a valid span"));
+                    prop_assert_eq!(fast.attrs, walked.attrs);
+                    prop_assert_eq!((fast.span_id, fast.parent_span_id, fast.name), (walked.span_id, walked.parent_span_id, walked.name));
+                    for key in [&b"http.response.status_code"[..], b"http.route", b"db.system", b"customer.tier", b"absent"] {
+                        let a = fast.attr(key);
+                        prop_assert_eq!(a, crate::otlp::view::find_attr(s.bytes, 9, key));
+                        found += usize::from(a.is_some());
+                    }
+                }
+            }
+        }
+        prop_assert!(found > 0, "the traffic sets some of these attributes");
+    }
+
+    #[test]
     fn corrupting_a_byte_never_panics(seed in any::<u64>(), pos in any::<usize>(), byte in any::<u8>()) {
         let mut gen = Generator::new(GeneratorConfig::default(), seed);
         let mut msg = gen.next_trace(1).messages.remove(0);

@@ -52,21 +52,45 @@ impl<'a> AttrValue<'a> {
 }
 
 /// Finds attribute `key` among the repeated `KeyValue` fields numbered `field` of `msg`.
-/// The last occurrence wins, as for any protobuf field appended later.
+/// The last occurrence wins, as for any protobuf field appended later. Malformed bytes end
+/// the search with what was found before them.
 pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<'a>> {
+    // The field's one-byte tag (attribute fields are numbered below 16 in OTLP); 0, which no
+    // field has, otherwise.
+    let tag = if field < 16 {
+        ((field as u8) << 3) | 2
+    } else {
+        0
+    };
     let mut found = None;
-    for f in Fields::new(msg) {
-        let Ok(f) = f else { break };
-        if f.number != field {
-            continue;
+    let mut rest = msg;
+    while !rest.is_empty() {
+        // How every SDK writes an attribute: its one-byte tag and a length below 128. Read
+        // without the general walk: this runs for every attribute a rule looks past.
+        if let [t, len, tail @ ..] = rest {
+            let len = usize::from(*len);
+            if *t == tag && len < 0x80 && tail.len() >= len {
+                let (kv, after) = tail.split_at(len);
+                let (k, v) = key_value(kv);
+                if k == Some(key) {
+                    found = v.and_then(AttrValue::parse);
+                }
+                rest = after;
+                continue;
+            }
         }
-        let Some(kv) = f.value.as_bytes() else {
-            continue;
+        let Some(Ok(f)) = Fields::new(rest).next() else {
+            break;
         };
-        let (k, v) = key_value(kv);
-        if k == Some(key) {
-            found = v.and_then(AttrValue::parse);
+        if f.number == field {
+            if let Some(kv) = f.value.as_bytes() {
+                let (k, v) = key_value(kv);
+                if k == Some(key) {
+                    found = v.and_then(AttrValue::parse);
+                }
+            }
         }
+        rest = &rest[f.raw.len()..];
     }
     found
 }
@@ -109,8 +133,12 @@ fn key_value_walk(kv: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
 /// The fields of one span that rules look at.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SpanView<'a> {
-    /// The encoded `Span` message, read again for attributes.
+    /// The encoded `Span` message, read again for events, links and the like.
     pub bytes: &'a [u8],
+    /// The run of the span's fields from its first attribute to the end of its last one
+    /// (every attribute is in it, and it may hold other fields): where attributes are looked
+    /// up. Empty when the span has none.
+    pub attrs: &'a [u8],
     /// As sent: 8 bytes from a well-behaved SDK, empty when absent, not checked.
     pub span_id: &'a [u8],
     /// Empty or all zeros for a root span.
@@ -136,9 +164,15 @@ impl<'a> SpanView<'a> {
             bytes,
             ..SpanView::default()
         };
+        let mut attrs: Option<(usize, usize)> = None;
         for f in Fields::new(bytes) {
             let f = f?;
             match (f.number, f.value) {
+                (9, _) => {
+                    let from = f.raw.as_ptr() as usize - bytes.as_ptr() as usize;
+                    let to = from + f.raw.len();
+                    attrs = Some((attrs.map_or(from, |(first, _)| first), to));
+                }
                 (2, Value::Bytes(b)) => v.span_id = b,
                 (4, Value::Bytes(b)) => v.parent_span_id = b,
                 (5, Value::Bytes(b)) => v.name = b,
@@ -154,6 +188,9 @@ impl<'a> SpanView<'a> {
                 }
                 _ => {}
             }
+        }
+        if let Some((from, to)) = attrs {
+            v.attrs = bytes.get(from..to).unwrap_or_default();
         }
         Ok(v)
     }
@@ -172,7 +209,7 @@ impl<'a> SpanView<'a> {
     /// The span attribute `key`, the last one if repeated; `None` when it is absent, or its
     /// value empty or unreadable.
     pub fn attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
-        find_attr(self.bytes, 9, key)
+        find_attr(self.attrs, 9, key)
     }
 }
 
@@ -272,6 +309,67 @@ mod tests {
         assert_eq!(key_value(&cases[2]).0, Some(&b"b"[..]), "the last key wins");
     }
 
+    /// The general walk `find_attr` short-cuts: every field read by [`Fields`].
+    fn find_attr_walk<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<'a>> {
+        let mut found = None;
+        for f in Fields::new(msg) {
+            let Ok(f) = f else { break };
+            if f.number != field {
+                continue;
+            }
+            if let Some(kv) = f.value.as_bytes() {
+                let (k, v) = key_value_walk(kv);
+                if k == Some(key) {
+                    found = v.and_then(AttrValue::parse);
+                }
+            }
+        }
+        found
+    }
+
+    /// A `Span` of the given fields: (field number, payload), each length-delimited.
+    fn message(fields: &[(u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, b) in fields {
+            crate::otlp::wire::put_len_prefix(&mut out, *n, b.len());
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    fn attr(key: &[u8], value: &[u8]) -> Vec<u8> {
+        kv(&[(0x0a, key), (0x12, &kv(&[(0x0a, value)]))])
+    }
+
+    #[test]
+    fn attributes_are_found_in_their_run_as_in_the_whole_span() {
+        let long = vec![b'v'; 300];
+        let span = message(&[
+            (1, vec![7; 16]),
+            (9, attr(b"a", b"first")),
+            (5, b"name".to_vec()),
+            (9, attr(b"b", &long)),
+            (9, attr(b"a", b"second")),
+            (11, attr(b"a", b"an event's, not the span's")),
+        ]);
+        let v = SpanView::parse(&span).expect("a valid span");
+        assert!(v.attrs.len() < span.len() && !v.attrs.is_empty());
+        assert_eq!(
+            v.attr(b"a"),
+            Some(AttrValue::Str(b"second")),
+            "the last wins"
+        );
+        assert_eq!(v.attr(b"b"), Some(AttrValue::Str(&long)));
+        assert_eq!(v.attr(b"name"), None);
+        for key in [&b"a"[..], b"b", b"c", b""] {
+            assert_eq!(v.attr(key), find_attr_walk(&span, 9, key), "{key:?}");
+        }
+        let none = message(&[(1, vec![7; 16]), (5, b"name".to_vec())]);
+        let v = SpanView::parse(&none).expect("a valid span");
+        assert!(v.attrs.is_empty());
+        assert_eq!(v.attr(b"a"), None);
+    }
+
     proptest! {
         #[test]
         fn a_key_value_of_any_bytes_reads_as_the_walk_reads_it(
@@ -285,6 +383,38 @@ mod tests {
             prop_assert_eq!(key_value(&b), key_value_walk(&b));
             b.extend_from_slice(&tail);
             prop_assert_eq!(key_value(&b), key_value_walk(&b));
+        }
+
+        #[test]
+        fn an_attribute_is_found_as_the_general_walk_finds_it(
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+            attrs in proptest::collection::vec(
+                (0u32..20, prop_oneof![Just(b"k".to_vec()), Just(b"key".to_vec()),
+                    proptest::collection::vec(any::<u8>(), 0..4)],
+                 proptest::collection::vec(any::<u8>(), 0..200)),
+                0..8),
+            cut in any::<usize>(),
+        ) {
+            for field in [1, 3, 9, 17] {
+                for key in [&b"k"[..], b"key", b""] {
+                    prop_assert_eq!(find_attr(&noise, field, key), find_attr_walk(&noise, field, key));
+                }
+            }
+            let fields: Vec<(u32, Vec<u8>)> = attrs
+                .iter()
+                .map(|(n, k, v)| (n + 1, attr(k, v)))
+                .collect();
+            let mut msg = message(&fields);
+            for field in [1, 3, 9, 17] {
+                for key in [&b"k"[..], b"key"] {
+                    prop_assert_eq!(find_attr(&msg, field, key), find_attr_walk(&msg, field, key));
+                }
+            }
+            // Cut short: the two stop at the same fault with the same answer.
+            msg.truncate(cut % (msg.len() + 1));
+            for field in [1, 9] {
+                prop_assert_eq!(find_attr(&msg, field, b"k"), find_attr_walk(&msg, field, b"k"));
+            }
         }
     }
 }
