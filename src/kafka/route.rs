@@ -280,9 +280,9 @@ fn run(
                     let mut traces = 0u64;
                     for group in decoder.groups(proto) {
                         traces += 1;
-                        let chunks = group.by_context();
+                        let chunks = group.chunks();
                         let messages = encode_trace(
-                            chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
+                            chunks.iter().map(|(c, b)| (&***c, &**b)),
                             settings.max_message_bytes,
                         );
                         let hex = group.trace_id.to_hex();

@@ -4,6 +4,7 @@
 //! (a [`SpanContext`], shared by all spans of one `ScopeSpans`), and the few facts that
 //! completion needs are read on the way: trace id, root or not, error or not, timestamps.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -165,20 +166,28 @@ impl<'a> TraceGroup<'a> {
     /// The group's span bytes regrouped by context (resource and scope), in order of first
     /// appearance: what a buffered trace entry holds, and what [`super::encode::encode_trace`]
     /// takes. For spans that are forwarded without being buffered (late spans, `route`).
-    pub fn by_context(&self) -> Vec<(Arc<SpanContext>, Vec<u8>)> {
-        let mut chunks: Vec<(Arc<SpanContext>, Vec<u8>)> = Vec::new();
-        for span in self.spans() {
-            match chunks
-                .iter_mut()
-                .find(|(c, _)| Arc::ptr_eq(c, span.context))
-            {
-                Some((_, bytes)) => bytes.extend_from_slice(span.field),
-                None => chunks.push((span.context.clone(), span.field.to_vec())),
+    /// A context's spans that lie side by side in the message (how exporters write them) are
+    /// borrowed from it, not copied: late spans of a kept trace cost no allocation here.
+    pub fn chunks(&self) -> Chunks<'a> {
+        let mut out = Chunks::new();
+        for s in self.spans {
+            let ctx = &self.contexts[s.ctx as usize];
+            let field = &self.buf[s.raw.clone()];
+            match out.iter_mut().find(|(c, _)| Arc::ptr_eq(c, ctx)) {
+                Some((_, Cow::Borrowed(run))) if run.as_ptr_range().end == field.as_ptr() => {
+                    let from = run.as_ptr() as usize - self.buf.as_ptr() as usize;
+                    *run = &self.buf[from..s.raw.end];
+                }
+                Some((_, run)) => run.to_mut().extend_from_slice(field),
+                None => out.push((ctx, Cow::Borrowed(field))),
             }
         }
-        chunks
+        out
     }
 }
+
+/// A trace group's spans by context: see [`TraceGroup::chunks`].
+pub type Chunks<'a> = smallvec::SmallVec<[(&'a Arc<SpanContext>, Cow<'a, [u8]>); 2]>;
 
 fn wire(at: &'static str) -> impl Fn(WireError) -> DecodeError {
     move |source| DecodeError::Wire { at, source }

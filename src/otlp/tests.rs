@@ -319,3 +319,61 @@ fn a_context_knows_its_service_name_as_an_attribute_lookup_would_find_it() {
         None
     );
 }
+
+#[test]
+fn a_groups_chunks_borrow_adjacent_spans_and_copy_only_scattered_ones() {
+    use std::borrow::Cow;
+    let (a, b) = (trace_id(1), trace_id(2));
+    let field = |s: &Span| {
+        let mut out = vec![0x12];
+        super::wire::put_varint(&mut out, s.encoded_len() as u64);
+        s.encode(&mut out).expect("a Vec grows");
+        out
+    };
+    let a_spans = [
+        span(a, 1, None, "a-root", 10, 90),
+        span(a, 2, Some(1), "a-child", 20, 80),
+        span(a, 3, Some(1), "a-scattered", 20, 80),
+    ];
+    let b_span = span(b, 4, None, "b-root", 10, 20);
+    let gateway = vec![
+        a_spans[0].clone(),
+        a_spans[1].clone(),
+        b_span.clone(),
+        a_spans[2].clone(),
+    ];
+    let payload = encode(vec![
+        resource_spans("gateway", gateway),
+        resource_spans("orders", vec![b_span.clone()]),
+    ]);
+    let mut d = Decoder::new();
+    assert_eq!(d.decode(&payload), Ok(5));
+    for g in d.groups(&payload) {
+        let chunks = g.chunks();
+        let services: Vec<_> = chunks.iter().map(|(c, _)| c.service_name()).collect();
+        if g.trace_id == TraceId(a) {
+            assert_eq!(services, [Some(&b"gateway"[..])]);
+            let want: Vec<u8> = a_spans.iter().flat_map(field).collect();
+            assert_eq!(&*chunks[0].1, &want[..], "every span, in arrival order");
+            assert!(
+                matches!(chunks[0].1, Cow::Owned(_)),
+                "a span of b lies between"
+            );
+        } else {
+            assert_eq!(services, [Some(&b"gateway"[..]), Some(&b"orders"[..])]);
+            for (_, run) in &chunks {
+                assert_eq!(&**run, &field(&b_span)[..]);
+                assert!(matches!(run, Cow::Borrowed(_)), "one span is borrowed");
+            }
+        }
+    }
+    // Two adjacent spans of one context make one borrowed run.
+    let payload = request("gateway", a_spans[..2].to_vec());
+    d.decode(&payload).expect("valid");
+    let g = d.groups(&payload).next().expect("one trace");
+    let chunks = g.chunks();
+    assert_eq!(chunks.len(), 1);
+    assert!(matches!(chunks[0].1, Cow::Borrowed(_)));
+    let want: Vec<u8> = a_spans[..2].iter().flat_map(field).collect();
+    assert_eq!(&*chunks[0].1, &want[..]);
+}

@@ -66,15 +66,15 @@ pub fn forwarded(
             .decode(r)
             .map_err(|e| format!("the trace does not decode: {e}"))?;
         for g in decoder.groups(r) {
-            for (ctx, spans) in g.by_context() {
+            for (ctx, spans) in g.chunks() {
                 let mut tally = Tally::default();
-                let chunk = redaction.map(|red| red.chunk(&ctx, &spans, &mut tally));
+                let chunk = redaction.map(|red| red.chunk(ctx, &spans, &mut tally));
                 let (ctx, spans) = match &chunk {
                     Some(c) => (
-                        c.context.as_deref().unwrap_or(&ctx),
+                        c.context.as_deref().unwrap_or(ctx),
                         c.spans.as_deref().unwrap_or(&spans),
                     ),
-                    None => (&*ctx, spans.as_slice()),
+                    None => (&**ctx, &*spans),
                 };
                 let resource = Resource::decode(ctx.resource_message())
                     .map_err(|e| format!("a forwarded resource does not decode: {e}"))?;

@@ -109,7 +109,7 @@ impl Sampler {
         replayed: bool,
         now: Instant,
     ) {
-        let chunks = group.by_context();
+        let chunks = group.chunks();
         let decision = &remembered.decision;
         if let Some(ex) = &self.exemplars {
             ex.offer_group(group, decision.forwarded_rate()); // late spans refresh exemplars
@@ -119,7 +119,7 @@ impl Sampler {
         let messages = self.encode_out(
             &group.trace_id,
             decision,
-            chunks.iter().map(|(c, b)| (&**c, b.as_slice())),
+            chunks.iter().map(|(c, b)| (&***c, &**b)),
             &holds,
         );
         let delivery = self.forwards.as_ref().map(|f| {
