@@ -41,10 +41,14 @@ impl Sampler {
             if let (Some(ex), true) = (&self.exemplars, d.forwards()) {
                 ex.offer_trace(&TraceView::new(*id, entry), d.forwarded_rate());
             }
-            tally.without_root += u64::from(crate::telemetry::broken::inspect_entry(
-                entry,
-                &mut tally.orphans,
-            ));
+            // A trace decided by an early rule is incomplete by design (its root usually
+            // comes last): its missing parents say nothing about broken instrumentation.
+            if trigger != Trigger::Early {
+                tally.without_root += u64::from(crate::telemetry::broken::inspect_entry(
+                    entry,
+                    &mut tally.orphans,
+                ));
+            }
             d
         })?;
         tally.decided(&decision, trigger);

@@ -19,6 +19,10 @@ use crate::stress;
 use super::tally::{MessageTally, Tally};
 use super::Sampler;
 
+/// Traces of one message to decide on the ingest thread (an early rule decided them, or they
+/// reached their span limit): rarely more than a few, kept on the stack.
+type Full = smallvec::SmallVec<[(TraceId, Trigger); 4]>;
+
 /// A head message read back: its spans join the trace under the hold of the message that
 /// brought the trace's tail (offsets below the commit need no hold), but the trace's range
 /// starts at the head's offset.
@@ -74,7 +78,7 @@ impl Sampler {
             invalid_spans: decoder.invalid_spans,
             ..MessageTally::default()
         };
-        let mut full = Vec::new();
+        let mut full = Full::new();
         let degraded = self.degraded();
         let rules = self.rules.load();
         for group in decoder.groups(payload) {
@@ -122,11 +126,11 @@ impl Sampler {
         }
         self.counts.add_message(&tally);
         if !full.is_empty() {
-            let mut tally = Tally::default();
+            // Counted where the deciders' next flush (every tick) publishes them.
+            let mut tally = self.ingest_tally.lock().unwrap_or_else(|e| e.into_inner());
             for (id, trigger) in full {
                 self.decide_counted(&id, trigger, now, &mut tally);
             }
-            self.flush(tally);
         }
         Ok(spans)
     }
@@ -139,7 +143,7 @@ impl Sampler {
         id: &TraceId,
         tail: &impl Hold,
         now: Instant,
-        full: &mut Vec<(TraceId, Trigger)>,
+        full: &mut Full,
     ) {
         let Some(messages) = heads.take(id) else {
             return;

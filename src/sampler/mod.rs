@@ -101,6 +101,10 @@ pub struct Sampler {
     forwards: Option<Arc<Forwards>>,
     /// Where the spans of kept traces are offered as the RED metrics' exemplars.
     exemplars: Option<Arc<Exemplars>>,
+    /// Counts of traces the ingest thread decided (early rules, full traces), published with
+    /// the deciders' next flush: publishing per message cost a dozen allocations each (metric
+    /// keys with owned labels).
+    ingest_tally: Mutex<tally::Tally>,
 }
 
 impl Sampler {
@@ -129,6 +133,7 @@ impl Sampler {
             decided_ranges: None,
             forwards: None,
             exemplars: None,
+            ingest_tally: Mutex::default(),
         }
     }
 

@@ -243,12 +243,25 @@ pub(super) struct Tally {
 impl Tally {
     pub fn decided(&mut self, decision: &Decision, trigger: Trigger) {
         let (rule, kept) = (decision.rule_arc(), decision.is_keep());
+        self.add(rule, kept, trigger, 1);
+    }
+
+    fn add(&mut self, rule: &Arc<str>, kept: bool, trigger: Trigger, n: u64) {
         match self.decided.iter_mut().find(|((r, k, t), _)| {
             *k == kept && *t == trigger && (Arc::ptr_eq(r, rule) || r == rule)
         }) {
-            Some((_, n)) => *n += 1,
-            None => self.decided.push(((rule.clone(), kept, trigger), 1)),
+            Some((_, count)) => *count += n,
+            None => self.decided.push(((rule.clone(), kept, trigger), n)),
         }
+    }
+
+    /// Moves `other`'s counts into this tally, leaving `other` empty with its capacity.
+    pub fn absorb(&mut self, other: &mut Tally) {
+        for ((rule, kept, trigger), n) in other.decided.drain(..) {
+            self.add(&rule, kept, trigger, n);
+        }
+        self.orphans.append(&mut other.orphans);
+        self.without_root += std::mem::take(&mut other.without_root);
     }
 }
 
@@ -269,7 +282,8 @@ impl Default for Histograms {
 
 impl Sampler {
     /// Records a batch of counts: one metrics update per distinct label set, not per trace.
-    pub(super) fn flush(&self, tally: Tally) {
+    pub(super) fn flush(&self, mut tally: Tally) {
+        tally.absorb(&mut self.ingest_tally.lock().unwrap_or_else(|e| e.into_inner()));
         // The counts the rule set gathered in atomics, in bulk too; on every tick, not only
         // one that decides something: late spans are redacted (and counted) between decisions,
         // and on a quiet input their counts would wait for the next trace.

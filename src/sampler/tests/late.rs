@@ -192,3 +192,56 @@ async fn degraded_mode_decides_the_buffer_now_then_new_traces_by_id_until_it_is_
     );
     assert_eq!(f.sampler.buffered_traces(), 1, "only the later trace waits");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_early_kept_trace_is_counted_at_the_next_flush_and_not_as_a_broken_one() {
+    const EARLY: &str = "rules:\n  - name: errors\n    conditions: trace.error = true\n    \
+                         outcome: keep\n    early: true\n  - name: rest\n    outcome: drop\n";
+    let mut f = Fixture::with(EARLY, Completion::default(), Budget::default());
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let value = |series: &str| {
+        handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    let early = r#"tailsift_traces_decided_total{rule="errors",outcome="kept",trigger="early"} "#;
+    // Trace 1 fails at its payment span (its parent, the root, is still to come): decided at
+    // once. Trace 2 lost its root for good: decided at completion, without it.
+    let (id, pay, root) = trace(1, true);
+    metrics::with_local_recorder(&recorder, || {
+        f.ingest(1, &pay, false);
+    });
+    assert_eq!(
+        f.output.take().len(),
+        1,
+        "forwarded as its failing span arrived"
+    );
+    assert_eq!(
+        f.sampler.counts().decided_by(Trigger::Early),
+        0,
+        "not yet published"
+    );
+    let (_, orphan, _) = trace(2, false);
+    f.ingest(2, &orphan, false);
+    metrics::with_local_recorder(&recorder, || {
+        f.sampler
+            .decide_due(Instant::now() + Duration::from_secs(60))
+    });
+    assert_eq!(f.sampler.counts().decided_by(Trigger::Early), 1);
+    assert_eq!(value(early), 1.0, "published with the deciders' flush");
+    assert_eq!(
+        value("tailsift_traces_without_root_total "),
+        1.0,
+        "trace 2 only: an early decision is incomplete by design"
+    );
+    assert_eq!(
+        value(r#"tailsift_orphan_spans_total{service="payment"} "#),
+        1.0
+    );
+    // Its root follows the decision, as a late span.
+    let s = f.ingest(3, &root, false);
+    assert_eq!((s.late_kept, f.output.take()[0].0), (1, id));
+}

@@ -158,5 +158,7 @@ async fn a_trace_reaching_max_trace_bytes_is_decided_and_its_later_spans_follow(
         f.output.take_delivered(),
         vec![(giant, "all".into(), 20), (giant, "all".into(), 10)]
     );
+    // Counted by the deciders' next tick, which decides nothing else yet.
+    assert_eq!(f.sampler.decide_due(Instant::now()), 0);
     assert_eq!(f.sampler.counts().decided_by(Trigger::ByteLimit), 1);
 }
