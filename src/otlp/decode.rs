@@ -301,6 +301,8 @@ impl Decoder {
         };
         let mut slices = [(0u32, 0u32); 4];
         let mut status_code = 0u8;
+        // The addresses of the first attribute and of the end of the last one.
+        let mut attrs = (0usize, 0usize);
         // Where a field's bytes lie within the span (spans are far below 4 GiB: Kafka
         // messages are).
         let at = |b: &[u8]| {
@@ -323,11 +325,8 @@ impl Decoder {
                 (5, Value::Bytes(b)) => slices[2] = at(b),
                 (9, _) => {
                     // The run of attributes: from the first one's tag to the last one's end.
-                    let (from, len) = at(f.raw);
-                    if slices[3].1 == 0 {
-                        slices[3].0 = from;
-                    }
-                    slices[3].1 = from + len - slices[3].0;
+                    let (from, to) = (f.raw.as_ptr() as usize, f.raw.as_ptr_range().end as usize);
+                    attrs = (if attrs.1 == 0 { from } else { attrs.0 }, to);
                 }
                 (6, v) => facts.kind = v.as_u64().unwrap_or(0).min(255) as u8,
                 (7, v) => facts.start = v.as_u64().unwrap_or(0),
@@ -346,6 +345,12 @@ impl Decoder {
                 }
                 _ => {}
             }
+        }
+        if attrs.1 != 0 {
+            slices[3] = (
+                (attrs.0 - span.as_ptr() as usize) as u32,
+                (attrs.1 - attrs.0) as u32,
+            );
         }
         match trace_id {
             Some(trace_id) => {

@@ -24,8 +24,10 @@ const PRUNE_EVERY: u32 = 10_000;
 /// The shared contexts of one decoder, bounded by [`MAX_INTERNED_BYTES`] (see the module doc).
 #[derive(Debug, Default)]
 pub struct Interner {
-    /// Hash of (resource, scope) -> the contexts with that hash (almost always one).
-    table: HashMap<u64, smallvec::SmallVec<[Arc<SpanContext>; 1]>>,
+    /// Hash of (resource, scope) -> the contexts with that hash (almost always one). The key
+    /// is a hash already: foldhash mixes it in a few instructions, where std's SipHash took
+    /// about a hundred per message.
+    table: HashMap<u64, smallvec::SmallVec<[Arc<SpanContext>; 1]>, foldhash::fast::RandomState>,
     bytes: usize,
     messages: u32,
 }
