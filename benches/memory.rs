@@ -47,7 +47,8 @@ fn main() {
             max_trace_age: never,
             ..Completion::default()
         },
-        common::example_rules(),
+        // Early rules would decide failing traces as they arrive: every trace stays here.
+        common::example_rules_at_completion(),
         DecisionCache::new(10, never),
         Arc::new(common::Discard),
         1_000_000,

@@ -66,6 +66,18 @@ pub fn example_rules() -> RuleSet {
     tailsift::demo::embedded_rules().expect("example rules")
 }
 
+/// The example rules with no rule `early`: every trace stays buffered until it completes
+/// (for measuring what the buffer holds).
+pub fn example_rules_at_completion() -> RuleSet {
+    let rules = tailsift::demo::EMBEDDED_RULES
+        .iter()
+        .flat_map(|(name, text)| {
+            parse_file(name, &text.replace("early: true", "early: false")).expect("example rules")
+        })
+        .collect();
+    RuleSet::new(rules, None).expect("example rule set")
+}
+
 /// One rule that keeps everything: every trace is encoded, the output's worst case.
 pub fn keep_all_rules() -> RuleSet {
     let rules = parse_file(
