@@ -12,7 +12,10 @@ use thiserror::Error;
 
 use super::intern::Interner;
 use super::view::SpanView;
-use super::wire::{Fields, Value, WireError};
+use super::wire::{split_short_field, Fields, Value, WireError};
+
+/// The tag of `Span.attributes` (field 9, length-delimited), the field a span repeats most.
+const ATTRIBUTE_TAG: u8 = (9 << 3) | 2;
 use super::{SpanContext, TraceId};
 
 /// Why a message could not be decoded. The message is skipped as a whole.
@@ -311,8 +314,19 @@ impl Decoder {
                 b.len() as u32,
             )
         };
-        for f in Fields::new(span) {
+        let mut rest = span;
+        while !rest.is_empty() {
+            if let Some((_, after)) = split_short_field(rest, ATTRIBUTE_TAG) {
+                let (from, to) = (rest.as_ptr() as usize, after.as_ptr() as usize);
+                attrs = (if attrs.1 == 0 { from } else { attrs.0 }, to);
+                rest = after;
+                continue;
+            }
+            let Some(f) = Fields::new(rest).next() else {
+                break;
+            };
             let f = f.map_err(wire("Span"))?;
+            rest = &rest[f.raw.len()..];
             match (f.number, f.value) {
                 (1, v) => trace_id = v.as_bytes().and_then(TraceId::from_slice),
                 (2, Value::Bytes(b)) => slices[0] = at(b),

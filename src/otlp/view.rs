@@ -3,7 +3,7 @@
 //! Strings stay byte slices: matching never needs valid UTF-8, so invalid UTF-8 from a client
 //! can neither panic nor silently turn into something else.
 
-use super::wire::{Fields, Value, WireError};
+use super::wire::{split_short_field, Fields, Value, WireError};
 use super::SpanContext;
 
 /// An attribute value as found in the bytes.
@@ -65,19 +65,15 @@ pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<
     let mut found = None;
     let mut rest = msg;
     while !rest.is_empty() {
-        // How every SDK writes an attribute: its one-byte tag and a length below 128. Read
+        // How every SDK writes an attribute: its one-byte tag and a short length. Read
         // without the general walk: this runs for every attribute a rule looks past.
-        if let [t, len, tail @ ..] = rest {
-            let len = usize::from(*len);
-            if *t == tag && len < 0x80 && tail.len() >= len {
-                let (kv, after) = tail.split_at(len);
-                let (k, v) = key_value(kv);
-                if k == Some(key) {
-                    found = v.and_then(AttrValue::parse);
-                }
-                rest = after;
-                continue;
+        if let Some((kv, after)) = split_short_field(rest, tag) {
+            let (k, v) = key_value(kv);
+            if k == Some(key) {
+                found = v.and_then(AttrValue::parse);
             }
+            rest = after;
+            continue;
         }
         let Some(Ok(f)) = Fields::new(rest).next() else {
             break;

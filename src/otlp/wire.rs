@@ -177,6 +177,24 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// Splits off the front of `buf` a length-delimited field with the one-byte `tag` (a field
+/// numbered 1 to 15, wire type 2) and a length
+/// of one or two bytes: (its payload, what follows). `None` for anything else (another field,
+/// a longer length, a length past the end), for the general walk to read. The short path for
+/// the fields a span repeats most (attributes): the general walk's decoding of the tag into
+/// number and wire type costs more than the rest of reading them.
+#[inline(always)]
+pub fn split_short_field(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (len, body) = match buf {
+        [t, l, body @ ..] if *t == tag && *l < 0x80 => (usize::from(*l), body),
+        [t, l0, l1, body @ ..] if *t == tag && *l1 < 0x80 => {
+            (usize::from(*l0 & 0x7f) | (usize::from(*l1) << 7), body)
+        }
+        _ => return None,
+    };
+    (body.len() >= len).then(|| body.split_at(len))
+}
+
 /// Appends a varint.
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -252,6 +270,32 @@ mod tests {
                 results.last().is_some_and(|r| r.is_err()),
                 "{case:?} should fail"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_short_field_splits_as_the_general_walk_reads_it(
+            buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            len in 0usize..400,
+            number in 1u8..16,
+        ) {
+            let tag = (number << 3) | 2;
+            let mut framed = vec![tag];
+            put_varint(&mut framed, len as u64);
+            framed.extend_from_slice(&buf);
+            for b in [&buf[..], &framed[..]] {
+                if let Some((payload, rest)) = split_short_field(b, tag) {
+                    let f = Fields::new(b).next().expect("a field").expect("valid");
+                    proptest::prop_assert_eq!(u64::from(tag), (u64::from(f.number) << 3) | 2);
+                    proptest::prop_assert_eq!(f.value, Value::Bytes(payload));
+                    proptest::prop_assert_eq!(&b[f.raw.len()..], rest);
+                }
+            }
+            // Framed with a length that fits what follows: always taken.
+            if len <= buf.len() {
+                proptest::prop_assert!(split_short_field(&framed, tag).is_some());
+            }
         }
     }
 
