@@ -137,6 +137,7 @@ impl<'a> GroupSpan<'a> {
             parent_span_id: slice(self.slices[1]),
             name: slice(self.slices[2]),
             attrs: slice(self.slices[3]),
+            memo: None,
             kind: u64::from(self.facts.kind),
             start: self.facts.start,
             end: self.facts.end,

@@ -55,6 +55,24 @@ impl<'a> AttrValue<'a> {
 /// The last occurrence wins, as for any protobuf field appended later. Malformed bytes end
 /// the search with what was found before them.
 pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<'a>> {
+    let mut found = None;
+    each_attr(msg, field, |k, v| {
+        if k == key {
+            found = v.and_then(AttrValue::parse);
+        }
+    });
+    found
+}
+
+/// Calls `f` with the key and encoded value of every `KeyValue` field numbered `field` of
+/// `msg` that has a key, in order, up to the first malformed field: the walk every attribute
+/// lookup makes.
+#[inline(always)]
+pub(crate) fn each_attr<'a>(
+    msg: &'a [u8],
+    field: u32,
+    mut f: impl FnMut(&'a [u8], Option<&'a [u8]>),
+) {
     // The field's one-byte tag (attribute fields are numbered below 16 in OTLP); 0, which no
     // field has, otherwise.
     let tag = if field < 16 {
@@ -62,33 +80,62 @@ pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<
     } else {
         0
     };
-    let mut found = None;
     let mut rest = msg;
     while !rest.is_empty() {
         // How every SDK writes an attribute: its one-byte tag and a short length. Read
         // without the general walk: this runs for every attribute a rule looks past.
-        if let Some((kv, after)) = split_short_field(rest, tag) {
-            let (k, v) = key_value(kv);
-            if k == Some(key) {
-                found = v.and_then(AttrValue::parse);
-            }
+        let kv = if let Some((kv, after)) = split_short_field(rest, tag) {
             rest = after;
-            continue;
-        }
-        let Some(Ok(f)) = Fields::new(rest).next() else {
-            break;
+            Some(kv)
+        } else {
+            let Some(Ok(g)) = Fields::new(rest).next() else {
+                break;
+            };
+            rest = &rest[g.raw.len()..];
+            g.value.as_bytes().filter(|_| g.number == field)
         };
-        if f.number == field {
-            if let Some(kv) = f.value.as_bytes() {
-                let (k, v) = key_value(kv);
-                if k == Some(key) {
-                    found = v.and_then(AttrValue::parse);
-                }
-            }
+        if let Some((Some(k), v)) = kv.map(key_value) {
+            f(k, v);
         }
-        rest = &rest[f.raw.len()..];
     }
-    found
+}
+
+/// The values of a few span attributes, looked up in one walk: for the probes that read
+/// several attributes of one span (the root's). Answers what [`find_attr`] would. (A plain
+/// array, not a `SmallVec`: a view holding it must stay covariant in its lifetimes.)
+#[derive(Debug, Default)]
+pub struct AttrMemo<'k, 'a> {
+    found: [(&'k [u8], Option<AttrValue<'a>>); AttrMemo::MAX_KEYS],
+    len: usize,
+}
+
+impl<'k, 'a> AttrMemo<'k, 'a> {
+    /// At most this many keys are looked up together.
+    pub const MAX_KEYS: usize = 8;
+
+    /// Looks the first [`Self::MAX_KEYS`] of `keys` up among the attributes of `span` at once.
+    pub fn new(span: &SpanView<'a>, keys: &'k [Vec<u8>]) -> Self {
+        let mut memo = AttrMemo::default();
+        for (slot, k) in memo.found.iter_mut().zip(keys) {
+            slot.0 = k;
+            memo.len += 1;
+        }
+        let found = &mut memo.found[..memo.len];
+        each_attr(span.attrs, 9, |k, v| {
+            if let Some(slot) = found.iter_mut().find(|(key, _)| *key == k) {
+                slot.1 = v.and_then(AttrValue::parse);
+            }
+        });
+        memo
+    }
+
+    /// `Some(value)` for a key it looked up (the value itself `None` when absent).
+    fn get(&self, key: &[u8]) -> Option<Option<AttrValue<'a>>> {
+        self.found[..self.len]
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
 }
 
 /// The key and the encoded `AnyValue` of a `KeyValue` message (each the last occurrence).
@@ -135,6 +182,8 @@ pub struct SpanView<'a> {
     /// (every attribute is in it, and it may hold other fields): where attributes are looked
     /// up. Empty when the span has none.
     pub attrs: &'a [u8],
+    /// Attributes already looked up, if any: see [`AttrMemo`].
+    pub memo: Option<&'a AttrMemo<'a, 'a>>,
     /// As sent: 8 bytes from a well-behaved SDK, empty when absent, not checked.
     pub span_id: &'a [u8],
     /// Empty or all zeros for a root span.
@@ -205,7 +254,10 @@ impl<'a> SpanView<'a> {
     /// The span attribute `key`, the last one if repeated; `None` when it is absent, or its
     /// value empty or unreadable.
     pub fn attr(&self, key: &[u8]) -> Option<AttrValue<'a>> {
-        find_attr(self.attrs, 9, key)
+        match self.memo.and_then(|m| m.get(key)) {
+            Some(found) => found,
+            None => find_attr(self.attrs, 9, key),
+        }
     }
 }
 
@@ -410,6 +462,16 @@ mod tests {
             msg.truncate(cut % (msg.len() + 1));
             for field in [1, 9] {
                 prop_assert_eq!(find_attr(&msg, field, b"k"), find_attr_walk(&msg, field, b"k"));
+            }
+            // Looked up together, the keys find what each lookup alone finds.
+            let keys = vec![b"k".to_vec(), b"key".to_vec(), Vec::new()];
+            for attrs in [&msg[..], &noise[..]] {
+                let view = SpanView { attrs, ..SpanView::default() };
+                let memo = AttrMemo::new(&view, &keys);
+                let with = SpanView { memo: Some(&memo), ..view };
+                for key in [&b"k"[..], b"key", b"", b"other"] {
+                    prop_assert_eq!(with.attr(key), find_attr_walk(attrs, 9, key));
+                }
             }
         }
     }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::buffer::TraceEntry;
 use crate::otlp::decode::GroupSpan;
-use crate::otlp::view::{ContextView, SpanView};
+use crate::otlp::view::{AttrMemo, ContextView, SpanView};
 use crate::otlp::wire::Fields;
 use crate::otlp::TraceId;
 
@@ -56,6 +56,9 @@ pub struct Probes {
     counters: usize,
     /// The slots of the `every:` probes.
     every_mask: u64,
+    /// The span attributes the `root:` probes read, when more than one: looked up in one walk
+    /// of the root's attributes.
+    root_keys: Vec<Vec<u8>>,
 }
 
 /// Generations are unique per process; 0 means "none".
@@ -75,6 +78,14 @@ impl Probes {
         }
         if p.list.len() > MAX_PROBES {
             p.generation = 0;
+        }
+        for (kind, cond) in &p.list {
+            if *kind == Kind::Root {
+                attr_keys(cond, &mut p.root_keys);
+            }
+        }
+        if p.root_keys.len() < 2 || p.root_keys.len() > AttrMemo::MAX_KEYS {
+            p.root_keys.clear(); // one lookup walks once anyway; many would spill the memo
         }
         p
     }
@@ -128,13 +139,23 @@ impl Probes {
             return;
         }
         let view = span.view();
+        let memo;
+        let root_view = if first_root && !self.root_keys.is_empty() {
+            memo = AttrMemo::new(&view, &self.root_keys);
+            SpanView {
+                memo: Some(&memo),
+                ..view
+            }
+        } else {
+            view
+        };
         let ctx = ContextView::new(span.context);
         let mut passed = 0u64;
         for (slot, (kind, cond)) in self.list.iter().enumerate() {
             let bit = 1u64 << slot;
             match kind {
                 Kind::Root => {
-                    if first_root && cond.eval(&view, &ctx) {
+                    if first_root && cond.eval(&root_view, &ctx) {
                         seen.root |= bit;
                     }
                 }
@@ -315,6 +336,20 @@ impl<'a> Buffered<'a> {
                 (v, settled)
             }
         }
+    }
+}
+
+/// The distinct span attributes `c` reads, added to `out`.
+fn attr_keys(c: &SpanCond, out: &mut Vec<Vec<u8>>) {
+    match c {
+        SpanCond::All(cs) | SpanCond::Any(cs) => cs.iter().for_each(|c| attr_keys(c, out)),
+        SpanCond::Not(c) => attr_keys(c, out),
+        SpanCond::Field(condition::SpanField::Attr(k), ..) => {
+            if !out.contains(k) {
+                out.push(k.clone());
+            }
+        }
+        SpanCond::Field(..) => {}
     }
 }
 
