@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 
 use super::*;
-use crate::buffer::{Buffer, Completion, Ingested};
+use crate::buffer::{Buffer, Completion, Ingested, TraceEntry};
 use crate::decision::{DecisionCache, Trigger};
 use crate::offsets::OffsetHold;
 use crate::otlp::build::*;
