@@ -7,22 +7,40 @@
 //! its trace's decision. The instances are the real binary, stopped by SIGTERM or SIGKILL,
 //! and scaled 1 → 3 → 1 under load.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use crate::fixture::traffic::{self, Group};
 use crate::fixture::*;
+use prost::Message as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
+use tailsift::otlp::build::spans_of;
 
-/// Duplicate spans per kept span a SIGKILL may cause (the target).
-const MAX_DUPLICATES_AFTER_SIGKILL: f64 = 0.005;
+/// How long before a SIGKILL the first copy of a duplicated span may have been produced. What
+/// a SIGKILL may duplicate is output acknowledged whose decision record was not yet: a round
+/// trip to the log (~20 ms), stretched by a stall of the loaded machine. A duplicate produced
+/// earlier was acknowledged and not logged for longer than any such stall: a record written
+/// late, or lost.
+const MAX_DUPLICATE_AGE_MS: i64 = 1000;
 
 fn sleep(ms: u64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_millis(ms))
 }
 
+/// What a restart left in the output and the log.
+struct Restart {
+    verdict: traffic::Verdict,
+    /// Spans the new instance forwarded under a logged decision.
+    followed: f64,
+    /// Replayed spans it skipped, the log saying they were in the output.
+    skipped: f64,
+    /// When `a` was stopped, in Unix milliseconds.
+    stopped_at_ms: i64,
+}
+
 /// One instance stopped by `stop` while traffic with late spans flows, then a fresh one.
-async fn restart(stop: &str) -> (traffic::Verdict, f64, f64) {
+async fn restart(stop: &str) -> (Restart, Group) {
     // A duplicate is a kept trace whose output was acknowledged and whose decision record was
     // not yet when the process died: that window widens with the load other tests' processes
     // put on the machine, which is not what is measured here.
@@ -47,6 +65,7 @@ async fn restart(stop: &str) -> (traffic::Verdict, f64, f64) {
     )
     .await;
     sleep(500).await;
+    let stopped_at_ms = unix_ms();
     match stop {
         "SIGKILL" => a.kill9(),
         _ => {
@@ -64,42 +83,161 @@ async fn restart(stop: &str) -> (traffic::Verdict, f64, f64) {
     eprintln!(
         "restart after {stop}: the new instance followed logged decisions for {followed} spans and skipped {skipped} spans already forwarded"
     );
-    (v, followed, skipped)
+    let r = Restart {
+        verdict: v,
+        followed,
+        skipped,
+        stopped_at_ms,
+    };
+    (r, s)
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// Reads `topic` from the beginning until nothing new came for two seconds.
+fn read_all(topic: &str) -> Vec<OutMsg> {
+    let mut r = Reader::new(topic);
+    let last = std::cell::Cell::new((0, std::time::Instant::now()));
+    r.read_until(Duration::from_secs(60), |m| {
+        if m.len() != last.get().0 {
+            last.set((m.len(), std::time::Instant::now()));
+        }
+        !m.is_empty() && last.get().1.elapsed() > Duration::from_secs(2)
+    });
+    r.messages
+}
+
+/// A span of the output that came out twice, traced back to where it came from.
+#[derive(Debug)]
+struct Duplicate {
+    trace: String,
+    /// The input partition and offset of the message that brought it.
+    from: (i32, i64),
+    /// When its first copy was produced, in Unix milliseconds.
+    first_copy_ms: i64,
+}
+
+/// Every duplicated span of the group's output, with the input message it came in and when
+/// its first copy was produced; and the highest `through` per trace and input partition that
+/// the decision log holds from records produced before `before_ms` (the stopped instance's).
+fn trace_duplicates(s: &Group, before_ms: i64) -> (Vec<Duplicate>, BTreeMap<(String, i32), i64>) {
+    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut from = HashMap::new();
+    for m in read_all(&s.input) {
+        for (_, span) in spans_of(&m.payload).expect("input decodes as OTLP") {
+            let key = (hex(&span.trace_id), span.encode_to_vec());
+            from.entry(key).or_insert((m.partition, m.offset));
+        }
+    }
+    let mut first = HashMap::new();
+    let mut dups = Vec::new();
+    for m in read_all(&s.output) {
+        let at = m.timestamp_ms.expect("output messages carry a timestamp");
+        for (_, span) in spans_of(&m.payload).expect("output decodes as OTLP") {
+            let key = (m.key.clone(), span.encode_to_vec());
+            match first.get(&key) {
+                None => {
+                    first.insert(key, at);
+                }
+                Some(&first_copy_ms) => dups.push(Duplicate {
+                    trace: m.key.clone(),
+                    from: *from.get(&key).expect("every output span was in the input"),
+                    first_copy_ms,
+                }),
+            }
+        }
+    }
+    let mut through: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let log = format!("{}.decisions.{}", s.config.group(), s.input);
+    for m in read_all(&log) {
+        if m.key.len() != 32 || m.timestamp_ms.is_none_or(|t| t >= before_ms) {
+            continue; // drop lists, fences, and the new instance's records
+        }
+        let value: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+        if let Some(t) = value["through"].as_i64() {
+            let e = through.entry((m.key.clone(), m.partition)).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+    (dups, through)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_spans_follow_their_decision_across_a_sigterm_and_restart() {
-    let (_, followed, _) = tokio::time::timeout(Duration::from_secs(240), restart("SIGTERM"))
+    let (r, _) = tokio::time::timeout(Duration::from_secs(240), restart("SIGTERM"))
         .await
         .expect("finishes within 4 minutes");
     assert!(
-        followed > 0.0,
+        r.followed > 0.0,
         "late spans reached the new instance and followed logged decisions"
     );
 }
 
-/// Runs alone, after the rest of the suite (`scripts/test.sh` runs the ignored tests one at a
-/// time): the duplicates a SIGKILL leaves are the kept traces whose output was acknowledged
-/// and whose decision record was not, a window of one round trip to the log. A loaded
-/// machine stalls the instance, which then decides and forwards what piled up at once; a kill
-/// landing just after such a burst duplicates all of it. With three CPU-bound processes on
-/// the two cores, 3 runs of 21 ended some 20 ms after bursts of 26 to 35 traces and
-/// exceeded the target (3.5 to 4.8 %); alone, or beside one such process, 21 of 21 left none.
+/// A SIGKILL duplicates only what the log could not know: each duplicated span is traced back
+/// to its input message, which must lie past the `through` the killed instance logged for its
+/// trace (a span at or below it was replayed although the log said it was in the output), and
+/// to its first copy, which must have been produced at most [`MAX_DUPLICATE_AGE_MS`] before the
+/// kill (the record of an older forward was written late, or lost).
+///
+/// How many spans that is depends on the moment: a loaded machine stalls the instance, which
+/// then forwards what piled up at once, and a kill landing just after such a burst duplicates
+/// all of it. So the share is printed, not asserted. Runs alone, after the rest of the suite
+/// (`scripts/test.sh` runs the ignored tests one at a time), where it measures the quiet case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measures duplicates after a SIGKILL: scripts/test.sh runs it alone after the suite"]
 async fn late_spans_follow_their_decision_across_a_sigkill_with_few_duplicates() {
-    let (v, followed, skipped) = tokio::time::timeout(Duration::from_secs(240), restart("SIGKILL"))
+    let (r, s) = tokio::time::timeout(Duration::from_secs(240), restart("SIGKILL"))
         .await
         .expect("finishes within 4 minutes");
-    assert!(followed > 0.0, "the new instance followed logged decisions");
     assert!(
-        skipped > 0.0,
-        "replayed spans already in the output were recognised and skipped"
+        r.followed > 0.0,
+        "the new instance followed logged decisions"
     );
     assert!(
-        v.duplicate_rate() <= MAX_DUPLICATES_AFTER_SIGKILL,
-        "duplicate spans after a SIGKILL: {:.5} of kept spans, at most {MAX_DUPLICATES_AFTER_SIGKILL}",
-        v.duplicate_rate()
+        r.skipped > 0.0,
+        "replayed spans already in the output were recognised and skipped"
+    );
+    let (dups, through) = trace_duplicates(&s, r.stopped_at_ms);
+    assert_eq!(
+        dups.len() as u64,
+        r.verdict.duplicate_spans,
+        "every duplicate traced back"
+    );
+    let oldest = dups
+        .iter()
+        .map(|d| r.stopped_at_ms - d.first_copy_ms)
+        .max()
+        .unwrap_or(0);
+    let traces: BTreeSet<&str> = dups.iter().map(|d| d.trace.as_str()).collect();
+    eprintln!(
+        "SIGKILL: {} duplicate spans of {} traces ({:.5} of kept spans), first copies produced at most {oldest} ms before the kill; the log held a forwarded offset for {} traces",
+        dups.len(),
+        traces.len(),
+        r.verdict.duplicate_rate(),
+        through.len()
+    );
+    let logged: Vec<_> = dups
+        .iter()
+        .filter(|d| {
+            through
+                .get(&(d.trace.clone(), d.from.0))
+                .is_some_and(|&t| d.from.1 <= t)
+        })
+        .collect();
+    assert!(
+        logged.is_empty(),
+        "{} duplicated spans were logged as forwarded before the kill, e.g. {:?}",
+        logged.len(),
+        logged.first()
+    );
+    assert!(
+        oldest <= MAX_DUPLICATE_AGE_MS,
+        "a duplicated span was first produced {oldest} ms before the kill: its record came late or not at all"
     );
 }
 
