@@ -207,6 +207,7 @@ fn logwrite(brokers: &str, decisions: u64, partitions: i32) -> anyhow::Result<()
                 .into_iter()
                 .collect(),
             holds: Default::default(),
+            acked_at: None,
         });
     }
     log.flush(Duration::from_secs(300))?;

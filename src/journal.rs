@@ -42,6 +42,10 @@ pub struct JournalEntry {
     pub partitions: Through,
     /// Released once every record of the entry is acknowledged.
     pub holds: Holds,
+    /// For a kept trace, when the last of its output messages was acknowledged: from then
+    /// until its record is, a crash forwards it again
+    /// (`tailsift_decision_log_lag_seconds`). `None` for a decision that forwards nothing.
+    pub acked_at: Option<std::time::Instant>,
 }
 
 /// Where decisions are recorded: the decision log on Kafka in production, a collector in
@@ -135,6 +139,7 @@ impl Forwards {
                 decided_at: p.decided_at,
                 partitions: p.through.iter().map(|&(q, t)| (q, Some(t))).collect(),
                 holds: p.holds,
+                acked_at: Some(std::time::Instant::now()),
             });
         }
     }

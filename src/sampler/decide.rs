@@ -68,6 +68,7 @@ impl Sampler {
                 decided_at: unix_ms(),
                 partitions: entry.holds.iter().map(|h| (h.partition, None)).collect(),
                 holds: entry.holds.clone(),
+                acked_at: None,
             });
         }
         // A dropped trace's holds are released here, as `entry` goes out of scope (or by the

@@ -238,6 +238,7 @@ impl Sampler {
                         decided_at,
                         partitions: [(hold.partition(), None)].into_iter().collect(),
                         holds: [hold.hold()].into_iter().collect(),
+                        acked_at: None,
                     });
                 }
                 Remembered {

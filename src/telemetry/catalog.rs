@@ -264,6 +264,12 @@ catalog! {
         labels: [],
         help: "Failed writes to the decision log; each is retried, the trace's offsets stay uncommitted meanwhile.",
     }
+    DECISION_LOG_LAG: Histogram "tailsift_decision_log_lag_seconds" {
+        unit: Seconds,
+        labels: [],
+        buckets: &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        help: "Time from a kept trace's output being acknowledged to its decision record being acknowledged: a crash inside it forwards the trace again (what a SIGKILL duplicates is this window's share of the kept spans).",
+    }
     DECISION_LOG_BAD_RECORDS: Counter "tailsift_decision_log_bad_records_total" {
         unit: Count,
         labels: [Label::fixed("kind", crate::decision::record::RecordError::KINDS)],

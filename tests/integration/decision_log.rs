@@ -65,6 +65,21 @@ async fn restart(stop: &str) -> (Restart, Group) {
     )
     .await;
     sleep(500).await;
+    // The window a crash duplicates, as `a` measured it: its output acknowledged, its record not.
+    let lag = (
+        a.metric("tailsift_decision_log_lag_seconds_count", ""),
+        a.metric("tailsift_decision_log_lag_seconds_sum", ""),
+    );
+    eprintln!(
+        "restart: before the {stop}, the decision log lagged the output by {:.1} ms on average over {} kept traces",
+        lag.1 / lag.0.max(1.0) * 1e3,
+        lag.0
+    );
+    assert!(lag.0 > 0.0, "the lag of kept traces' records is measured");
+    assert!(
+        lag.1 / lag.0 < MAX_DUPLICATE_AGE_MS as f64 / 1e3,
+        "records follow their output within a round trip"
+    );
     let stopped_at_ms = unix_ms();
     match stop {
         "SIGKILL" => a.kill9(),

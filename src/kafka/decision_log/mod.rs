@@ -94,6 +94,8 @@ pub enum Opaque {
         holds: Holds,
         /// Whether the trace was kept (which count its delivery goes to).
         kept: bool,
+        /// When a kept trace's output was acknowledged (see [`JournalEntry::acked_at`]).
+        acked_at: Option<std::time::Instant>,
     },
     /// A drop list: the offsets of its traces, and how many traces.
     Drops {
@@ -116,6 +118,7 @@ pub struct Logged {
     logged_kept: metrics::Counter,
     logged_dropped: metrics::Counter,
     errors: metrics::Counter,
+    lag: metrics::Histogram,
 }
 
 impl Deliveries for Logged {
@@ -126,11 +129,14 @@ impl Deliveries for Logged {
             Opaque::Fence(tx) => {
                 let _ = tx.send(Ok(msg.offset()));
             }
-            Opaque::Decision { kept, .. } => {
+            Opaque::Decision { kept, acked_at, .. } => {
                 self.health.acknowledged();
                 match kept {
                     true => self.logged_kept.increment(1),
                     false => self.logged_dropped.increment(1),
+                }
+                if let Some(at) = acked_at {
+                    self.lag.record(at.elapsed().as_secs_f64());
                 }
                 // Dropping the holds releases the trace's offsets.
             }
@@ -199,6 +205,7 @@ impl DecisionLog {
             logged_kept: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => m::Outcome::Kept),
             logged_dropped: metrics::counter!(m::DECISIONS_LOGGED, "outcome" => m::Outcome::Dropped),
             errors: metrics::counter!(m::DECISION_LOG_ERRORS),
+            lag: metrics::histogram!(m::DECISION_LOG_LAG),
         };
         let producer = RetryingProducer::new(
             &config,
@@ -385,7 +392,11 @@ impl Journal for DecisionLog {
                 true => holds.take().unwrap_or_default(),
                 false => holds.clone().unwrap_or_default(),
             };
-            let opaque = Opaque::Decision { holds, kept };
+            let opaque = Opaque::Decision {
+                holds,
+                kept,
+                acked_at: entry.acked_at,
+            };
             self.produce(t, &key, &value, opaque);
         }
     }
