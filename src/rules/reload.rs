@@ -83,9 +83,19 @@ impl Loader {
                 if let Some(r) = set.redaction() {
                     r.register_metrics();
                 }
-                let old = (self.swap)(Arc::new(set));
+                let new = Arc::new(set);
+                let old = (self.swap)(new.clone());
                 // Counts the old set gathered since the last decider tick.
                 old.flush_metrics();
+                // A rule the files no longer have matches nothing: its `tailsift_rule_active`
+                // says so rather than keeping the value of its last tick.
+                for gone in old
+                    .rules()
+                    .iter()
+                    .filter(|o| new.rules().iter().all(|r| r.name != o.name))
+                {
+                    metrics::gauge!(m::RULE_ACTIVE, "rule" => gone.name.to_string()).set(0.0);
+                }
                 metrics::counter!(m::RULES_RELOADS, "result" => m::Reload::Success).increment(1);
                 m::set_rules_info(&v, mode_name(self.options.mode));
                 tracing::info!(dir = %self.dir.display(), version = %v, previous = %self.current,

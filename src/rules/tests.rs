@@ -856,3 +856,36 @@ fn a_bad_reload_an_alias_bomb_included_keeps_the_rules_in_use() {
     assert!(matches!(loader.reload(false), reload::Reloaded::Swapped(_)));
     assert_eq!(&*in_use.lock().unwrap().rules()[0].name, "drop-all");
 }
+
+#[test]
+fn a_rule_a_reload_removes_shows_as_inactive() {
+    use std::sync::{Arc, Mutex};
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |rules: &str| std::fs::write(dir.path().join("a.yaml"), rules).unwrap();
+    write("rules:\n  - name: slow\n    conditions: trace.duration > 1s\n    outcome: keep\n  - name: rest\n    outcome: drop\n");
+    let first = RuleSet::load(dir.path(), None).unwrap();
+    let v1 = first.version().to_string();
+    let slot = Arc::new(Mutex::new(Arc::new(first)));
+    let swap: reload::Swap =
+        Arc::new(move |new| std::mem::replace(&mut *slot.lock().unwrap(), new));
+    let mut loader = reload::Loader::new(dir.path(), RuleOptions::default(), &v1, swap);
+    let reload = |loader: &mut reload::Loader| {
+        metrics::with_local_recorder(&recorder, || loader.reload(false));
+        handle.render()
+    };
+    write("rules:\n  - name: slower\n    conditions: trace.duration > 2s\n    outcome: keep\n  - name: rest\n    outcome: drop\n");
+    let text = reload(&mut loader);
+    for (rule, active) in [("slow", 0), ("slower", 1), ("rest", 1)] {
+        let line = format!("tailsift_rule_active{{rule=\"{rule}\"}} {active}\n");
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
+    // Back again: active again.
+    write("rules:\n  - name: slow\n    conditions: trace.duration > 1s\n    outcome: keep\n  - name: rest\n    outcome: drop\n");
+    let text = reload(&mut loader);
+    for (rule, active) in [("slow", 1), ("slower", 0), ("rest", 1)] {
+        let line = format!("tailsift_rule_active{{rule=\"{rule}\"}} {active}\n");
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
+}

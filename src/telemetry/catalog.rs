@@ -390,7 +390,7 @@ catalog! {
     RULE_ACTIVE: Gauge "tailsift_rule_active" {
         unit: Count,
         labels: [RULE],
-        help: "Whether a rule is active: 1, or 0 for a time-boxed rule before its active_from or retired past its active_until (it then matches no trace). Set per decider tick.",
+        help: "Whether a rule is active: 1, or 0 for a time-boxed rule before its active_from or retired past its active_until (it then matches no trace), or for a rule a reload removed. Set per decider tick.",
     }
     RULES_RELOADS: Counter "tailsift_rules_reloads_total" {
         unit: Count,
