@@ -114,3 +114,14 @@ fn metric_names_are_read_from_promql() {
         vec!["tailsift_red_duration_seconds", "tailsift_x_total"]
     );
 }
+
+/// The Helm chart ships a copy of the dashboard (a chart cannot read outside its directory):
+/// `scripts/check-chart.sh --sync` refreshes it. Checked here too, so that `cargo test` says so
+/// before CI's chart step does.
+#[test]
+fn the_chart_ships_the_dashboard_as_it_is() {
+    assert!(
+        read("dashboards/tailsift.json") == read("helm/tailsift/files/dashboards/tailsift.json"),
+        "helm/tailsift/files/dashboards/tailsift.json differs from dashboards/tailsift.json: run scripts/check-chart.sh --sync"
+    );
+}
