@@ -16,6 +16,7 @@ use prost::Message as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use tailsift::otlp::build::spans_of;
+use tailsift::otlp::TraceId;
 
 /// How long before a SIGKILL the first copy of a duplicated span may have been produced. What
 /// a SIGKILL may duplicate is output acknowledged whose decision record was not yet: a round
@@ -80,7 +81,7 @@ async fn restart(stop: &str) -> (Restart, Group) {
         lag.1 / lag.0 < MAX_DUPLICATE_AGE_MS as f64 / 1e3,
         "records follow their output within a round trip"
     );
-    let stopped_at_ms = unix_ms();
+    let stopped_at_ms = tailsift::decision::unix_ms() as i64;
     match stop {
         "SIGKILL" => a.kill9(),
         _ => {
@@ -105,13 +106,6 @@ async fn restart(stop: &str) -> (Restart, Group) {
         stopped_at_ms,
     };
     (r, s)
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 /// Reads `topic` from the beginning until nothing new came for two seconds.
@@ -141,11 +135,11 @@ struct Duplicate {
 /// its first copy was produced; and the highest `through` per trace and input partition that
 /// the decision log holds from records produced before `before_ms` (the stopped instance's).
 fn trace_duplicates(s: &Group, before_ms: i64) -> (Vec<Duplicate>, BTreeMap<(String, i32), i64>) {
-    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let mut from = HashMap::new();
     for m in read_all(&s.input) {
         for (_, span) in spans_of(&m.payload).expect("input decodes as OTLP") {
-            let key = (hex(&span.trace_id), span.encode_to_vec());
+            let id = <[u8; 16]>::try_from(span.trace_id.as_slice()).expect("16-byte trace ids");
+            let key = (TraceId(id).to_hex(), span.encode_to_vec());
             from.entry(key).or_insert((m.partition, m.offset));
         }
     }
