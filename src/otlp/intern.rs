@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn contexts_of_equal_lengths_are_told_apart_and_the_memo_does_not_keep_them() {
         let mut i = Interner::default();
-        // Same lengths, so the same memo slot: each lookup must still compare bytes.
+        // Same lengths, so the same memo set: each lookup must still compare bytes.
         let a = i.get(b"res-a", b"scope-1");
         let b = i.get(b"res-b", b"scope-1");
         let c = i.get(b"res-a", b"scope-2");
