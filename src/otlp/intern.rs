@@ -22,8 +22,10 @@ pub const MAX_INTERNED_BYTES: usize = 4 << 20;
 /// Messages between two prunings of unused contexts.
 const PRUNE_EVERY: u32 = 10_000;
 
-/// Sets of the recent-context memo (see [`Interner::recent`]), and contexts per set.
+/// Sets of the recent-context memo (see [`Interner::recent`]; a power of two), and contexts
+/// per set.
 const SETS: usize = 16;
+const _: () = assert!(SETS.is_power_of_two());
 const WAYS: usize = 4;
 
 /// The shared contexts of one decoder, bounded by [`MAX_INTERNED_BYTES`] (see the module doc).
@@ -65,7 +67,7 @@ impl Default for Interner {
 /// at the first difference.
 fn recent_set(resource: &[u8], scope: &[u8]) -> usize {
     let key = ((resource.len() as u64) << 32) ^ scope.len() as u64;
-    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SETS
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SETS.trailing_zeros())) as usize
 }
 
 impl Interner {
@@ -76,7 +78,8 @@ impl Interner {
 
     /// The shared context for these resource and scope fields.
     pub fn get(&mut self, resource: &[u8], scope: &[u8]) -> Arc<SpanContext> {
-        let set = &mut self.recent[recent_set(resource, scope)];
+        let slot = recent_set(resource, scope);
+        let set = &mut self.recent[slot];
         let same = |c: &Option<Arc<SpanContext>>| {
             c.as_ref()
                 .is_some_and(|c| c.resource_fields() == resource && c.scope_fields() == scope)
@@ -93,7 +96,7 @@ impl Interner {
                 .find(|c| c.resource_fields() == resource && c.scope_fields() == scope)
         }) {
             let c = c.clone();
-            self.remember(&c);
+            self.remember(slot, &c);
             return c;
         }
         let size = resource.len() + scope.len() + std::mem::size_of::<SpanContext>();
@@ -108,13 +111,13 @@ impl Interner {
         let ctx = Arc::new(ctx);
         self.bytes += size;
         self.table.entry(h).or_default().push(ctx.clone());
-        self.remember(&ctx);
+        self.remember(slot, &ctx);
         ctx
     }
 
-    /// Puts `ctx` first in its memo set, forgetting the set's least recent context.
-    fn remember(&mut self, ctx: &Arc<SpanContext>) {
-        let set = &mut self.recent[recent_set(ctx.resource_fields(), ctx.scope_fields())];
+    /// Puts `ctx` first in its memo set `slot`, forgetting the set's least recent context.
+    fn remember(&mut self, slot: usize, ctx: &Arc<SpanContext>) {
+        let set = &mut self.recent[slot];
         set.rotate_right(1);
         set[0] = Some(ctx.clone());
     }
