@@ -217,9 +217,7 @@ impl Inner {
         if span.kind != SERVER && span.kind != CONSUMER {
             return;
         }
-        let Some(op) = operation(span.bytes) else {
-            return;
-        };
+        let op = operation(span);
         let Some(i) = self.series(service, span.kind, op) else {
             return;
         };

@@ -15,62 +15,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::otlp::decode::Decoder;
-use crate::otlp::view::ContextView;
-use crate::otlp::wire::{Fields, Value};
+use crate::otlp::view::{AttrValue, ContextView, SpanView};
 use crate::otlp::SpanContext;
 use crate::telemetry as m;
 use crate::telemetry::exemplars::Exemplars;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The operation of a span: its `http.route` string attribute if set, else its name. One walk
-/// over the span's fields.
-///
-/// An attribute whose key comes first with a one-byte length, as every SDK writes a
-/// `KeyValue`, is skipped on that key without walking its value (a `KeyValue` repeating its
-/// key field, which no encoder writes, is judged by the first): the walk cost RED ~680
-/// instructions per span, and the exemplars of kept traces pay it again (BENCHMARKS.md).
-pub(crate) fn operation(span: &[u8]) -> Option<&[u8]> {
-    const KEY: &[u8] = b"http.route";
-    let mut name = None;
-    for f in Fields::new(span) {
-        let f = f.ok()?;
-        match (f.number, f.value) {
-            (5, Value::Bytes(b)) => name = Some(b),
-            (9, Value::Bytes(kv)) => {
-                // Tag of field 1 (length-delimited), then the key's length and the key.
-                if let [0x0a, len, rest @ ..] = kv {
-                    let len = usize::from(*len);
-                    if len < 0x80 && rest.get(..len).is_some_and(|k| k != KEY) {
-                        continue;
-                    }
-                }
-                let (mut key, mut value) = (None, None);
-                for g in Fields::new(kv).flatten() {
-                    match (g.number, g.value) {
-                        (1, Value::Bytes(b)) => key = Some(b),
-                        (2, Value::Bytes(b)) => value = Some(b),
-                        _ => {}
-                    }
-                }
-                if key == Some(KEY) {
-                    // AnyValue.string_value is field 1.
-                    let route = value.and_then(|v| {
-                        Fields::new(v)
-                            .flatten()
-                            .filter(|g| g.number == 1)
-                            .filter_map(|g| g.value.as_bytes())
-                            .last()
-                    });
-                    if let Some(r) = route.filter(|r| !r.is_empty()) {
-                        return Some(r);
-                    }
-                }
-            }
-            _ => {}
-        }
+/// The operation of a span: its `http.route` string attribute if set and not empty, else its
+/// name. Read from what decoding found (the span's name and its run of attributes), with the
+/// lookup the rules use, so a span repeating the attribute is read as the rules read it (the
+/// last one wins). Walking the whole span again for it cost RED ~680 instructions per span,
+/// and the exemplars of kept traces paid it a second time (BENCHMARKS.md).
+pub(crate) fn operation<'a>(span: &SpanView<'a>) -> &'a [u8] {
+    match span.attr(b"http.route") {
+        Some(AttrValue::Str(route)) if !route.is_empty() => route,
+        _ => span.name,
     }
-    Some(name.unwrap_or_default())
 }
 
 /// The label of whatever goes over a cardinality cap.
@@ -301,9 +262,7 @@ impl Red {
                 if kind != SERVER && kind != CONSUMER {
                     continue;
                 }
-                let Some(op) = operation(span.bytes) else {
-                    continue;
-                };
+                let op = operation(&span.view());
                 let s = self.service(span.context);
                 let max = self.limits.max_operations;
                 let over_service_cap = Some(s) == self.other;
@@ -423,10 +382,31 @@ mod tests {
             ),
             (vec![attr_str("http.route", "")], "name"),
             (vec![attr_str("http.routes", "/c")], "name"),
+            (vec![attr_int("http.route", 7)], "name"),
+            // Repeated, as the rules read it: the last one wins.
+            (
+                vec![attr_str("http.route", "/d"), attr_str("http.route", "/e")],
+                "/e",
+            ),
         ];
         for (attrs, want) in cases {
-            let bytes = with_attrs(span(t, 1, None, "name", 0, 1), attrs).encode_to_vec();
-            assert_eq!(operation(&bytes), Some(want.as_bytes()), "{want}");
+            let s = with_attrs(span(t, 1, None, "name", 0, 1), attrs);
+            let bytes = s.encode_to_vec();
+            let parsed = SpanView::parse(&bytes).expect("a span");
+            assert_eq!(operation(&parsed), want.as_bytes(), "{want}, parsed");
+            // As RED reads it: from what decoding found.
+            let req = request("svc", vec![s]);
+            let mut d = Decoder::new();
+            d.decode(&req).expect("decodes");
+            let ops: Vec<Vec<u8>> = d
+                .groups(&req)
+                .flat_map(|g| {
+                    g.spans()
+                        .map(|s| operation(&s.view()).to_vec())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(ops, vec![want.as_bytes().to_vec()], "{want}, decoded");
         }
     }
 
