@@ -16,6 +16,15 @@ use super::wire::{split_short_field, Fields, Value, WireError};
 
 /// The tag of `Span.attributes` (field 9, length-delimited), the field a span repeats most.
 const ATTRIBUTE_TAG: u8 = (9 << 3) | 2;
+/// One-byte tags of the other `Span` fields decoding reads, with their wire types: ids and
+/// name length-delimited (2), kind a varint (0), times fixed64 (1).
+const TRACE_ID_TAG: u8 = (1 << 3) | 2;
+const SPAN_ID_TAG: u8 = (2 << 3) | 2;
+const PARENT_SPAN_ID_TAG: u8 = (4 << 3) | 2;
+const NAME_TAG: u8 = (5 << 3) | 2;
+const KIND_TAG: u8 = 6 << 3;
+const START_TAG: u8 = (7 << 3) | 1;
+const END_TAG: u8 = (8 << 3) | 1;
 use super::{SpanContext, TraceId};
 
 /// Why a message could not be decoded. The message is skipped as a whole.
@@ -316,10 +325,57 @@ impl Decoder {
             )
         };
         let mut rest = span;
-        while !rest.is_empty() {
+        while let [tag, ..] = *rest {
+            // The short path: the fields every SDK writes, by their one-byte tags, read without
+            // the general walk (whose decoding of a tag into number and wire type, and of the
+            // value by wire type, was most of decoding a span). Anything else, or a field that
+            // does not fit (a longer length, bytes past the end), takes the general walk below,
+            // which reads it the same way or reports it malformed. Attributes first: a span
+            // has more of them than of anything else.
             if let Some((_, after)) = split_short_field(rest, ATTRIBUTE_TAG) {
                 let (from, to) = (rest.as_ptr() as usize, after.as_ptr() as usize);
                 attrs = (if attrs.1 == 0 { from } else { attrs.0 }, to);
+                rest = after;
+                continue;
+            }
+            let short = match tag {
+                TRACE_ID_TAG => split_short_field(rest, TRACE_ID_TAG).map(|(b, after)| {
+                    trace_id = TraceId::from_slice(b);
+                    after
+                }),
+                SPAN_ID_TAG => split_short_field(rest, SPAN_ID_TAG).map(|(b, after)| {
+                    slices[0] = at(b);
+                    after
+                }),
+                PARENT_SPAN_ID_TAG => {
+                    split_short_field(rest, PARENT_SPAN_ID_TAG).map(|(b, after)| {
+                        facts.is_root = b.iter().all(|&x| x == 0);
+                        slices[1] = at(b);
+                        after
+                    })
+                }
+                NAME_TAG => split_short_field(rest, NAME_TAG).map(|(b, after)| {
+                    slices[2] = at(b);
+                    after
+                }),
+                KIND_TAG => match rest {
+                    [_, kind, after @ ..] if *kind < 0x80 => {
+                        facts.kind = *kind;
+                        Some(after)
+                    }
+                    _ => None,
+                },
+                START_TAG => rest[1..].split_first_chunk::<8>().map(|(t, after)| {
+                    facts.start = u64::from_le_bytes(*t);
+                    after
+                }),
+                END_TAG => rest[1..].split_first_chunk::<8>().map(|(t, after)| {
+                    facts.end = u64::from_le_bytes(*t);
+                    after
+                }),
+                _ => None,
+            };
+            if let Some(after) = short {
                 rest = after;
                 continue;
             }

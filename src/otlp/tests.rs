@@ -89,6 +89,84 @@ fn malformed_and_empty_messages_are_errors_not_panics() {
     );
 }
 
+/// A request of one resource and scope holding `span`, encoded by hand.
+fn request_of_raw_span(span: &[u8]) -> Vec<u8> {
+    use super::wire::put_len_prefix;
+    let mut scope_spans = Vec::new();
+    put_len_prefix(&mut scope_spans, 2, span.len());
+    scope_spans.extend_from_slice(span);
+    let mut resource_spans = Vec::new();
+    put_len_prefix(&mut resource_spans, 2, scope_spans.len());
+    resource_spans.extend_from_slice(&scope_spans);
+    let mut req = Vec::new();
+    put_len_prefix(&mut req, 1, resource_spans.len());
+    req.extend_from_slice(&resource_spans);
+    req
+}
+
+#[test]
+fn odd_but_valid_span_encodings_decode_as_a_protobuf_reader_reads_them() {
+    use super::wire::{put_len_prefix, put_varint};
+    let tid = [7u8; 16];
+    let mut span = Vec::new();
+    // The end first, and again at the very end: the last one wins.
+    span.push(0x41);
+    span.extend_from_slice(&5_000u64.to_le_bytes());
+    // An attribute before the ids.
+    let kv = attr_str("http.route", "/x").encode_to_vec();
+    put_len_prefix(&mut span, 9, kv.len());
+    span.extend_from_slice(&kv);
+    // The trace id's length as a two-byte varint (0x90 0x00 is 16).
+    span.extend_from_slice(&[0x0a, 0x90, 0x00]);
+    span.extend_from_slice(&tid);
+    span.extend_from_slice(&[0x12, 8]);
+    span.extend_from_slice(&[1; 8]);
+    // A name of 200 bytes: a two-byte length.
+    put_len_prefix(&mut span, 5, 200);
+    span.extend_from_slice(&[b'n'; 200]);
+    // Kind SERVER as a two-byte varint.
+    span.extend_from_slice(&[0x30, 0x82, 0x00]);
+    // The start as a varint where a fixed64 belongs: decoding still counts it.
+    span.push(7 << 3);
+    put_varint(&mut span, 1_000);
+    // Two parents: the last, all zeros, wins, so the span is a root.
+    span.extend_from_slice(&[0x22, 8]);
+    span.extend_from_slice(&[9; 8]);
+    span.extend_from_slice(&[0x22, 8]);
+    span.extend_from_slice(&[0; 8]);
+    // Status ERROR; then the second end.
+    span.extend_from_slice(&[0x7a, 2, 0x18, 2]);
+    span.push(0x41);
+    span.extend_from_slice(&9_000u64.to_le_bytes());
+    let req = request_of_raw_span(&span);
+
+    let mut d = Decoder::new();
+    assert_eq!(d.decode(&req), Ok(1));
+    let g = d.groups(&req).next().expect("one trace");
+    assert_eq!(g.trace_id, TraceId(tid));
+    let s = g.spans().next().expect("one span");
+    assert_eq!(s.bytes, &span[..]);
+    assert_eq!((s.facts.start, s.facts.end), (1_000, 9_000));
+    assert_eq!(s.facts.kind, 2);
+    assert!(s.facts.is_root && s.facts.is_error);
+    let v = s.view();
+    assert_eq!(v.span_id, &[1; 8]);
+    assert_eq!(v.parent_span_id, &[0; 8]);
+    assert_eq!(v.name, &[b'n'; 200][..]);
+    assert_eq!(v.status_code, 2);
+    assert_eq!(v.attr(b"http.route"), Some(AttrValue::Str(b"/x")));
+
+    // A time cut short at the end of the span, or anywhere else, is malformed, not read.
+    let cut = request_of_raw_span(&span[..span.len() - 3]);
+    assert_eq!(
+        d.decode(&cut).map_err(|e| e.kind()),
+        Err("malformed_protobuf")
+    );
+    let mut short_id = vec![0x0a, 16];
+    short_id.extend_from_slice(&tid[..10]);
+    assert!(d.decode(&request_of_raw_span(&short_id)).is_err());
+}
+
 fn decoded_chunks(payload: &[u8]) -> Vec<(Arc<SpanContext>, Vec<u8>)> {
     let mut d = Decoder::new();
     d.decode(payload).unwrap();
@@ -230,6 +308,8 @@ proptest! {
                     let (fast, walked) = (s.view(), SpanView::parse(s.bytes).expect("a valid span"));
                     prop_assert_eq!(fast.attrs, walked.attrs);
                     prop_assert_eq!((fast.span_id, fast.parent_span_id, fast.name), (walked.span_id, walked.parent_span_id, walked.name));
+                    prop_assert_eq!((fast.kind, fast.start, fast.end, fast.status_code), (walked.kind, walked.start, walked.end, walked.status_code));
+                    prop_assert_eq!(s.facts.is_root, walked.is_root());
                     for key in [&b"http.response.status_code"[..], b"http.route", b"db.system", b"customer.tier", b"absent"] {
                         let a = fast.attr(key);
                         prop_assert_eq!(a, crate::otlp::view::find_attr(s.bytes, 9, key));
