@@ -23,8 +23,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use tailsift::demo::generator::{trace_id_hex, Generator, GeneratorConfig};
+use tailsift::demo::generator::{Generator, GeneratorConfig};
 use tailsift::otlp::decode::Decoder;
+use tailsift::otlp::TraceId;
 
 #[derive(Parser)]
 struct Cli {
@@ -381,7 +382,7 @@ fn load(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Resu
     let start = Instant::now();
     while written < spans {
         let t = gen.next_trace(1_700_000_000_000_000_000 + traces * 1_000_000);
-        let key = trace_id_hex(&t.trace_id);
+        let key = TraceId(t.trace_id).to_hex();
         for m in &t.messages {
             if d.decode(m).is_ok() {
                 for g in d.groups(m) {

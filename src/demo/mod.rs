@@ -20,6 +20,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::config::Config;
+use crate::otlp::TraceId;
 use crate::rules::{parse_file, RuleSet, RulesError};
 use generator::{Generator, GeneratorConfig};
 
@@ -262,7 +263,7 @@ fn generate(
         let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
         while sent < due {
             let t = gen.next_trace(now_nanos());
-            let key = generator::trace_id_hex(&t.trace_id);
+            let key = TraceId(t.trace_id).to_hex();
             for msg in &t.messages {
                 let mut record = BaseRecord::<str, [u8]>::to(INPUT).key(&key).payload(msg);
                 // A full local queue means the in-process broker is behind: wait for it.

@@ -457,3 +457,12 @@ fn a_groups_chunks_borrow_adjacent_spans_and_copy_only_scattered_ones() {
     let want: Vec<u8> = a_spans[..2].iter().flat_map(field).collect();
     assert_eq!(&*chunks[0].1, &want[..]);
 }
+
+#[test]
+fn a_trace_id_in_hex_is_32_lowercase_characters_first_byte_first() {
+    let mut id = [0u8; 16];
+    id[0] = 0xab;
+    id[15] = 0x01;
+    assert_eq!(TraceId(id).to_hex(), "ab000000000000000000000000000001");
+    assert_eq!(TraceId([0xff; 16]).to_hex(), "f".repeat(32));
+}

@@ -5,7 +5,9 @@
 //! - `yaml`: a YAML tree that keeps line numbers, for error messages.
 //! - `field`: the fields conditions and sampler keys name, and their types.
 //! - `expr`: condition expressions (`FIELD OPERATOR VALUE`, groups), type-checked at load.
-//! - `file`: rule files and directories: rules, outcomes, every error located.
+//! - `file`: one rule file: rules, outcomes, every error located.
+//! - `dir`: a rules directory: which files are read, parsed together, the set-wide checks
+//!   and the version.
 //! - `lint`: what `rules check` warns about (shadowed rules, trace-scope negations).
 //! - `condition`: compiled conditions and their evaluation.
 //! - `marks`: the attributes a rule adds to the spans it keeps, encoded once.
@@ -31,6 +33,7 @@
 mod buffered;
 pub mod cases;
 mod condition;
+mod dir;
 mod dynamic;
 pub mod explain;
 mod expr;
@@ -54,12 +57,12 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 pub use condition::{Cond, KeyField, Probe, SpanCond};
+pub use dir::{
+    check_set, load_dir, parse_files, read_dir, rule_files, skipped_files, version, ReadFile,
+};
 pub use dynamic::{GoalRate, RateLimiter, Throughput};
 pub(crate) use expr::{did_you_mean, unknown};
-pub use file::{
-    check_set, load_dir, parse_file, parse_files, read_dir, rule_files, skipped_files, version,
-    ReadFile,
-};
+pub use file::parse_file;
 pub use marks::{MarkValue, RuleMarks};
 pub use minimum::{Minimum, MinimumSpec, DEFAULT_MIN_WINDOW};
 pub use rule::{DynamicSpec, Outcome, Rule, RuleError, RulesError, ThroughputSpec};
@@ -541,7 +544,7 @@ fn parse_all(
     dir: &Path,
     files: &[ReadFile],
 ) -> Result<(Vec<Rule>, Option<crate::redact::Redaction>), Vec<RuleError>> {
-    match (file::parse_files(dir, files), crate::redact::load(files)) {
+    match (dir::parse_files(dir, files), crate::redact::load(files)) {
         (Ok(rules), Ok(redaction)) => Ok((rules, redaction)),
         (rules, redaction) => Err(rules
             .err()

@@ -99,12 +99,6 @@ pub struct GeneratedTrace {
     pub span_count: usize,
 }
 
-/// Lowercase 32-character hex of a trace id (the Kafka message key the OpenTelemetry
-/// Collector's kafka exporter uses with partition_traces_by_id).
-pub fn trace_id_hex(id: &[u8; 16]) -> String {
-    hex::encode(id)
-}
-
 /// The services of the simulated shop; the discriminant indexes [`SERVICES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
