@@ -32,6 +32,7 @@ mod buffered;
 pub mod cases;
 mod condition;
 mod dynamic;
+mod early;
 pub mod explain;
 mod expr;
 mod field;
@@ -55,6 +56,7 @@ use tokio::time::Instant;
 
 pub use condition::{Cond, KeyField, Probe, SpanCond};
 pub use dynamic::{GoalRate, RateLimiter, Throughput};
+pub use early::{early_notes, knowable, Known};
 pub(crate) use expr::{did_you_mean, unknown};
 pub use file::{
     check_set, load_dir, parse_file, parse_files, read_dir, rule_files, skipped_files, version,
@@ -63,7 +65,7 @@ pub use file::{
 pub use marks::{MarkValue, RuleMarks};
 pub use minimum::{Minimum, MinimumSpec, DEFAULT_MIN_WINDOW};
 pub use rule::{DynamicSpec, Outcome, Rule, RuleError, RulesError, ThroughputSpec};
-pub use seen::{early_notes, knowable, Buffered, Known, Probes, Seen, MAX_PROBES};
+pub use seen::{Buffered, Probes, Seen, MAX_PROBES};
 pub use share::Share;
 pub use trace::{Evaluate, TraceView};
 pub use window::{schedule, Active, Clock, Phase};
@@ -554,6 +556,8 @@ fn parse_all(
 
 #[cfg(test)]
 mod boost_tests;
+#[cfg(test)]
+mod early_tests;
 #[cfg(test)]
 mod language_tests;
 #[cfg(test)]
