@@ -7,9 +7,9 @@
 //! copy and no allocation in the common case, and forwarding it is a copy again.
 
 mod deadline;
+mod entry;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
@@ -17,12 +17,13 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 pub use deadline::DeadlineIndex;
+pub use entry::{SpanGroup, TraceEntry, TRACE_OVERHEAD};
 
 use crate::decision::{Decision, DecisionCache, Remembered, Trigger};
-use crate::offsets::{Hold, Holds};
+use crate::offsets::Hold;
 use crate::otlp::decode::TraceGroup;
-use crate::otlp::{SpanContext, TraceId};
-use crate::rules::{Probes, RuleSet};
+use crate::otlp::TraceId;
+use crate::rules::RuleSet;
 
 /// When a trace is complete. The first condition reached decides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,147 +49,6 @@ impl Default for Completion {
             max_spans_per_trace: 10_000,
             max_trace_bytes: 16 << 20,
         }
-    }
-}
-
-/// Fixed bytes counted per buffered trace on top of its span data and its per-context
-/// [`SpanGroup`]s: the entry, its key, its map slot at the map's usual load, its deadline-index
-/// entry, the spilled group list and the allocator's headers. Measured, not derived: with
-/// `cargo bench --bench memory` (traces of ~9 spans over ~6 services) resident memory exceeded
-/// the span and group bytes by 580 bytes per trace (544 before the entry carried its offset
-/// ranges for the head marks).
-pub const TRACE_OVERHEAD: usize = 580;
-
-/// Spans of one trace that arrived under one resource and scope.
-#[derive(Debug)]
-pub struct SpanGroup {
-    /// The resource and scope the spans arrived under.
-    pub ctx: Arc<SpanContext>,
-    /// `ScopeSpans.spans` fields (tag, length, span), as they arrived.
-    pub spans: Vec<u8>,
-}
-
-/// One undecided trace.
-#[derive(Debug)]
-pub struct TraceEntry {
-    /// When its first span arrived, in ms since the buffer's origin on the completion clock
-    /// (time with reading paused for memory does not count).
-    pub first_seen: u64,
-    /// When its latest span arrived, on the same clock.
-    pub last_seen: u64,
-    /// When its first root span arrived, on the same clock; `None` while no root has.
-    pub root_seen: Option<u64>,
-    /// Earliest span start, in Unix ns.
-    pub start_min: u64,
-    /// Latest span end, in Unix ns.
-    pub end_max: u64,
-    /// Spans buffered, counted as they arrive: a span sent twice counts twice.
-    pub span_count: u32,
-    /// Span data and contexts counted against the memory budget, [`TRACE_OVERHEAD`] included.
-    pub bytes: u32,
-    /// Some span has status `ERROR`.
-    pub has_error: bool,
-    /// Some of its spans came from offsets read before (restart or rebalance replay).
-    pub replayed: bool,
-    /// The spans, one group per resource and scope, in the order the contexts first arrived.
-    pub groups: smallvec::SmallVec<[SpanGroup; 1]>,
-    /// The offsets this trace keeps from being committed.
-    pub holds: Holds,
-    /// Beside each hold, the first and last offsets this trace has spans at in that partition
-    /// (the first can be below the hold: a head read back after a replay, see
-    /// [`crate::heads`]). A decided trace whose range straddles the commit offset must be read
-    /// back whole by whoever replays the partition.
-    pub ranges: smallvec::SmallVec<[(i64, i64); 1]>,
-    /// Where the first root span lies: its group, and the offset of its field in the group's
-    /// `spans` (for the rules, which may read the root's fields when deciding).
-    pub root_at: Option<(u16, u32)>,
-    /// What the rules' probes found in the spans as they arrived (see [`crate::rules::Seen`]).
-    pub seen: crate::rules::Seen,
-    /// The deadline-index bucket that owns this trace.
-    scheduled: u64,
-}
-
-impl TraceEntry {
-    /// The trace's duration from its first span start to its last span end.
-    pub fn duration_nanos(&self) -> u64 {
-        self.end_max.saturating_sub(self.start_min)
-    }
-
-    /// When the trace is complete, and by which trigger (the earliest wins).
-    fn deadline(&self, c: &Completion) -> (u64, Trigger) {
-        let ms = |d: Duration| d.as_millis() as u64;
-        let mut best = (self.last_seen + ms(c.decision_wait), Trigger::Idle);
-        if let Some(root) = self.root_seen {
-            let t = root + ms(c.root_grace);
-            if t < best.0 {
-                best = (t, Trigger::Root);
-            }
-        }
-        let t = self.first_seen + ms(c.max_trace_age);
-        if t < best.0 {
-            best = (t, Trigger::MaxAge);
-        }
-        best
-    }
-
-    fn append(&mut self, group: &TraceGroup<'_>, now: u64, probes: Option<&Probes>) -> usize {
-        let mut added = 0;
-        for (i, span) in group.spans().enumerate() {
-            let slot = match self
-                .groups
-                .iter()
-                .position(|g| Arc::ptr_eq(&g.ctx, span.context) || *g.ctx == **span.context)
-            {
-                Some(i) => i,
-                None => {
-                    if self.groups.len() == 1 && !self.groups.spilled() {
-                        // A trace that crosses services usually crosses several: one
-                        // allocation for up to four contexts rather than one per doubling.
-                        self.groups.reserve_exact(3);
-                    }
-                    added += span.context.budget_size() + std::mem::size_of::<SpanGroup>();
-                    self.groups.push(SpanGroup {
-                        ctx: span.context.clone(),
-                        spans: Vec::new(),
-                    });
-                    self.groups.len() - 1
-                }
-            };
-            let spans = &mut self.groups[slot].spans;
-            // Grow by what this message brings under this context (one allocation per
-            // message, not per span), or by a quarter if more: doubling would leave up to
-            // half of a big trace's buffer unused, and that is memory the budget pays for.
-            if spans.capacity() - spans.len() < span.field.len() {
-                let incoming: usize = group
-                    .spans()
-                    .skip(i)
-                    .filter(|s| Arc::ptr_eq(s.context, span.context))
-                    .map(|s| s.field.len())
-                    .sum();
-                spans.reserve_exact(incoming.max(spans.len() / 4));
-            }
-            let at = spans.len();
-            spans.extend_from_slice(span.field);
-            added += span.field.len();
-            let f = span.facts;
-            if self.span_count == 0 || f.start < self.start_min {
-                self.start_min = f.start;
-            }
-            self.end_max = self.end_max.max(f.end);
-            self.has_error |= f.is_error;
-            let first_root = f.is_root && self.root_seen.is_none();
-            if first_root {
-                self.root_seen = Some(now);
-                self.root_at = Some((slot.min(usize::from(u16::MAX)) as u16, at as u32));
-            }
-            if let Some(p) = probes {
-                p.observe(&span, first_root, &mut self.seen);
-            }
-            self.span_count += 1;
-        }
-        self.last_seen = now;
-        self.bytes = self.bytes.saturating_add(added as u32);
-        added
     }
 }
 

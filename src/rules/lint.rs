@@ -11,7 +11,7 @@
 //!   when *some* span differs, which is nearly always (found while parsing, see `expr`).
 //! - A time-boxed rule past its `active_until`: it retired and matches no trace.
 //! - An early rule after a rule that can be known not to match only when the trace completes:
-//!   it decides no trace early (see `seen::knowable`).
+//!   it decides no trace early (see `early::knowable`).
 
 use super::condition::{Cond, Literal, Op, SpanCond};
 use super::{Rule, RuleError};
@@ -40,7 +40,7 @@ pub fn lint_at(rules: &[Rule], now: std::time::SystemTime) -> Vec<RuleError> {
             });
         }
         if r.early {
-            let blockers = super::seen::early_blockers(rules, i);
+            let blockers = super::early::early_blockers(rules, i);
             if let Some(b) = blockers.first() {
                 let names: Vec<String> = blockers.iter().map(|b| format!("`{}`", b.name)).collect();
                 out.push(RuleError {

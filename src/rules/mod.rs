@@ -35,6 +35,7 @@ pub mod cases;
 mod condition;
 mod dir;
 mod dynamic;
+mod early;
 pub mod explain;
 mod expr;
 mod field;
@@ -61,12 +62,13 @@ pub use dir::{
     check_set, load_dir, parse_files, read_dir, rule_files, skipped_files, version, ReadFile,
 };
 pub use dynamic::{GoalRate, RateLimiter, Throughput};
+pub use early::{early_notes, knowable, Known};
 pub(crate) use expr::{did_you_mean, unknown};
 pub use file::parse_file;
 pub use marks::{MarkValue, RuleMarks};
 pub use minimum::{Minimum, MinimumSpec, DEFAULT_MIN_WINDOW};
 pub use rule::{DynamicSpec, Outcome, Rule, RuleError, RulesError, ThroughputSpec};
-pub use seen::{early_notes, knowable, Buffered, Known, Probes, Seen, MAX_PROBES};
+pub use seen::{Buffered, Probes, Seen, MAX_PROBES};
 pub use share::Share;
 pub use trace::{Evaluate, TraceView};
 pub use window::{schedule, Active, Clock, Phase};
@@ -557,6 +559,8 @@ fn parse_all(
 
 #[cfg(test)]
 mod boost_tests;
+#[cfg(test)]
+mod early_tests;
 #[cfg(test)]
 mod language_tests;
 #[cfg(test)]

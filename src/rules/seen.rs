@@ -17,7 +17,8 @@
 //! Because what is known only grows as spans arrive, a condition can also be *settled*: sure
 //! to hold, or sure not to, whatever spans come later ([`Buffered::settle`]). Early rules
 //! (`early: true`) decide a trace as soon as they are settled to hold and every rule before
-//! them is settled not to.
+//! them is settled not to; which rules can, from their conditions' form alone, is worked out
+//! when the rules load (`early.rs`).
 
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -392,113 +393,4 @@ impl super::Evaluate for Buffered<'_> {
         let first = self.entry.groups.first().map(|g| ContextView::new(&g.ctx));
         condition::hash_keys(keys, |k| k.value(|f| self.trace_value(f), root, first))
     }
-}
-
-/// The earliest a condition can be known, true or false, as a trace's spans arrive. Ordered:
-/// any span can tell, then only the root can, then only the trace's completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Known {
-    /// As the spans arrive (a span that passes a `span:` condition, a count past its bound).
-    Arrival,
-    /// When the root span arrives (`root:` conditions).
-    Root,
-    /// Only when the trace is complete (no span can rule out `span:`; durations can grow).
-    Completion,
-}
-
-/// When `c` can be known to hold, and when known not to: what [`Buffered::settle`] can tell
-/// at best, from the condition's form alone.
-pub fn knowable(c: &Cond) -> (Known, Known) {
-    use Known::*;
-    let growing = |op: &Op| match op {
-        Op::Gt(_) | Op::Ge(_) => (Arrival, Completion),
-        Op::Lt(_) | Op::Le(_) => (Completion, Arrival),
-        _ => (Completion, Completion),
-    };
-    match c {
-        Cond::All(cs) => cs
-            .iter()
-            .map(knowable)
-            .fold((Arrival, Completion), |(t, f), (ct, cf)| {
-                (t.max(ct), f.min(cf))
-            }),
-        Cond::Any(cs) => cs
-            .iter()
-            .map(knowable)
-            .fold((Completion, Arrival), |(t, f), (ct, cf)| {
-                (t.min(ct), f.max(cf))
-            }),
-        Cond::Not(c) => {
-            let (t, f) = knowable(c);
-            (f, t)
-        }
-        Cond::AnySpan(_) => (Arrival, Completion),
-        Cond::EverySpan(_) => (Completion, Arrival),
-        Cond::Root(_) => (Root, Root),
-        Cond::Count(_, op, _) => growing(op),
-        Cond::Trace(TraceField::Error | TraceField::RootPresent, op, _) => {
-            let on = |l: &Literal| matches!(l, Literal::Bool(true));
-            match op {
-                Op::Eq(l) if on(l) => (Arrival, Completion),
-                Op::Ne(l) if !on(l) => (Arrival, Completion),
-                Op::Eq(_) | Op::Ne(_) => (Completion, Arrival),
-                Op::Exists | Op::NotExists => (Arrival, Arrival),
-                _ => (Completion, Completion),
-            }
-        }
-        Cond::Trace(_, op, _) => growing(op),
-    }
-}
-
-/// For each early rule, which rules before it can hold its decision back, and until when
-/// (`rules check` prints these). A rule before it that can be known not to match only when
-/// the trace completes makes the early rule decide no trace early: `early_blockers` says
-/// which, for the warning.
-pub fn early_notes(rules: &[Rule]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.early) {
-        let waits: Vec<String> = holders(&rules[..i])
-            .map(|(h, until)| {
-                let until = match until {
-                    Known::Arrival => "until a span rules it out",
-                    Known::Root => "until the root span arrives",
-                    Known::Completion => "until the trace completes",
-                };
-                format!("`{}` ({until})", h.name)
-            })
-            .collect();
-        out.push(match waits.as_slice() {
-            [] => format!("early: `{}` decides as soon as its conditions hold", r.name),
-            _ => format!(
-                "early: `{}` decides once its conditions hold and the rules before it are sure \
-                 not to match: {}",
-                r.name,
-                waits.join(", ")
-            ),
-        });
-    }
-    out
-}
-
-/// The rules before an early rule that can keep it waiting, and until when: a factor rule
-/// until it is known either way, any other until it is known not to match (once known to
-/// match, it decides the trace itself).
-fn holders(before: &[Rule]) -> impl Iterator<Item = (&Rule, Known)> {
-    before.iter().filter_map(|h| {
-        let (t, f) = knowable(h.condition.as_ref()?);
-        let until = match h.outcome {
-            super::Outcome::Factor { .. } => t.min(f),
-            _ => f,
-        };
-        Some((h, until))
-    })
-}
-
-/// The rules before early rule `rules[i]` that can be known not to match only when the trace
-/// completes: while one comes first, the early rule decides no trace early.
-pub fn early_blockers(rules: &[Rule], i: usize) -> Vec<&Rule> {
-    holders(&rules[..i])
-        .filter(|(_, until)| *until == Known::Completion)
-        .map(|(h, _)| h)
-        .collect()
 }
