@@ -25,6 +25,10 @@ const NAME_TAG: u8 = (5 << 3) | 2;
 const KIND_TAG: u8 = 6 << 3;
 const START_TAG: u8 = (7 << 3) | 1;
 const END_TAG: u8 = (8 << 3) | 1;
+const STATUS_TAG: u8 = (15 << 3) | 2;
+/// `Span.flags` (field 16, fixed32): a two-byte tag, 0x85 0x01.
+const FLAGS_TAG: [u8; 2] = [0x80 | (((16 << 3) | 5) & 0x7f), ((16 << 3) | 5) >> 7];
+const FLAGS_TAG_FIRST: u8 = FLAGS_TAG[0];
 use super::{SpanContext, TraceId};
 
 /// Why a message could not be decoded. The message is skipped as a whole.
@@ -202,6 +206,20 @@ impl<'a> TraceGroup<'a> {
 /// A trace group's spans by context: see [`TraceGroup::chunks`].
 pub type Chunks<'a> = smallvec::SmallVec<[(&'a Arc<SpanContext>, Cow<'a, [u8]>); 2]>;
 
+/// Reads a `Status` message: its code (the last one wins) into `code`, and whether it is
+/// `STATUS_CODE_ERROR` (2) into `is_error` (which stays set once a status said so).
+fn read_status(status: &[u8], code: &mut u8, is_error: &mut bool) -> Result<(), DecodeError> {
+    for s in Fields::new(status) {
+        let s = s.map_err(wire("Status"))?;
+        if s.number == 3 {
+            let c = s.value.as_u64().unwrap_or(0);
+            *code = c.min(255) as u8;
+            *is_error |= c == 2;
+        }
+    }
+    Ok(())
+}
+
 fn wire(at: &'static str) -> impl Fn(WireError) -> DecodeError {
     move |source| DecodeError::Wire { at, source }
 }
@@ -332,7 +350,11 @@ impl Decoder {
             // does not fit (a longer length, bytes past the end), takes the general walk below,
             // which reads it the same way or reports it malformed. Attributes first: a span
             // has more of them than of anything else.
-            if let Some((_, after)) = split_short_field(rest, ATTRIBUTE_TAG) {
+            if let Some((_, mut after)) = split_short_field(rest, ATTRIBUTE_TAG) {
+                // A span's attributes come one after the other: the whole run at once.
+                while let Some((_, next)) = split_short_field(after, ATTRIBUTE_TAG) {
+                    after = next;
+                }
                 let (from, to) = (rest.as_ptr() as usize, after.as_ptr() as usize);
                 attrs = (if attrs.1 == 0 { from } else { attrs.0 }, to);
                 rest = after;
@@ -373,6 +395,19 @@ impl Decoder {
                     facts.end = u64::from_le_bytes(*t);
                     after
                 }),
+                STATUS_TAG => match split_short_field(rest, STATUS_TAG) {
+                    Some((status, after)) => {
+                        read_status(status, &mut status_code, &mut facts.is_error)?;
+                        Some(after)
+                    }
+                    None => None,
+                },
+                // `flags` (field 16, fixed32), which SDKs write on every span since OTLP 1.1:
+                // not read, only passed.
+                FLAGS_TAG_FIRST => match rest {
+                    [_, second, _, _, _, _, after @ ..] if *second == FLAGS_TAG[1] => Some(after),
+                    _ => None,
+                },
                 _ => None,
             };
             if let Some(after) = short {
@@ -404,14 +439,7 @@ impl Decoder {
                 (8, v) => facts.end = v.as_u64().unwrap_or(0),
                 (15, v) => {
                     if let Some(status) = v.as_bytes() {
-                        for s in Fields::new(status) {
-                            let s = s.map_err(wire("Status"))?;
-                            if s.number == 3 {
-                                let code = s.value.as_u64().unwrap_or(0);
-                                status_code = code.min(255) as u8;
-                                facts.is_error |= code == 2;
-                            }
-                        }
+                        read_status(status, &mut status_code, &mut facts.is_error)?;
                     }
                 }
                 _ => {}

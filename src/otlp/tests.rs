@@ -134,7 +134,8 @@ fn odd_but_valid_span_encodings_decode_as_a_protobuf_reader_reads_them() {
     span.extend_from_slice(&[9; 8]);
     span.extend_from_slice(&[0x22, 8]);
     span.extend_from_slice(&[0; 8]);
-    // Status ERROR; then the second end.
+    // Flags (field 16, fixed32: a two-byte tag), status ERROR; then the second end.
+    span.extend_from_slice(&[0x85, 0x01, 1, 3, 0, 0]);
     span.extend_from_slice(&[0x7a, 2, 0x18, 2]);
     span.push(0x41);
     span.extend_from_slice(&9_000u64.to_le_bytes());
@@ -165,6 +166,9 @@ fn odd_but_valid_span_encodings_decode_as_a_protobuf_reader_reads_them() {
     let mut short_id = vec![0x0a, 16];
     short_id.extend_from_slice(&tid[..10]);
     assert!(d.decode(&request_of_raw_span(&short_id)).is_err());
+    let mut short_flags = span[..span.len() - 9].to_vec();
+    short_flags.extend_from_slice(&[0x85, 0x01, 1, 3]);
+    assert!(d.decode(&request_of_raw_span(&short_flags)).is_err());
 }
 
 fn decoded_chunks(payload: &[u8]) -> Vec<(Arc<SpanContext>, Vec<u8>)> {
