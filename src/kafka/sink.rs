@@ -13,13 +13,14 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use tokio::time::Instant;
 
 use super::dead_letter::{DeadLetters, Letter, UNREDACTABLE};
 use super::producer::{
     refused_as_too_large, Deliveries, Flush, Outbound, Outgoing, RetryingProducer, Stage,
 };
 use super::SetupError;
-use crate::decision::Decision;
+use crate::decision::{Decision, Trigger};
 use crate::offsets::Holds;
 use crate::otlp::TraceId;
 use crate::sampler::{Output, Ticket};
@@ -30,23 +31,54 @@ pub const RULE_HEADER: &str = "tailsift.rule";
 /// Header with the sample rate the trace was kept at (it stands for that many traces).
 pub const SAMPLE_RATE_HEADER: &str = "tailsift.sample_rate";
 
-/// What a kept trace's messages mean: their tickets hold the trace's offsets.
-pub struct Forwarded;
+/// What a kept trace's messages mean: their tickets hold the trace's offsets. Holds the
+/// handles of the series every delivery updates, registered once: looking each up by name and
+/// labels per delivery (hashing the key, taking the registry's lock) was most of the delivery
+/// callback's own cost.
+pub struct Forwarded {
+    produced: metrics::Counter,
+    spans: metrics::Counter,
+    replayed_spans: metrics::Counter,
+    latency: metrics::Histogram,
+    /// `tailsift_trace_visibility_seconds` by trigger, in the order of [`Trigger::ALL`].
+    visibility: Vec<(Trigger, metrics::Histogram)>,
+}
+
+impl Forwarded {
+    fn new() -> Self {
+        Forwarded {
+            produced: metrics::counter!(m::MESSAGES_PRODUCED),
+            spans: metrics::counter!(m::SPANS_FORWARDED),
+            replayed_spans: metrics::counter!(m::REPLAYED_SPANS_FORWARDED),
+            latency: metrics::histogram!(m::DECISION_LATENCY),
+            visibility: Trigger::ALL
+                .iter()
+                .map(|t| {
+                    let h = metrics::histogram!(m::TRACE_VISIBILITY, "trigger" => t.as_str());
+                    (*t, h)
+                })
+                .collect(),
+        }
+    }
+}
 
 impl Deliveries for Forwarded {
     type Opaque = Ticket;
 
     fn delivered(&self, _msg: &BorrowedMessage<'_>, ticket: Ticket) {
-        metrics::counter!(m::MESSAGES_PRODUCED).increment(1);
-        metrics::counter!(m::SPANS_FORWARDED).increment(u64::from(ticket.spans));
+        self.produced.increment(1);
+        self.spans.increment(u64::from(ticket.spans));
         if ticket.replayed_spans > 0 {
-            metrics::counter!(m::REPLAYED_SPANS_FORWARDED)
+            self.replayed_spans
                 .increment(u64::from(ticket.replayed_spans));
         }
-        metrics::histogram!(m::DECISION_LATENCY).record(ticket.due.elapsed().as_secs_f64());
+        let now = Instant::now();
+        let since = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+        self.latency.record(since(ticket.due));
         if let Some((arrived, trigger)) = ticket.visible {
-            metrics::histogram!(m::TRACE_VISIBILITY, "trigger" => trigger.as_str())
-                .record(arrived.elapsed().as_secs_f64());
+            if let Some((_, h)) = self.visibility.iter().find(|(t, _)| *t == trigger) {
+                h.record(since(arrived));
+            }
         }
         // Releases the offsets it held (once the decision log has the decision, when there is
         // one).
@@ -93,7 +125,7 @@ impl KafkaSink {
     /// A sink writing to `topic` with the producer settings `config`.
     pub fn new(config: &ClientConfig, topic: &str) -> Result<Arc<Self>, SetupError> {
         let producer =
-            RetryingProducer::new(config, "Kafka producer", "tailsift-retry", Forwarded)?;
+            RetryingProducer::new(config, "Kafka producer", "tailsift-retry", Forwarded::new())?;
         Ok(Arc::new(KafkaSink {
             producer,
             topic: topic.to_string(),
