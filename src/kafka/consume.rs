@@ -44,9 +44,10 @@ pub struct IngestSettings {
     pub red: Option<Red>,
 }
 
-/// Per-topic counts (the sampler's), looked up once per topic instead of per message.
+/// Per-topic counts (the sampler's), looked up once per topic instead of per message. Found
+/// by topic name for every message: hashed with foldhash, not SipHash.
 #[derive(Default)]
-struct TopicCounters(HashMap<String, Arc<TopicCounter>>);
+struct TopicCounters(HashMap<String, TopicCounter, foldhash::fast::RandomState>);
 
 struct TopicCounter {
     encoding: Encoding,
@@ -59,16 +60,15 @@ impl TopicCounters {
         topic: &str,
         encodings: &impl Fn(&str) -> Encoding,
         counts: &Counts,
-    ) -> Arc<TopicCounter> {
-        if let Some(c) = self.0.get(topic) {
-            return c.clone();
+    ) -> &TopicCounter {
+        if !self.0.contains_key(topic) {
+            let c = TopicCounter {
+                encoding: encodings(topic),
+                counts: counts.topic(topic),
+            };
+            self.0.insert(topic.to_string(), c);
         }
-        let c = Arc::new(TopicCounter {
-            encoding: encodings(topic),
-            counts: counts.topic(topic),
-        });
-        self.0.insert(topic.to_string(), c.clone());
-        c
+        &self.0[topic]
     }
 }
 

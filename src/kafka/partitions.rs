@@ -65,8 +65,13 @@ pub(crate) struct Partitions {
     /// Index -> state. An index is never reused, so a hold from an earlier assignment can
     /// never be mistaken for one of the current assignment.
     pub(crate) by_index: HashMap<u32, Assigned>,
-    /// Topic -> partition -> index: looked up per message without allocating.
-    by_name: HashMap<String, HashMap<i32, u32>>,
+    /// Topic -> partition -> index: looked up per message without allocating (and hashed
+    /// with foldhash, not SipHash).
+    by_name: HashMap<
+        String,
+        HashMap<i32, u32, foldhash::fast::RandomState>,
+        foldhash::fast::RandomState,
+    >,
     next_index: u32,
     /// The last commit failed: send every offset again, changed or not.
     pub(crate) recommit: bool,
