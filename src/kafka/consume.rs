@@ -150,7 +150,7 @@ impl Ingest {
         &mut self,
         consumer: &BaseConsumer<SourceContext>,
         msg: &BorrowedMessage<'_>,
-        now: Instant,
+        mut now: Instant,
     ) {
         let ctx = consumer.context();
         if self.health.reading_back.load(Ordering::Relaxed) > 0 {
@@ -165,6 +165,7 @@ impl Ingest {
             if let Some(job) = job {
                 job.wait();
                 finish_read_backs(consumer, self.drained);
+                now = Instant::now(); // the wait may have been long
             }
         }
         let mut parts = ctx.parts();
@@ -182,6 +183,7 @@ impl Ingest {
             let encoding = (self.settings.encodings)(msg.topic());
             let max_bytes = (self.settings.budget.max_bytes / 8) as usize;
             heads_before_first(&ctx.marks.heads, a, offset, encoding, max_bytes);
+            now = Instant::now(); // reading the heads back takes a while
         }
         let hold = MessageHold::new(idx, offset);
         let counters =
