@@ -13,11 +13,12 @@ use thiserror::Error;
 use super::intern::Interner;
 use super::view::SpanView;
 use super::wire::{split_short_field, Fields, Value, WireError};
+use super::{SpanContext, TraceId};
 
 /// The tag of `Span.attributes` (field 9, length-delimited), the field a span repeats most.
 const ATTRIBUTE_TAG: u8 = (9 << 3) | 2;
-/// One-byte tags of the other `Span` fields decoding reads, with their wire types: ids and
-/// name length-delimited (2), kind a varint (0), times fixed64 (1).
+/// One-byte tags of the other `Span` fields decoding reads, with their wire types: ids, name
+/// and status length-delimited (2), kind a varint (0), times fixed64 (1).
 const TRACE_ID_TAG: u8 = (1 << 3) | 2;
 const SPAN_ID_TAG: u8 = (2 << 3) | 2;
 const PARENT_SPAN_ID_TAG: u8 = (4 << 3) | 2;
@@ -29,7 +30,6 @@ const STATUS_TAG: u8 = (15 << 3) | 2;
 /// `Span.flags` (field 16, fixed32): a two-byte tag, 0x85 0x01.
 const FLAGS_TAG: [u8; 2] = [0x80 | (((16 << 3) | 5) & 0x7f), ((16 << 3) | 5) >> 7];
 const FLAGS_TAG_FIRST: u8 = FLAGS_TAG[0];
-use super::{SpanContext, TraceId};
 
 /// Why a message could not be decoded. The message is skipped as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -402,8 +402,8 @@ impl Decoder {
                     }
                     None => None,
                 },
-                // `flags` (field 16, fixed32), which SDKs write on every span since OTLP 1.1:
-                // not read, only passed.
+                // `flags` (field 16, fixed32, added in OTLP 1.1), which recent SDKs write on
+                // every span: not read, only passed.
                 FLAGS_TAG_FIRST => match rest {
                     [_, second, _, _, _, _, after @ ..] if *second == FLAGS_TAG[1] => Some(after),
                     _ => None,
