@@ -45,9 +45,13 @@ pub struct IngestSettings {
 }
 
 /// Per-topic counts (the sampler's), looked up once per topic instead of per message. Found
-/// by topic name for every message: hashed with foldhash, not SipHash.
+/// by topic name for every message, in one lookup (the map holds an index into `counters`, so
+/// a hit returns without a second lookup), hashed with foldhash, not SipHash.
 #[derive(Default)]
-struct TopicCounters(HashMap<String, TopicCounter, foldhash::fast::RandomState>);
+struct TopicCounters {
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
+    counters: Vec<TopicCounter>,
+}
 
 struct TopicCounter {
     encoding: Encoding,
@@ -61,14 +65,15 @@ impl TopicCounters {
         encodings: &impl Fn(&str) -> Encoding,
         counts: &Counts,
     ) -> &TopicCounter {
-        if !self.0.contains_key(topic) {
-            let c = TopicCounter {
-                encoding: encodings(topic),
-                counts: counts.topic(topic),
-            };
-            self.0.insert(topic.to_string(), c);
+        if let Some(&i) = self.index.get(topic) {
+            return &self.counters[i];
         }
-        &self.0[topic]
+        self.index.insert(topic.to_string(), self.counters.len());
+        self.counters.push(TopicCounter {
+            encoding: encodings(topic),
+            counts: counts.topic(topic),
+        });
+        &self.counters[self.counters.len() - 1]
     }
 }
 

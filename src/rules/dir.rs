@@ -194,55 +194,54 @@ pub fn check_set(rules: &[Rule], dir: &Path) -> Vec<RuleError> {
                 ),
             })
         }
-        Some(last) if last.condition.is_some() => errors.push(RuleError {
-            file: last.file.clone(),
-            line: last.line,
-            rule: format!("`{}`", last.name),
-            field: "conditions".into(),
-            message: "the last rule must be the default: a rule without conditions, so that \
-                      every trace gets a deliberate outcome"
-                .into(),
-        }),
-        Some(last) if matches!(last.outcome, Outcome::RateLimit { .. }) => errors.push(RuleError {
-            file: last.file.clone(),
-            line: last.line,
-            rule: format!("`{}`", last.name),
-            field: "outcome".into(),
-            message: "the default rule cannot be a rate_limit: traces over the limit fall \
-                          through to the next rule, and there is none; use keep, drop or \
-                          throughput"
-                .into(),
-        }),
-        Some(last) if matches!(last.outcome, Outcome::Factor { .. }) => errors.push(RuleError {
-            file: last.file.clone(),
-            line: last.line,
-            rule: format!("`{}`", last.name),
-            field: "outcome".into(),
-            message: "the default rule cannot be a factor: a factor decides no trace, it \
-                      multiplies the rate of the rule that decides next, and there is none; \
-                      use keep, drop or throughput"
-                .into(),
-        }),
-        Some(last) if last.active.is_some() => errors.push(RuleError {
-            file: last.file.clone(),
-            line: last.line,
-            rule: format!("`{}`", last.name),
-            field: "active_until".into(),
-            message: "the default rule cannot be time-boxed (`active_from`, `active_until`): \
-                      outside its window no rule would decide a trace"
-                .into(),
-        }),
-        Some(last) if last.max_per_second.is_some() => errors.push(RuleError {
-            file: last.file.clone(),
-            line: last.line,
-            rule: format!("`{}`", last.name),
-            field: "max_traces_per_second".into(),
-            message: "the default rule cannot have `max_traces_per_second`: traces over it fall \
-                      through to the next rule, and there is none; put the capped rule before \
-                      a default that says what happens to the rest"
-                .into(),
-        }),
-        Some(_) => {}
+        Some(last) => {
+            // What the default rule (the last) may not be, and which field says so.
+            let problem = if last.condition.is_some() {
+                Some((
+                    "conditions",
+                    "the last rule must be the default: a rule without conditions, so that \
+                     every trace gets a deliberate outcome",
+                ))
+            } else if matches!(last.outcome, Outcome::RateLimit { .. }) {
+                Some((
+                    "outcome",
+                    "the default rule cannot be a rate_limit: traces over the limit fall \
+                     through to the next rule, and there is none; use keep, drop or \
+                     throughput",
+                ))
+            } else if matches!(last.outcome, Outcome::Factor { .. }) {
+                Some((
+                    "outcome",
+                    "the default rule cannot be a factor: a factor decides no trace, it \
+                     multiplies the rate of the rule that decides next, and there is none; \
+                     use keep, drop or throughput",
+                ))
+            } else if last.active.is_some() {
+                Some((
+                    "active_until",
+                    "the default rule cannot be time-boxed (`active_from`, `active_until`): \
+                     outside its window no rule would decide a trace",
+                ))
+            } else if last.max_per_second.is_some() {
+                Some((
+                    "max_traces_per_second",
+                    "the default rule cannot have `max_traces_per_second`: traces over it fall \
+                     through to the next rule, and there is none; put the capped rule before \
+                     a default that says what happens to the rest",
+                ))
+            } else {
+                None
+            };
+            if let Some((field, message)) = problem {
+                errors.push(RuleError {
+                    file: last.file.clone(),
+                    line: last.line,
+                    rule: format!("`{}`", last.name),
+                    field: field.into(),
+                    message: message.into(),
+                });
+            }
+        }
     }
     errors
 }

@@ -513,6 +513,17 @@ fn a_rule_set_needs_unique_names_and_a_closing_default() {
         "{err}"
     );
     assert!(RuleSet::new(vec![r("a", true), r("b", false)], None).is_ok());
+    // A rate limit lets traces fall through: it cannot close the set.
+    let limited = parse_file(
+        "f.yaml",
+        "rules:\n  - name: limited\n    outcome: rate_limit\n    traces_per_second: 5\n",
+    )
+    .unwrap();
+    let err = RuleSet::new(limited, None).unwrap_err().to_string();
+    assert!(
+        err.contains("f.yaml:2: rule `limited`: outcome: the default rule cannot be a rate_limit"),
+        "{err}"
+    );
 }
 
 #[test]
