@@ -130,7 +130,8 @@ pub fn run(consumer: BaseConsumer<SourceContext>, mut settings: IngestSettings) 
         // messages a second, reading it twice was a visible part of the ingest thread.
         let now = Instant::now();
         match polled {
-            None => {}
+            None => ingest.sampler.sweep(), // idle: what the deciders finished with
+
             Some(Err(e)) => {
                 metrics::counter!(m::CONSUMER_ERRORS).increment(1);
                 if ingest.log.should_log("consumer") {

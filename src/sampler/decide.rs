@@ -33,7 +33,7 @@ impl Sampler {
         tally: &mut Tally,
     ) -> Option<Decision> {
         let rules = self.rules.load();
-        let (entry, decision) = self.buffer.take(id, |id, entry| {
+        let (mut entry, decision) = self.buffer.take(id, |id, entry| {
             // From what the spans showed the rules as they arrived: no span is parsed here.
             let d = rules.decide_buffered(*id, entry, Instant::now());
             self.decisions.insert(*id, d.clone());
@@ -59,7 +59,7 @@ impl Sampler {
         self.histograms.spans.record(f64::from(entry.span_count));
         if decision.forwards() {
             tracing::debug!(trace_id = %id, rule = decision.rule(), trigger = trigger.as_str(), spans = entry.span_count, "trace forwarded");
-            self.forward(id, &decision, entry, due, trigger);
+            self.forward(id, &decision, &entry, due, trigger);
         } else if let Some(f) = &self.forwards {
             // Its offsets stay held until the decision log has the decision.
             f.record_now(JournalEntry {
@@ -71,8 +71,10 @@ impl Sampler {
                 acked_at: None,
             });
         }
-        // A dropped trace's holds are released here, as `entry` goes out of scope (or by the
-        // decision log, once it has the decision).
+        // Its span buffers go to the thread that allocated them (see `graveyard`); a dropped
+        // trace's holds are released here, as `entry` goes out of scope (or by the decision
+        // log, once it has the decision).
+        tally.dead.push(std::mem::take(&mut entry.groups));
         Some(decision)
     }
 

@@ -57,11 +57,11 @@ impl Sampler {
         &self,
         id: &TraceId,
         decision: &Decision,
-        entry: TraceEntry,
+        entry: &TraceEntry,
         due: Instant,
         trigger: Trigger,
     ) {
-        let visible = Some((self.buffer.arrived(&entry), trigger));
+        let visible = Some((self.buffer.arrived(entry), trigger));
         let messages = self.encode_out(
             id,
             decision,

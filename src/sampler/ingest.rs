@@ -71,6 +71,7 @@ impl Sampler {
         now: Instant,
         mut heads: Option<&mut Heads>,
     ) -> Result<usize, DecodeError> {
+        self.graveyard.sweep();
         let spans = decoder
             .decode(payload)
             .inspect_err(|e| self.counts.decode_failed(e))?;
@@ -131,6 +132,7 @@ impl Sampler {
             for (id, trigger) in full {
                 self.decide_counted(&id, trigger, now, &mut tally);
             }
+            tally.dead.clear(); // this thread allocated them: freed here
         }
         Ok(spans)
     }

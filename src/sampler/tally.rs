@@ -238,6 +238,8 @@ pub(super) struct Tally {
     /// Orphan spans per service, and traces decided without their root.
     pub orphans: Vec<(Box<[u8]>, u64)>,
     pub without_root: u64,
+    /// The span buffers of the traces decided, for the graveyard (see `Sampler::flush`).
+    pub dead: Vec<super::graveyard::Groups>,
 }
 
 impl Tally {
@@ -283,6 +285,7 @@ impl Default for Histograms {
 impl Sampler {
     /// Records a batch of counts: one metrics update per distinct label set, not per trace.
     pub(super) fn flush(&self, mut tally: Tally) {
+        self.graveyard.bury(std::mem::take(&mut tally.dead));
         tally.absorb(&mut self.ingest_tally.lock().unwrap_or_else(|e| e.into_inner()));
         // The counts the rule set gathered in atomics, in bulk too; on every tick, not only
         // one that decides something: late spans are redacted (and counted) between decisions,

@@ -162,3 +162,39 @@ async fn a_trace_reaching_max_trace_bytes_is_decided_and_its_later_spans_follow(
     assert_eq!(f.sampler.decide_due(Instant::now()), 0);
     assert_eq!(f.sampler.counts().decided_by(Trigger::ByteLimit), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn decided_traces_span_buffers_wait_for_the_ingesting_thread_to_free_them() {
+    let mut f = fixture();
+    let (kept, kept_pay, kept_root) = trace(1, true);
+    let (_, dropped_pay, dropped_root) = trace(2, false);
+    for (offset, m) in [&kept_pay, &kept_root, &dropped_pay, &dropped_root]
+        .into_iter()
+        .enumerate()
+    {
+        f.ingest(offset as i64, m, false);
+    }
+    assert_eq!(f.graveyard_waiting(), 0, "nothing decided yet");
+    assert_eq!(f.sampler.decide_due(past_root_grace()), 2);
+    // Kept and dropped alike: their span bytes, not freed by the decider.
+    let spans = kept_pay.len() + kept_root.len() + dropped_pay.len() + dropped_root.len();
+    let waiting = f.graveyard_waiting();
+    assert!(
+        waiting > 0 && waiting <= spans,
+        "{waiting} bytes waiting, of {spans} bytes of messages"
+    );
+    assert_eq!(
+        f.output.take_delivered()[0].0,
+        kept,
+        "the kept trace forwarded whole"
+    );
+    // The next message ingested frees them, as does an idle poll (`sweep`).
+    let (_, pay, _) = trace(3, false);
+    f.ingest(9, &pay, false);
+    assert_eq!(f.graveyard_waiting(), 0);
+    f.ingest(10, &trace(4, true).2, false);
+    f.sampler.decide_due(past_root_grace());
+    assert!(f.graveyard_waiting() > 0);
+    f.sampler.sweep();
+    assert_eq!(f.graveyard_waiting(), 0);
+}

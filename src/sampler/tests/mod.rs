@@ -191,6 +191,11 @@ impl Fixture {
         self.offsets.entry(partition).or_default()
     }
 
+    /// Bytes of decided traces' span buffers waiting for the ingest thread to free them.
+    fn graveyard_waiting(&self) -> usize {
+        self.sampler.graveyard.waiting()
+    }
+
     /// The first offset of partition 0 not safe to commit yet.
     fn safe_offset(&mut self) -> Option<i64> {
         self.partition(0).safe_offset()
