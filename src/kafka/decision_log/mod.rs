@@ -23,7 +23,7 @@ pub mod topics;
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -48,6 +48,8 @@ static FENCE_VALUE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(reco
 /// How long dropped traces gather into a drop list before it is written (it is written at
 /// once when full).
 const DROP_LIST_LINGER: Duration = Duration::from_millis(5);
+/// How often the drop lists' writer, with nothing gathering, checks whether the log is gone.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A drop list being gathered for one input partition, with its traces' offsets.
 #[derive(Default)]
@@ -185,6 +187,9 @@ pub struct DecisionLog {
     ensured: Mutex<HashMap<String, i32>>,
     /// Drop lists being gathered, by ingest index.
     drops: Mutex<HashMap<u32, Gathering, foldhash::fast::RandomState>>,
+    /// Wakes the drop lists' writer when a list starts gathering: an idle log does not wake
+    /// it every [`DROP_LIST_LINGER`] for nothing.
+    gathering: Condvar,
 }
 
 impl DecisionLog {
@@ -220,12 +225,27 @@ impl DecisionLog {
             health,
             ensured: Mutex::new(HashMap::new()),
             drops: Mutex::new(HashMap::default()),
+            gathering: Condvar::new(),
         });
         let flusher = Arc::downgrade(&log);
         super::spawn("tailsift-log-drops", move || loop {
-            std::thread::sleep(DROP_LIST_LINGER);
+            // Until a list gathers (checked at least every second, to notice the log's end),
+            // then a linger for more of the same few milliseconds' decisions.
             let Some(log) = flusher.upgrade() else { break };
-            log.write_drop_lists(|_| true);
+            let gathering = {
+                let drops = log.drops.lock().unwrap_or_else(|e| e.into_inner());
+                let (drops, _) = log
+                    .gathering
+                    .wait_timeout_while(drops, IDLE_CHECK, |d| d.is_empty())
+                    .unwrap_or_else(|e| e.into_inner());
+                !drops.is_empty()
+            };
+            drop(log);
+            if gathering {
+                std::thread::sleep(DROP_LIST_LINGER);
+                let Some(log) = flusher.upgrade() else { break };
+                log.write_drop_lists(|_| true);
+            }
         })?;
         Ok(log)
     }
@@ -355,6 +375,9 @@ impl Journal for DecisionLog {
             let mut full = false;
             {
                 let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+                if drops.is_empty() {
+                    self.gathering.notify_one();
+                }
                 for &(idx, _) in &entry.partitions {
                     let g = drops.entry(idx).or_default();
                     g.list.push(entry.trace_id, rule, entry.decided_at);
