@@ -174,8 +174,10 @@ impl Ingest {
                 now = Instant::now(); // the wait may have been long
             }
         }
+        // Read once: rdkafka measures and checks the topic's C string on every call.
+        let topic = msg.topic();
         let mut parts = ctx.parts();
-        let Some(idx) = parts.index(msg.topic(), msg.partition()) else {
+        let Some(idx) = parts.index(topic, msg.partition()) else {
             return; // a partition revoked meanwhile: its next owner reads it
         };
         let Some(a) = parts.by_index.get_mut(&idx) else {
@@ -186,7 +188,7 @@ impl Ingest {
         let payload = msg.payload().unwrap_or_default();
         let replayed = offset < a.offsets.replay_until;
         if a.head_from.is_some() {
-            let encoding = (self.settings.encodings)(msg.topic());
+            let encoding = (self.settings.encodings)(topic);
             let max_bytes = (self.settings.budget.max_bytes / 8) as usize;
             heads_before_first(&ctx.marks.heads, a, offset, encoding, max_bytes);
             now = Instant::now(); // reading the heads back takes a while
@@ -194,7 +196,7 @@ impl Ingest {
         let hold = MessageHold::new(idx, offset);
         let counters =
             self.topic_counters
-                .get(msg.topic(), &self.settings.encodings, self.sampler.counts());
+                .get(topic, &self.settings.encodings, self.sampler.counts());
         counters.counts.messages.add(1);
         counters.counts.bytes.add(payload.len() as u64);
         let (sampler, decoder, red) = (&self.sampler, &mut self.decoder, &mut self.red);
