@@ -216,10 +216,34 @@ async fn flood() {
                 != expected.get(*k).cloned()
         })
         .collect();
-    assert!(
-        missing.is_empty(),
-        "error traces not kept whole: {missing:?}"
-    );
+    if !missing.is_empty() {
+        // What a failure needs to be understood: each such trace's spans, out and expected,
+        // and what the instance said about pausing and relief.
+        let detail: Vec<String> = missing
+            .iter()
+            .map(|k| {
+                let messages = all
+                    .iter()
+                    .find(|t| TraceId(t.trace_id).to_hex() == **k)
+                    .map_or(0, |t| t.messages.len());
+                format!(
+                    "{k}: {} of {} spans out ({messages} messages)",
+                    got.get(*k).map_or(0, |s| s.len()),
+                    expected.get(*k).map_or(0, |s| s.len())
+                )
+            })
+            .collect();
+        let log = crate::fixture::instance::log_of(dir.path(), "tailsift");
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("paused") || l.contains("resumed") || l.contains("early"))
+            .collect();
+        panic!(
+            "error traces not kept whole: {detail:?}; decided early for memory: \
+             {memory_decided:?}; the instance said:\n{}",
+            said.join("\n")
+        );
+    }
     assert!(whole, "every kept trace arrives whole");
     let unexpected: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
     assert!(
