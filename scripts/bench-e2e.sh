@@ -102,6 +102,23 @@ YAML
     TS=$!
     PIDS+=($TS)
     W=$("$E2E" watch --metrics "127.0.0.1:$HTTP" --pid "$TS" --spans "$LOADED_SPANS")
+    # CPU seconds by thread name, before it stops (where the process's CPU went).
+    THREADS=$(python3 - "$TS" <<'PY'
+import json, os, sys
+ticks, cpu = os.sysconf("SC_CLK_TCK"), {}
+task = f"/proc/{sys.argv[1]}/task"
+for t in os.listdir(task):
+    try:
+        stat = open(f"{task}/{t}/stat").read()
+    except OSError:
+        continue
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    cpu[name] = cpu.get(name, 0) + (int(fields[11]) + int(fields[12])) / ticks
+print(json.dumps(cpu))
+PY
+)
+    echo "{\"kind\":\"threads\",\"variant\":\"$variant\",\"round\":$round,\"result\":$THREADS}" >>"$OUT/results.jsonl"
     kill -TERM "$TS"
     wait "$TS" || true
     echo "{\"kind\":\"tailsift\",\"variant\":\"$variant\",\"round\":$round,\"result\":$W}" >>"$OUT/results.jsonl"
@@ -142,6 +159,15 @@ if nolog:
             print(f"round {i}: tailsift CPU {t['cpu_seconds']:.2f} s with the log, {n['cpu_seconds']:.2f} s without "
                   f"({100 * (t['cpu_seconds'] / n['cpu_seconds'] - 1):+.1f}%); broker CPU {t['broker_cpu_seconds']:.2f} s "
                   f"and {n['broker_cpu_seconds']:.2f} s")
+threads = {}
+for r in rows:
+    if r["kind"] == "threads":
+        for name, secs in r["result"].items():
+            threads.setdefault(r["variant"], {}).setdefault(name, []).append(secs)
+for variant, names in threads.items():
+    top = sorted(names.items(), key=lambda kv: -statistics.median(kv[1]))
+    print(f"median CPU by thread ({variant}): " + ", ".join(
+        f"{name} {statistics.median(secs):.2f} s" for name, secs in top if statistics.median(secs) >= 0.01))
 for i, r in enumerate(ts, 1):
     per_span = load["span_bytes"] / spans
     traces = r["traces_at_peak"]
