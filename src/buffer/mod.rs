@@ -313,13 +313,20 @@ impl Buffer {
         }
     }
 
-    /// The oldest traces (by first arrival) whose bytes add up to at least `bytes`, oldest
-    /// first. A full scan: only for memory pressure, which back-pressure keeps rare.
+    /// The traces likeliest to be whole whose bytes add up to at least `bytes`: those whose
+    /// root has arrived, oldest (by first arrival) first, then the others, oldest first. A
+    /// full scan: only for memory pressure, which back-pressure keeps rare.
+    ///
+    /// The root first: services export a trace's root span last (it ends last), so a trace
+    /// without it may have spans still waiting in Kafka, and under a flood first arrival says
+    /// little: the completion clock that measures it stands still while fetching is paused,
+    /// so a trace split by a pause (its first messages read, the rest not fetched) looks as
+    /// old as those read long before it.
     pub fn oldest(&self, bytes: u64) -> Vec<TraceId> {
-        let mut all: Vec<(u64, u32, TraceId)> = self
+        let mut all: Vec<((bool, u64), u32, TraceId)> = self
             .map
             .iter()
-            .map(|r| (r.first_seen, r.bytes, *r.key()))
+            .map(|r| ((r.root_seen.is_none(), r.first_seen), r.bytes, *r.key()))
             .collect();
         all.sort_unstable_by_key(|t| t.0);
         let mut freed = 0u64;

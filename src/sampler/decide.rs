@@ -140,7 +140,8 @@ impl Sampler {
     /// While reading is paused for memory the completion clock stands still (see
     /// [`Sampler::reading_paused`]); once the pause has lasted `decision_wait` (as long as a
     /// trace is awaited without spans), the oldest traces, the likeliest to be complete, are
-    /// decided until the buffer is below the low watermark and reading resumes.
+    /// decided until the buffer is below the low watermark and reading resumes. Either way
+    /// traces whose root has arrived go first (see [`crate::buffer::Buffer::oldest`]).
     pub fn relieve_memory(&self, now: Instant) -> usize {
         let bytes = self.buffer.bytes();
         let target = if bytes >= self.budget.max_bytes {

@@ -198,3 +198,53 @@ async fn decided_traces_span_buffers_wait_for_the_ingesting_thread_to_free_them(
     f.sampler.sweep();
     assert_eq!(f.graveyard_waiting(), 0);
 }
+
+/// A message with the root span of trace `n` and `spans - 1` children, each with a 200-byte
+/// name.
+fn rooted(n: u64, spans: u64) -> Vec<u8> {
+    let t = trace_id(n);
+    let name = "x".repeat(200);
+    let mut all = vec![span(t, 1, None, &name, 1, 9)];
+    all.extend((1..spans).map(|i| span(t, i + 1, Some(1), &name, 2, 3)));
+    request("svc", all)
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_relief_decides_traces_with_their_root_before_an_older_one_still_without() {
+    // The oldest trace's first message was read, its failing span and root were not (fetching
+    // paused between them); newer traces came whole, root included.
+    let mut f = Fixture::with(RULES, Completion::default(), Budget::new(20_000, 0.5, 0.25));
+    let split = TraceId(trace_id(0));
+    f.ingest(0, &message(0, 0, 5), false);
+    for n in 1..14 {
+        tokio::time::advance(Duration::from_millis(10)).await;
+        f.ingest(n as i64, &rooted(n, 5), false);
+    }
+    assert!(f.sampler.buffered_bytes() >= 20_000, "the burst reached the budget");
+    let decided = f.sampler.decide_due(Instant::now());
+    assert!(decided > 0);
+    assert!(f.sampler.buffered_bytes() <= 10_000, "back under the high watermark");
+    assert_eq!(
+        f.sampler.counts().decided_by(Trigger::Memory),
+        decided as u64
+    );
+    assert!(
+        f.sampler.buffer.with_entry(&split, |_| ()).is_some(),
+        "the trace without its root waits, though oldest"
+    );
+
+    // Its failing span and root arrive: it completes whole, and its error keeps it.
+    let t = trace_id(0);
+    let rest = request(
+        "svc",
+        vec![
+            with_error(span(t, 7, Some(1), "pay", 2, 3)),
+            span(t, 1, None, "GET /", 1, 9),
+        ],
+    );
+    f.ingest(20, &rest, false);
+    assert!(f.sampler.decide_due(past_root_grace()) > 0);
+    let kept = f.output.take_delivered();
+    assert_eq!(kept, vec![(split, "errors".to_string(), 7)]);
+    assert_eq!(f.sampler.buffered_traces(), 0, "every trace decided");
+}
