@@ -67,7 +67,7 @@ impl Sampler {
                 decision: decision.clone(),
                 decided_at: unix_ms(),
                 partitions: entry.holds.iter().map(|h| (h.partition, None)).collect(),
-                holds: entry.holds.clone(),
+                holds: std::mem::take(&mut entry.holds),
                 acked_at: None,
             });
         }

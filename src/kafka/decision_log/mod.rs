@@ -378,10 +378,16 @@ impl Journal for DecisionLog {
                 if drops.is_empty() {
                     self.gathering.notify_one();
                 }
-                for &(idx, _) in &entry.partitions {
+                // Each list holds all of the trace's holds; the last takes them.
+                let mut holds = Some(entry.holds);
+                let last = entry.partitions.len().saturating_sub(1);
+                for (i, &(idx, _)) in entry.partitions.iter().enumerate() {
                     let g = drops.entry(idx).or_default();
                     g.list.push(entry.trace_id, rule, entry.decided_at);
-                    g.holds.extend(entry.holds.iter().cloned());
+                    match i == last {
+                        true => g.holds.extend(holds.take().unwrap_or_default()),
+                        false => g.holds.extend(holds.iter().flatten().cloned()),
+                    }
                     full |= g.list.len() >= record::DROP_LIST_MAX;
                 }
             }
