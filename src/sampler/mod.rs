@@ -184,8 +184,9 @@ impl Sampler {
         self.forwards.as_ref().map_or(0, |f| f.in_flight())
     }
 
-    /// Frees the span buffers of traces the deciders decided (see [`graveyard`]): for the
-    /// thread that ingests, between messages. Cheap when there are none.
+    /// Frees the span buffers of traces the deciders decided: they are handed back to the
+    /// thread that ingests (which allocated them), so that threads do not contend for the
+    /// allocator. For that thread, between messages; cheap when there are none.
     pub fn sweep(&self) {
         self.graveyard.sweep();
     }

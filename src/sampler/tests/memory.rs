@@ -220,10 +220,16 @@ async fn memory_relief_decides_traces_with_their_root_before_an_older_one_still_
         tokio::time::advance(Duration::from_millis(10)).await;
         f.ingest(n as i64, &rooted(n, 5), false);
     }
-    assert!(f.sampler.buffered_bytes() >= 20_000, "the burst reached the budget");
+    assert!(
+        f.sampler.buffered_bytes() >= 20_000,
+        "the burst reached the budget"
+    );
     let decided = f.sampler.decide_due(Instant::now());
     assert!(decided > 0);
-    assert!(f.sampler.buffered_bytes() <= 10_000, "back under the high watermark");
+    assert!(
+        f.sampler.buffered_bytes() <= 10_000,
+        "back under the high watermark"
+    );
     assert_eq!(
         f.sampler.counts().decided_by(Trigger::Memory),
         decided as u64
