@@ -124,7 +124,8 @@ pub enum Trigger {
     MaxAge,
     /// The trace's buffered bytes reached `max_trace_bytes`.
     ByteLimit,
-    /// Decided early, oldest first, because the buffer reached its memory budget.
+    /// Decided early because the buffer reached its memory budget: traces with their root
+    /// first, oldest first (see `Buffer::oldest`).
     Memory,
     /// Decided at once because stress relief began (the buffer empties in degraded mode).
     Stress,
