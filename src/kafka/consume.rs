@@ -131,7 +131,6 @@ pub fn run(consumer: BaseConsumer<SourceContext>, mut settings: IngestSettings) 
         let now = Instant::now();
         match polled {
             None => ingest.sampler.sweep(), // idle: what the deciders finished with
-
             Some(Err(e)) => {
                 metrics::counter!(m::CONSUMER_ERRORS).increment(1);
                 if ingest.log.should_log("consumer") {
