@@ -560,6 +560,8 @@ fn parse_all(
 #[cfg(test)]
 mod boost_tests;
 #[cfg(test)]
+mod dir_tests;
+#[cfg(test)]
 mod early_tests;
 #[cfg(test)]
 mod language_tests;
