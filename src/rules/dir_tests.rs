@@ -3,28 +3,36 @@
 
 use super::*;
 
+/// A temporary directory holding `files` (name, contents).
+fn dir_of(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents).unwrap();
+    }
+    dir
+}
+
 #[test]
 fn a_bom_upper_case_extensions_and_other_files_of_a_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("10-a.YAML"),
-        "\u{feff}rules:\n  - name: a\n    conditions: trace.error = true\n    outcome: keep\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("90-default.Yml"),
-        "rules:\n  - name: rest\n    outcome: drop\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("README.txt"), "not rules").unwrap();
+    let dir = dir_of(&[
+        (
+            "10-a.YAML",
+            "\u{feff}rules:\n  - name: a\n    conditions: trace.error = true\n    outcome: keep\n"
+                .as_bytes(),
+        ),
+        (
+            "90-default.Yml",
+            b"rules:\n  - name: rest\n    outcome: drop\n",
+        ),
+        ("README.txt", b"not rules"),
+    ]);
     let rules = load_dir(dir.path()).expect("both files read, the BOM skipped");
     let names: Vec<&str> = rules.iter().map(|r| &*r.name).collect();
     assert_eq!(names, ["a", "rest"]);
     let skipped = crate::rules::skipped_files(dir.path());
     assert_eq!(skipped, [dir.path().join("README.txt")]);
 
-    let empty = tempfile::tempdir().unwrap();
-    std::fs::write(empty.path().join("rules.json"), "{}").unwrap();
+    let empty = dir_of(&[("rules.json", b"{}")]);
     let errs = load_dir(empty.path()).unwrap_err();
     assert!(
         errs[0]
@@ -36,17 +44,13 @@ fn a_bom_upper_case_extensions_and_other_files_of_a_directory() {
 
 #[test]
 fn a_file_that_is_not_utf8_does_not_hide_the_other_files_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("10-latin1.yaml"),
-        b"rules:\n  - name: caf\xe9\n    outcome: keep\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("20-b.yaml"),
-        "rules:\n  - name: b\n    outcome: kep\n",
-    )
-    .unwrap();
+    let dir = dir_of(&[
+        (
+            "10-latin1.yaml",
+            b"rules:\n  - name: caf\xe9\n    outcome: keep\n",
+        ),
+        ("20-b.yaml", b"rules:\n  - name: b\n    outcome: kep\n"),
+    ]);
     let errs = load_dir(dir.path()).unwrap_err();
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert!(errs[0].file.ends_with("10-latin1.yaml"), "{errs:?}");
@@ -68,18 +72,14 @@ fn a_missing_rules_directory_is_named() {
 
 #[test]
 fn every_file_of_a_directory_is_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("10-a.yaml"),
-        "rules:\n  - name: a\n    outcome: kep\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("20-b.yaml"),
-        "rules:\n  - name: b\n    conditions: span.x = 1\n    outcome: keep\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join(".hidden.yaml"), "not: rules").unwrap();
+    let dir = dir_of(&[
+        ("10-a.yaml", b"rules:\n  - name: a\n    outcome: kep\n"),
+        (
+            "20-b.yaml",
+            b"rules:\n  - name: b\n    conditions: span.x = 1\n    outcome: keep\n",
+        ),
+        (".hidden.yaml", b"not: rules"),
+    ]);
     let errs = load_dir(dir.path()).unwrap_err();
     let files: Vec<_> = errs
         .iter()
