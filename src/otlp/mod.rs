@@ -111,6 +111,12 @@ pub struct SpanContext {
     /// few hundred bytes) was a tenth of redaction's cost (BENCHMARKS.md, "Redaction").
     /// Generations are never reused, so a reload cannot read another configuration's answer.
     pub(crate) resource_clean_for: std::sync::atomic::AtomicU64,
+    /// Which of a rule set's span conditions no span of this context can pass, because what
+    /// they require of the resource or scope (`span.service = payment` in an `all:`) it does
+    /// not have: the set's probe generation in the high 32 bits, one bit per probe slot below
+    /// 32 in the low; 0: not worked out yet (see `rules::Probes::observe`). Worked out once
+    /// per context and rule set instead of once per span and condition.
+    pub(crate) probes_blocked: std::sync::atomic::AtomicU64,
 }
 
 /// Equal when the fields are, interned or not.
@@ -145,6 +151,7 @@ impl SpanContext {
             scope,
             service,
             resource_clean_for: std::sync::atomic::AtomicU64::new(0),
+            probes_blocked: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

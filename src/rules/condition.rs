@@ -276,6 +276,19 @@ impl SpanField {
         )
     }
 
+    /// Whether the field is read from the span's resource or scope, not the span: the same
+    /// for every span of one context.
+    pub(crate) fn of_context(&self) -> bool {
+        matches!(
+            self,
+            SpanField::Service
+                | SpanField::ResourceAttr(_)
+                | SpanField::ScopeName
+                | SpanField::ScopeVersion
+                | SpanField::ScopeAttr(_)
+        )
+    }
+
     /// Each value of a multi-valued field on one span (see [`SpanField::is_multi`]).
     pub(crate) fn values<'a>(&self, span: &SpanView<'a>) -> smallvec::SmallVec<[Val<'a>; 4]> {
         let (n, f): (u32, &dyn Fn(&'a [u8]) -> Option<Val<'a>>) = match self {
@@ -343,6 +356,34 @@ fn flags(span: &SpanView<'_>) -> u64 {
 }
 
 impl SpanCond {
+    /// Whether the condition reads the span's resource and scope only.
+    pub(crate) fn of_context(&self) -> bool {
+        match self {
+            SpanCond::All(cs) | SpanCond::Any(cs) => cs.iter().all(SpanCond::of_context),
+            SpanCond::Not(c) => c.of_context(),
+            SpanCond::Field(f, ..) => f.of_context(),
+        }
+    }
+
+    /// What the condition requires of the span's resource and scope alone, if anything: a
+    /// condition on those only that every span passing this one passes (the condition itself
+    /// when it reads nothing else; its context-only parts when it is an `all:`). A span whose
+    /// context fails it fails this condition, whatever the span holds.
+    pub(crate) fn context_guard(&self) -> Option<SpanCond> {
+        if self.of_context() {
+            return Some(self.clone());
+        }
+        let SpanCond::All(cs) = self else {
+            return None;
+        };
+        let mut parts: Vec<SpanCond> = cs.iter().filter_map(SpanCond::context_guard).collect();
+        match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(SpanCond::All(parts)),
+        }
+    }
+
     /// Whether the span, under its resource and scope `ctx`, satisfies the condition.
     pub fn eval(&self, span: &SpanView<'_>, ctx: &ContextView<'_>) -> bool {
         match self {

@@ -27,6 +27,7 @@ use crate::buffer::TraceEntry;
 use crate::otlp::decode::GroupSpan;
 use crate::otlp::view::{AttrMemo, ContextView, SpanView};
 use crate::otlp::wire::Fields;
+use crate::otlp::SpanContext;
 use crate::otlp::TraceId;
 
 use super::condition::{self, Cond, KeyField, Literal, Op, Probe, SpanCond, TraceField, Val};
@@ -60,7 +61,16 @@ pub struct Probes {
     /// The span attributes the `root:` probes read, when more than one: looked up in one walk
     /// of the root's attributes.
     root_keys: Vec<Vec<u8>>,
+    /// What the probes in slots below [`GUARDED`] require of a span's resource or scope
+    /// alone (see [`SpanCond::context_guard`]), with their slot's bit: worked out once per
+    /// context (see [`Probes::blocked`]), so that a span of the `inventory` service skips the
+    /// probes of `span.service = payment and ...` without evaluating them.
+    guards: Vec<(u64, SpanCond)>,
 }
+
+/// Probe slots that can have a context guard: a context keeps which guards it fails in 32
+/// bits beside the set's generation (`SpanContext::probes_blocked`).
+const GUARDED: usize = 32;
 
 /// Generations are unique per process; 0 means "none".
 static GENERATION: AtomicU32 = AtomicU32::new(1);
@@ -88,6 +98,9 @@ impl Probes {
         if p.root_keys.len() < 2 || p.root_keys.len() > AttrMemo::MAX_KEYS {
             p.root_keys.clear(); // one lookup walks once anyway; many would spill the memo
         }
+        p.guards = (p.list.iter().enumerate().take(GUARDED))
+            .filter_map(|(slot, (_, c))| Some((1u64 << slot, c.context_guard()?)))
+            .collect();
         p
     }
 
@@ -151,10 +164,14 @@ impl Probes {
             view
         };
         let ctx = ContextView::new(span.context);
+        let blocked = self.blocked(span.context, &view, &ctx);
         let mut passed = 0u64;
         for (slot, (kind, cond)) in self.list.iter().enumerate() {
             let bit = 1u64 << slot;
             match kind {
+                // The span's resource or scope fails what the probe requires of them (an
+                // `every:` probe's bit is cleared below, as for any span that fails it).
+                _ if blocked & bit != 0 => {}
                 Kind::Root => {
                     if first_root && cond.eval(&root_view, &ctx) {
                         seen.root |= bit;
@@ -179,6 +196,28 @@ impl Probes {
         }
         seen.some |= passed;
         seen.every &= passed | !self.every_mask;
+    }
+
+    /// The bits of the probes that no span of `context` can pass (their guard fails), worked
+    /// out on the first span of the context under these probes and kept in the context.
+    #[inline]
+    fn blocked(&self, context: &SpanContext, view: &SpanView<'_>, ctx: &ContextView<'_>) -> u64 {
+        if self.guards.is_empty() {
+            return 0;
+        }
+        let tag = u64::from(self.generation) << 32;
+        let known = context.probes_blocked.load(Ordering::Relaxed);
+        if known & !0xffff_ffff == tag {
+            return known & 0xffff_ffff;
+        }
+        // The guards read the context only; the span is there because evaluation takes one.
+        let blocked = (self.guards.iter())
+            .filter(|(_, g)| !g.eval(view, ctx))
+            .fold(0, |m, (bit, _)| m | bit);
+        context
+            .probes_blocked
+            .store(tag | blocked, Ordering::Relaxed);
+        blocked
     }
 
     /// Whether `seen` was computed under these probes.

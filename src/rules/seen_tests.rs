@@ -333,6 +333,46 @@ fn a_trace_buffered_under_other_rules_is_decided_by_the_full_walk() {
     );
 }
 
+#[test]
+fn a_context_skips_the_probes_its_service_cannot_pass_under_each_rule_set_it_meets() {
+    // Both sets' first probe requires a service; a context is asked under one, then the other
+    // (a reload), and must not answer the second with what it worked out for the first.
+    let payment = set_of(
+        "rules:\n  - name: slow\n    conditions: { span: [span.service = payment, span.duration > 1s] }\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
+    );
+    let gateway = set_of(
+        "rules:\n  - name: slow\n    conditions: { span: [span.service = gateway, span.duration > 1s] }\n    outcome: keep\n  - name: rest\n    outcome: drop\n",
+    );
+    let b = Buffer::new(Completion::default());
+    let c = DecisionCache::new(10, Duration::from_secs(1));
+    let h = hold();
+    let mut d = Decoder::new();
+    let mut rule = |n: u64, set: &RuleSet| {
+        let t = trace_id(n);
+        // The slow span is the gateway's; the payment call is quick.
+        let p = encode(vec![
+            resource_spans("gateway", vec![span(t, 1, None, "GET /", 0, 3_000 * MS)]),
+            resource_spans("payment", vec![span(t, 2, Some(1), "charge", MS, 20 * MS)]),
+        ]);
+        d.decode(&p).unwrap();
+        for g in d.groups(&p) {
+            b.ingest_with(&g, &h, false, Instant::now(), &c, Some(set));
+        }
+        let mut rule = String::new();
+        b.take(&crate::otlp::TraceId(t), |id, e| {
+            assert!(set.probes().current(&e.seen), "decided from the probes");
+            let d = set.decide_buffered(*id, e, Instant::now());
+            rule = d.rule().to_string();
+            d
+        });
+        rule
+    };
+    for round in 0..2 {
+        assert_eq!(rule(10 + round, &payment), "rest", "round {round}");
+        assert_eq!(rule(20 + round, &gateway), "slow", "round {round}");
+    }
+}
+
 pub(super) const EARLY: &str = "rules:
   - name: health
     conditions: { root: span.attr.http.route = /healthz }
