@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::buffer::TraceEntry;
 use crate::otlp::view::SpanView;
-use crate::otlp::wire::Fields;
+use crate::otlp::wire::{split_short_field, Fields};
 use crate::telemetry::red::{label, OTHER, UNKNOWN_SERVICE};
 
 /// Adds the orphan spans of a buffered trace to `out`, per service; returns whether the root
@@ -31,19 +31,27 @@ pub fn inspect_entry(entry: &TraceEntry, out: &mut Vec<(Box<[u8]>, u64)>) -> boo
         ids.clear();
         parents.clear();
         for (gi, g) in entry.groups.iter().enumerate() {
-            for f in Fields::new(&g.spans).map_while(Result::ok) {
-                if let Some(span) = f.value.as_bytes() {
-                    let (id, parent) = span_ids(span);
-                    ids.push(id64(id));
-                    if !parent.iter().all(|&b| b == 0) {
-                        parents.push((id64(parent), gi as u16));
-                    }
+            each_span(&g.spans, |span| {
+                let (id, parent) = span_ids(span);
+                ids.push(id64(id));
+                if !parent.iter().all(|&b| b == 0) {
+                    parents.push((id64(parent), gi as u16));
                 }
-            }
+            });
         }
-        ids.sort_unstable();
+        // Most traces have a few dozen spans at most: looking each parent up in the ids as
+        // they are beats sorting them first.
+        let sorted = ids.len() > 32;
+        if sorted {
+            ids.sort_unstable();
+        }
         for (parent, gi) in parents.iter() {
-            if ids.binary_search(parent).is_ok() {
+            let found = if sorted {
+                ids.binary_search(parent).is_ok()
+            } else {
+                ids.contains(parent)
+            };
+            if found {
                 continue;
             }
             let service = entry
@@ -66,6 +74,31 @@ pub fn inspect_entry(entry: &TraceEntry, out: &mut Vec<(Box<[u8]>, u64)>) -> boo
     }
     entry.root_seen.is_none()
 }
+
+/// Calls `f` with each span of a group's `ScopeSpans.spans` fields, in order, up to the first
+/// malformed field.
+fn each_span(spans: &[u8], mut f: impl FnMut(&[u8])) {
+    let mut rest = spans;
+    while !rest.is_empty() {
+        // Spans shorter than 16 KiB, as nearly all are: their tag and a one- or two-byte
+        // length, read without the general walk.
+        if let Some((span, after)) = split_short_field(rest, SPANS_TAG) {
+            rest = after;
+            f(span);
+            continue;
+        }
+        let Some(Ok(field)) = Fields::new(rest).next() else {
+            break;
+        };
+        rest = &rest[field.raw.len()..];
+        if let Some(span) = field.value.as_bytes() {
+            f(span);
+        }
+    }
+}
+
+/// The one-byte tag of `ScopeSpans.spans` (field 2, length-delimited).
+const SPANS_TAG: u8 = 2 << 3 | 2;
 
 /// A span id as a number: an 8-byte id (what the spec requires) as it is, any other hashed.
 fn id64(id: &[u8]) -> u64 {
@@ -230,6 +263,44 @@ mod tests {
         assert_eq!(whole, (vec![], false));
         let rootless = check(vec![("svc", vec![span(t, 2, Some(1), "c", 1, 2)])]);
         assert_eq!(rootless, (vec![("svc".to_string(), 1)], true));
+    }
+
+    #[test]
+    fn orphans_are_counted_in_big_traces_and_among_big_spans() {
+        let t = trace_id(8);
+        // 60 spans, each the child of the one before, but for two whose parents (1000, 1001)
+        // never arrived; and spans over 16 KiB (their length takes three bytes) with children.
+        let mut chain: Vec<_> = (1..=60u64)
+            .map(|i| span(t, i, (i > 1).then(|| i - 1), "step", i, i + 1))
+            .collect();
+        chain[20].parent_span_id = 1000u64.to_be_bytes().to_vec();
+        chain.reverse(); // children end, and are exported, before their parents
+        let big = "x".repeat(20_000);
+        let (orphans, no_root) = check(vec![
+            ("chain", chain),
+            (
+                "big",
+                vec![
+                    with_attrs(span(t, 61, Some(60), "ok", 1, 2), vec![attr_str("a", &big)]),
+                    with_attrs(
+                        span(t, 62, Some(1001), "lost", 1, 2),
+                        vec![attr_str("a", &big)],
+                    ),
+                ],
+            ),
+            (
+                "under-big",
+                vec![
+                    span(t, 63, Some(61), "a", 1, 2),
+                    span(t, 64, Some(62), "b", 1, 2),
+                ],
+            ),
+        ]);
+        assert_eq!(
+            orphans,
+            vec![("chain".to_string(), 1), ("big".to_string(), 1)]
+        );
+        assert!(!no_root);
     }
 
     #[test]
