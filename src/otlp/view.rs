@@ -103,7 +103,7 @@ pub(crate) fn each_attr<'a>(
     mut f: impl FnMut(&'a [u8], Option<&'a [u8]>),
 ) {
     // The field's one-byte tag (attribute fields are numbered below 16 in OTLP); 0, which no
-    // field has, otherwise.
+    // field has (and no short path takes), otherwise.
     let tag = if field < 16 {
         ((field as u8) << 3) | 2
     } else {
@@ -113,7 +113,12 @@ pub(crate) fn each_attr<'a>(
     while !rest.is_empty() {
         // How every SDK writes an attribute: its one-byte tag and a short length. Read
         // without the general walk: this runs for every attribute a rule looks past.
-        let kv = if let Some((kv, after)) = split_short_field(rest, tag) {
+        let short = if tag != 0 {
+            split_short_field(rest, tag)
+        } else {
+            None
+        };
+        let kv = if let Some((kv, after)) = short {
             rest = after;
             Some(kv)
         } else {
@@ -416,6 +421,23 @@ mod tests {
 
     fn attr(key: &[u8], value: &[u8]) -> Vec<u8> {
         kv(&[(0x0a, key), (0x12, &kv(&[(0x0a, value)]))])
+    }
+
+    #[test]
+    fn a_field_numbered_zero_is_malformed_even_in_the_usual_attribute_shape() {
+        // Tag 0 is no field's: the walk stops there, whatever field is looked for (a field
+        // numbered 16 or more has no one-byte tag, which must not make 0 its tag).
+        let mut msg = vec![0x00];
+        let body = attr(b"k", b"v");
+        msg.push(body.len() as u8);
+        msg.extend_from_slice(&body);
+        for field in [9, 17] {
+            assert_eq!(find_attr(&msg, field, b"k"), None, "field {field}");
+            assert_eq!(
+                find_attr(&msg, field, b"k"),
+                find_attr_walk(&msg, field, b"k")
+            );
+        }
     }
 
     #[test]
