@@ -64,8 +64,7 @@ pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<
     // at); from the first attribute written otherwise, the general walk takes over. (Reading
     // longer lengths here too, or handing back to this loop after one such attribute, cost
     // more than it saved: BENCHMARKS.md, issue 19's seventh session.)
-    if field < 16 {
-        let tag = ((field as u8) << 3) | 2;
+    if let Some(tag) = attr_tag(field) {
         while let [t, len, 0x0a, klen, tail @ ..] = rest {
             let (len, klen) = (usize::from(*len), usize::from(*klen));
             if *t != tag || len >= 0x80 || len < klen + 4 || tail.len() + 2 < len {
@@ -93,6 +92,12 @@ pub fn find_attr<'a>(msg: &'a [u8], field: u32, key: &[u8]) -> Option<AttrValue<
     found.and_then(AttrValue::parse)
 }
 
+/// The one-byte tag of the length-delimited field numbered `field`: attribute fields are
+/// numbered below 16 in OTLP; a field numbered higher has no one-byte tag, and no short path.
+fn attr_tag(field: u32) -> Option<u8> {
+    (field < 16).then_some(((field as u8) << 3) | 2)
+}
+
 /// Calls `f` with the key and encoded value of every `KeyValue` field numbered `field` of
 /// `msg` that has a key, in order, up to the first malformed field: the walk every attribute
 /// lookup makes.
@@ -102,23 +107,12 @@ pub(crate) fn each_attr<'a>(
     field: u32,
     mut f: impl FnMut(&'a [u8], Option<&'a [u8]>),
 ) {
-    // The field's one-byte tag (attribute fields are numbered below 16 in OTLP); 0, which no
-    // field has (and no short path takes), otherwise.
-    let tag = if field < 16 {
-        ((field as u8) << 3) | 2
-    } else {
-        0
-    };
+    let tag = attr_tag(field);
     let mut rest = msg;
     while !rest.is_empty() {
         // How every SDK writes an attribute: its one-byte tag and a short length. Read
         // without the general walk: this runs for every attribute a rule looks past.
-        let short = if tag != 0 {
-            split_short_field(rest, tag)
-        } else {
-            None
-        };
-        let kv = if let Some((kv, after)) = short {
+        let kv = if let Some((kv, after)) = tag.and_then(|t| split_short_field(rest, t)) {
             rest = after;
             Some(kv)
         } else {

@@ -384,9 +384,10 @@ impl Journal for DecisionLog {
                 for (i, &(idx, _)) in entry.partitions.iter().enumerate() {
                     let g = drops.entry(idx).or_default();
                     g.list.push(entry.trace_id, rule, entry.decided_at);
-                    match i == last {
-                        true => g.holds.extend(holds.take().unwrap_or_default()),
-                        false => g.holds.extend(holds.iter().flatten().cloned()),
+                    if i == last {
+                        g.holds.extend(holds.take().unwrap_or_default());
+                    } else {
+                        g.holds.extend(holds.iter().flatten().cloned());
                     }
                     full |= g.list.len() >= record::DROP_LIST_MAX;
                 }
