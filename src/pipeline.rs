@@ -64,6 +64,9 @@ pub enum StartError {
 /// How often the deciders look for complete traces.
 pub const DECIDE_TICK: Duration = Duration::from_millis(10);
 
+/// How often the deciders look while no trace is buffered, at most (see [`decider`]).
+pub const IDLE_TICK: Duration = Duration::from_millis(100);
+
 /// A running pipeline.
 pub struct Running {
     /// The sampler, for the demo's summary and the tests.
@@ -332,13 +335,27 @@ async fn start_decision_log(
 }
 
 /// Decides complete traces every tick until told to stop.
+///
+/// While no trace is buffered a tick has nothing to decide, and what it still does (the
+/// rules' gauges) does not need 10 ms: an idle instance ticks every [`IDLE_TICK`] instead, a
+/// tenth of the wake-ups (which cost 1.5 % of a core). The idle tick is never longer than the
+/// shortest completion wait, so a trace arriving meanwhile is looked at before it is due, and
+/// no decision comes later than at the busy tick.
 pub async fn decider(sampler: Arc<Sampler>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(DECIDE_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle = IDLE_TICK.min(sampler.shortest_wait()).max(DECIDE_TICK);
+    let mut at = tokio::time::Instant::now();
     loop {
+        let wait = if sampler.buffered_traces() == 0 {
+            idle
+        } else {
+            DECIDE_TICK
+        };
+        // From the last tick, as `interval` with `MissedTickBehavior::Delay` would: a tick
+        // that ran late is taken at once, and the next one a wait after it.
+        at = (at + wait).max(tokio::time::Instant::now());
         tokio::select! {
             _ = stop.changed() => break,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(at) => {}
         }
         let s = sampler.clone();
         // Deciding is CPU work and may wait on a full producer queue: off the async workers.

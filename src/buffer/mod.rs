@@ -424,6 +424,13 @@ impl Buffer {
         self.map.len()
     }
 
+    /// The shortest time a trace can wait before it is due (the least of the completion
+    /// settings' waits).
+    pub fn shortest_wait(&self) -> Duration {
+        let c = &self.completion;
+        c.decision_wait.min(c.root_grace).min(c.max_trace_age)
+    }
+
     /// No trace is buffered.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

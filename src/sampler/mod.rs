@@ -191,6 +191,11 @@ impl Sampler {
         self.graveyard.sweep();
     }
 
+    /// The shortest time a trace can wait before it is due (see [`Buffer::shortest_wait`]).
+    pub fn shortest_wait(&self) -> std::time::Duration {
+        self.buffer.shortest_wait()
+    }
+
     /// Undecided traces in the buffer.
     pub fn buffered_traces(&self) -> usize {
         self.buffer.len()

@@ -27,6 +27,7 @@ mod late;
 mod log;
 mod memory;
 mod rebalance;
+mod tick;
 
 /// Keeps traces with an error, drops the rest.
 const RULES: &str = "rules:
