@@ -345,7 +345,8 @@ pub async fn decider(sampler: Arc<Sampler>, mut stop: watch::Receiver<bool>) {
     let idle = IDLE_TICK.min(sampler.shortest_wait()).max(DECIDE_TICK);
     let mut at = tokio::time::Instant::now();
     loop {
-        let wait = if sampler.buffered_traces() == 0 {
+        // The byte count, one atomic, rather than the map's length, which locks every shard.
+        let wait = if sampler.buffered_bytes() == 0 {
             idle
         } else {
             DECIDE_TICK
