@@ -297,8 +297,9 @@ struct Poller {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     queue: Arc<Queue>,
-    /// The wake-up callback's opaque pointer: freed once the callback is off.
-    waker: *mut Waker,
+    /// What the wake-up callback reaches, through a pointer librdkafka holds until `Drop`
+    /// turns the callback off (an `Arc`, so moving the poller does not move it).
+    waker: Arc<Waker>,
 }
 
 /// What librdkafka's wake-up callback reaches.
@@ -309,13 +310,8 @@ struct Waker {
     wakes: std::sync::atomic::AtomicU64,
 }
 
-// SAFETY: `waker` is only read by librdkafka's callback and freed by `Drop` after the callback
-// is turned off; `Thread` is `Send + Sync`.
-unsafe impl Send for Poller {}
-unsafe impl Sync for Poller {}
-
 /// How long the poll thread waits without a wake-up before it looks at the queue anyway (a
-/// safety net: a wake-up is never needed twice).
+/// safety net: every event that lands in the empty queue wakes it).
 const POLL_IDLE: Duration = Duration::from_millis(100);
 
 /// A reference of our own to a client's main event queue.
@@ -343,7 +339,7 @@ impl Drop for Queue {
 /// librdkafka's wake-up callback: called, under the queue's lock, when an event lands in the
 /// empty queue.
 unsafe extern "C" fn wake(_rk: *mut rdsys::rd_kafka_t, opaque: *mut c_void) {
-    // SAFETY: `opaque` is the poller's `waker`, alive while the callback is on.
+    // SAFETY: `opaque` points into the poller's `waker`, alive while the callback is on.
     let waker = unsafe { &*(opaque as *const Waker) };
     waker.wakes.fetch_add(1, Ordering::Relaxed);
     waker.thread.unpark();
@@ -376,12 +372,13 @@ impl Poller {
                 }
             }
         })?;
-        let waker = Box::into_raw(Box::new(Waker {
+        let waker = Arc::new(Waker {
             thread: thread.thread().clone(),
             wakes: Default::default(),
-        }));
-        // SAFETY: `waker` outlives the callback (see `Drop`).
-        unsafe { rdsys::rd_kafka_queue_cb_event_enable(queue.0, Some(wake), waker.cast()) };
+        });
+        let opaque = Arc::as_ptr(&waker).cast_mut().cast();
+        // SAFETY: the poller keeps `waker` until the callback is off (see `Drop`).
+        unsafe { rdsys::rd_kafka_queue_cb_event_enable(queue.0, Some(wake), opaque) };
         // What arrived before the callback was on is served after at most `POLL_IDLE`; unpark
         // now so it is not even that.
         thread.thread().unpark();
@@ -398,15 +395,12 @@ impl Drop for Poller {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
-            t.thread().unpark();
+            self.waker.thread.unpark();
             let _ = t.join();
         }
         // SAFETY: the callback runs under the queue's lock, which turning it off takes: once
-        // off, no call is running or to come, and the waker can be freed.
-        unsafe {
-            rdsys::rd_kafka_queue_cb_event_enable(self.queue.0, None, std::ptr::null_mut());
-            drop(Box::from_raw(self.waker));
-        }
+        // off, no call is running or to come, and the waker may go with the poller.
+        unsafe { rdsys::rd_kafka_queue_cb_event_enable(self.queue.0, None, std::ptr::null_mut()) };
     }
 }
 
@@ -509,8 +503,7 @@ mod tests {
             Ok(Stage::Delivery),
             "the failed delivery was reported"
         );
-        // SAFETY: the callback is on while the producer lives.
-        let wakes = unsafe { &(*p._poller.waker).wakes }.load(Ordering::Relaxed);
+        let wakes = p._poller.waker.wakes.load(Ordering::Relaxed);
         assert!(wakes > 0, "librdkafka woke the poll thread");
 
         // Idle: the thread sleeps until woken. A poll with a timeout rounded down to whole
