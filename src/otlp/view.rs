@@ -25,6 +25,24 @@ pub enum AttrValue<'a> {
 
 impl<'a> AttrValue<'a> {
     fn parse(any_value: &'a [u8]) -> Option<Self> {
+        // How SDKs write the values rules compare: one field, a short string or a one- or
+        // two-byte integer (an HTTP status code). Read without the general walk, which
+        // reads the same.
+        match *any_value {
+            [0x0a, len, ref s @ ..] if len < 0x80 && usize::from(len) == s.len() => {
+                return Some(Self::Str(s))
+            }
+            [0x18, v] if v < 0x80 => return Some(Self::Int(i64::from(v))),
+            [0x18, v0, v1] if v0 >= 0x80 && v1 < 0x80 => {
+                return Some(Self::Int(i64::from(v0 & 0x7f) | (i64::from(v1) << 7)))
+            }
+            _ => {}
+        }
+        Self::parse_walk(any_value)
+    }
+
+    /// [`Self::parse`] for any encoding: the last value field wins.
+    fn parse_walk(any_value: &'a [u8]) -> Option<Self> {
         let mut out = None;
         for f in Fields::new(any_value) {
             let f = f.ok()?;
@@ -383,6 +401,53 @@ mod tests {
             (Some(&b"http.route"[..]), Some(&b"\x0a\x04/api"[..]))
         );
         assert_eq!(key_value(&cases[2]).0, Some(&b"b"[..]), "the last key wins");
+    }
+
+    #[test]
+    fn a_value_reads_the_same_on_the_short_path_and_the_walk() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+        use opentelemetry_proto::tonic::common::v1::AnyValue;
+        use prost::Message;
+        let long = "x".repeat(200);
+        let mut cases: Vec<Vec<u8>> = [
+            V::StringValue(String::new()),
+            V::StringValue("/api/checkout".into()),
+            V::StringValue(long),
+            V::IntValue(0),
+            V::IntValue(127),
+            V::IntValue(128),
+            V::IntValue(503),
+            V::IntValue(16_383),
+            V::IntValue(16_384),
+            V::IntValue(-1),
+            V::BoolValue(true),
+            V::DoubleValue(2.5),
+            V::BytesValue(vec![1, 2]),
+        ]
+        .into_iter()
+        .map(|v| AnyValue { value: Some(v) }.encode_to_vec())
+        .collect();
+        // Odd but valid: a value written twice (the last wins), a long length in two bytes
+        // for a short string, a continued varint cut short, nothing at all.
+        cases.extend([
+            vec![0x18, 0x01, 0x18, 0x02],
+            vec![0x0a, 0x81, 0x00, b'a'],
+            vec![0x0a, 0x01, b'a', 0x18, 0x05],
+            vec![0x18, 0x80],
+            vec![0x18, 0x80, 0x80],
+            vec![0x0a, 0x85, b'a', b'b', b'c', b'd', b'e'],
+            vec![],
+        ]);
+        // A length byte of 0x81 followed by 129 bytes: 0x81 is a continued varint, not 129.
+        cases.push([&[0x0a, 0x81, 0x01][..], &[b'a'; 128][..]].concat());
+        for c in &cases {
+            assert_eq!(AttrValue::parse(c), AttrValue::parse_walk(c), "{c:?}");
+        }
+        assert_eq!(AttrValue::parse(&cases[6]), Some(AttrValue::Int(503)));
+        assert_eq!(
+            AttrValue::parse(&cases[1]),
+            Some(AttrValue::Str(b"/api/checkout"))
+        );
     }
 
     /// The general walk `find_attr` short-cuts: every field read by [`Fields`].
