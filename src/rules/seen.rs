@@ -58,6 +58,12 @@ pub struct Probes {
     counters: usize,
     /// The slots of the `every:` probes.
     every_mask: u64,
+    /// The slots of the `span:` probes.
+    some_mask: u64,
+    /// The slots of the `root:` probes.
+    root_mask: u64,
+    /// Every slot.
+    all_mask: u64,
     /// The span attributes the `root:` probes read, when more than one: looked up in one walk
     /// of the root's attributes.
     root_keys: Vec<Vec<u8>>,
@@ -123,8 +129,15 @@ impl Probes {
             }
         };
         probe.slot = self.list.len().min(usize::from(u16::MAX - 1)) as u16;
-        if kind == Kind::Every && self.list.len() < 64 {
-            self.every_mask |= 1 << self.list.len();
+        if self.list.len() < 64 {
+            let bit = 1 << self.list.len();
+            self.all_mask |= bit;
+            match kind {
+                Kind::Every => self.every_mask |= bit,
+                Kind::Some => self.some_mask |= bit,
+                Kind::Root => self.root_mask |= bit,
+                Kind::Count(_) => {}
+            }
         }
         self.list.push((kind, probe.cond.clone()));
     }
@@ -165,15 +178,25 @@ impl Probes {
         };
         let ctx = ContextView::new(span.context);
         let blocked = self.blocked(span.context, &view, &ctx);
+        // The probes this span can change: not those its context fails, nor a `span:` one
+        // some span passed already, nor an `every:` one some span failed, nor a `root:` one
+        // unless this is the root. Their slots are visited by their bits.
+        let mut todo = self.all_mask & !blocked;
+        todo &= !(seen.some & self.some_mask) & !(!seen.every & self.every_mask);
+        if !first_root {
+            todo &= !self.root_mask;
+        }
         let mut passed = 0u64;
-        for (slot, (kind, cond)) in self.list.iter().enumerate() {
+        while todo != 0 {
+            let slot = todo.trailing_zeros() as usize;
             let bit = 1u64 << slot;
+            todo &= todo - 1;
+            let Some((kind, cond)) = self.list.get(slot) else {
+                break;
+            };
             match kind {
-                // The span's resource or scope fails what the probe requires of them (an
-                // `every:` probe's bit is cleared below, as for any span that fails it).
-                _ if blocked & bit != 0 => {}
                 Kind::Root => {
-                    if first_root && cond.eval(&root_view, &ctx) {
+                    if cond.eval(&root_view, &ctx) {
                         seen.root |= bit;
                     }
                 }
@@ -184,9 +207,6 @@ impl Probes {
                         }
                     }
                 }
-                // Settled already: some span passed, or one failed every:.
-                Kind::Some if seen.some & bit != 0 => {}
-                Kind::Every if seen.every & bit == 0 => {}
                 Kind::Some | Kind::Every => {
                     if cond.eval(&view, &ctx) {
                         passed |= bit;
