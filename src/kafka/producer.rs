@@ -370,6 +370,11 @@ impl Poller {
                     // One event (a batch of delivery reports), without waiting.
                     producer.poll(Duration::ZERO);
                 }
+                // Our reference to the queue before the client (whose last reference this
+                // may be, when the poller was dropped from a report): the order the poller's
+                // own drop releases them in.
+                drop(queue);
+                drop(producer);
             }
         })?;
         let waker = Arc::new(Waker {
@@ -396,7 +401,12 @@ impl Drop for Poller {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             self.waker.thread.unpark();
-            let _ = t.join();
+            // Dropped by a delivery report, on the poll thread itself (a writer's last
+            // reference let go there): joining it would be joining ourselves, which panics.
+            // It sees `stop` once the report returns, and lets the producer go when it ends.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
         // SAFETY: the callback runs under the queue's lock, which turning it off takes: once
         // off, no call is running or to come, and the waker may go with the poller.
@@ -458,6 +468,71 @@ mod tests {
             let _ = self.0.lock().expect("sender").send(stage);
             None
         }
+    }
+
+    /// Lets the last reference to its producer go from inside a delivery report, and says
+    /// when the producer (which owns it) is gone.
+    struct DropOnReport {
+        producer: Arc<Mutex<Option<Arc<RetryingProducer<DropOnReport>>>>>,
+        done: Mutex<mpsc::Sender<bool>>,
+        gone: Mutex<mpsc::Sender<()>>,
+    }
+
+    impl Drop for DropOnReport {
+        fn drop(&mut self) {
+            let _ = self.gone.lock().map(|g| g.send(()));
+        }
+    }
+
+    impl Deliveries for DropOnReport {
+        type Opaque = ();
+        fn delivered(&self, _: &BorrowedMessage<'_>, _: ()) {}
+        fn failed(&self, _: Stage, _: &KafkaError, _: &mut Outgoing, _: ()) -> Option<()> {
+            let last = self.producer.lock().expect("slot").take();
+            let was_last = last.as_ref().is_some_and(|p| Arc::strong_count(p) == 1);
+            drop(last);
+            let _ = self.done.lock().expect("sender").send(was_last);
+            None
+        }
+    }
+
+    #[test]
+    fn a_producer_dropped_by_its_own_delivery_report_stops_without_joining_itself() {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "200");
+        let slot = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel();
+        let (gone_tx, gone) = mpsc::channel();
+        let deliveries = DropOnReport {
+            producer: slot.clone(),
+            done: tx.into(),
+            gone: gone_tx.into(),
+        };
+        let p = RetryingProducer::new(&config, "test producer", "test-retry", deliveries)
+            .expect("producer");
+        let outbound = Outbound {
+            topic: "t",
+            partition: None,
+            key: None,
+            payload: b"x",
+            headers: None,
+        };
+        // The report will hold the only reference (the retry thread's is weak).
+        *slot.lock().expect("slot") = Some(p.clone());
+        p.send(outbound, ());
+        drop(p);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)),
+            Ok(true),
+            "the report let the last reference go, and the drop returned"
+        );
+        assert_eq!(
+            gone.recv_timeout(Duration::from_secs(20)),
+            Ok(()),
+            "the poll thread ended and the client was destroyed"
+        );
     }
 
     /// CPU time the poll thread has used.
