@@ -51,6 +51,9 @@ pub struct TraceEntry {
     pub has_error: bool,
     /// Some of its spans came from offsets read before (restart or rebalance replay).
     pub replayed: bool,
+    /// The last look for an early rule that could decide the trace found none, and what that
+    /// look reads ([`TraceEntry::early_state`]) has not changed since.
+    pub(super) early_none: bool,
     /// The spans, one group per resource and scope, in the order the contexts first arrived.
     pub groups: smallvec::SmallVec<[SpanGroup; 1]>,
     /// The offsets this trace keeps from being committed.
@@ -70,6 +73,13 @@ pub struct TraceEntry {
 }
 
 impl TraceEntry {
+    /// What [`RuleSet::decides_early`](crate::rules::RuleSet::decides_early) reads of the
+    /// trace, for a set whose early decisions are steady: the probes' bits, the error flag,
+    /// whether the root arrived.
+    pub fn early_state(&self) -> ([u64; 3], bool, bool) {
+        (self.seen.bits(), self.has_error, self.root_seen.is_some())
+    }
+
     /// The trace's duration from its first span start to its last span end.
     pub fn duration_nanos(&self) -> u64 {
         self.end_max.saturating_sub(self.start_min)

@@ -219,6 +219,7 @@ impl Buffer {
                     bytes: TRACE_OVERHEAD as u32,
                     has_error: false,
                     replayed,
+                    early_none: false,
                     groups: smallvec::SmallVec::new(),
                     holds: smallvec::smallvec![hold.hold()],
                     ranges: smallvec::smallvec![(hold.offset(), hold.offset())],
@@ -227,9 +228,11 @@ impl Buffer {
                     scheduled: 0,
                 };
                 e.append(group, now, rules.map(RuleSet::probes));
-                let full = self
-                    .full(&e)
-                    .or_else(|| early(rules, &group.trace_id, &e, at));
+                let full = self.full(&e).or_else(|| {
+                    let t = early(rules, &group.trace_id, &e, at);
+                    e.early_none = t.is_none();
+                    t
+                });
                 e.scheduled = self.index.bucket(e.deadline(&self.completion).0);
                 self.index.schedule(group.trace_id, e.scheduled);
                 self.bytes.fetch_add(i64::from(e.bytes), Ordering::Relaxed);
@@ -271,7 +274,11 @@ impl Buffer {
         rules: Option<&RuleSet>,
     ) -> Ingested {
         let root_before = e.root_seen.is_some();
+        let early_before = e.early_state();
         let added = e.append(group, now, rules.map(RuleSet::probes));
+        if e.early_state() != early_before {
+            e.early_none = false;
+        }
         self.bytes.fetch_add(added as i64, Ordering::Relaxed);
         e.replayed |= replayed;
         let offset = hold.offset();
@@ -285,10 +292,18 @@ impl Buffer {
                 e.ranges.push((offset, offset));
             }
         }
-        if let Some(trigger) = self
-            .full(e)
-            .or_else(|| early(rules, &group.trace_id, e, at))
-        {
+        // With a steady set, spans that changed nothing the early rules read cannot make the
+        // trace decidable early when the last look found it was not: no need to look again
+        // (the look walks the rules' conditions, for every group of spans).
+        let steady = rules.is_some_and(RuleSet::early_steady) && e.early_none;
+        if let Some(trigger) = self.full(e).or_else(|| {
+            if steady {
+                return None;
+            }
+            let t = early(rules, &group.trace_id, e, at);
+            e.early_none = t.is_none();
+            t
+        }) {
             return Ingested::Full(trigger);
         }
         if !root_before && e.root_seen.is_some() {

@@ -60,4 +60,10 @@ impl RuleSet {
     pub fn has_early(&self) -> bool {
         self.early
     }
+
+    /// Whether [`RuleSet::decides_early`] can change its answer for a trace only when the
+    /// trace's [`TraceEntry::early_state`] changes.
+    pub fn early_steady(&self) -> bool {
+        self.early_steady
+    }
 }

@@ -497,6 +497,19 @@ pub(crate) fn hash_value(v: Option<Val<'_>>, h: &mut xxhash_rust::xxh3::Xxh3) {
 }
 
 impl Cond {
+    /// Whether the condition reads a number that grows as spans arrive (duration, span
+    /// count, services, bytes, a count of spans): its answer can change with any span, where
+    /// the others change only when a probe's bit, the error flag or the root's arrival does.
+    pub(crate) fn reads_growing(&self) -> bool {
+        match self {
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().any(Cond::reads_growing),
+            Cond::Not(c) => c.reads_growing(),
+            Cond::Trace(f, ..) => !matches!(f, TraceField::Error | TraceField::RootPresent),
+            Cond::Count(..) => true,
+            Cond::AnySpan(_) | Cond::Root(_) | Cond::EverySpan(_) => false,
+        }
+    }
+
     /// Whether the trace satisfies the condition (compiled at load: no parsing here).
     pub fn eval(&self, t: &TraceView<'_>) -> bool {
         match self {

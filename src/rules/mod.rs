@@ -183,6 +183,9 @@ pub struct RuleSet {
     probes: Probes,
     /// Whether some rule is `early`.
     early: bool,
+    /// Whether an early rule's verdict on a trace can change only when a probe's bit, the
+    /// trace's error flag or its root's arrival does (see [`early_steady`]).
+    early_steady: bool,
 }
 
 /// A rule's verdict on a trace, before the mode applies.
@@ -209,6 +212,7 @@ impl Clone for RuleSet {
             rules,
             probes,
             early: self.early,
+            early_steady: self.early_steady,
             state: self
                 .rules
                 .iter()
@@ -221,6 +225,20 @@ impl Clone for RuleSet {
             redaction: self.redaction.as_deref().map(|r| Arc::new(r.clone())),
         }
     }
+}
+
+/// Whether an early decision can change only when a probe's bit, a trace's error flag or its
+/// root's arrival does: no rule up to the last early one is time-boxed (its phase changes with
+/// the clock) or reads a number that grows with every span (`Cond::reads_growing`). Then spans
+/// that changed none of those cannot make a trace decidable early that was not before them,
+/// and the buffer need not ask again (`Buffer::ingest_with`).
+fn early_steady(rules: &[Rule]) -> bool {
+    let Some(last) = rules.iter().rposition(|r| r.early) else {
+        return false;
+    };
+    rules[..=last]
+        .iter()
+        .all(|r| r.active.is_none() && !r.condition.as_ref().is_some_and(Cond::reads_growing))
 }
 
 impl RuleSet {
@@ -278,6 +296,7 @@ impl RuleSet {
         RuleSet {
             probes,
             early: rules.iter().any(|r| r.early),
+            early_steady: early_steady(&rules),
             state: rules
                 .iter()
                 .map(|r| RuleState::new(r, &options.share))

@@ -260,6 +260,13 @@ pub struct Seen {
     counts: smallvec::SmallVec<[u32; 1]>,
 }
 
+impl Seen {
+    /// The probes' bits: some span passed, every span passed, the root passed.
+    pub(crate) fn bits(&self) -> [u64; 3] {
+        [self.some, self.every, self.root]
+    }
+}
+
 /// A buffered trace, as the rules read it from what the buffer gathered as its spans
 /// arrived: the incremental counterpart of [`super::TraceView`].
 pub struct Buffered<'a> {

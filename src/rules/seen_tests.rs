@@ -245,6 +245,33 @@ proptest! {
         }
     }
 
+    /// The buffer asks whether an early rule can decide a trace only when spans changed what
+    /// that reads (with a steady set): it answers as asking after every message would.
+    #[test]
+    fn an_early_look_skipped_for_unchanged_spans_answers_as_looking_every_time(
+        spans in proptest::collection::vec(gen_span(), 1..14),
+        per_message in 1usize..5,
+        n in any::<u64>(),
+    ) {
+        let t = trace_id(n);
+        let spans = build(t, &spans);
+        let sets = example_sets();
+        prop_assert!(sets.iter().any(RuleSet::early_steady), "some example set is steady");
+        for set in &sets {
+            let mut result = Ok(());
+            buffered(t, &spans, per_message, set, |e, r| {
+                let looked = set.decides_early(crate::otlp::TraceId(t), e, Instant::now());
+                let early = *r == Ingested::Full(Trigger::Early);
+                if result.is_ok() && early != looked {
+                    result = Err(TestCaseError::fail(format!(
+                        "the buffer said early: {early}, a look says {looked}"
+                    )));
+                }
+            }, |_| ());
+            result?;
+        }
+    }
+
     /// A condition settled at some point of a trace's arrival has its final value then: what
     /// early rules rely on.
     #[test]
@@ -523,4 +550,42 @@ fn early_is_refused_where_the_outcome_could_still_move() {
             "{text}: {errs:?}"
         );
     }
+}
+
+#[test]
+fn an_early_verdict_is_steady_only_without_clocks_or_growing_numbers_up_to_the_last_early_rule() {
+    assert!(set_of(EARLY).early_steady(), "root, error flag: steady");
+    let growing = EARLY.replace(
+        "conditions: { root: span.attr.http.route = /healthz }",
+        "conditions: trace.span_count > 2000",
+    );
+    assert!(!set_of(&growing).early_steady(), "a span count before it");
+    let counted = EARLY.replace(
+        "conditions: { root: span.attr.http.route = /healthz }",
+        "conditions: count(span.kind = client) > 3",
+    );
+    assert!(
+        !set_of(&counted).early_steady(),
+        "a count of spans before it"
+    );
+    let timed = EARLY.replace(
+        "    outcome: drop\n",
+        "    outcome: drop\n    active_from: 2030-01-01T00:00:00Z\n",
+    );
+    assert!(
+        !set_of(&timed).early_steady(),
+        "a time-boxed rule before it"
+    );
+    let after =
+        format!("{EARLY}  - name: long\n    conditions: trace.duration > 5s\n    outcome: keep\n");
+    let after = after.replace(
+        "  - name: rest\n    outcome: keep\n    sample_rate: 10\n",
+        "",
+    ) + "  - name: rest\n    outcome: keep\n    sample_rate: 10\n";
+    assert!(
+        set_of(&after).early_steady(),
+        "what comes after the last early rule does not count"
+    );
+    let none = EARLY.replace("    early: true\n", "");
+    assert!(!set_of(&none).early_steady(), "no early rule");
 }
