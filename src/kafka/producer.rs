@@ -470,6 +470,27 @@ mod tests {
         }
     }
 
+    /// A producer whose every message fails: nothing listens at its broker's address, and a
+    /// message times out after 200 ms.
+    fn failing_producer<D: Deliveries>(deliveries: D) -> Arc<RetryingProducer<D>> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "200");
+        RetryingProducer::new(&config, "test producer", "test-retry", deliveries).expect("producer")
+    }
+
+    /// One message of one byte to topic `t`.
+    fn one_byte() -> Outbound<'static> {
+        Outbound {
+            topic: "t",
+            partition: None,
+            key: None,
+            payload: b"x",
+            headers: None,
+        }
+    }
+
     /// Lets the last reference to its producer go from inside a delivery report, and says
     /// when the producer (which owns it) is gone.
     struct DropOnReport {
@@ -498,10 +519,6 @@ mod tests {
 
     #[test]
     fn a_producer_dropped_by_its_own_delivery_report_stops_without_joining_itself() {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .set("message.timeout.ms", "200");
         let slot = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel();
         let (gone_tx, gone) = mpsc::channel();
@@ -510,18 +527,10 @@ mod tests {
             done: tx.into(),
             gone: gone_tx.into(),
         };
-        let p = RetryingProducer::new(&config, "test producer", "test-retry", deliveries)
-            .expect("producer");
-        let outbound = Outbound {
-            topic: "t",
-            partition: None,
-            key: None,
-            payload: b"x",
-            headers: None,
-        };
+        let p = failing_producer(deliveries);
         // The report will hold the only reference (the retry thread's is weak).
         *slot.lock().expect("slot") = Some(p.clone());
-        p.send(outbound, ());
+        p.send(one_byte(), ());
         drop(p);
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(20)),
@@ -557,21 +566,9 @@ mod tests {
     #[test]
     fn reports_wake_the_poll_thread_which_does_not_spin_while_idle() {
         // Nothing listens there: the message times out and its report is a failure.
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .set("message.timeout.ms", "200");
         let (tx, rx) = mpsc::channel();
-        let p = RetryingProducer::new(&config, "test producer", "test-retry", Failures(tx.into()))
-            .expect("producer");
-        let outbound = Outbound {
-            topic: "t",
-            partition: None,
-            key: None,
-            payload: b"x",
-            headers: None,
-        };
-        p.send(outbound, ());
+        let p = failing_producer(Failures(tx.into()));
+        p.send(one_byte(), ());
         let stage = rx.recv_timeout(Duration::from_secs(20));
         assert_eq!(
             stage,
