@@ -195,7 +195,7 @@ impl DecisionCache {
 
     /// The decision for `id`, if it was made within the ttl and is still remembered.
     pub fn get(&self, id: &TraceId) -> Option<Decision> {
-        self.get_at(id, Instant::now())
+        self.lookup(id).map(|r| r.decision)
     }
 
     /// [`DecisionCache::get`] at the time `now`.
@@ -206,22 +206,29 @@ impl DecisionCache {
     /// The decision for `id` with when it was made and, if it was read back from the decision
     /// log, how far it was forwarded.
     pub fn lookup(&self, id: &TraceId) -> Option<Remembered> {
-        self.lookup_at(id, Instant::now())
+        self.lookup_when(id, Instant::now)
     }
 
     /// [`DecisionCache::lookup`] at the time `now`.
     pub fn lookup_at(&self, id: &TraceId, now: Instant) -> Option<Remembered> {
-        let now = self.inner.nanos(now);
+        self.lookup_when(id, || now)
+    }
+
+    /// [`DecisionCache::lookup`], reading the time only for a decision found (to see whether
+    /// it expired): most lookups are of new traces, which find none.
+    fn lookup_when(&self, id: &TraceId, now: impl FnOnce() -> Instant) -> Option<Remembered> {
         let mut shard = self.inner.shard(id);
         let found = match shard.map.get(id) {
-            Some(slot) if now.saturating_sub(slot.at) < self.inner.ttl => Some(Remembered {
-                decision: slot.decision.clone(),
-                decided_at: self.inner.origin_unix_ms + slot.at / 1_000_000,
-                logged: (slot.source != LOCAL).then_some(Logged {
-                    partition: slot.source,
-                    through: (slot.through != NOTHING_FORWARDED).then_some(slot.through),
-                }),
-            }),
+            Some(slot) if self.inner.nanos(now()).saturating_sub(slot.at) < self.inner.ttl => {
+                Some(Remembered {
+                    decision: slot.decision.clone(),
+                    decided_at: self.inner.origin_unix_ms + slot.at / 1_000_000,
+                    logged: (slot.source != LOCAL).then_some(Logged {
+                        partition: slot.source,
+                        through: (slot.through != NOTHING_FORWARDED).then_some(slot.through),
+                    }),
+                })
+            }
             _ => None,
         };
         match found {
