@@ -52,11 +52,23 @@ impl Default for Completion {
     }
 }
 
-/// `Some(Trigger::Early)` when an early rule of `rules` can decide the trace now.
-fn early(rules: Option<&RuleSet>, id: &TraceId, e: &TraceEntry, at: Instant) -> Option<Trigger> {
-    rules
-        .filter(|r| r.has_early() && r.decides_early(*id, e, at))
-        .map(|_| Trigger::Early)
+/// `Some(Trigger::Early)` when an early rule of `rules` can decide the trace now. With a
+/// steady set, a trace whose last look found none and whose spans since changed nothing the
+/// look reads (`early_none`, cleared by `append_to` when they did) is not looked at again: the
+/// look walks the rules' conditions, for every group of spans.
+fn early(
+    rules: Option<&RuleSet>,
+    id: &TraceId,
+    e: &mut TraceEntry,
+    at: Instant,
+) -> Option<Trigger> {
+    let rules = rules.filter(|r| r.has_early())?;
+    if e.early_none && rules.early_steady() {
+        return None;
+    }
+    let decides = rules.decides_early(*id, e, at);
+    e.early_none = !decides;
+    decides.then_some(Trigger::Early)
 }
 
 /// What happened to a group of spans offered to the buffer.
@@ -228,11 +240,9 @@ impl Buffer {
                     scheduled: 0,
                 };
                 e.append(group, now, rules.map(RuleSet::probes));
-                let full = self.full(&e).or_else(|| {
-                    let t = early(rules, &group.trace_id, &e, at);
-                    e.early_none = t.is_none();
-                    t
-                });
+                let full = self
+                    .full(&e)
+                    .or_else(|| early(rules, &group.trace_id, &mut e, at));
                 e.scheduled = self.index.bucket(e.deadline(&self.completion).0);
                 self.index.schedule(group.trace_id, e.scheduled);
                 self.bytes.fetch_add(i64::from(e.bytes), Ordering::Relaxed);
@@ -292,18 +302,10 @@ impl Buffer {
                 e.ranges.push((offset, offset));
             }
         }
-        // With a steady set, spans that changed nothing the early rules read cannot make the
-        // trace decidable early when the last look found it was not: no need to look again
-        // (the look walks the rules' conditions, for every group of spans).
-        let steady = rules.is_some_and(RuleSet::early_steady) && e.early_none;
-        if let Some(trigger) = self.full(e).or_else(|| {
-            if steady {
-                return None;
-            }
-            let t = early(rules, &group.trace_id, e, at);
-            e.early_none = t.is_none();
-            t
-        }) {
+        if let Some(trigger) = self
+            .full(e)
+            .or_else(|| early(rules, &group.trace_id, e, at))
+        {
             return Ingested::Full(trigger);
         }
         if !root_before && e.root_seen.is_some() {
