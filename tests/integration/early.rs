@@ -490,6 +490,13 @@ async fn across_a_restart() {
         a.metric("tailsift_decision_log_records_total", "") >= kept.len() as f64
     })
     .await;
+    // Decisions made on the ingest thread are counted at the decider's next tick, which can
+    // come after their log records are acknowledged (up to 100 ms later while the buffer is
+    // empty): wait for it, well under `root_grace`.
+    wait_for(secs(1), "a counted its early decisions", || {
+        a.metric("tailsift_traces_decided_total", "trigger=\"early\"") >= kept.len() as f64
+    })
+    .await;
     assert_eq!(
         a.metric("tailsift_traces_decided_total", "trigger=\"early\""),
         kept.len() as f64,
