@@ -360,6 +360,62 @@ fn a_context_finds_its_resource_and_scope_messages_the_last_occurrence_winning()
 }
 
 #[test]
+fn a_resource_written_in_pieces_is_one_context_of_its_fields_in_order() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    let id = trace_id(1);
+    // prost writes `schema_url` (3) after the scope spans (2): the resource in two pieces.
+    let message = |schema: &str| {
+        let mut rs = resource_spans("checkout", vec![span(id, 1, None, "root", 10, 20)]);
+        rs.schema_url = schema.to_string();
+        encode(vec![rs])
+    };
+    let context = |d: &mut Decoder, m: &[u8]| {
+        d.decode(m).unwrap();
+        let g = d.groups(m).next().unwrap();
+        let s = g.spans().next().unwrap();
+        s.context.clone()
+    };
+    let mut d = Decoder::new();
+    let a = context(&mut d, &message("https://schema/1"));
+    let rs = ExportTraceServiceRequest::decode(&message("https://schema/1")[..])
+        .unwrap()
+        .resource_spans
+        .remove(0);
+    let mut want = Vec::new();
+    super::wire::put_len_prefix(&mut want, 1, rs.resource.as_ref().unwrap().encoded_len());
+    rs.resource.as_ref().unwrap().encode(&mut want).unwrap();
+    super::wire::put_len_prefix(&mut want, 3, rs.schema_url.len());
+    want.extend_from_slice(rs.schema_url.as_bytes());
+    assert_eq!(a.resource_fields(), &want[..]);
+    assert!(Arc::ptr_eq(
+        &a,
+        &context(&mut d, &message("https://schema/1"))
+    ));
+    let b = context(&mut d, &message("https://schema/2"));
+    assert!(!Arc::ptr_eq(&a, &b), "another schema, another context");
+    let bare = context(&mut d, &message(""));
+    assert!(!Arc::ptr_eq(&a, &bare) && !Arc::ptr_eq(&b, &bare));
+
+    // Three pieces (the resource written twice): gathered, in order, and shared the same way.
+    let mut scope_spans = Vec::new();
+    rs.scope_spans[0].encode(&mut scope_spans).unwrap();
+    let mut three = Vec::new();
+    three.extend_from_slice(&want); // resource, schema_url
+    super::wire::put_len_prefix(&mut three, 2, scope_spans.len());
+    three.extend_from_slice(&scope_spans);
+    super::wire::put_len_prefix(&mut three, 1, 0); // an empty resource, merged last
+    let mut request = Vec::new();
+    super::wire::put_len_prefix(&mut request, 1, three.len());
+    request.extend_from_slice(&three);
+    let c = context(&mut d, &request);
+    assert_eq!(
+        c.resource_fields(),
+        &[&want[..], &[0x0a, 0x00]].concat()[..]
+    );
+    assert!(Arc::ptr_eq(&c, &context(&mut d, &request)));
+}
+
+#[test]
 fn a_context_knows_its_service_name_as_an_attribute_lookup_would_find_it() {
     use opentelemetry_proto::tonic::common::v1::KeyValue;
     use opentelemetry_proto::tonic::resource::v1::Resource;
