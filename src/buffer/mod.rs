@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 pub use deadline::DeadlineIndex;
-pub use entry::{SpanGroup, TraceEntry, TRACE_OVERHEAD};
+pub use entry::{Awaited, SpanGroup, TraceEntry, TRACE_OVERHEAD};
 
 use crate::decision::{Decision, DecisionCache, Remembered, Trigger};
 use crate::offsets::Hold;
@@ -238,6 +238,7 @@ impl Buffer {
                     root_at: None,
                     seen: rules.map(|r| r.probes().start()).unwrap_or_default(),
                     scheduled: 0,
+                    awaited: Default::default(),
                 };
                 e.append(group, now, rules.map(RuleSet::probes));
                 let full = self

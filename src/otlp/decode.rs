@@ -137,6 +137,17 @@ pub struct GroupSpan<'a> {
 }
 
 impl<'a> GroupSpan<'a> {
+    /// The span's id and its parent span id (empty when absent), as decoding found them
+    /// (the last occurrence of each wins, as protobuf says).
+    pub fn ids(&self) -> (&'a [u8], &'a [u8]) {
+        let slice = |(at, len): (u32, u32)| {
+            self.bytes
+                .get(at as usize..at as usize + len as usize)
+                .unwrap_or_default()
+        };
+        (slice(self.slices[0]), slice(self.slices[1]))
+    }
+
     /// The span as the rules read it, from what decoding found: no second walk. Times are
     /// read as decoding reads them (a varint where a fixed64 belongs still counts).
     pub fn view(&self) -> SpanView<'a> {

@@ -16,10 +16,21 @@ use crate::otlp::wire::{split_short_field, Fields};
 use crate::telemetry::red::{label, OTHER, UNKNOWN_SERVICE};
 
 /// Adds the orphan spans of a buffered trace to `out`, per service; returns whether the root
-/// is missing. Reads each span's ids only (the fields SDKs write first), not the whole span:
-/// see [`span_ids`]. Ids are compared as numbers (8-byte ids as they are, others hashed), in
-/// scratch vectors the thread keeps, so counting allocates nothing.
+/// is missing. A trace whose spans' parents were all answered as they arrived (see
+/// [`crate::buffer::Awaited`]) has none, and its spans are not read; the others are walked
+/// (see [`walk_entry`]).
 pub fn inspect_entry(entry: &TraceEntry, out: &mut Vec<(Box<[u8]>, u64)>) -> bool {
+    if !entry.awaited.none() {
+        walk_entry(entry, out);
+    }
+    entry.root_seen.is_none()
+}
+
+/// Adds the orphan spans of a buffered trace to `out`, per service, reading each span's ids
+/// only (the fields SDKs write first), not the whole span: see [`span_ids`]. Ids are compared
+/// as numbers (8-byte ids as they are, others hashed), in scratch vectors the thread keeps,
+/// so counting allocates nothing.
+fn walk_entry(entry: &TraceEntry, out: &mut Vec<(Box<[u8]>, u64)>) {
     /// Span ids, and (parent id, group) of the spans that have a parent.
     type Scratch = (Vec<u64>, Vec<(u64, u16)>);
     thread_local! {
@@ -72,7 +83,6 @@ pub fn inspect_entry(entry: &TraceEntry, out: &mut Vec<(Box<[u8]>, u64)>) -> boo
     if SCRATCH.try_with(|s| count(&mut s.borrow_mut())).is_err() {
         count(&mut (Vec::new(), Vec::new()));
     }
-    entry.root_seen.is_none()
 }
 
 /// Calls `f` with each span of a group's `ScopeSpans.spans` fields, in order, up to the first
@@ -101,7 +111,7 @@ fn each_span(spans: &[u8], mut f: impl FnMut(&[u8])) {
 const SPANS_TAG: u8 = 2 << 3 | 2;
 
 /// A span id as a number: an 8-byte id (what the spec requires) as it is, any other hashed.
-fn id64(id: &[u8]) -> u64 {
+pub(crate) fn id64(id: &[u8]) -> u64 {
     match <[u8; 8]>::try_from(id) {
         Ok(a) => u64::from_be_bytes(a),
         Err(_) => xxhash_rust::xxh3::xxh3_64(id) | 1 << 63,
@@ -326,5 +336,119 @@ mod tests {
         // A root: no parent.
         let root = span(t, 1, None, "r", 1, 2).encode_to_vec();
         assert_eq!(span_ids(&root), (&1u64.to_be_bytes()[..], &[][..]));
+    }
+
+    /// Buffers `messages` (in that order) and returns the entry of their trace, taken out.
+    fn buffered(messages: &[Vec<u8>]) -> Option<crate::buffer::TraceEntry> {
+        let buffer = Buffer::new(Completion::default());
+        let cache = DecisionCache::new(10, std::time::Duration::from_secs(1));
+        let hold = Arc::new(OffsetHold {
+            partition: 0,
+            offset: 0,
+        });
+        let mut d = Decoder::new();
+        let mut id = None;
+        for m in messages {
+            d.decode(m).ok()?;
+            for g in d.groups(m) {
+                id = Some(g.trace_id);
+                buffer.ingest(&g, &hold, false, Instant::now(), &cache);
+            }
+        }
+        let drop = |_: &TraceId, _: &crate::buffer::TraceEntry| crate::decision::Decision::Drop {
+            rule: "x".into(),
+        };
+        buffer.take(&id?, drop).map(|(e, _)| e)
+    }
+
+    #[test]
+    fn whole_traces_exported_children_first_are_counted_without_reading_their_spans() {
+        use crate::demo::generator::{Generator, GeneratorConfig};
+        let mut gen = Generator::new(GeneratorConfig::default(), 11);
+        for i in 0..300u64 {
+            let t = gen.next_trace(1_700_000_000_000_000_000 + i * 1_000_000);
+            let e = buffered(&t.messages).unwrap();
+            assert!(e.awaited.none(), "trace {i}: {:?}", e.awaited);
+            let mut out = Vec::new();
+            walk_entry(&e, &mut out);
+            assert_eq!(out, vec![], "trace {i}");
+        }
+    }
+
+    #[test]
+    fn parents_that_came_first_or_too_many_at_once_are_counted_by_reading_the_spans() {
+        let t = trace_id(9);
+        // A queue consumer's span (3) arrives after its parent (2), in a later message: the
+        // parent is awaited though it is there, and the walk finds no orphan.
+        let producer = request(
+            "shop",
+            vec![
+                span(t, 2, Some(1), "publish", 1, 2),
+                span(t, 1, None, "r", 0, 3),
+            ],
+        );
+        let consumer = request("worker", vec![span(t, 3, Some(2), "consume", 5, 9)]);
+        let e = buffered(&[producer.clone(), consumer.clone()]).unwrap();
+        assert!(!e.awaited.none());
+        let mut out = Vec::new();
+        assert!(!inspect_entry(&e, &mut out));
+        assert_eq!(out, vec![]);
+        // The other way round, the consumer's parent is answered as it arrives.
+        assert!(buffered(&[consumer, producer]).unwrap().awaited.none());
+
+        // Six callees, each in its own message before their caller, await six parents: more
+        // than there is room for. Their caller answers all; the count is still exact, one
+        // orphan (a callee whose caller span was lost).
+        let mut messages: Vec<Vec<u8>> = (0..6u64)
+            .map(|i| request("callee", vec![span(t, 20 + i, Some(10 + i), "serve", 1, 2)]))
+            .collect();
+        messages.push(request(
+            "caller",
+            (0..5u64)
+                .map(|i| span(t, 10 + i, Some(1), "call", 1, 2))
+                .chain([span(t, 1, None, "root", 0, 3)])
+                .collect(),
+        ));
+        let e = buffered(&messages).unwrap();
+        assert!(!e.awaited.none());
+        let mut out = Vec::new();
+        inspect_entry(&e, &mut out);
+        assert_eq!(out, vec![(Box::from(&b"callee"[..]), 1)]);
+        // Four callees fit: answered by their caller, nothing is left awaited.
+        let four: Vec<Vec<u8>> = messages[..4]
+            .iter()
+            .chain(&messages[6..])
+            .cloned()
+            .collect();
+        assert!(buffered(&four).unwrap().awaited.none());
+    }
+
+    proptest::proptest! {
+        /// Whatever order a trace's messages arrive in, and whichever are lost, the count from
+        /// what was awaited is the count from reading the spans.
+        #[test]
+        fn orphans_counted_as_the_spans_arrive_are_the_orphans_read_from_the_spans(
+            seed in proptest::prelude::any::<u64>(),
+            order in proptest::collection::vec(proptest::prelude::any::<u32>(), 12),
+            lost in proptest::prelude::any::<u16>(),
+        ) {
+            use crate::demo::generator::{Generator, GeneratorConfig};
+            let mut gen = Generator::new(GeneratorConfig::default(), seed);
+            let t = gen.next_trace(1_700_000_000_000_000_000);
+            let mut messages: Vec<(u32, Vec<u8>)> = t
+                .messages
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| lost >> (i % 16) & 1 == 0 || *i == 0)
+                .map(|(i, m)| (order[i % order.len()], m))
+                .collect();
+            messages.sort_by_key(|m| m.0);
+            let messages: Vec<Vec<u8>> = messages.into_iter().map(|m| m.1).collect();
+            let e = buffered(&messages).unwrap();
+            let (mut fast, mut walked) = (Vec::new(), Vec::new());
+            inspect_entry(&e, &mut fast);
+            walk_entry(&e, &mut walked);
+            proptest::prop_assert_eq!(fast, walked);
+        }
     }
 }
