@@ -3,7 +3,6 @@
 //! it holds from being committed, and what the rules' probes saw in its spans as they arrived.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Completion;
 use crate::decision::Trigger;
@@ -104,6 +103,17 @@ const OVERFLOW: u8 = u8::MAX;
 /// up (the trace's spans are then read at decision time).
 const GROUP_IDS: usize = 32;
 
+/// A span's parent as [`Awaited`] keeps it: [`id64`] of its id, 0 for a root (no parent, or
+/// one of zeros). `id64` is never 0 for a parent: an 8-byte one of zeros is no parent, and
+/// ids of other lengths hash with the top bit set.
+fn parent_key(is_root: bool, parent: &[u8]) -> u64 {
+    if is_root {
+        0
+    } else {
+        id64(parent)
+    }
+}
+
 impl Awaited {
     /// Whether no parent is awaited: the trace has no orphan span.
     pub fn none(&self) -> bool {
@@ -114,10 +124,10 @@ impl Awaited {
         self.len = OVERFLOW;
     }
 
-    /// Takes in one message group's spans (`(id, parent)`, the parent `None` for a root): its
-    /// ids answer the parents awaited so far, and its parents not among its own ids are
-    /// awaited.
-    fn take_in(&mut self, group: &[(u64, Option<u64>)]) {
+    /// Takes in one message group's spans (`(id, parent)`, the parent 0 for a root: see
+    /// [`parent_key`]): its ids answer the parents awaited so far, and its parents not among
+    /// its own ids are awaited.
+    fn take_in(&mut self, group: &[(u64, u64)]) {
         if self.len == OVERFLOW {
             return;
         }
@@ -131,8 +141,8 @@ impl Awaited {
                 i += 1;
             }
         }
-        for parent in group.iter().filter_map(|(_, p)| *p) {
-            if group.iter().any(|(id, _)| *id == parent) {
+        for &(_, parent) in group {
+            if parent == 0 || group.iter().any(|(id, _)| *id == parent) {
                 continue;
             }
             if len == AWAITED {
@@ -160,7 +170,7 @@ impl TraceEntry {
 
     /// When the trace is complete, and by which trigger (the earliest wins).
     pub(super) fn deadline(&self, c: &Completion) -> (u64, Trigger) {
-        let ms = |d: Duration| d.as_millis() as u64;
+        let ms = super::millis;
         let mut best = (self.last_seen + ms(c.decision_wait), Trigger::Idle);
         if let Some(root) = self.root_seen {
             let t = root + ms(c.root_grace);
@@ -182,14 +192,16 @@ impl TraceEntry {
         probes: Option<&Probes>,
     ) -> usize {
         let mut added = 0;
-        let mut ids = [(0u64, None); GROUP_IDS];
-        let mut n = 0;
+        // The group's (id, parent) for `Awaited`: on the stack, not initialised ahead.
+        let mut ids = smallvec::SmallVec::<[(u64, u64); GROUP_IDS]>::new();
+        let mut whole = true;
         for (i, span) in group.spans().enumerate() {
-            if let Some(slot) = ids.get_mut(n) {
+            if ids.len() < GROUP_IDS {
                 let (id, parent) = span.ids();
-                *slot = (id64(id), (!span.facts.is_root).then(|| id64(parent)));
+                ids.push((id64(id), parent_key(span.facts.is_root, parent)));
+            } else {
+                whole = false;
             }
-            n += 1;
             let slot = match self
                 .groups
                 .iter()
@@ -242,9 +254,9 @@ impl TraceEntry {
             }
             self.span_count += 1;
         }
-        match ids.get(..n) {
-            Some(group) => self.awaited.take_in(group),
-            None => self.awaited.give_up(),
+        match whole {
+            true => self.awaited.take_in(&ids),
+            false => self.awaited.give_up(),
         }
         self.last_seen = now;
         self.bytes = self.bytes.saturating_add(added as u32);
