@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::intern::{Interner, Pieces};
+use super::intern::Interner;
 use super::view::SpanView;
 use super::wire::{split_short_field, Fields, Value, WireError};
 use super::{SpanContext, TraceId};
@@ -105,8 +105,7 @@ pub struct Decoder {
     contexts: Vec<Arc<SpanContext>>,
     /// One shared copy of each resource and scope, across messages.
     interner: Interner,
-    /// Scratch: the raw fields of a resource written in more than two pieces, gathered, and
-    /// the raw scope fields of the `ScopeSpans` being read.
+    /// Scratch: the raw resource and scope fields of the `ScopeSpans` being read.
     resource: Vec<u8>,
     scope: Vec<u8>,
     /// Spans skipped because their trace id is missing or invalid, in the last message.
@@ -273,40 +272,21 @@ impl Decoder {
     }
 
     fn resource_spans(&mut self, rs: &[u8], base: usize) -> Result<(), DecodeError> {
-        // First pass: the resource's own fields (resource, schema_url), kept raw, where they
-        // lie when there are at most two (as encoders write them), else gathered.
-        let mut pieces: [&[u8]; 2] = [&[], &[]];
-        let mut count = 0;
-        for f in Fields::new(rs) {
-            let f = f.map_err(wire("ResourceSpans"))?;
-            if f.number == 1 || f.number == 3 {
-                if let Some(p) = pieces.get_mut(count) {
-                    *p = f.raw;
-                }
-                count += 1;
-            }
-        }
-        if count <= 2 {
-            return self.scope_spans(rs, Pieces(pieces), base);
-        }
+        // First pass: the resource's own fields (resource, schema_url), kept raw.
         let mut resource = std::mem::take(&mut self.resource);
         resource.clear();
-        for f in Fields::new(rs).flatten() {
+        for f in Fields::new(rs) {
+            let f = f.map_err(wire("ResourceSpans"))?;
             if f.number == 1 || f.number == 3 {
                 resource.extend_from_slice(f.raw);
             }
         }
-        let result = self.scope_spans(rs, Pieces([&resource, &[]]), base);
+        let result = self.scope_spans(rs, &resource, base);
         self.resource = resource;
         result
     }
 
-    fn scope_spans(
-        &mut self,
-        rs: &[u8],
-        resource: Pieces<'_>,
-        base: usize,
-    ) -> Result<(), DecodeError> {
+    fn scope_spans(&mut self, rs: &[u8], resource: &[u8], base: usize) -> Result<(), DecodeError> {
         for f in Fields::new(rs) {
             let f = f.map_err(wire("ResourceSpans"))?;
             if f.number != 2 {
@@ -320,7 +300,7 @@ impl Decoder {
             let mut first_span = None;
             let read = self.scope_fields(ss, &mut scope, &mut first_span, base);
             if read.is_ok() && first_span.is_some_and(|i| i < self.spans.len()) {
-                let ctx = self.interner.get_pieces(resource, &scope);
+                let ctx = self.interner.get(resource, &scope);
                 self.contexts.push(ctx);
             }
             self.scope = scope;

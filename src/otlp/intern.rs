@@ -28,33 +28,6 @@ const SETS: usize = 16;
 const _: () = assert!(SETS.is_power_of_two());
 const WAYS: usize = 4;
 
-/// A resource's raw fields as they lie in a message, not gathered: the `resource` field and,
-/// when present, `schema_url`, which encoders write after the scope spans (the second piece
-/// is empty when there is one). Comparing them piece by piece with an interned context saves
-/// copying a few hundred bytes per message (the copy was 6 % of the core path's time) to
-/// compare them once after.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Pieces<'a>(pub [&'a [u8]; 2]);
-
-impl Pieces<'_> {
-    fn len(&self) -> usize {
-        self.0[0].len() + self.0[1].len()
-    }
-
-    /// Whether the pieces, one after the other, are `whole`.
-    fn is(&self, whole: &[u8]) -> bool {
-        let [a, b] = self.0;
-        whole.len() == a.len() + b.len() && whole[..a.len()] == *a && whole[a.len()..] == *b
-    }
-
-    /// The pieces, one after the other, into `out`.
-    fn gather(&self, out: &mut Vec<u8>) {
-        out.clear();
-        out.extend_from_slice(self.0[0]);
-        out.extend_from_slice(self.0[1]);
-    }
-}
-
 /// The shared contexts of one decoder, bounded by [`MAX_INTERNED_BYTES`] (see the module doc).
 #[derive(Debug)]
 pub struct Interner {
@@ -71,8 +44,6 @@ pub struct Interner {
     /// This process's seed for the table's hash, so that no one can prepare resources that
     /// all fall in one of its collision lists.
     seed: u64,
-    /// Scratch: a resource's pieces gathered for a lookup in the table.
-    gathered: Vec<u8>,
     bytes: usize,
     messages: u32,
 }
@@ -83,7 +54,6 @@ impl Default for Interner {
             table: HashMap::default(),
             recent: Default::default(),
             seed: std::collections::hash_map::RandomState::new().hash_one(0x7a11_5147u64),
-            gathered: Vec::new(),
             bytes: 0,
             messages: 0,
         }
@@ -95,8 +65,8 @@ impl Default for Interner {
 /// host name somewhere in the middle, and a function of all of them is the hash the memo saves.
 /// Contexts of equal lengths share a set and are told apart by comparing bytes, which stops
 /// at the first difference.
-fn recent_set(resource_len: usize, scope: &[u8]) -> usize {
-    let key = ((resource_len as u64) << 32) ^ scope.len() as u64;
+fn recent_set(resource: &[u8], scope: &[u8]) -> usize {
+    let key = ((resource.len() as u64) << 32) ^ scope.len() as u64;
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SETS.trailing_zeros())) as usize
 }
 
@@ -108,18 +78,11 @@ impl Interner {
 
     /// The shared context for these resource and scope fields.
     pub fn get(&mut self, resource: &[u8], scope: &[u8]) -> Arc<SpanContext> {
-        self.get_pieces(Pieces([resource, &[]]), scope)
-    }
-
-    /// [`Interner::get`] for a resource whose fields lie in two pieces: the common case
-    /// (a recent context) compares them where they lie; only a lookup in the table gathers
-    /// them.
-    pub fn get_pieces(&mut self, resource: Pieces<'_>, scope: &[u8]) -> Arc<SpanContext> {
-        let slot = recent_set(resource.len(), scope);
+        let slot = recent_set(resource, scope);
         let set = &mut self.recent[slot];
         let same = |c: &Option<Arc<SpanContext>>| {
             c.as_ref()
-                .is_some_and(|c| resource.is(c.resource_fields()) && c.scope_fields() == scope)
+                .is_some_and(|c| c.resource_fields() == resource && c.scope_fields() == scope)
         };
         if let Some(way) = set.iter().position(same) {
             set[..=way].rotate_right(1);
@@ -127,21 +90,6 @@ impl Interner {
                 return c.clone();
             }
         }
-        let mut gathered = std::mem::take(&mut self.gathered);
-        let resource = match resource.0 {
-            [whole, []] => whole,
-            _ => {
-                resource.gather(&mut gathered);
-                &gathered[..]
-            }
-        };
-        let ctx = self.lookup(slot, resource, scope);
-        self.gathered = gathered;
-        ctx
-    }
-
-    /// The table's context for these fields, or a new one; remembered in memo set `slot`.
-    fn lookup(&mut self, slot: usize, resource: &[u8], scope: &[u8]) -> Arc<SpanContext> {
         let h = self.hash(resource, scope);
         if let Some(c) = self.table.get(&h).and_then(|v| {
             v.iter()
@@ -263,39 +211,5 @@ mod tests {
         drop((a, b, c));
         i.prune();
         assert_eq!(i.len(), (0, 0), "what the memo held is pruned too");
-    }
-
-    #[test]
-    fn a_resource_in_pieces_is_the_context_of_its_pieces_gathered() {
-        let whole = b"resource-fields|schema".to_vec();
-        let mut i = Interner::default();
-        let a = i.get(&whole, b"scope");
-        // From the memo, split anywhere.
-        for at in 0..=whole.len() {
-            let (x, y) = whole.split_at(at);
-            assert!(
-                Arc::ptr_eq(&i.get_pieces(Pieces([x, y]), b"scope"), &a),
-                "{at}"
-            );
-        }
-        // Pieces of the same lengths that differ anywhere are another context.
-        let mut other = whole.clone();
-        for at in [0, 9, whole.len() - 1] {
-            other.copy_from_slice(&whole);
-            other[at] ^= 1;
-            let (x, y) = other.split_at(15);
-            let c = i.get_pieces(Pieces([x, y]), b"scope");
-            assert!(!Arc::ptr_eq(&c, &a), "{at}");
-            assert_eq!(c.resource_fields(), &other[..]);
-        }
-        // From the table: fill the memo's set (contexts of the same lengths) to push it out.
-        for n in 0..WAYS as u8 {
-            other.copy_from_slice(&whole);
-            other[0] = n;
-            i.get(&other, b"scope");
-        }
-        let (x, y) = whole.split_at(15);
-        assert!(Arc::ptr_eq(&i.get_pieces(Pieces([x, y]), b"scope"), &a));
-        assert_eq!(i.len().0, 1 + 3 + WAYS);
     }
 }

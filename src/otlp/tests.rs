@@ -360,7 +360,7 @@ fn a_context_finds_its_resource_and_scope_messages_the_last_occurrence_winning()
 }
 
 #[test]
-fn a_resource_written_in_pieces_is_one_context_of_its_fields_in_order() {
+fn a_resource_written_around_its_scope_spans_is_one_context_of_its_fields_in_order() {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     let id = trace_id(1);
     // prost writes `schema_url` (3) after the scope spans (2): the resource in two pieces.
