@@ -3,6 +3,7 @@
 //! it holds from being committed, and what the rules' probes saw in its spans as they arrived.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Completion;
 use crate::decision::Trigger;
@@ -170,7 +171,7 @@ impl TraceEntry {
 
     /// When the trace is complete, and by which trigger (the earliest wins).
     pub(super) fn deadline(&self, c: &Completion) -> (u64, Trigger) {
-        let ms = super::millis;
+        let ms = |d: Duration| d.as_millis() as u64;
         let mut best = (self.last_seen + ms(c.decision_wait), Trigger::Idle);
         if let Some(root) = self.root_seen {
             let t = root + ms(c.root_grace);

@@ -71,14 +71,6 @@ fn early(
     decides.then_some(Trigger::Early)
 }
 
-/// Whole milliseconds in `d`, in `u64` arithmetic (`Duration::as_millis` works in `u128`,
-/// several times the instructions, and this runs for every group of spans buffered).
-fn millis(d: Duration) -> u64 {
-    d.as_secs()
-        .saturating_mul(1000)
-        .saturating_add(u64::from(d.subsec_millis()))
-}
-
 /// What happened to a group of spans offered to the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ingested {
@@ -135,7 +127,7 @@ impl Buffer {
 
     /// Real milliseconds since the origin.
     fn real_ms(&self, at: Instant) -> u64 {
-        millis(at.saturating_duration_since(self.origin))
+        at.saturating_duration_since(self.origin).as_millis() as u64
     }
 
     /// `at` on the completion clock.

@@ -271,23 +271,3 @@ async fn spans_joining_in_degraded_mode_are_seen_by_the_rules() {
         Some("inventory")
     );
 }
-
-#[test]
-fn milliseconds_are_counted_as_duration_counts_them() {
-    let cases = [
-        Duration::ZERO,
-        Duration::from_nanos(999_999),
-        Duration::from_nanos(1_000_000),
-        Duration::from_millis(1_999),
-        Duration::new(59, 999_999_999),
-        Duration::from_secs(86_400 * 365 * 100),
-    ];
-    for d in cases {
-        assert_eq!(super::millis(d), d.as_millis() as u64, "{d:?}");
-    }
-    assert_eq!(
-        super::millis(Duration::MAX),
-        u64::MAX,
-        "saturates, never wraps"
-    );
-}
