@@ -9,9 +9,8 @@ use super::Completion;
 use crate::decision::Trigger;
 use crate::offsets::Holds;
 use crate::otlp::decode::TraceGroup;
-use crate::otlp::SpanContext;
+use crate::otlp::{id64, SpanContext};
 use crate::rules::Probes;
-use crate::telemetry::broken::id64;
 
 /// Fixed bytes counted per buffered trace on top of its span data and its per-context
 /// [`SpanGroup`]s: the entry, its key, its map slot at the map's usual load, its deadline-index

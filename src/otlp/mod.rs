@@ -51,6 +51,15 @@ impl Encoding {
     }
 }
 
+/// A span id as a number, for comparing ids (orphan counting): an 8-byte id (what the spec
+/// requires) as it is, any other hashed with the top bit set (so never 0).
+pub fn id64(id: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(id) {
+        Ok(a) => u64::from_be_bytes(a),
+        Err(_) => xxhash_rust::xxh3::xxh3_64(id) | 1 << 63,
+    }
+}
+
 /// A 16-byte W3C trace id.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TraceId(pub [u8; 16]);

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::buffer::TraceEntry;
+use crate::otlp::id64;
 use crate::otlp::view::SpanView;
 use crate::otlp::wire::{split_short_field, Fields};
 use crate::telemetry::red::{label, OTHER, UNKNOWN_SERVICE};
@@ -18,7 +19,7 @@ use crate::telemetry::red::{label, OTHER, UNKNOWN_SERVICE};
 /// Adds the orphan spans of a buffered trace to `out`, per service; returns whether the root
 /// is missing. A trace whose spans' parents were all answered as they arrived (see
 /// [`crate::buffer::Awaited`]) has none, and its spans are not read; the others are walked
-/// (see [`walk_entry`]).
+/// (`walk_entry`).
 pub fn inspect_entry(entry: &TraceEntry, out: &mut Vec<(Box<[u8]>, u64)>) -> bool {
     if !entry.awaited.none() {
         walk_entry(entry, out);
@@ -109,14 +110,6 @@ fn each_span(spans: &[u8], mut f: impl FnMut(&[u8])) {
 
 /// The one-byte tag of `ScopeSpans.spans` (field 2, length-delimited).
 const SPANS_TAG: u8 = 2 << 3 | 2;
-
-/// A span id as a number: an 8-byte id (what the spec requires) as it is, any other hashed.
-pub(crate) fn id64(id: &[u8]) -> u64 {
-    match <[u8; 8]>::try_from(id) {
-        Ok(a) => u64::from_be_bytes(a),
-        Err(_) => xxhash_rust::xxh3::xxh3_64(id) | 1 << 63,
-    }
-}
 
 /// A span's id and parent span id. Every SDK writes a span's fields in field-number order, and
 /// the ids are fields 2 and 4: reading stops at the first field numbered above 4, so that
