@@ -82,12 +82,13 @@ pub struct TraceEntry {
 /// were buffered: 12 % of the core path's time, for traces that nearly all have none).
 ///
 /// A span's parent is *awaited* unless it is among the spans of the same message group or a
-/// span with its id arrives later. Services export children before parents (a span is
-/// exported when it ends, and a child ends first), so in a whole trace nothing is awaited at
-/// the end. When something is (a parent that came first, in an earlier message, as a queue
-/// consumer's does; a parent that never came; more awaited at once than there is room for),
-/// orphan counting reads the spans as before: nothing awaited means no orphans, exactly, and
-/// anything else means a look.
+/// span with its id arrives later. A span is exported when it ends, and a child ends before
+/// its parent, so a whole trace whose messages arrive in that order awaits nothing at the end.
+/// When something is awaited (a parent that came first, in an earlier message, as a queue
+/// consumer's producer does, or a caller's whose exporter flushed before its callee's; a
+/// parent that never came; more awaited at once than there is room for), orphan counting
+/// reads the spans as before: nothing awaited means no orphans, exactly, and anything else
+/// means a look.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Awaited {
     ids: [u64; AWAITED],
