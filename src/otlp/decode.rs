@@ -139,28 +139,26 @@ impl<'a> GroupSpan<'a> {
     /// The span's id and its parent span id (empty when absent), as decoding found them
     /// (the last occurrence of each wins, as protobuf says).
     pub fn ids(&self) -> (&'a [u8], &'a [u8]) {
-        let slice = |(at, len): (u32, u32)| {
-            self.bytes
-                .get(at as usize..at as usize + len as usize)
-                .unwrap_or_default()
-        };
-        (slice(self.slices[0]), slice(self.slices[1]))
+        (self.slice(0), self.slice(1))
+    }
+
+    /// The field decoding found at `slices[i]` (empty when absent).
+    fn slice(&self, i: usize) -> &'a [u8] {
+        let (at, len) = self.slices[i];
+        self.bytes
+            .get(at as usize..at as usize + len as usize)
+            .unwrap_or_default()
     }
 
     /// The span as the rules read it, from what decoding found: no second walk. Times are
     /// read as decoding reads them (a varint where a fixed64 belongs still counts).
     pub fn view(&self) -> SpanView<'a> {
-        let slice = |(at, len): (u32, u32)| {
-            self.bytes
-                .get(at as usize..at as usize + len as usize)
-                .unwrap_or_default()
-        };
         SpanView {
             bytes: self.bytes,
-            span_id: slice(self.slices[0]),
-            parent_span_id: slice(self.slices[1]),
-            name: slice(self.slices[2]),
-            attrs: slice(self.slices[3]),
+            span_id: self.slice(0),
+            parent_span_id: self.slice(1),
+            name: self.slice(2),
+            attrs: self.slice(3),
             memo: None,
             kind: u64::from(self.facts.kind),
             start: self.facts.start,
