@@ -90,7 +90,7 @@ pub struct TraceEntry {
 /// caller's batch often reaches Kafka before its callee's, as a queue producer's does before
 /// its consumer's. Either order leaves a whole trace awaiting nothing. When something is
 /// awaited (a parent that never came; one that came first and was not offered, or was pushed
-/// out of the [`OFFERED`] kept; more awaited at once than there is room for), orphan
+/// out of the eight kept; more awaited at once than there is room for), orphan
 /// counting reads the spans as before: nothing awaited means no orphans, exactly, and
 /// anything else means a look.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
