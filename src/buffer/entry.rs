@@ -97,7 +97,8 @@ pub struct TraceEntry {
 pub struct Awaited {
     ids: [u64; AWAITED],
     /// Ids of spans that arrived and that a remote child arriving later may point at (see
-    /// above); the newest [`OFFERED`] when there were more.
+    /// above), up to [`OFFERED`]: once all slots are filled, a new one takes the place of an
+    /// older one, in turn.
     offered: [u64; OFFERED],
     /// How many of `ids` are awaited; [`OVERFLOW`] when more were than there is room for.
     len: u8,
