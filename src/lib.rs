@@ -84,6 +84,11 @@ pub mod stress;
 pub mod telemetry;
 pub mod yaml;
 
+/// Traffic recorded from the OpenTelemetry SDK, for tests (`tests/data/sdk-traffic.bin`).
+#[cfg(test)]
+#[path = "../tests/data/sdk_traffic.rs"]
+mod sdk_traffic;
+
 #[cfg(test)]
 mod layout {
     /// The `pub mod` names declared in a module file.

@@ -451,6 +451,58 @@ mod tests {
     }
 
     #[test]
+    fn traffic_recorded_from_the_sdk_is_counted_without_reading_its_spans() {
+        // Five services instrumented with the OpenTelemetry SDK, each exporting in batches of
+        // its own (`tests/data/sdk-traffic.bin`): a batch holds spans of many traces, and a
+        // trace's spans reach Kafka in whatever order the services' exporters flushed, a queue
+        // consumer's up to a round of batches after its producer's. Every trace is whole.
+        let recording = crate::sdk_traffic::recording();
+        let buffer = Buffer::new(Completion::default());
+        let cache = DecisionCache::new(10, std::time::Duration::from_secs(1));
+        let mut d = Decoder::new();
+        let mut spans: std::collections::HashMap<TraceId, u32> = Default::default();
+        for (i, (_, m)) in crate::sdk_traffic::messages(&recording)
+            .into_iter()
+            .enumerate()
+        {
+            d.decode(m).expect("the SDK's messages decode");
+            let hold = Arc::new(OffsetHold {
+                partition: 0,
+                offset: i as i64,
+            });
+            for g in d.groups(m) {
+                *spans.entry(g.trace_id).or_default() += g.len() as u32;
+                buffer.ingest(&g, &hold, false, Instant::now(), &cache);
+            }
+        }
+        assert!(spans.len() >= 100, "{} traces recorded", spans.len());
+        let mut unread = 0;
+        for (id, n) in &spans {
+            let drop = |_: &TraceId, _: &crate::buffer::TraceEntry| {
+                crate::decision::Decision::Drop { rule: "x".into() }
+            };
+            let (e, _) = buffer.take(id, drop).expect("buffered");
+            assert_eq!(e.span_count, *n);
+            let (mut counted, mut walked) = (Vec::new(), Vec::new());
+            let no_root = inspect_entry(&e, &mut counted);
+            walk_entry(&e, &mut walked);
+            assert!(!no_root, "{id:?} has its root");
+            assert_eq!(counted, walked, "{id:?}");
+            assert_eq!(counted, vec![], "{id:?} is whole");
+            unread += usize::from(e.awaited.none());
+        }
+        eprintln!(
+            "{unread} of {} recorded traces counted without a read",
+            spans.len()
+        );
+        assert!(
+            unread * 100 >= spans.len() * 95,
+            "{unread} of {}",
+            spans.len()
+        );
+    }
+
+    #[test]
     fn parents_that_came_first_or_too_many_at_once_are_counted_by_reading_the_spans() {
         let t = trace_id(9);
         // A span (3) arrives after its parent (2), in a later message, and the parent is an

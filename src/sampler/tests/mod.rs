@@ -5,6 +5,7 @@
 //! - [`log`]: what is recorded in the decision log and when; spans following logged decisions.
 //! - [`late`]: late spans following a cached decision; stress relief's degraded mode.
 //! - [`rebalance`]: the head join of a replay; revoked partitions.
+//! - [`sdk`]: traffic recorded from the OpenTelemetry SDK, replayed at its export times.
 //! - [`memory`]: memory relief: the oldest traces decided at the budget or during a pause;
 //!   the per-trace byte limit.
 
@@ -27,6 +28,7 @@ mod late;
 mod log;
 mod memory;
 mod rebalance;
+mod sdk;
 mod tick;
 
 /// Keeps traces with an error, drops the rest.
@@ -133,10 +135,14 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn with(rules: &str, completion: Completion, budget: Budget) -> Fixture {
-        let output = Arc::new(Collect::default());
-        let log = Arc::new(Collected::default());
         let rules =
             RuleSet::new(parse_file("rules.yaml", rules).expect("rules"), None).expect("set");
+        Fixture::with_set(rules, completion, budget)
+    }
+
+    fn with_set(rules: RuleSet, completion: Completion, budget: Budget) -> Fixture {
+        let output = Arc::new(Collect::default());
+        let log = Arc::new(Collected::default());
         let sampler = Sampler::new(
             completion,
             rules,
