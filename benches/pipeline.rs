@@ -22,20 +22,24 @@ use common::{traffic, Traffic};
 const TRACES: usize = 2_000;
 
 fn decoder(c: &mut Criterion<CpuTime>) {
-    let t = traffic(TRACES, 42);
     let mut g = c.benchmark_group("Decoder");
-    g.throughput(Throughput::Elements(t.spans));
-    g.bench_function("decode_and_group", |b| {
-        let mut d = Decoder::new();
-        b.iter(|| {
-            let mut n = 0;
-            for m in &t.messages {
-                n += d.decode(m).unwrap_or(0);
-                n += d.groups(m).count();
-            }
-            n
-        })
-    });
+    for (name, t) in [
+        ("decode_and_group", traffic(TRACES, 42)),
+        ("decode_and_group/sdk_traffic", common::sdk_traffic()),
+    ] {
+        g.throughput(Throughput::Elements(t.spans));
+        g.bench_function(name, |b| {
+            let mut d = Decoder::new();
+            b.iter(|| {
+                let mut n = 0;
+                for m in &t.messages {
+                    n += d.decode(m).unwrap_or(0);
+                    n += d.groups(m).count();
+                }
+                n
+            })
+        });
+    }
     g.finish();
 }
 
@@ -108,17 +112,29 @@ fn buffer(c: &mut Criterion<CpuTime>) {
 }
 
 fn sampler(c: &mut Criterion<CpuTime>) {
-    let t = traffic(TRACES, 42);
+    let generated = traffic(TRACES, 42);
+    let sdk = common::sdk_traffic();
     let mut g = c.benchmark_group("Sampler");
-    g.throughput(Throughput::Elements(t.spans));
     g.measurement_time(Duration::from_secs(8));
-    for (name, rules) in [
+    for (name, rules, t) in [
         (
             "ingest_decide_encode/example_rules",
             common::example_rules(),
+            &generated,
         ),
-        ("ingest_decide_encode/keep_all", common::keep_all_rules()),
+        (
+            "ingest_decide_encode/keep_all",
+            common::keep_all_rules(),
+            &generated,
+        ),
+        // The OpenTelemetry SDK's batches: many traces a message, spans in export order.
+        (
+            "ingest_decide_encode/example_rules/sdk_traffic",
+            common::example_rules(),
+            &sdk,
+        ),
     ] {
+        g.throughput(Throughput::Elements(t.spans));
         g.bench_function(name, |b| {
             b.iter_batched(
                 || common::sampler(&rules),

@@ -18,6 +18,33 @@ use tailsift::otlp::TraceId;
 use tailsift::rules::{parse_file, RuleSet};
 use tailsift::sampler::{Output, Sampler, Ticket};
 
+#[path = "../../tests/data/sdk_traffic.rs"]
+mod sdk_traffic;
+
+/// Traffic recorded from the OpenTelemetry SDK (`tests/data/sdk-traffic.bin`: five services,
+/// each exporting with the SDK's `BatchSpanProcessor` at its defaults), its messages in export
+/// order: batches of the spans of many traces, 13 spans a trace of about 200 bytes each.
+pub fn sdk_traffic() -> Traffic {
+    let recording = sdk_traffic::recording();
+    let messages: Vec<Vec<u8>> = sdk_traffic::messages(&recording)
+        .into_iter()
+        .map(|(_, m)| m.to_vec())
+        .collect();
+    let mut d = tailsift::otlp::decode::Decoder::new();
+    let mut traces = std::collections::HashSet::new();
+    let mut spans = 0;
+    for m in &messages {
+        spans += d.decode(m).expect("the SDK's messages decode") as u64;
+        traces.extend(d.groups(m).map(|g| g.trace_id));
+    }
+    Traffic {
+        bytes: messages.iter().map(|m| m.len() as u64).sum(),
+        messages,
+        spans,
+        traces: traces.len() as u64,
+    }
+}
+
 /// Traces whose messages are interleaved with each other.
 pub const IN_FLIGHT: usize = 1_000;
 
