@@ -37,6 +37,7 @@ mod rules_pipeline;
 mod rules_reload;
 mod sasl;
 mod scale_out;
+mod sdk_traffic;
 mod secrets;
 mod stress;
 mod tls;
