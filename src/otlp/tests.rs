@@ -526,3 +526,30 @@ fn a_trace_id_in_hex_is_32_lowercase_characters_first_byte_first() {
     assert_eq!(TraceId(id).to_hex(), "ab000000000000000000000000000001");
     assert_eq!(TraceId([0xff; 16]).to_hex(), "f".repeat(32));
 }
+
+proptest! {
+    /// An SDK's batch interleaves the spans of many traces: each trace comes out as one group
+    /// of its spans in the order they arrived, whatever the interleaving.
+    #[test]
+    fn interleaved_traces_are_grouped_each_in_arrival_order(
+        picks in proptest::collection::vec(0u64..12, 1..200)
+    ) {
+        // Span i belongs to trace picks[i]; the ids' bytes sort in another order than picks.
+        let spans: Vec<Span> = (picks.iter().enumerate())
+            .map(|(i, &t)| span(trace_id((t * 0x9e37_79b9_7f4a) ^ 0x55), i as u64 + 1, None, "s", 1, 2))
+            .collect();
+        let payload = request("svc", spans.clone());
+        let mut d = Decoder::new();
+        prop_assert_eq!(d.decode(&payload), Ok(spans.len()));
+        let mut want: std::collections::BTreeMap<TraceId, Vec<Vec<u8>>> = Default::default();
+        for s in &spans {
+            let id = TraceId::from_slice(&s.trace_id).expect("id");
+            want.entry(id).or_default().push(s.encode_to_vec());
+        }
+        let groups = group_bytes(&d, &payload);
+        prop_assert_eq!(groups.len(), want.len(), "one group a trace");
+        for (id, got) in groups {
+            prop_assert_eq!(Some(&got), want.get(&id));
+        }
+    }
+}
