@@ -23,7 +23,7 @@ The result is committed as `tests/data/sdk-traffic.bin` and read by tests and be
 run this to record it again (needs `opentelemetry-sdk` and
 `opentelemetry-exporter-otlp-proto-common`):
 
-    python3 scripts/sdk-traffic/record.py --traces 200 --out tests/data/sdk-traffic.bin
+    python3 scripts/sdk-traffic/record.py --traces 120 --rate 6 --out tests/data/sdk-traffic.bin
 """
 
 import argparse
