@@ -1,7 +1,8 @@
 //! The end-to-end benchmark's helpers (driven by `scripts/bench-e2e.sh`; see BENCHMARKS.md).
 //!
 //! - `load`: creates the input topic and fills it with generated traces (OTLP protobuf, keyed
-//!   by trace id as the Collector's kafka exporter does), then prints what it wrote as JSON.
+//!   by trace id as the Collector's kafka exporter does), or with the SDK recording's batches
+//!   (`--traffic sdk`), then prints what it wrote as JSON.
 //! - `passthrough`: the ceiling Kafka and librdkafka set: consume every message of the input
 //!   topic and produce it unchanged to an output topic, no decoding, no buffering; it prints
 //!   the time from the first message consumed to the last one acknowledged.
@@ -53,6 +54,12 @@ enum Command {
         /// Spans to write (whole traces: a few more at most).
         #[arg(long)]
         spans: u64,
+        /// `generated`: each service's spans of one trace a message, keyed by trace id.
+        /// `sdk`: the batches recorded from the OpenTelemetry SDK (`tests/data/sdk-traffic.bin`,
+        /// the spans of many traces a message, interleaved), replayed as often as needed with
+        /// new trace ids each time, unkeyed as an SDK's exporter writes them.
+        #[arg(long, default_value = "generated")]
+        traffic: String,
     },
     Passthrough {
         #[arg(long)]
@@ -76,6 +83,11 @@ enum Command {
         /// Spans to wait for (what `load` wrote).
         #[arg(long)]
         spans: u64,
+        /// Traces to wait for decisions on (what `load` wrote): the buffered-traces gauge is
+        /// published on the commit tick, so a run shorter than a tick would read it as
+        /// drained before anything was decided.
+        #[arg(long, default_value_t = 0)]
+        traces: u64,
         #[arg(long, default_value_t = 900)]
         timeout_secs: u64,
     },
@@ -116,7 +128,12 @@ fn main() -> anyhow::Result<()> {
             topic,
             partitions,
             spans,
-        } => load(&brokers, &topic, partitions, spans),
+            traffic,
+        } => match traffic.as_str() {
+            "generated" => load(&brokers, &topic, partitions, spans),
+            "sdk" => load_sdk(&brokers, &topic, partitions, spans),
+            other => bail!("--traffic {other}: generated or sdk"),
+        },
         Command::Passthrough {
             brokers,
             input,
@@ -128,8 +145,14 @@ fn main() -> anyhow::Result<()> {
             metrics,
             pid,
             spans,
+            traces,
             timeout_secs,
-        } => watch(&metrics, pid, spans, Duration::from_secs(timeout_secs)),
+        } => watch(
+            &metrics,
+            pid,
+            (spans, traces),
+            Duration::from_secs(timeout_secs),
+        ),
         Command::Readback { brokers, decisions } => readback(&brokers, decisions),
         Command::Logwrite {
             brokers,
@@ -405,6 +428,67 @@ fn load(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Resu
     Ok(())
 }
 
+#[path = "../tests/data/sdk_traffic.rs"]
+mod sdk_traffic;
+
+/// The SDK recording's batches, replayed until `spans` are written: replay `r` XORs `r` into
+/// the low half of every trace id (the half sampling reads), so each replay's traces are new
+/// ones and as varied. The batches keep their shape: one service's resource, spans of many
+/// traces interleaved, the queue worker's late spans in later batches.
+fn load_sdk(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Result<()> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+
+    create_topic(brokers, topic, partitions)?;
+    let p = producer(brokers)?;
+    let recording = sdk_traffic::recording();
+    let batches = sdk_traffic::messages(&recording)
+        .into_iter()
+        .map(|(_, m)| ExportTraceServiceRequest::decode(m))
+        .collect::<Result<Vec<_>, _>>()
+        .context("decoding the SDK recording")?;
+    let mut d = Decoder::new();
+    let (mut written, mut messages, mut bytes, mut span_bytes) = (0, 0, 0, 0);
+    let mut ids = std::collections::HashSet::new();
+    let start = Instant::now();
+    let mut replay = 0u64;
+    while written < spans {
+        for batch in &batches {
+            let mut batch = batch.clone();
+            let each = (batch.resource_spans.iter_mut())
+                .flat_map(|rs| rs.scope_spans.iter_mut())
+                .flat_map(|ss| ss.spans.iter_mut());
+            for s in each {
+                if let Some(low) = s.trace_id.get_mut(8..16) {
+                    let x = u64::from_be_bytes(low.try_into()?) ^ replay;
+                    low.copy_from_slice(&x.to_be_bytes());
+                }
+                if replay == 0 {
+                    ids.insert(s.trace_id.clone());
+                }
+            }
+            let m = batch.encode_to_vec();
+            let n = d.decode(&m).context("a replayed batch")?;
+            for g in d.groups(&m) {
+                span_bytes += g.spans().map(|s| s.field.len() as u64).sum::<u64>();
+            }
+            send(&p, topic, b"", &m);
+            written += n as u64;
+            messages += 1;
+            bytes += m.len() as u64;
+        }
+        replay += 1;
+    }
+    p.flush(Duration::from_secs(300))
+        .context("flushing the loaded messages")?;
+    let traces = ids.len() as u64 * replay;
+    println!(
+        "{{\"messages\":{messages},\"spans\":{written},\"traces\":{traces},\"bytes\":{bytes},\"span_bytes\":{span_bytes},\"seconds\":{:.3}}}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn passthrough(
     brokers: &str,
     input: &str,
@@ -569,7 +653,12 @@ fn latency_buckets(metrics: &[(String, f64)]) -> Vec<(f64, f64)> {
     out
 }
 
-fn watch(addr: &str, pid: u32, spans: u64, timeout: Duration) -> anyhow::Result<()> {
+fn watch(
+    addr: &str,
+    pid: u32,
+    (spans, traces_loaded): (u64, u64),
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let baseline = loop {
         if scrape(addr).is_ok() {
@@ -610,7 +699,8 @@ fn watch(addr: &str, pid: u32, spans: u64, timeout: Duration) -> anyhow::Result<
         if done.is_none() && received >= spans as f64 {
             done = Some(now);
         }
-        if done.is_some() && traces == 0.0 {
+        let decided = sum(&m, "tailsift_traces_decided_total");
+        if done.is_some() && traces == 0.0 && decided >= traces_loaded as f64 {
             let buckets = latency_buckets(&m);
             let ms = |p| percentile(&buckets, p).map_or(-1.0, |s| s * 1e3);
             let (first, done) = (first.unwrap_or(0.0), done.unwrap_or(0.0));

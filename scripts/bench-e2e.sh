@@ -4,6 +4,7 @@
 #
 #   scripts/bench-e2e.sh                         # 2 000 000 spans, 2 rounds of each
 #   TAILSIFT_E2E_SPANS=200000 scripts/bench-e2e.sh   # a quick run
+#   TAILSIFT_E2E_TRAFFIC=sdk scripts/bench-e2e.sh    # the SDK recording's batches, replayed
 #
 # Starts its own nisshi broker (memory storage) on a free port, builds in release mode, and
 # writes every raw result to target/bench-e2e/ (results.jsonl, logs).
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 SPANS=${TAILSIFT_E2E_SPANS:-2000000}
 ROUNDS=${TAILSIFT_E2E_ROUNDS:-2}
 PARTITIONS=${TAILSIFT_E2E_PARTITIONS:-6}
+TRAFFIC=${TAILSIFT_E2E_TRAFFIC:-generated}
 OUT=target/bench-e2e
 mkdir -p "$OUT"
 rm -f "$OUT/results.jsonl"
@@ -55,15 +57,16 @@ for _ in $(seq 1 100); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
   sleep 0.1
 done
-echo "nisshi on $BROKERS; loading $SPANS spans into $PARTITIONS partitions"
+echo "nisshi on $BROKERS; loading $SPANS spans ($TRAFFIC traffic) into $PARTITIONS partitions"
 
 RUN=$(date +%s)
 INPUT="e2e-in-$RUN"
-LOAD=$("$E2E" load --brokers "$BROKERS" --topic "$INPUT" --partitions "$PARTITIONS" --spans "$SPANS")
+LOAD=$("$E2E" load --brokers "$BROKERS" --topic "$INPUT" --partitions "$PARTITIONS" --spans "$SPANS" --traffic "$TRAFFIC")
 echo "{\"kind\":\"load\",\"result\":$LOAD}" >>"$OUT/results.jsonl"
 echo "loaded: $LOAD"
 MESSAGES=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['messages'])" "$LOAD")
 LOADED_SPANS=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['spans'])" "$LOAD")
+LOADED_TRACES=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['traces'])" "$LOAD")
 
 for round in $(seq 1 "$ROUNDS"); do
   # Pass-through.
@@ -101,7 +104,7 @@ YAML
     "$BIN/tailsift" run --config "$OUT/tailsift-$round-$variant.yaml" >"$OUT/tailsift-$round-$variant.log" 2>&1 &
     TS=$!
     PIDS+=($TS)
-    W=$("$E2E" watch --metrics "127.0.0.1:$HTTP" --pid "$TS" --spans "$LOADED_SPANS")
+    W=$("$E2E" watch --metrics "127.0.0.1:$HTTP" --pid "$TS" --spans "$LOADED_SPANS" --traces "$LOADED_TRACES")
     # CPU seconds by thread name, before it stops (where the process's CPU went).
     THREADS=$(python3 - "$TS" <<'PY'
 import json, os, sys
