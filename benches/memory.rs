@@ -1,12 +1,15 @@
 //! Resident memory per buffered span, against the spans' encoded size.
 //!
-//! Run with `cargo bench --bench memory [-- TRACES]` (default 50 000 traces). It buffers
+//! Run with `cargo bench --bench memory [-- [sdk] TRACES]` (default 50 000 traces). It buffers
 //! realistic traces from the demo generator (checkouts of about 10 spans of about 300-400
 //! bytes, one message per service, as the Collector's kafka exporter sends them keyed by
 //! trace id) in the sampler's buffer, with completion times that never fire, and reads the
 //! process's resident memory (`VmRSS` in `/proc/self/status`) before and after. The messages
 //! are generated, ingested and freed one trace at a time, as consumed Kafka messages are, so
-//! the allocator's fragmentation is part of the figure. Then the same for the decision cache.
+//! the allocator's fragmentation is part of the figure. With `sdk`, the traces are the SDK
+//! recording's (`tests/data/sdk-traffic.bin`), replayed with new trace ids until there are as
+//! many: batches of many traces' spans, about 200 bytes each, a trace's spans arriving over
+//! several batches. Then the same for the decision cache.
 //!
 //! The target: at most 1.3x the encoded span bytes plus 100 bytes per trace.
 //! Allocation sizes do not depend on the build profile, so `--profile dev` gives the same
@@ -39,6 +42,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(50_000);
+    let sdk = std::env::args().any(|a| a == "sdk");
     let never = Duration::from_secs(3600);
     let sampler = Sampler::new(
         Completion {
@@ -64,11 +68,21 @@ fn main() {
     trim();
     let before = common::rss();
     let (mut spans, mut span_bytes, mut message_bytes) = (0u64, 0u64, 0u64);
-    for i in 0..traces {
-        let t = gen.next_trace(1_700_000_000_000_000_000 + i as u64 * 1_000_000);
-        for (offset, msg) in t.messages.iter().enumerate() {
+    let recording = sdk.then(common::sdk_recording);
+    let (mut buffered, mut step) = (0, 0u64);
+    while buffered < traces {
+        // One trace's messages, or one replay of the recording's batches.
+        let messages = match &recording {
+            Some(r) => common::sdk_replayed(r, step),
+            None => {
+                let t = gen.next_trace(1_700_000_000_000_000_000 + step * 1_000_000);
+                t.messages
+            }
+        };
+        step += 1;
+        for (offset, msg) in messages.iter().enumerate() {
             message_bytes += msg.len() as u64;
-            decoder.decode(msg).expect("generated messages decode");
+            decoder.decode(msg).expect("the messages decode");
             for g in decoder.groups(msg) {
                 for s in g.spans() {
                     spans += 1;
@@ -83,16 +97,24 @@ fn main() {
                 .ingest(&mut decoder, msg, &hold, false, now)
                 .expect("ingest");
         }
+        buffered = sampler.buffered_traces();
     }
+    let traces = buffered;
     trim();
     let after = common::rss();
-    assert_eq!(sampler.buffered_traces(), traces, "every trace is buffered");
+    // Every trace stays buffered (none decided): the count grew by whole traces.
+    assert_eq!(sampler.buffered_traces(), traces);
     let resident = after.saturating_sub(before);
     let counted = sampler.buffered_bytes();
     let n = traces as f64;
     let target = 1.3 * span_bytes as f64 + 100.0 * n;
     println!(
-        "buffer: {traces} traces, {spans} spans ({:.1} spans/trace)",
+        "buffer ({}): {traces} traces, {spans} spans ({:.1} spans/trace)",
+        if sdk {
+            "the SDK recording"
+        } else {
+            "generated"
+        },
         spans as f64 / n
     );
     println!(

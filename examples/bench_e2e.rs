@@ -431,46 +431,25 @@ fn load(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Resu
 #[path = "../tests/data/sdk_traffic.rs"]
 mod sdk_traffic;
 
-/// The SDK recording's batches, replayed until `spans` are written: replay `r` XORs `r` into
-/// the low half of every trace id (the half sampling reads), so each replay's traces are new
-/// ones and as varied. The batches keep their shape: one service's resource, spans of many
-/// traces interleaved, the queue worker's late spans in later batches.
+/// The SDK recording's batches, replayed until `spans` are written, each replay's traces new
+/// ones (`sdk_traffic::replayed`).
 fn load_sdk(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Result<()> {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use prost::Message as _;
-
     create_topic(brokers, topic, partitions)?;
     let p = producer(brokers)?;
     let recording = sdk_traffic::recording();
-    let batches = sdk_traffic::messages(&recording)
-        .into_iter()
-        .map(|(_, m)| ExportTraceServiceRequest::decode(m))
-        .collect::<Result<Vec<_>, _>>()
-        .context("decoding the SDK recording")?;
     let mut d = Decoder::new();
     let (mut written, mut messages, mut bytes, mut span_bytes) = (0, 0, 0, 0);
     let mut ids = std::collections::HashSet::new();
     let start = Instant::now();
     let mut replay = 0u64;
     while written < spans {
-        for batch in &batches {
-            let mut batch = batch.clone();
-            let each = (batch.resource_spans.iter_mut())
-                .flat_map(|rs| rs.scope_spans.iter_mut())
-                .flat_map(|ss| ss.spans.iter_mut());
-            for s in each {
-                if let Some(low) = s.trace_id.get_mut(8..16) {
-                    let x = u64::from_be_bytes(low.try_into()?) ^ replay;
-                    low.copy_from_slice(&x.to_be_bytes());
-                }
-                if replay == 0 {
-                    ids.insert(s.trace_id.clone());
-                }
-            }
-            let m = batch.encode_to_vec();
+        for m in sdk_traffic::replayed(&recording, replay) {
             let n = d.decode(&m).context("a replayed batch")?;
             for g in d.groups(&m) {
                 span_bytes += g.spans().map(|s| s.field.len() as u64).sum::<u64>();
+                if replay == 0 {
+                    ids.insert(g.trace_id);
+                }
             }
             send(&p, topic, b"", &m);
             written += n as u64;

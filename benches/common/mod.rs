@@ -45,6 +45,16 @@ pub fn sdk_traffic() -> Traffic {
     }
 }
 
+/// The SDK recording, as committed (for [`sdk_replayed`]).
+pub fn sdk_recording() -> Vec<u8> {
+    sdk_traffic::recording()
+}
+
+/// The recording's batches with new trace ids for each `replay` (see the reader's `replayed`).
+pub fn sdk_replayed(recording: &[u8], replay: u64) -> Vec<Vec<u8>> {
+    sdk_traffic::replayed(recording, replay)
+}
+
 /// Traces whose messages are interleaved with each other.
 pub const IN_FLIGHT: usize = 1_000;
 

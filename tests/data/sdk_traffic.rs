@@ -30,3 +30,32 @@ pub fn messages(recording: &[u8]) -> Vec<(u32, &[u8])> {
     assert!(rest.is_empty(), "trailing bytes");
     out
 }
+
+/// The recording's batches as replay `replay` sends them: every span's trace id with `replay`
+/// XORed into its low eight bytes (the half sampling reads), so that each replay's traces are
+/// new ones, and as varied; the batches otherwise as recorded (one service's resource, spans
+/// of many traces interleaved, the queue worker's late spans in later batches). Replay 0 is
+/// the recording itself, re-encoded.
+#[allow(dead_code)] // not every includer replays
+pub fn replayed(recording: &[u8], replay: u64) -> Vec<Vec<u8>> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+
+    messages(recording)
+        .into_iter()
+        .map(|(_, m)| {
+            let mut batch = ExportTraceServiceRequest::decode(m).expect("the SDK's protobuf");
+            let spans = (batch.resource_spans.iter_mut())
+                .flat_map(|rs| rs.scope_spans.iter_mut())
+                .flat_map(|ss| ss.spans.iter_mut());
+            for s in spans {
+                if let Some(low) = s.trace_id.get_mut(8..16) {
+                    for (b, r) in low.iter_mut().zip(replay.to_be_bytes()) {
+                        *b ^= r;
+                    }
+                }
+            }
+            batch.encode_to_vec()
+        })
+        .collect()
+}

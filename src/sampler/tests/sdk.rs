@@ -126,3 +126,59 @@ async fn sdk_traffic_at_its_export_times_keeps_whole_traces_late_spans_included(
         kept.len()
     );
 }
+
+/// The benchmarks replay the recording many times over (`sdk_traffic::replayed`): each replay
+/// must be new traces of the recording's shape, or they would measure late spans of decided
+/// traces, or traces larger than recorded.
+#[test]
+fn each_replay_of_the_recording_is_new_traces_of_the_same_shape() {
+    let recording = crate::sdk_traffic::recording();
+    let original = crate::sdk_traffic::messages(&recording);
+    // Spans a trace, and the (message, spans) it has in each message, as the decoder groups.
+    let shape = |messages: &[&[u8]]| {
+        let mut d = crate::otlp::decode::Decoder::new();
+        let mut traces: HashMap<TraceId, Vec<(usize, usize)>> = HashMap::new();
+        for (i, m) in messages.iter().enumerate() {
+            d.decode(m).expect("decodes");
+            for g in d.groups(m) {
+                traces.entry(g.trace_id).or_default().push((i, g.len()));
+            }
+        }
+        traces
+    };
+    let recorded = shape(&original.iter().map(|(_, m)| *m).collect::<Vec<_>>());
+    let mut seen: HashSet<TraceId> = recorded.keys().copied().collect();
+    for replay in [0, 1, 7, 1 << 40] {
+        let messages = crate::sdk_traffic::replayed(&recording, replay);
+        assert_eq!(messages.len(), original.len());
+        let replayed = shape(&messages.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert_eq!(
+            replayed.len(),
+            recorded.len(),
+            "replay {replay}: as many traces"
+        );
+        // The same trace shapes, trace for trace (the id's high half is kept).
+        let mut want: Vec<_> = recorded
+            .iter()
+            .map(|(id, s)| (id.0[..8].to_vec(), s))
+            .collect();
+        let mut got: Vec<_> = replayed
+            .iter()
+            .map(|(id, s)| (id.0[..8].to_vec(), s))
+            .collect();
+        want.sort();
+        got.sort();
+        assert_eq!(
+            got, want,
+            "replay {replay}: the same traces' spans in the same batches"
+        );
+        if replay > 0 {
+            for id in replayed.keys() {
+                assert!(
+                    seen.insert(*id),
+                    "replay {replay}: {id:?} is not a new trace"
+                );
+            }
+        }
+    }
+}
