@@ -16,11 +16,13 @@ use crate::rules::Probes;
 /// [`SpanGroup`]s: the entry, its key, its map slot at the map's usual load, its deadline-index
 /// entry, the spilled group list and the allocator's headers. Measured, not derived: with
 /// `cargo bench --bench memory` (traces of ~9 spans over ~6 services) resident memory exceeded
-/// the span and group bytes by 716 bytes per trace (544 before the entry carried its offset
+/// the span and group bytes by 666 bytes per trace (544 before the entry carried its offset
 /// ranges for the head marks, 580 before it kept the parents it awaits, [`Awaited`]: 52 bytes
-/// more, and 632 before it kept the spans remote children point at: 84 more; each measured
-/// against the build before it in one session).
-pub const TRACE_OVERHEAD: usize = 716;
+/// more, 632 before it kept the spans remote children point at: 84 more, and 716 before its
+/// group list grew by half rather than doubled past four contexts: 50 less; each measured
+/// against the build before it in one session). On the SDK recording (`-- sdk`: 12.8 spans
+/// over 5 services) it counts 17 bytes a trace more than is resident.
+pub const TRACE_OVERHEAD: usize = 666;
 
 /// Spans of one trace that arrived under one resource and scope.
 #[derive(Debug)]
@@ -280,6 +282,12 @@ impl TraceEntry {
                         // A trace that crosses services usually crosses several: one
                         // allocation for up to four contexts rather than one per doubling.
                         self.groups.reserve_exact(3);
+                    } else if self.groups.len() == self.groups.capacity() {
+                        // Then by half, not double: a trace of five or six services (as
+                        // checkouts are) fits six, and doubling to eight left 64 bytes of
+                        // every such trace unused, which is what kept the SDK recording's
+                        // small spans over the memory target (BENCHMARKS.md).
+                        self.groups.reserve_exact(self.groups.len() / 2);
                     }
                     added += span.context.budget_size() + std::mem::size_of::<SpanGroup>();
                     self.groups.push(SpanGroup {

@@ -271,3 +271,49 @@ async fn spans_joining_in_degraded_mode_are_seen_by_the_rules() {
         Some("inventory")
     );
 }
+
+/// The group list grows past its first four contexts by half (4, 6, 9, 13...): a trace over
+/// more services than any of those sizes keeps every service's spans in its own group, in
+/// the order the services came, whatever the growth steps.
+#[tokio::test(start_paused = true)]
+async fn a_trace_over_many_services_keeps_each_services_spans_in_its_own_group() {
+    let (b, c) = (buffer(1000), cache());
+    let t = trace_id(6);
+    let services: Vec<String> = (0..14).map(|i| format!("svc-{i}")).collect();
+    for round in 0..2u64 {
+        for (i, svc) in services.iter().enumerate() {
+            let id = 100 * round + i as u64 + 2;
+            let spans = vec![span(t, id, Some(1), svc, 1, 2)];
+            assert_eq!(
+                ingest(&b, &c, &request(svc, spans)),
+                vec![Ingested::Buffered]
+            );
+        }
+    }
+    let (entry, _) = b
+        .take(&crate::otlp::TraceId(t), |_, _| Decision::Drop {
+            rule: "r".into(),
+        })
+        .expect("buffered");
+    assert_eq!(entry.span_count, 28);
+    let names: Vec<&[u8]> = (entry.groups.iter())
+        .map(|g| g.ctx.service_name().unwrap_or_default())
+        .collect();
+    let want: Vec<&[u8]> = services.iter().map(|s| s.as_bytes()).collect();
+    assert_eq!(names, want, "one group a service, in the order they came");
+    for (i, g) in entry.groups.iter().enumerate() {
+        // Each group holds its service's two spans' encoded bytes, in the order they came.
+        let field = |id: u64| {
+            let one = request(&services[i], vec![span(t, id, Some(1), &services[i], 1, 2)]);
+            let mut d = Decoder::new();
+            d.decode(&one).expect("decodes");
+            let bytes: Vec<Vec<u8>> = d
+                .groups(&one)
+                .flat_map(|g| g.spans().map(|s| s.field.to_vec()).collect::<Vec<_>>())
+                .collect();
+            bytes.concat()
+        };
+        let want = [field(i as u64 + 2), field(100 + i as u64 + 2)].concat();
+        assert_eq!(g.spans, want, "group {i}");
+    }
+}
