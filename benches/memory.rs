@@ -89,8 +89,10 @@ fn main() {
                     span_bytes += s.bytes.len() as u64;
                 }
             }
+            // Generated messages are keyed by trace id (a trace's share a partition); the
+            // SDK's batches are not, and go round six partitions.
             let hold = Arc::new(OffsetHold {
-                partition: 0,
+                partition: if sdk { (offset % 6) as u32 } else { 0 },
                 offset: offset as i64,
             });
             sampler

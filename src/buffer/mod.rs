@@ -299,8 +299,21 @@ impl Buffer {
                 *r = (r.0.min(offset), r.1.max(offset));
             }
             None => {
+                let before = holds_heap_bytes(e);
+                if e.holds.len() == 1 && !e.holds.spilled() {
+                    // A trace whose spans come in more than one partition (an SDK's batches,
+                    // unkeyed) usually comes in several: one allocation for up to four rather
+                    // than one per doubling, for the holds and for their ranges.
+                    e.holds.reserve_exact(3);
+                    e.ranges.reserve_exact(3);
+                }
                 e.holds.push(hold.hold());
                 e.ranges.push((offset, offset));
+                // [`TRACE_OVERHEAD`] covers a trace in one partition: the budget also counts
+                // the lists that hold more.
+                let grown = holds_heap_bytes(e) - before;
+                e.bytes = e.bytes.saturating_add(grown as u32);
+                self.bytes.fetch_add(grown as i64, Ordering::Relaxed);
             }
         }
         if let Some(trigger) = self
@@ -458,6 +471,25 @@ impl Buffer {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed).max(0) as u64
     }
+}
+
+/// Heap bytes of a trace's offset holds and their ranges once they spill out of the entry
+/// (more than one partition), with the allocator's 16-byte header for each of the two.
+fn holds_heap_bytes(e: &TraceEntry) -> usize {
+    const HEADER: usize = 16;
+    let heap = |spilled: bool, capacity: usize, size: usize| match spilled {
+        true => capacity * size + HEADER,
+        false => 0,
+    };
+    heap(
+        e.holds.spilled(),
+        e.holds.capacity(),
+        std::mem::size_of::<std::sync::Arc<crate::offsets::OffsetHold>>(),
+    ) + heap(
+        e.ranges.spilled(),
+        e.ranges.capacity(),
+        std::mem::size_of::<(i64, i64)>(),
+    )
 }
 
 #[cfg(test)]

@@ -317,3 +317,51 @@ async fn a_trace_over_many_services_keeps_each_services_spans_in_its_own_group()
         assert_eq!(g.spans, want, "group {i}");
     }
 }
+
+/// A trace whose spans come in several partitions (an SDK's batches, unkeyed) holds an
+/// offset in each, kept beside the entry once there is more than one: the budget counts
+/// those lists too, and gives every byte back when the trace is taken.
+#[tokio::test(start_paused = true)]
+async fn holds_in_several_partitions_are_counted_against_the_budget() {
+    let c = cache();
+    // The same two spans: in one partition, then in two, three and six.
+    let mut counted = Vec::new();
+    for partitions in [1, 2, 3, 6] {
+        let b = buffer(100);
+        let t = trace_id(7);
+        let mut d = Decoder::new();
+        let mut held = Vec::new();
+        for i in 0..6u64 {
+            let p = request("a", vec![span(t, i + 2, Some(1), "s", 1, 2)]);
+            let h = Arc::new(OffsetHold {
+                partition: (i % partitions) as u32,
+                offset: i as i64,
+            });
+            d.decode(&p).unwrap();
+            for g in d.groups(&p) {
+                b.ingest(&g, &h, false, Instant::now(), &c);
+            }
+            held.push(h);
+        }
+        let strong: usize = held.iter().map(|h| Arc::strong_count(h) - 1).sum();
+        assert_eq!(strong as u64, partitions, "one hold a partition");
+        counted.push(b.bytes());
+        drop(b.take(&crate::otlp::TraceId(t), |_, _| Decision::Drop {
+            rule: "r".into(),
+        }));
+        assert_eq!(
+            b.bytes(),
+            0,
+            "{partitions} partitions: every byte given back"
+        );
+    }
+    assert!(
+        counted[1] > counted[0],
+        "a second partition is counted: {counted:?}"
+    );
+    assert_eq!(
+        counted[2], counted[1],
+        "up to four share one allocation: {counted:?}"
+    );
+    assert!(counted[3] > counted[2], "past four, more: {counted:?}");
+}
