@@ -129,11 +129,7 @@ fn main() -> anyhow::Result<()> {
             partitions,
             spans,
             traffic,
-        } => match traffic.as_str() {
-            "generated" => load(&brokers, &topic, partitions, spans),
-            "sdk" => load_sdk(&brokers, &topic, partitions, spans),
-            other => bail!("--traffic {other}: generated or sdk"),
-        },
+        } => load(&brokers, &topic, partitions, spans, &traffic),
         Command::Passthrough {
             brokers,
             input,
@@ -396,71 +392,56 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], p
     }
 }
 
-fn load(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Result<()> {
+#[path = "../tests/data/sdk_traffic.rs"]
+mod sdk_traffic;
+
+/// Writes `spans` spans (whole traces, or whole replays: a few more at most) of `traffic`:
+/// generated traces, each keyed by its id, or the SDK recording's batches replayed, each
+/// replay's traces new ones (`sdk_traffic::replayed`), unkeyed.
+fn load(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    spans: u64,
+    traffic: &str,
+) -> anyhow::Result<()> {
+    let recording = match traffic {
+        "generated" => None,
+        "sdk" => Some(sdk_traffic::recording()),
+        other => bail!("--traffic {other}: generated or sdk"),
+    };
     create_topic(brokers, topic, partitions)?;
     let p = producer(brokers)?;
     let mut gen = Generator::new(GeneratorConfig::default(), 1);
     let mut d = Decoder::new();
     let (mut written, mut messages, mut traces, mut bytes, mut span_bytes) = (0, 0, 0, 0, 0);
+    let mut ids = std::collections::HashSet::new();
     let start = Instant::now();
+    let mut step = 0u64;
     while written < spans {
-        let t = gen.next_trace(1_700_000_000_000_000_000 + traces * 1_000_000);
-        let key = TraceId(t.trace_id).to_hex();
-        for m in &t.messages {
-            if d.decode(m).is_ok() {
-                for g in d.groups(m) {
-                    span_bytes += g.spans().map(|s| s.field.len() as u64).sum::<u64>();
-                }
+        let (key, batch) = match &recording {
+            None => {
+                let t = gen.next_trace(1_700_000_000_000_000_000 + step * 1_000_000);
+                (TraceId(t.trace_id).to_hex(), t.messages)
+            }
+            Some(r) => (String::new(), sdk_traffic::replayed(r, step)),
+        };
+        step += 1;
+        ids.clear();
+        for m in &batch {
+            written += d.decode(m).context("a loaded message")? as u64;
+            for g in d.groups(m) {
+                span_bytes += g.spans().map(|s| s.field.len() as u64).sum::<u64>();
+                ids.insert(g.trace_id);
             }
             send(&p, topic, key.as_bytes(), m);
             messages += 1;
             bytes += m.len() as u64;
         }
-        written += t.span_count as u64;
-        traces += 1;
+        traces += ids.len() as u64;
     }
     p.flush(Duration::from_secs(300))
         .context("flushing the loaded messages")?;
-    println!(
-        "{{\"messages\":{messages},\"spans\":{written},\"traces\":{traces},\"bytes\":{bytes},\"span_bytes\":{span_bytes},\"seconds\":{:.3}}}",
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-#[path = "../tests/data/sdk_traffic.rs"]
-mod sdk_traffic;
-
-/// The SDK recording's batches, replayed until `spans` are written, each replay's traces new
-/// ones (`sdk_traffic::replayed`).
-fn load_sdk(brokers: &str, topic: &str, partitions: i32, spans: u64) -> anyhow::Result<()> {
-    create_topic(brokers, topic, partitions)?;
-    let p = producer(brokers)?;
-    let recording = sdk_traffic::recording();
-    let mut d = Decoder::new();
-    let (mut written, mut messages, mut bytes, mut span_bytes) = (0, 0, 0, 0);
-    let mut ids = std::collections::HashSet::new();
-    let start = Instant::now();
-    let mut replay = 0u64;
-    while written < spans {
-        for m in sdk_traffic::replayed(&recording, replay) {
-            let n = d.decode(&m).context("a replayed batch")?;
-            for g in d.groups(&m) {
-                span_bytes += g.spans().map(|s| s.field.len() as u64).sum::<u64>();
-                if replay == 0 {
-                    ids.insert(g.trace_id);
-                }
-            }
-            send(&p, topic, b"", &m);
-            written += n as u64;
-            messages += 1;
-            bytes += m.len() as u64;
-        }
-        replay += 1;
-    }
-    p.flush(Duration::from_secs(300))
-        .context("flushing the loaded messages")?;
-    let traces = ids.len() as u64 * replay;
     println!(
         "{{\"messages\":{messages},\"spans\":{written},\"traces\":{traces},\"bytes\":{bytes},\"span_bytes\":{span_bytes},\"seconds\":{:.3}}}",
         start.elapsed().as_secs_f64()

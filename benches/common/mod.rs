@@ -18,15 +18,16 @@ use tailsift::otlp::TraceId;
 use tailsift::rules::{parse_file, RuleSet};
 use tailsift::sampler::{Output, Sampler, Ticket};
 
+/// The SDK recording's reader (`recording`, `messages`, `replayed`).
 #[path = "../../tests/data/sdk_traffic.rs"]
-mod sdk_traffic;
+pub mod recording;
 
 /// Traffic recorded from the OpenTelemetry SDK (`tests/data/sdk-traffic.bin`: five services,
 /// each exporting with the SDK's `BatchSpanProcessor` at its defaults), its messages in export
 /// order: batches of the spans of many traces, 13 spans a trace of about 200 bytes each.
 pub fn sdk_traffic() -> Traffic {
-    let recording = sdk_traffic::recording();
-    let messages: Vec<Vec<u8>> = sdk_traffic::messages(&recording)
+    let recording = recording::recording();
+    let messages: Vec<Vec<u8>> = recording::messages(&recording)
         .into_iter()
         .map(|(_, m)| m.to_vec())
         .collect();
@@ -43,16 +44,6 @@ pub fn sdk_traffic() -> Traffic {
         spans,
         traces: traces.len() as u64,
     }
-}
-
-/// The SDK recording, as committed (for [`sdk_replayed`]).
-pub fn sdk_recording() -> Vec<u8> {
-    sdk_traffic::recording()
-}
-
-/// The recording's batches with new trace ids for each `replay` (see the reader's `replayed`).
-pub fn sdk_replayed(recording: &[u8], replay: u64) -> Vec<Vec<u8>> {
-    sdk_traffic::replayed(recording, replay)
 }
 
 /// Traces whose messages are interleaved with each other.

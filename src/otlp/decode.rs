@@ -5,12 +5,12 @@
 //! completion needs are read on the way: trace id, root or not, error or not, timestamps.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::group::ByTrace;
 use super::intern::Interner;
 use super::view::SpanView;
 use super::wire::{split_short_field, Fields, Value, WireError};
@@ -106,15 +106,8 @@ pub struct Decoder {
     contexts: Vec<Arc<SpanContext>>,
     /// One shared copy of each resource and scope, across messages.
     interner: Interner,
-    /// Scratch for grouping the spans by trace (see [`Decoder::group_by_trace`]): each
-    /// trace's group, each span's group, where each group starts (then its next place), the
-    /// spans' indices in their new order, and the spans in it. Spans are far fewer than
-    /// `u32::MAX`: a Kafka message holds them.
-    index: HashMap<TraceId, u32, foldhash::fast::RandomState>,
-    group_of: Vec<u32>,
-    starts: Vec<u32>,
-    order: Vec<u32>,
-    grouped: Vec<SpanRec>,
+    /// Scratch for grouping the spans by trace.
+    by_trace: ByTrace<SpanRec>,
     /// Scratch: the raw resource and scope fields of the `ScopeSpans` being read.
     resource: Vec<u8>,
     scope: Vec<u8>,
@@ -297,58 +290,9 @@ impl Decoder {
             };
             self.resource_spans(rs, base)?;
         }
-        self.group_by_trace();
+        // Each trace's spans side by side, in arrival order.
+        self.by_trace.group(&mut self.spans, |s| s.trace_id);
         Ok(self.spans.len())
-    }
-
-    /// Puts the spans of each trace side by side, in the order they arrived, the traces in
-    /// the order they first appear. A message of one trace (a collector keyed by trace id
-    /// sends those) is so already; an SDK's batch holds spans of many traces, interleaved.
-    /// Sorting the spans' records by trace id cost about 260 instructions a span on the SDK's
-    /// batches, and sorting (id, index) pairs instead about as much (BENCHMARKS.md, issue 19's
-    /// twelfth session): each span's group is looked up in a map instead, the groups' places
-    /// counted out, and each record moved once, in linear time.
-    fn group_by_trace(&mut self) {
-        if self.spans.is_sorted_by_key(|s| s.trace_id) {
-            return;
-        }
-        self.index.clear();
-        self.group_of.clear();
-        self.starts.clear();
-        // A span's trace is often the one before it (a service's spans of one request end
-        // together): that one is not looked up again.
-        let mut last: Option<(TraceId, u32)> = None;
-        for s in &self.spans {
-            let g = match last {
-                Some((id, g)) if id == s.trace_id => g,
-                _ => {
-                    let next = self.starts.len() as u32;
-                    let g = *self.index.entry(s.trace_id).or_insert(next);
-                    if g == next {
-                        self.starts.push(0);
-                    }
-                    g
-                }
-            };
-            last = Some((s.trace_id, g));
-            self.starts[g as usize] += 1;
-            self.group_of.push(g);
-        }
-        // Each group's count becomes where it starts.
-        let mut at = 0;
-        for start in &mut self.starts {
-            (*start, at) = (at, at + *start);
-        }
-        self.order.clear();
-        self.order.resize(self.spans.len(), 0);
-        for (i, &g) in self.group_of.iter().enumerate() {
-            let start = &mut self.starts[g as usize];
-            self.order[*start as usize] = i as u32;
-            *start += 1;
-        }
-        self.grouped.clear();
-        (self.grouped).extend(self.order.iter().map(|&i| self.spans[i as usize].clone()));
-        std::mem::swap(&mut self.spans, &mut self.grouped);
     }
 
     fn resource_spans(&mut self, rs: &[u8], base: usize) -> Result<(), DecodeError> {

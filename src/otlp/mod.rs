@@ -4,6 +4,7 @@
 pub mod build;
 pub mod decode;
 pub mod encode;
+mod group;
 pub mod intern;
 pub mod json;
 pub mod mark;
